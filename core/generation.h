@@ -1,0 +1,82 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include "core/sampler.h"
+
+#include <cstdint>
+#include <functional>
+#include <ostream>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace together {
+
+class Tokenizer;
+
+// What one forward step returns: the sampled next token and the highest logits (for traces and checks).
+struct StepOutput {
+    int token = -1;
+    std::vector<std::pair<int, float>> top; // (id, logit), highest first
+};
+
+// Something that runs the model: the local engine, or later a whole cluster. `step` feeds `tokens` at
+// positions [startPos, startPos + tokens.size()), appends them to its KV cache, and samples the token after
+// the last one. Implementations throw Error when they cannot continue (a dead worker, a full cache).
+class TokenStepper {
+public:
+    virtual ~TokenStepper() = default;
+    virtual StepOutput step(const std::vector<int>& tokens, int64_t startPos) = 0;
+    // Positions the stepper can hold (max_position_embeddings or the cache size).
+    virtual int64_t contextLimit() const = 0;
+};
+
+struct GenerationParams {
+    int maxTokens = 256;
+    std::vector<int64_t> eosIds;
+    std::vector<std::string> stopStrings;
+};
+
+enum class StopReason {
+    Eos,
+    StopString,
+    MaxTokens,
+    ContextFull,
+};
+const char* stopReasonText(StopReason r);
+
+struct GenerationResult {
+    std::vector<int> tokens; // generated ids, including a final EOS if one ended it
+    std::string text;        // streamed text (what onText received), cut before any stop string
+    StopReason reason = StopReason::MaxTokens;
+    int64_t promptTokens = 0;
+    double prefillSeconds = 0;
+    double decodeSeconds = 0; // time of steps after the first
+    int64_t decodeSteps = 0;
+};
+
+// Holds back the tail of streamed text that might turn into a stop string, and cuts at the first stop
+// string found.
+class StopStringFilter {
+public:
+    explicit StopStringFilter(std::vector<std::string> stops);
+    // Returns text that is safe to emit; sets `stopped` when a stop string completed.
+    std::string push(const std::string& text, bool& stopped);
+    std::string flush(); // what was held back, at the end of generation
+
+private:
+    std::vector<std::string> m_stops;
+    std::string m_held;
+};
+
+// The generation loop shared by every front end: prefill the prompt in one step, then one token per step
+// until EOS, a stop string, max tokens or a full context. Text is streamed through `onText` as it becomes
+// complete UTF-8. `trace`, when set, gets one JSON line per step:
+//   {"step": i, "pos": p, "n_input": n, "token": id, "top": [[id, logit], ...]}
+// where pos is the position of the last input token (whose logits were sampled) and n_input how many
+// tokens that step fed.
+GenerationResult generate(TokenStepper& stepper, const Tokenizer& tokenizer, const std::vector<int>& promptIds,
+                          int64_t startPos, const GenerationParams& params,
+                          const std::function<void(const std::string&)>& onText, std::ostream* trace);
+
+} // namespace together

@@ -1,0 +1,75 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace together {
+
+class SafeTensors;
+
+// Rotary scaling of type "llama3" (Llama 3.1 / 3.2): long wavelengths are divided by `factor`, short ones kept,
+// the band in between interpolated.
+struct RopeScaling {
+    std::string type; // "" when absent
+    double factor = 1.0;
+    double lowFreqFactor = 1.0;
+    double highFreqFactor = 4.0;
+    int64_t originalMaxPositionEmbeddings = 8192;
+};
+
+// The decoder families we run. All are the Llama block: RMSNorm, rotary, GQA attention, SiLU-gated MLP.
+// Qwen2 adds bias on q, k, v; Qwen3 adds RMSNorm on each head's q and k before rotary.
+struct ModelConfig {
+    std::string architecture; // LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM
+    int64_t hiddenSize = 0;
+    int64_t intermediateSize = 0;
+    int64_t numLayers = 0;
+    int64_t numHeads = 0;
+    int64_t numKvHeads = 0;
+    int64_t headDim = 0;
+    int64_t vocabSize = 0;
+    int64_t maxPositionEmbeddings = 0;
+    int64_t slidingWindow = 0; // 0: none
+    double rmsNormEps = 1e-6;
+    double ropeTheta = 10000.0;
+    RopeScaling ropeScaling;
+    bool tieWordEmbeddings = false;
+    bool attentionBias = false; // q, k, v bias
+    bool qkNorm = false;
+    std::string torchDtype;
+    std::optional<int64_t> bosTokenId;
+    std::vector<int64_t> eosTokenIds;
+
+    // Reads config.json from a model folder. Refuses unknown architectures and quantized checkpoints by name.
+    static ModelConfig fromDirectory(const std::string& dir);
+    static ModelConfig fromJsonText(const std::string& text, const std::string& where);
+
+    // Every tensor the architecture needs, with the shape this config implies.
+    struct TensorSpec {
+        std::string name;
+        std::vector<int64_t> shape;
+    };
+    std::vector<TensorSpec> layerTensors(int64_t layer) const;
+    std::vector<TensorSpec> globalTensors() const; // embedding, final norm, lm_head (if untied)
+    // Checks that the files hold every needed tensor with the right shape; throws naming the first bad one.
+    void validate(const SafeTensors& tensors) const;
+
+    // Context a run may use: max_position_embeddings, reduced to the sliding window where one is set.
+    int64_t contextLimit() const;
+};
+
+// Defaults from generation_config.json (all optional).
+struct GenerationDefaults {
+    std::optional<double> temperature;
+    std::optional<int> topK;
+    std::optional<double> topP;
+    std::optional<bool> doSample;
+    std::vector<int64_t> eosTokenIds;
+
+    static GenerationDefaults fromDirectory(const std::string& dir); // empty when the file is absent
+};
+
+} // namespace together

@@ -1,0 +1,39 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include "core/safetensors.h"
+
+#include <cstdint>
+#include <string>
+
+namespace together {
+
+// Shape and settings of a generated random-weight model. Used for the built-in default model, the tests'
+// fixtures and the benchmarks; the files written are the same a Hugging Face checkpoint has.
+struct RandomModelSpec {
+    std::string architecture = "LlamaForCausalLM"; // or Qwen2ForCausalLM / Qwen3ForCausalLM / MistralForCausalLM
+    int64_t hiddenSize = 256;
+    int64_t intermediateSize = 688;
+    int64_t numLayers = 4;
+    int64_t numHeads = 8;
+    int64_t numKvHeads = 4;
+    int64_t headDim = 0;   // 0: hidden / heads
+    int64_t vocabSize = 0; // 0: exactly the generated tokenizer's size; larger pads with reserved tokens
+    int64_t maxPositionEmbeddings = 2048;
+    double ropeTheta = 10000.0;
+    bool tieWordEmbeddings = false;
+    DType dtype = DType::F32;
+    uint64_t seed = 1;
+    // Multiplies the lm_head (or tied embedding) init: larger values give larger gaps between the top logits,
+    // which keeps greedy decoding stable under different summation orders.
+    double logitScale = 1.0;
+};
+
+// Writes config.json, generation_config.json, model.safetensors, tokenizer.json and tokenizer_config.json.
+// The tokenizer is a byte-level BPE trained on a built-in English text, with a ChatML chat template.
+void writeRandomModel(const std::string& dir, const RandomModelSpec& spec);
+
+// Size in tokens of the generated tokenizer (bytes + merges + special tokens).
+int64_t randomTokenizerSize();
+
+} // namespace together

@@ -1,0 +1,114 @@
+// SPDX-License-Identifier: MIT
+#include "core/run_options.h"
+
+#include "core/chat.h"
+#include "core/error.h"
+#include "core/model_config.h"
+#include "core/random_model.h"
+#include "core/tokenizer.h"
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+
+namespace together {
+
+namespace fs = std::filesystem;
+
+std::vector<CliArgs::Spec> runFlagSpecs()
+{
+    return {
+        {"model"}, {"prompt"}, {"chat", false}, {"max-tokens"}, {"temperature"}, {"top-k"}, {"top-p"}, {"seed"},
+        {"stop", true, true}, {"dtype"}, {"threads"}, {"trace"},
+    };
+}
+
+RunOptions parseRunOptions(const CliArgs& args)
+{
+    RunOptions o;
+    o.modelDir = args.get("model");
+    if (!args.has("prompt"))
+        throw Error("--prompt TEXT is required");
+    o.prompt = args.get("prompt");
+    o.chat = args.has("chat");
+    o.generation.maxTokens = args.getInt("max-tokens", 256);
+    if (o.generation.maxTokens < 1)
+        throw Error("--max-tokens must be at least 1");
+    o.generation.stopStrings = args.all("stop");
+    o.dtype = args.get("dtype");
+    o.threads = args.getInt("threads", 0);
+    if (o.threads < 0)
+        throw Error("--threads must be positive");
+    o.traceFile = args.get("trace");
+
+    // Sampling: flags, else generation_config.json, else llama.cpp-like defaults.
+    GenerationDefaults defaults;
+    ModelConfig config;
+    if (!o.modelDir.empty()) {
+        defaults = GenerationDefaults::fromDirectory(o.modelDir);
+        config = ModelConfig::fromDirectory(o.modelDir);
+    }
+    SamplingParams& s = o.sampling;
+    if (defaults.doSample && !*defaults.doSample) {
+        s.temperature = 0;
+    } else if (defaults.doSample) {
+        s.temperature = defaults.temperature.value_or(1.0);
+        s.topK = defaults.topK.value_or(50);
+        s.topP = defaults.topP.value_or(1.0);
+    }
+    s.temperature = args.getDouble("temperature", s.temperature);
+    s.topK = args.getInt("top-k", s.topK);
+    s.topP = args.getDouble("top-p", s.topP);
+    if (s.temperature < 0)
+        throw Error("--temperature must be >= 0");
+    if (s.topP <= 0 || s.topP > 1)
+        throw Error("--top-p must be in (0, 1]");
+    s.seed = args.has("seed") ? args.getU64("seed", 0)
+                              : static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count());
+
+    o.generation.eosIds = !defaults.eosTokenIds.empty() ? defaults.eosTokenIds : config.eosTokenIds;
+    return o;
+}
+
+std::vector<int> promptIds(const Tokenizer& tokenizer, const RunOptions& options, std::string* warning)
+{
+    if (!options.chat)
+        return tokenizer.encode(options.prompt, /*addSpecialTokens=*/true);
+    nlohmann::json messages = nlohmann::json::array({{{"role", "user"}, {"content", options.prompt}}});
+    ChatPrompt p = renderChat(tokenizer, messages, true);
+    if (p.usedFallbackTemplate && warning)
+        *warning = "this model has no chat_template in tokenizer_config.json; using a plain \"User: ... Assistant:\" "
+                   "format, which the model may not follow";
+    return encodeChat(tokenizer, p);
+}
+
+std::string defaultModelDir()
+{
+    fs::path base;
+    if (const char* d = std::getenv("TOGETHER_CACHE_DIR"); d && *d)
+        base = d;
+    else if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x)
+        base = fs::path(x) / "together";
+    else if (const char* h = std::getenv("HOME"); h && *h)
+        base = fs::path(h) / ".cache" / "together";
+    else
+        base = fs::temp_directory_path() / "together";
+    return (base / "default-model").string();
+}
+
+std::string ensureDefaultModel()
+{
+    std::string dir = defaultModelDir();
+    if (fs::exists(fs::path(dir) / "model.safetensors") && fs::exists(fs::path(dir) / "config.json"))
+        return dir;
+    // Write into a temporary folder and rename, so an interrupted run never leaves half a model behind.
+    std::string tmp = dir + ".partial";
+    fs::remove_all(tmp);
+    RandomModelSpec spec; // small Llama: 4 layers, hidden 256, 8 heads / 4 KV heads
+    writeRandomModel(tmp, spec);
+    fs::remove_all(dir);
+    fs::rename(tmp, dir);
+    return dir;
+}
+
+} // namespace together

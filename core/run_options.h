@@ -1,0 +1,44 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include "core/cli_args.h"
+#include "core/generation.h"
+#include "core/sampler.h"
+
+#include <string>
+#include <vector>
+
+namespace together {
+
+class Tokenizer;
+
+// The generation flags shared by `together-worker generate` and `together-cli run`:
+//   --model DIR --prompt TEXT [--chat] [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
+//   [--stop TEXT]... [--dtype bf16|f32] [--threads N] [--trace FILE]
+struct RunOptions {
+    std::string modelDir;
+    std::string prompt;
+    bool chat = false;
+    GenerationParams generation;
+    SamplingParams sampling;
+    std::string dtype; // "" = the machine's default
+    int threads = 0;   // 0 = all cores
+    std::string traceFile;
+};
+
+std::vector<CliArgs::Spec> runFlagSpecs();
+// Reads flags, filling unset sampling settings from the model's generation_config.json (greedy when it says
+// do_sample false) and the EOS ids from the config files. Throws Error naming a bad value.
+RunOptions parseRunOptions(const CliArgs& args);
+
+// Token ids for the prompt: the model's chat template around one user message with --chat, else the text
+// with the tokenizer's own special tokens (BOS). `warning` receives a note when the fallback template is used.
+std::vector<int> promptIds(const Tokenizer& tokenizer, const RunOptions& options, std::string* warning);
+
+// Where the built-in default model lives: $TOGETHER_CACHE_DIR, else $XDG_CACHE_HOME/together, else
+// ~/.cache/together, plus "/default-model". Written on first use.
+std::string defaultModelDir();
+// Writes the default random model if it is not there yet; returns its folder.
+std::string ensureDefaultModel();
+
+} // namespace together

@@ -1,0 +1,357 @@
+// SPDX-License-Identifier: MIT
+#include "core/safetensors.h"
+
+#include "core/error.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace together {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+size_t dtypeSize(DType dtype)
+{
+    switch (dtype) {
+    case DType::F32:
+        return 4;
+    case DType::F16:
+    case DType::BF16:
+        return 2;
+    }
+    return 0;
+}
+
+const char* dtypeName(DType dtype)
+{
+    switch (dtype) {
+    case DType::F32:
+        return "F32";
+    case DType::F16:
+        return "F16";
+    case DType::BF16:
+        return "BF16";
+    }
+    return "?";
+}
+
+std::string shapeString(const std::vector<int64_t>& shape)
+{
+    std::string s = "[";
+    for (size_t i = 0; i < shape.size(); ++i)
+        s += (i ? ", " : "") + std::to_string(shape[i]);
+    return s + "]";
+}
+
+int64_t TensorView::numel() const
+{
+    int64_t n = 1;
+    for (auto d : shape)
+        n *= d;
+    return n;
+}
+
+MappedFile::MappedFile(const std::string& path)
+    : m_path(path)
+{
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        throw Error("cannot open " + path + ": " + std::strerror(errno));
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+        int err = errno;
+        ::close(fd);
+        throw Error("cannot stat " + path + ": " + std::strerror(err));
+    }
+    m_size = static_cast<size_t>(st.st_size);
+    if (m_size > 0) {
+        void* p = ::mmap(nullptr, m_size, PROT_READ, MAP_SHARED, fd, 0);
+        if (p == MAP_FAILED) {
+            int err = errno;
+            ::close(fd);
+            throw Error("cannot map " + path + ": " + std::strerror(err));
+        }
+        m_data = static_cast<const std::byte*>(p);
+    }
+    ::close(fd);
+}
+
+MappedFile::~MappedFile()
+{
+    if (m_data)
+        ::munmap(const_cast<std::byte*>(m_data), m_size);
+}
+
+namespace {
+
+// Largest header we accept: real headers are a few hundred KB even for 100B-parameter shards.
+constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
+
+DType parseDType(const std::string& s, const std::string& where)
+{
+    if (s == "F32")
+        return DType::F32;
+    if (s == "F16")
+        return DType::F16;
+    if (s == "BF16")
+        return DType::BF16;
+    static const std::set<std::string> known = {"F64", "I64", "I32", "I16", "I8", "U8", "U16", "U32",
+                                                "U64", "BOOL", "F8_E4M3", "F8_E5M2"};
+    if (known.count(s))
+        throw Error(where + ": dtype " + s + " is not supported (only F32, F16 and BF16 weights; quantized "
+                            "checkpoints are not supported)");
+    throw Error(where + ": unknown dtype '" + s + "'");
+}
+
+} // namespace
+
+SafeTensors SafeTensors::openFile(const std::string& file)
+{
+    SafeTensors st;
+    st.addFile(file, nullptr);
+    return st;
+}
+
+SafeTensors SafeTensors::open(const std::string& path)
+{
+    if (!fs::is_directory(path))
+        return openFile(path);
+    fs::path dir(path);
+    fs::path index = dir / "model.safetensors.index.json";
+    SafeTensors st;
+    if (fs::exists(index)) {
+        json j;
+        try {
+            j = json::parse(readTextFile(index.string()));
+        } catch (const json::exception& e) {
+            throw Error(index.string() + ": malformed JSON: " + e.what());
+        }
+        if (!j.contains("weight_map") || !j["weight_map"].is_object())
+            throw Error(index.string() + ": no \"weight_map\" object");
+        std::map<std::string, std::vector<std::string>> byFile;
+        for (auto& [name, file] : j["weight_map"].items()) {
+            if (!file.is_string())
+                throw Error(index.string() + ": tensor " + name + ": shard name is not a string");
+            std::string f = file.get<std::string>();
+            if (f.find('/') != std::string::npos || f.find("..") != std::string::npos)
+                throw Error(index.string() + ": tensor " + name + ": shard '" + f + "' is not a plain file name");
+            byFile[f].push_back(name);
+        }
+        for (auto& [f, names] : byFile) {
+            st.addFile((dir / f).string(), &names);
+        }
+        return st;
+    }
+    fs::path single = dir / "model.safetensors";
+    if (fs::exists(single)) {
+        st.addFile(single.string(), nullptr);
+        return st;
+    }
+    // Some repos ship a few shards without an index; accept *.safetensors if there is no ambiguity.
+    std::vector<std::string> files;
+    for (auto& e : fs::directory_iterator(dir))
+        if (e.path().extension() == ".safetensors")
+            files.push_back(e.path().string());
+    if (files.empty())
+        throw Error(path + ": no model.safetensors or model.safetensors.index.json in this folder");
+    std::sort(files.begin(), files.end());
+    for (auto& f : files)
+        st.addFile(f, nullptr);
+    return st;
+}
+
+void SafeTensors::addFile(const std::string& file, const std::vector<std::string>* onlyThese)
+{
+    auto mapped = std::make_shared<MappedFile>(file);
+    const size_t fileSize = mapped->size();
+    if (fileSize < 8)
+        throw Error(file + ": truncated: " + std::to_string(fileSize) + " bytes, too short for a safetensors header");
+    uint64_t headerLen = 0;
+    for (int i = 7; i >= 0; --i)
+        headerLen = (headerLen << 8) | static_cast<uint8_t>(mapped->data()[i]);
+    if (headerLen > fileSize - 8)
+        throw Error(file + ": header length " + std::to_string(headerLen) + " runs past the end of the file (" +
+                    std::to_string(fileSize) + " bytes): the file is truncated or not safetensors");
+    if (headerLen > kMaxHeaderBytes)
+        throw Error(file + ": header length " + std::to_string(headerLen) + " exceeds the 100 MiB limit");
+    const char* hdr = reinterpret_cast<const char*>(mapped->data() + 8);
+    json j;
+    try {
+        j = json::parse(hdr, hdr + headerLen);
+    } catch (const json::exception& e) {
+        throw Error(file + ": header is not valid JSON: " + e.what());
+    }
+    if (!j.is_object())
+        throw Error(file + ": header is not a JSON object");
+    const size_t dataStart = 8 + headerLen;
+    const size_t dataSize = fileSize - dataStart;
+
+    struct Range {
+        uint64_t begin, end;
+        std::string name;
+    };
+    std::vector<Range> ranges;
+    for (auto& [name, info] : j.items()) {
+        if (name == "__metadata__")
+            continue;
+        const std::string where = file + ": tensor " + name;
+        if (!info.is_object() || !info.contains("dtype") || !info.contains("shape") || !info.contains("data_offsets"))
+            throw Error(where + ": entry needs dtype, shape and data_offsets");
+        if (!info["dtype"].is_string())
+            throw Error(where + ": dtype is not a string");
+        TensorView t;
+        t.name = name;
+        t.dtype = parseDType(info["dtype"].get<std::string>(), where);
+        if (!info["shape"].is_array())
+            throw Error(where + ": shape is not an array");
+        // numel * size must not overflow: bound each dim by the file size.
+        unsigned __int128 numel = 1;
+        for (auto& d : info["shape"]) {
+            if (!d.is_number_unsigned())
+                throw Error(where + ": shape has a non-integer or negative dimension");
+            uint64_t v = d.get<uint64_t>();
+            if (v > fileSize * 8 + 1)
+                throw Error(where + ": dimension " + std::to_string(v) + " is larger than the file could hold");
+            t.shape.push_back(static_cast<int64_t>(v));
+            numel *= v;
+            if (numel > (static_cast<unsigned __int128>(1) << 62))
+                throw Error(where + ": shape " + shapeString(t.shape) + " is impossibly large");
+        }
+        auto& off = info["data_offsets"];
+        if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned())
+            throw Error(where + ": data_offsets must be two non-negative integers");
+        uint64_t begin = off[0].get<uint64_t>(), end = off[1].get<uint64_t>();
+        if (begin > end)
+            throw Error(where + ": data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
+                        "] end before they begin");
+        if (end > dataSize)
+            throw Error(where + ": data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
+                        "] run past the end of the data (" + std::to_string(dataSize) +
+                        " bytes): the file is truncated");
+        unsigned __int128 expected = numel * dtypeSize(t.dtype);
+        if (expected != end - begin)
+            throw Error(where + ": shape " + shapeString(t.shape) + " of " + dtypeName(t.dtype) + " needs " +
+                        std::to_string(static_cast<uint64_t>(expected)) + " bytes but data_offsets span " +
+                        std::to_string(end - begin));
+        t.data = mapped->data() + dataStart + begin;
+        t.nbytes = end - begin;
+        t.file = mapped;
+        ranges.push_back({begin, end, name});
+        if (onlyThese && std::find(onlyThese->begin(), onlyThese->end(), name) == onlyThese->end())
+            continue; // present in the shard but the index assigns it elsewhere: validate, don't use
+        if (m_tensors.count(name))
+            throw Error(where + ": tensor appears in more than one file");
+        m_tensors.emplace(name, std::move(t));
+    }
+    std::sort(ranges.begin(), ranges.end(), [](auto& a, auto& b) { return a.begin < b.begin; });
+    for (size_t i = 1; i < ranges.size(); ++i) {
+        if (ranges[i].begin < ranges[i - 1].end && ranges[i].end > ranges[i].begin)
+            throw Error(file + ": tensors " + ranges[i - 1].name + " and " + ranges[i].name +
+                        " overlap in the data section");
+    }
+    if (onlyThese) {
+        for (auto& n : *onlyThese)
+            if (!m_tensors.count(n))
+                throw Error(file + ": tensor " + n + " is listed in model.safetensors.index.json but missing from the file");
+    }
+}
+
+const TensorView& SafeTensors::get(const std::string& name) const
+{
+    auto it = m_tensors.find(name);
+    if (it == m_tensors.end())
+        throw Error("tensor " + name + " is missing from the model files");
+    return it->second;
+}
+
+const TensorView& SafeTensors::expect(const std::string& name, const std::vector<int64_t>& shape) const
+{
+    const TensorView& t = get(name);
+    if (t.shape != shape)
+        throw Error(t.file->path() + ": tensor " + name + " has shape " + shapeString(t.shape) +
+                    " but the config implies " + shapeString(shape));
+    return t;
+}
+
+void writeSafeTensors(const std::string& file, const std::vector<TensorToWrite>& tensors)
+{
+    json header = json::object();
+    uint64_t offset = 0;
+    for (auto& t : tensors) {
+        uint64_t numel = 1;
+        for (auto d : t.shape)
+            numel *= static_cast<uint64_t>(d);
+        if (numel * dtypeSize(t.dtype) != t.bytes.size())
+            throw Error("writeSafeTensors: tensor " + t.name + " has " + std::to_string(t.bytes.size()) +
+                        " bytes, shape needs " + std::to_string(numel * dtypeSize(t.dtype)));
+        header[t.name] = {{"dtype", dtypeName(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + t.bytes.size()}}};
+        offset += t.bytes.size();
+    }
+    header["__metadata__"] = {{"format", "pt"}};
+    std::string h = header.dump();
+    while ((8 + h.size()) % 8 != 0) // align the data section to 8 bytes, as the reference writer does
+        h.push_back(' ');
+    std::ofstream out(file, std::ios::binary | std::ios::trunc);
+    if (!out)
+        throw Error("cannot write " + file + ": " + std::strerror(errno));
+    uint64_t n = h.size();
+    char len[8];
+    for (int i = 0; i < 8; ++i)
+        len[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+    out.write(len, 8);
+    out.write(h.data(), static_cast<std::streamsize>(h.size()));
+    for (auto& t : tensors)
+        out.write(reinterpret_cast<const char*>(t.bytes.data()), static_cast<std::streamsize>(t.bytes.size()));
+    if (!out.flush())
+        throw Error("cannot write " + file + ": " + std::strerror(errno));
+}
+
+uint16_t floatToBf16(float f)
+{
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    if ((u & 0x7fffffff) > 0x7f800000)
+        return static_cast<uint16_t>((u >> 16) | 0x40); // quiet NaN
+    u += 0x7fff + ((u >> 16) & 1);                       // round to nearest even
+    return static_cast<uint16_t>(u >> 16);
+}
+
+float bf16ToFloat(uint16_t v)
+{
+    uint32_t u = static_cast<uint32_t>(v) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+uint16_t floatToF16(float f)
+{
+    return static_cast<uint16_t>(_Float16(f) == _Float16(f) ? [&] {
+        _Float16 h = static_cast<_Float16>(f);
+        uint16_t r;
+        std::memcpy(&r, &h, 2);
+        return r;
+    }()
+                                                             : 0x7e00);
+}
+
+float f16ToFloat(uint16_t v)
+{
+    _Float16 h;
+    std::memcpy(&h, &v, 2);
+    return static_cast<float>(h);
+}
+
+} // namespace together

@@ -1,0 +1,94 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace together {
+
+enum class DType {
+    F32,
+    F16,
+    BF16,
+};
+
+size_t dtypeSize(DType dtype);
+const char* dtypeName(DType dtype);
+
+// A read-only memory map of a whole file; unmapped when the last owner goes.
+class MappedFile {
+public:
+    explicit MappedFile(const std::string& path);
+    ~MappedFile();
+    MappedFile(const MappedFile&) = delete;
+    MappedFile& operator=(const MappedFile&) = delete;
+
+    const std::byte* data() const { return m_data; }
+    size_t size() const { return m_size; }
+    const std::string& path() const { return m_path; }
+
+private:
+    std::string m_path;
+    const std::byte* m_data = nullptr;
+    size_t m_size = 0;
+};
+
+// One tensor inside a mapped safetensors file. `data` points into the map; valid while `file` lives.
+struct TensorView {
+    std::string name;
+    DType dtype = DType::F32;
+    std::vector<int64_t> shape;
+    const std::byte* data = nullptr;
+    size_t nbytes = 0;
+    std::shared_ptr<MappedFile> file;
+
+    int64_t numel() const;
+};
+
+// A model's tensors across one file or the shards named by model.safetensors.index.json.
+//
+// The safetensors format: 8-byte little-endian header length N, N bytes of JSON mapping each tensor name to
+// {"dtype", "shape", "data_offsets": [begin, end]} (offsets relative to the byte after the header), then the
+// data. Everything is validated on open: the header fits in the file, the JSON is well-formed, each tensor's
+// dtype is known, its byte range lies inside the file and equals numel * dtype size, and no two ranges overlap.
+// Every error names the file and the tensor.
+class SafeTensors {
+public:
+    // Opens a model folder (model.safetensors, or model.safetensors.index.json and its shards) or one file.
+    static SafeTensors open(const std::string& path);
+    static SafeTensors openFile(const std::string& file);
+
+    bool contains(const std::string& name) const { return m_tensors.count(name) > 0; }
+    // Throws naming the tensor when it is missing.
+    const TensorView& get(const std::string& name) const;
+    // Throws when the tensor is missing or its shape differs, naming both shapes.
+    const TensorView& expect(const std::string& name, const std::vector<int64_t>& shape) const;
+    const std::map<std::string, TensorView>& tensors() const { return m_tensors; }
+
+private:
+    void addFile(const std::string& file, const std::vector<std::string>* onlyThese);
+    std::map<std::string, TensorView> m_tensors;
+};
+
+std::string shapeString(const std::vector<int64_t>& shape);
+
+// Writes a safetensors file. Tensors are laid out in the order given; data sizes are checked.
+struct TensorToWrite {
+    std::string name;
+    DType dtype;
+    std::vector<int64_t> shape;
+    std::vector<std::byte> bytes;
+};
+void writeSafeTensors(const std::string& file, const std::vector<TensorToWrite>& tensors);
+
+// Float conversions used by the writer and by tests.
+uint16_t floatToBf16(float f);
+float bf16ToFloat(uint16_t v);
+uint16_t floatToF16(float f);
+float f16ToFloat(uint16_t v);
+
+} // namespace together

@@ -1,0 +1,286 @@
+// SPDX-License-Identifier: MIT
+#include "worker/llama_model.h"
+
+#include "core/error.h"
+#include "core/safetensors.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <fstream>
+
+namespace together {
+
+ComputeType parseComputeType(const std::string& s)
+{
+    if (s == "f32" || s == "fp32" || s == "float32")
+        return ComputeType::F32;
+    if (s == "bf16" || s == "bfloat16")
+        return ComputeType::BF16;
+    throw Error("unknown dtype '" + s + "' (use bf16 or f32)");
+}
+
+const char* computeTypeName(ComputeType t) { return t == ComputeType::BF16 ? "bf16" : "f32"; }
+
+ComputeType defaultComputeType()
+{
+    std::ifstream in("/proc/cpuinfo");
+    std::string line;
+    while (std::getline(in, line))
+        if (line.rfind("flags", 0) == 0)
+            return line.find(" avx512_bf16") != std::string::npos ? ComputeType::BF16 : ComputeType::F32;
+    return ComputeType::F32;
+}
+
+namespace {
+
+at::ScalarType scalarOf(DType d)
+{
+    switch (d) {
+    case DType::F32:
+        return at::kFloat;
+    case DType::F16:
+        return at::kHalf;
+    case DType::BF16:
+        return at::kBFloat16;
+    }
+    return at::kFloat;
+}
+
+// Copies a mapped tensor into owned memory of the wanted type (the map is released after loading).
+at::Tensor load(const TensorView& t, at::ScalarType to)
+{
+    at::Tensor view = at::from_blob(const_cast<std::byte*>(t.data), t.shape, at::TensorOptions().dtype(scalarOf(t.dtype)));
+    return view.to(to, /*non_blocking=*/false, /*copy=*/true).contiguous();
+}
+
+} // namespace
+
+KvCache::KvCache(int64_t layers, int64_t kvHeads, int64_t headDim, int64_t limit)
+    : m_k(static_cast<size_t>(layers))
+    , m_v(static_cast<size_t>(layers))
+    , m_kvHeads(kvHeads)
+    , m_headDim(headDim)
+    , m_limit(limit)
+{
+}
+
+void KvCache::truncate(int64_t n)
+{
+    if (n < 0 || n > m_length)
+        throw Error("KV cache: cannot keep " + std::to_string(n) + " of " + std::to_string(m_length) + " positions");
+    m_length = n;
+}
+
+void KvCache::reserve(int64_t needed)
+{
+    if (needed > m_limit)
+        throw Error("context full: " + std::to_string(needed) + " positions needed, the cache holds " + std::to_string(m_limit));
+    if (needed <= m_capacity)
+        return;
+    int64_t cap = std::max<int64_t>(m_capacity, 256);
+    while (cap < needed)
+        cap *= 2;
+    cap = std::min(cap, m_limit);
+    for (size_t l = 0; l < m_k.size(); ++l) {
+        at::Tensor k = at::zeros({m_kvHeads, cap, m_headDim}, at::kFloat);
+        at::Tensor v = at::zeros({m_kvHeads, cap, m_headDim}, at::kFloat);
+        if (m_length > 0) {
+            k.narrow(1, 0, m_length).copy_(m_k[l].narrow(1, 0, m_length));
+            v.narrow(1, 0, m_length).copy_(m_v[l].narrow(1, 0, m_length));
+        }
+        m_k[l] = k;
+        m_v[l] = v;
+    }
+    m_capacity = cap;
+}
+
+LlamaModel::LlamaModel(const ModelConfig& config, const SafeTensors& tensors, ComputeType compute)
+    : m_config(config)
+    , m_compute(compute)
+{
+    config.validate(tensors);
+    const at::ScalarType wt = compute == ComputeType::BF16 ? at::kBFloat16 : at::kFloat;
+    m_embed = load(tensors.get("model.embed_tokens.weight"), wt);
+    m_finalNorm = load(tensors.get("model.norm.weight"), at::kFloat);
+    m_lmHead = config.tieWordEmbeddings ? m_embed : load(tensors.get("lm_head.weight"), wt);
+    for (int64_t l = 0; l < config.numLayers; ++l) {
+        const std::string p = "model.layers." + std::to_string(l) + ".";
+        Layer L;
+        L.inputNorm = load(tensors.get(p + "input_layernorm.weight"), at::kFloat);
+        L.postNorm = load(tensors.get(p + "post_attention_layernorm.weight"), at::kFloat);
+        L.wqkv = at::cat({load(tensors.get(p + "self_attn.q_proj.weight"), wt), load(tensors.get(p + "self_attn.k_proj.weight"), wt),
+                          load(tensors.get(p + "self_attn.v_proj.weight"), wt)},
+                         0);
+        if (config.attentionBias)
+            L.bqkv = at::cat({load(tensors.get(p + "self_attn.q_proj.bias"), at::kFloat),
+                              load(tensors.get(p + "self_attn.k_proj.bias"), at::kFloat),
+                              load(tensors.get(p + "self_attn.v_proj.bias"), at::kFloat)},
+                             0);
+        if (config.qkNorm) {
+            L.qNorm = load(tensors.get(p + "self_attn.q_norm.weight"), at::kFloat);
+            L.kNorm = load(tensors.get(p + "self_attn.k_norm.weight"), at::kFloat);
+        }
+        L.wo = load(tensors.get(p + "self_attn.o_proj.weight"), wt);
+        L.wGateUp = at::cat({load(tensors.get(p + "mlp.gate_proj.weight"), wt), load(tensors.get(p + "mlp.up_proj.weight"), wt)}, 0);
+        L.wDown = load(tensors.get(p + "mlp.down_proj.weight"), wt);
+        m_layers.push_back(std::move(L));
+    }
+
+    // inv_freq[i] = theta^(-2i/d), computed as Hugging Face does (f32 exponent), then llama3 scaling.
+    const int64_t half = config.headDim / 2;
+    std::vector<float> inv(static_cast<size_t>(half));
+    for (int64_t i = 0; i < half; ++i) {
+        float expo = static_cast<float>(2 * i) / static_cast<float>(config.headDim);
+        double f = 1.0 / std::pow(config.ropeTheta, static_cast<double>(expo));
+        const RopeScaling& rs = config.ropeScaling;
+        if (rs.type == "llama3") {
+            const double lowWavelen = rs.originalMaxPositionEmbeddings / rs.lowFreqFactor;
+            const double highWavelen = rs.originalMaxPositionEmbeddings / rs.highFreqFactor;
+            const double wavelen = 2 * M_PI / f;
+            if (wavelen > lowWavelen) {
+                f = f / rs.factor;
+            } else if (wavelen >= highWavelen) {
+                double smooth = (rs.originalMaxPositionEmbeddings / wavelen - rs.lowFreqFactor) / (rs.highFreqFactor - rs.lowFreqFactor);
+                f = (1 - smooth) * f / rs.factor + smooth * f;
+            }
+        }
+        inv[static_cast<size_t>(i)] = static_cast<float>(f);
+    }
+    m_invFreq = at::tensor(inv, at::kFloat);
+}
+
+KvCache LlamaModel::newCache(int64_t limit) const
+{
+    int64_t cap = m_config.contextLimit();
+    if (limit > 0)
+        cap = std::min(cap, limit);
+    return KvCache(m_config.numLayers, m_config.numKvHeads, m_config.headDim, cap);
+}
+
+int64_t LlamaModel::weightBytesPerToken() const
+{
+    int64_t total = 0;
+    for (auto& L : m_layers)
+        total += (L.wqkv.nbytes() + L.wo.nbytes() + L.wGateUp.nbytes() + L.wDown.nbytes() + L.inputNorm.nbytes() + L.postNorm.nbytes());
+    total += m_lmHead.nbytes() + m_finalNorm.nbytes();
+    total += m_embed.nbytes() / m_embed.size(0); // one embedding row per token
+    return total;
+}
+
+at::Tensor LlamaModel::rmsNorm(const at::Tensor& x, const at::Tensor& w) const
+{
+    at::Tensor var = x.pow(2).mean(-1, /*keepdim=*/true);
+    return x * at::rsqrt(var + m_config.rmsNormEps) * w;
+}
+
+at::Tensor LlamaModel::linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const
+{
+    // A bf16 linear returns bf16 in libtorch 1.13: bring it back to f32.
+    at::Tensor y = at::linear(x.to(w.scalar_type()), w);
+    if (y.scalar_type() != at::kFloat)
+        y = y.to(at::kFloat);
+    if (b.defined())
+        y = y + b;
+    return y;
+}
+
+at::Tensor LlamaModel::rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const
+{
+    // x: [T, heads, d]; rotate_half(x) = cat(-x2, x1) over the last dim
+    const int64_t half = x.size(-1) / 2;
+    at::Tensor x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
+    at::Tensor rot = at::cat({-x2, x1}, -1);
+    return x * cos + rot * sin;
+}
+
+at::Tensor LlamaModel::forward(const std::vector<int>& tokens, KvCache& cache) const
+{
+    const ModelConfig& c = m_config;
+    const int64_t T = static_cast<int64_t>(tokens.size());
+    if (T == 0)
+        throw Error("forward called with no tokens");
+    for (int t : tokens)
+        if (t < 0 || t >= c.vocabSize)
+            throw Error("token id " + std::to_string(t) + " is outside the model's vocabulary (" + std::to_string(c.vocabSize) + ")");
+    const int64_t pos0 = cache.length();
+    cache.reserve(pos0 + T);
+    const int64_t L = pos0 + T;
+    const int64_t H = c.numHeads, KV = c.numKvHeads, D = c.headDim, G = H / KV;
+
+    std::vector<int64_t> ids(tokens.begin(), tokens.end());
+    at::Tensor idx = at::tensor(ids, at::kLong);
+    at::Tensor x = m_embed.index_select(0, idx).to(at::kFloat); // [T, hidden]
+
+    at::Tensor pos = at::arange(pos0, L, at::kFloat);
+    at::Tensor freqs = at::outer(pos, m_invFreq);          // [T, D/2]
+    at::Tensor emb = at::cat({freqs, freqs}, -1);          // [T, D]
+    at::Tensor cos = emb.cos().unsqueeze(1), sin = emb.sin().unsqueeze(1); // [T, 1, D]
+
+    at::Tensor mask;
+    if (T > 1) {
+        // query t sits at pos0 + t and sees keys 0..pos0 + t
+        mask = at::full({T, L}, -INFINITY, at::kFloat).triu(pos0 + 1);
+    }
+    const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+
+    for (size_t l = 0; l < m_layers.size(); ++l) {
+        const Layer& W = m_layers[l];
+        at::Tensor h = rmsNorm(x, W.inputNorm);
+        at::Tensor qkv = linear(h, W.wqkv, W.bqkv);
+        at::Tensor q = qkv.narrow(1, 0, H * D).view({T, H, D});
+        at::Tensor k = qkv.narrow(1, H * D, KV * D).view({T, KV, D});
+        at::Tensor v = qkv.narrow(1, (H + KV) * D, KV * D).view({T, KV, D});
+        if (c.qkNorm) {
+            q = rmsNorm(q, W.qNorm);
+            k = rmsNorm(k, W.kNorm);
+        }
+        q = rotary(q, cos, sin);
+        k = rotary(k, cos, sin);
+        cache.m_k[l].narrow(1, pos0, T).copy_(k.transpose(0, 1));
+        cache.m_v[l].narrow(1, pos0, T).copy_(v.transpose(0, 1));
+        at::Tensor K = cache.m_k[l].narrow(1, 0, L); // [KV, L, D]
+        at::Tensor V = cache.m_v[l].narrow(1, 0, L);
+        // q heads h = j*G + r use kv head j (as HF's repeat_kv): group them to one batched matmul per kv head
+        at::Tensor Q = q.transpose(0, 1).reshape({KV, G * T, D});
+        at::Tensor scores = at::bmm(Q, K.transpose(1, 2)).mul_(scale); // [KV, G*T, L]
+        if (mask.defined())
+            scores = (scores.view({KV, G, T, L}) + mask).view({KV, G * T, L});
+        at::Tensor probs = at::softmax(scores, -1);
+        at::Tensor attn = at::bmm(probs, V).view({H, T, D}).transpose(0, 1).reshape({T, H * D});
+        x = x + linear(attn, W.wo);
+
+        at::Tensor h2 = rmsNorm(x, W.postNorm);
+        at::Tensor gu = linear(h2, W.wGateUp);
+        const int64_t I = c.intermediateSize;
+        at::Tensor act = at::silu(gu.narrow(1, 0, I)) * gu.narrow(1, I, I);
+        x = x + linear(act, W.wDown);
+    }
+    cache.m_length = L;
+    at::Tensor last = rmsNorm(x.narrow(0, T - 1, 1), m_finalNorm);
+    return linear(last, m_lmHead).view({c.vocabSize}).contiguous();
+}
+
+LocalStepper::LocalStepper(const LlamaModel& model, const SamplingParams& sampling, int64_t contextLimit, size_t traceTopK)
+    : m_model(model)
+    , m_cache(model.newCache(contextLimit))
+    , m_sampler(sampling)
+    , m_topK(traceTopK)
+{
+}
+
+StepOutput LocalStepper::step(const std::vector<int>& tokens, int64_t startPos)
+{
+    if (startPos != m_cache.length())
+        m_cache.truncate(startPos); // reuse of a shared prefix; throws if startPos is ahead of the cache
+    at::Tensor logits = m_model.forward(tokens, m_cache);
+    const float* p = logits.data_ptr<float>();
+    const size_t n = static_cast<size_t>(logits.numel());
+    StepOutput out;
+    out.token = m_sampler.sample(p, n);
+    if (m_topK > 0)
+        out.top = Sampler::topLogits(p, n, m_topK);
+    return out;
+}
+
+} // namespace together

@@ -1,0 +1,95 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include "core/generation.h"
+#include "core/model_config.h"
+#include "core/sampler.h"
+
+#include <ATen/core/Tensor.h>
+
+#include <string>
+#include <vector>
+
+namespace together {
+
+class SafeTensors;
+
+// Numerics of a run. In BF16 mode the weights and the inputs of every linear layer are bf16; the residual
+// stream, RMSNorm, rotary, attention scores, softmax, KV cache and logits stay f32.
+enum class ComputeType {
+    F32,
+    BF16,
+};
+ComputeType parseComputeType(const std::string& s); // "f32" | "bf16"; throws Error otherwise
+const char* computeTypeName(ComputeType t);
+// bf16 where the CPU has AVX-512 BF16 (native bf16 dot products), else f32.
+ComputeType defaultComputeType();
+
+// Per-layer KV cache, f32, [kv_heads, capacity, head_dim] per layer. Grows by doubling up to the limit so a
+// 128K-context model does not reserve gigabytes for a short chat.
+class KvCache {
+public:
+    KvCache(int64_t layers, int64_t kvHeads, int64_t headDim, int64_t limit);
+    int64_t length() const { return m_length; }
+    int64_t limit() const { return m_limit; }
+    // Keeps the first n positions (n <= length): a new prompt sharing a prefix reuses them.
+    void truncate(int64_t n);
+
+private:
+    friend class LlamaModel;
+    void reserve(int64_t needed);
+    std::vector<at::Tensor> m_k, m_v;
+    int64_t m_kvHeads, m_headDim, m_capacity = 0, m_length = 0, m_limit;
+};
+
+// The Llama decoder (Llama 2/3, Mistral, Qwen2 with q/k/v bias, Qwen3 with q/k norm). Weights are stored
+// [out, in] as nn.Linear keeps them and applied with at::linear: Y = X · Wᵀ. q/k/v are fused into one
+// [q + 2·kv, hidden] matrix and gate/up into one [2·intermediate, hidden] matrix so each step makes two
+// matmul calls where the checkpoint has five.
+class LlamaModel {
+public:
+    LlamaModel(const ModelConfig& config, const SafeTensors& tensors, ComputeType compute);
+
+    // Feeds `tokens` at positions [cache.length(), +n), appends their keys/values to the cache, and returns
+    // the f32 logits [vocab] of the last position. Throws Error when the cache limit would be passed.
+    at::Tensor forward(const std::vector<int>& tokens, KvCache& cache) const;
+    KvCache newCache(int64_t limit = 0) const; // 0: the config's context limit
+
+    const ModelConfig& config() const { return m_config; }
+    ComputeType computeType() const { return m_compute; }
+    // Bytes of weights one decode step reads (each matrix once, one embedding row).
+    int64_t weightBytesPerToken() const;
+
+private:
+    struct Layer {
+        at::Tensor inputNorm, postNorm;
+        at::Tensor wqkv, bqkv; // bqkv undefined without bias
+        at::Tensor qNorm, kNorm; // undefined without qk norm
+        at::Tensor wo, wGateUp, wDown;
+    };
+    at::Tensor rmsNorm(const at::Tensor& x, const at::Tensor& w) const;
+    at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {}) const;
+    at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
+
+    ModelConfig m_config;
+    ComputeType m_compute;
+    at::Tensor m_embed, m_finalNorm, m_lmHead, m_invFreq;
+    std::vector<Layer> m_layers;
+};
+
+// TokenStepper over a local LlamaModel: runs forward and samples.
+class LocalStepper : public TokenStepper {
+public:
+    LocalStepper(const LlamaModel& model, const SamplingParams& sampling, int64_t contextLimit = 0, size_t traceTopK = 10);
+    StepOutput step(const std::vector<int>& tokens, int64_t startPos) override;
+    int64_t contextLimit() const override { return m_cache.limit(); }
+    KvCache& cache() { return m_cache; }
+
+private:
+    const LlamaModel& m_model;
+    KvCache m_cache;
+    Sampler m_sampler;
+    size_t m_topK;
+};
+
+} // namespace together

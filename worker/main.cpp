@@ -1,0 +1,114 @@
+// SPDX-License-Identifier: MIT
+// together-worker: the libtorch side. `generate` runs a model in this one process; `bench` prints the
+// single-process speed table. (The cluster daemon `serve` arrives with distributed execution.)
+#include "core/cli_args.h"
+#include "core/error.h"
+#include "core/model_config.h"
+#include "core/run_options.h"
+#include "core/safetensors.h"
+#include "core/tokenizer.h"
+#include "worker/bench.h"
+#include "worker/llama_model.h"
+
+#include <ATen/Parallel.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <thread>
+
+using namespace together;
+
+namespace {
+
+const char* kUsage =
+    "usage:\n"
+    "  together-worker generate [--model DIR] --prompt TEXT [--chat] [--max-tokens N] [--temperature T]\n"
+    "                           [--top-k K] [--top-p P] [--seed S] [--stop TEXT]... [--dtype bf16|f32]\n"
+    "                           [--threads N] [--trace FILE]\n"
+    "      Streams the generated text to stdout. Without --model, a small built-in random-weight model is\n"
+    "      written to the cache folder and used (its output is noise).\n"
+    "  together-worker bench [--cache DIR] [--tokens N]\n"
+    "      Prints prefill/decode speed next to this machine's read bandwidth (TinyLlama-1.1B shape).\n";
+
+int runGenerate(const std::vector<std::string>& rest)
+{
+    CliArgs args(rest, runFlagSpecs());
+    RunOptions o = parseRunOptions(args);
+    if (o.modelDir.empty()) {
+        o.modelDir = ensureDefaultModel();
+        std::fprintf(stderr,
+                     "together: no --model given; using the built-in random-weight model in %s.\n"
+                     "          Random weights produce noise: point --model at a Hugging Face model folder\n"
+                     "          (config.json, model.safetensors, tokenizer.json) for real text.\n",
+                     o.modelDir.c_str());
+        o = parseRunOptions(CliArgs([&] {
+            auto r = rest;
+            r.push_back("--model");
+            r.push_back(o.modelDir);
+            return r;
+        }(), runFlagSpecs()));
+    }
+    const int threads = o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    at::set_num_threads(threads);
+    const ComputeType compute = o.dtype.empty() ? defaultComputeType() : parseComputeType(o.dtype);
+
+    ModelConfig config = ModelConfig::fromDirectory(o.modelDir);
+    Tokenizer tokenizer = Tokenizer::fromDirectory(o.modelDir);
+    SafeTensors tensors = SafeTensors::open(o.modelDir);
+    LlamaModel model(config, tensors, compute);
+
+    std::string warning;
+    std::vector<int> ids = promptIds(tokenizer, o, &warning);
+    if (!warning.empty())
+        std::fprintf(stderr, "together: warning: %s\n", warning.c_str());
+
+    std::ofstream traceOut;
+    if (!o.traceFile.empty()) {
+        traceOut.open(o.traceFile, std::ios::trunc);
+        if (!traceOut)
+            throw Error("cannot write trace file " + o.traceFile);
+    }
+    LocalStepper stepper(model, o.sampling);
+    GenerationResult r = generate(stepper, tokenizer, ids, 0, o.generation,
+                                  [](const std::string& s) {
+                                      std::fwrite(s.data(), 1, s.size(), stdout);
+                                      std::fflush(stdout);
+                                  },
+                                  traceOut.is_open() ? &traceOut : nullptr);
+    std::fputc('\n', stdout);
+    std::fflush(stdout);
+    const double prefillTps = r.prefillSeconds > 0 ? static_cast<double>(r.promptTokens) / r.prefillSeconds : 0;
+    const double decodeTps = r.decodeSeconds > 0 ? static_cast<double>(r.decodeSteps) / r.decodeSeconds : 0;
+    std::fprintf(stderr,
+                 "together: %zu tokens generated, stopped by %s | prompt %lld tokens at %.1f tokens/s | decode %.2f "
+                 "tokens/s | %s, %d threads, seed %llu\n",
+                 r.tokens.size(), stopReasonText(r.reason), static_cast<long long>(r.promptTokens), prefillTps, decodeTps,
+                 computeTypeName(compute), threads, static_cast<unsigned long long>(o.sampling.seed));
+    return 0;
+}
+
+} // namespace
+
+int main(int argc, char** argv)
+{
+    std::vector<std::string> args(argv + 1, argv + argc);
+    if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+        std::fputs(kUsage, args.empty() ? stderr : stdout);
+        return args.empty() ? 2 : 0;
+    }
+    std::string cmd = args[0];
+    std::vector<std::string> rest(args.begin() + 1, args.end());
+    try {
+        if (cmd == "generate")
+            return runGenerate(rest);
+        if (cmd == "bench")
+            return runBench(rest);
+        std::fprintf(stderr, "together-worker: unknown command '%s'\n%s", cmd.c_str(), kUsage);
+        return 2;
+    } catch (const std::exception& e) {
+        std::fflush(stdout);
+        std::fprintf(stderr, "together-worker: error: %s\n", e.what());
+        return 1;
+    }
+}
