@@ -54,10 +54,18 @@ public:
         std::vector<std::pair<size_t, size_t>> out;
         pcre2_match_data* md = pcre2_match_data_create_from_pattern(m_code, nullptr);
         size_t start = 0;
+        // Subjects are valid UTF-8 (encode() sanitizes its input), so skip PCRE2's per-call validity scan,
+        // which would make a long text quadratic.
         while (start <= s.size()) {
-            int rc = pcre2_match(m_code, reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), start, 0, md, nullptr);
-            if (rc < 0)
+            int rc = pcre2_match(m_code, reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), start, PCRE2_NO_UTF_CHECK, md, nullptr);
+            if (rc == PCRE2_ERROR_NOMATCH)
                 break;
+            if (rc < 0) {
+                pcre2_match_data_free(md);
+                PCRE2_UCHAR buf[256];
+                pcre2_get_error_message(rc, buf, sizeof buf);
+                throw Error(std::string("regex match failed: ") + reinterpret_cast<char*>(buf));
+            }
             PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
             size_t b = ov[0], e = ov[1];
             if (e == b) { // empty match: step over one code point
@@ -871,8 +879,18 @@ Tokenizer Tokenizer::fromJson(const std::string& tokenizerJson, const std::strin
     return t;
 }
 
-std::vector<int> Tokenizer::encode(std::string_view text, bool addSpecialTokens, const std::vector<bool>* specialAllowed) const
+std::vector<int> Tokenizer::encode(std::string_view rawText, bool addSpecialTokens, const std::vector<bool>* specialAllowed) const
 {
+    // Invalid UTF-8 becomes U+FFFD first, as text reaching a Hugging Face tokenizer is always valid Unicode.
+    // Replacement changes byte offsets, so the special-token mask is then dropped to "nowhere allowed" for
+    // safety rather than misaligned.
+    std::string cleaned = unicode::sanitizeUtf8(rawText);
+    std::vector<bool> noneAllowed;
+    if (cleaned.size() != rawText.size() && specialAllowed) {
+        noneAllowed.assign(cleaned.size(), false);
+        specialAllowed = &noneAllowed;
+    }
+    std::string_view text = cleaned;
     std::vector<int> out;
     if (addSpecialTokens)
         out = m->prefixIds;

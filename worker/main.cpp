@@ -17,6 +17,8 @@
 #include <iostream>
 #include <thread>
 
+#include <unistd.h>
+
 using namespace together;
 
 namespace {
@@ -76,7 +78,8 @@ int runGenerate(const std::vector<std::string>& rest)
                                       std::fflush(stdout);
                                   },
                                   traceOut.is_open() ? &traceOut : nullptr);
-    std::fputc('\n', stdout);
+    if (::isatty(STDOUT_FILENO)) // end the line for a person; scripts get exactly the generated text
+        std::fputc('\n', stdout);
     std::fflush(stdout);
     const double prefillTps = r.prefillSeconds > 0 ? static_cast<double>(r.promptTokens) / r.prefillSeconds : 0;
     const double decodeTps = r.decodeSeconds > 0 ? static_cast<double>(r.decodeSteps) / r.decodeSeconds : 0;

@@ -1,0 +1,402 @@
+// SPDX-License-Identifier: MIT
+// The engine against (1) an independent C implementation's outputs for a real trained model (stories260K) and
+// (2) a naive double-precision reference written here, for every architecture variant on random models.
+#include "core/error.h"
+#include "core/model_config.h"
+#include "core/random_model.h"
+#include "core/safetensors.h"
+#include "core/tokenizer.h"
+#include "tests/test_support.h"
+#include "worker/llama_model.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <fstream>
+
+using namespace together;
+using json = nlohmann::json;
+
+namespace {
+
+json storiesReference()
+{
+    std::ifstream in(test::stories260KDir() + "/reference.json");
+    return json::parse(in);
+}
+
+std::vector<float> logitsOf(const at::Tensor& t)
+{
+    const float* p = t.data_ptr<float>();
+    return std::vector<float>(p, p + t.numel());
+}
+
+// Greedy generation exactly as run.c does it: feed the prompt, then each argmax, until `steps` positions.
+std::vector<int> greedy(const LlamaModel& m, const std::vector<int>& prompt, size_t n, std::vector<float>* firstLogits,
+                        std::vector<std::vector<float>>* allLogits = nullptr)
+{
+    KvCache cache = m.newCache();
+    std::vector<int> out;
+    std::vector<int> input = prompt;
+    for (size_t i = 0; i < n; ++i) {
+        std::vector<float> l = logitsOf(m.forward(input, cache));
+        if (i == 0 && firstLogits)
+            *firstLogits = l;
+        if (allLogits)
+            allLogits->push_back(l);
+        int best = static_cast<int>(std::max_element(l.begin(), l.end()) - l.begin());
+        out.push_back(best);
+        input = {best};
+    }
+    return out;
+}
+
+TEST(Stories260K, F32GreedyMatchesReferenceExactly)
+{
+    SKIP_WITHOUT_STORIES();
+    at::set_num_threads(2);
+    std::string dir = test::stories260KDir() + "/hf";
+    ModelConfig c = ModelConfig::fromDirectory(dir);
+    SafeTensors st = SafeTensors::open(dir);
+    LlamaModel m(c, st, ComputeType::F32);
+    json ref = storiesReference();
+    for (auto& cs : ref["cases"]) {
+        auto prompt = cs["prompt_ids"].get<std::vector<int>>();
+        auto expected = cs["generated_ids"].get<std::vector<int>>();
+        std::vector<float> first;
+        std::vector<std::vector<float>> all;
+        auto got = greedy(m, prompt, expected.size(), &first, &all);
+        EXPECT_EQ(got, expected) << "prompt: " << cs["prompt"];
+        auto full = cs["first_step_logits_full"].get<std::vector<float>>();
+        ASSERT_EQ(full.size(), 512u);
+        float maxErr = 0;
+        for (size_t i = 0; i < full.size(); ++i)
+            maxErr = std::max(maxErr, std::fabs(full[i] - first[i]));
+        EXPECT_LT(maxErr, 1e-4f) << "first-step logits, prompt: " << cs["prompt"];
+        // per-step logits[0:8] for the generated positions (rows are [pos, token_in, next, l0..l7])
+        for (auto& row : cs["step_logits8"]) {
+            size_t pos = row[0].get<size_t>();
+            if (pos + 1 < prompt.size())
+                continue;
+            size_t step = pos + 1 - prompt.size();
+            if (step >= all.size())
+                continue;
+            for (int k = 0; k < 8; ++k)
+                EXPECT_NEAR(all[step][static_cast<size_t>(k)], row[3 + k].get<float>(), 1e-4) << "pos " << pos;
+        }
+    }
+}
+
+TEST(Stories260K, Bf16StaysCloseToF32)
+{
+    SKIP_WITHOUT_STORIES();
+    std::string dir = test::stories260KDir() + "/hf";
+    ModelConfig c = ModelConfig::fromDirectory(dir);
+    SafeTensors st = SafeTensors::open(dir);
+    LlamaModel m(c, st, ComputeType::BF16);
+    json ref = storiesReference();
+    for (auto& cs : ref["cases"]) {
+        auto prompt = cs["prompt_ids"].get<std::vector<int>>();
+        auto expected = cs["generated_ids"].get<std::vector<int>>();
+        std::vector<float> first;
+        auto got = greedy(m, prompt, expected.size(), &first);
+        auto full = cs["first_step_logits_full"].get<std::vector<float>>();
+        float maxErr = 0;
+        for (size_t i = 0; i < full.size(); ++i)
+            maxErr = std::max(maxErr, std::fabs(full[i] - first[i]));
+        EXPECT_LT(maxErr, 0.25f);
+        size_t agree = 0;
+        while (agree < got.size() && got[agree] == expected[agree])
+            ++agree;
+        // Reported, not asserted: the model's top-2 margins go down to 0.07, under bf16's rounding.
+        std::printf("[ bf16     ] \"%s\": first-step max |logit error| %.4f, greedy agrees with f32 for %zu of %zu steps\n",
+                    cs["prompt"].get<std::string>().c_str(), maxErr, agree, got.size());
+        RecordProperty("bf16_agree_steps_" + std::to_string(prompt.size()), static_cast<int>(agree));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Naive reference: plain loops in double precision, recomputing everything for every position.
+
+struct Ref {
+    const ModelConfig& c;
+    const SafeTensors& st;
+    std::vector<double> get(const std::string& name) const
+    {
+        const TensorView& t = st.get(name);
+        std::vector<double> out(static_cast<size_t>(t.numel()));
+        for (size_t i = 0; i < out.size(); ++i) {
+            if (t.dtype == DType::F32) {
+                float f;
+                std::memcpy(&f, t.data + 4 * i, 4);
+                out[i] = f;
+            } else {
+                uint16_t h;
+                std::memcpy(&h, t.data + 2 * i, 2);
+                out[i] = t.dtype == DType::BF16 ? bf16ToFloat(h) : f16ToFloat(h);
+            }
+        }
+        return out;
+    }
+    static std::vector<double> matvec(const std::vector<double>& W, const std::vector<double>& x, size_t out)
+    {
+        std::vector<double> y(out, 0.0);
+        size_t in = x.size();
+        for (size_t o = 0; o < out; ++o)
+            for (size_t i = 0; i < in; ++i)
+                y[o] += W[o * in + i] * x[i];
+        return y;
+    }
+    std::vector<double> norm(const std::vector<double>& x, const std::vector<double>& w) const
+    {
+        double ss = 0;
+        for (double v : x)
+            ss += v * v;
+        double r = 1.0 / std::sqrt(ss / static_cast<double>(x.size()) + c.rmsNormEps);
+        std::vector<double> y(x.size());
+        for (size_t i = 0; i < x.size(); ++i)
+            y[i] = x[i] * r * w[i];
+        return y;
+    }
+    void rope(double* v, size_t pos) const
+    {
+        size_t D = static_cast<size_t>(c.headDim), half = D / 2;
+        std::vector<double> out(D);
+        for (size_t i = 0; i < half; ++i) {
+            double f = 1.0 / std::pow(c.ropeTheta, 2.0 * static_cast<double>(i) / static_cast<double>(D));
+            const RopeScaling& rs = c.ropeScaling;
+            if (rs.type == "llama3") {
+                double wl = 2 * M_PI / f, lo = rs.originalMaxPositionEmbeddings / rs.lowFreqFactor,
+                       hi = rs.originalMaxPositionEmbeddings / rs.highFreqFactor;
+                if (wl > lo)
+                    f /= rs.factor;
+                else if (wl >= hi) {
+                    double s = (rs.originalMaxPositionEmbeddings / wl - rs.lowFreqFactor) / (rs.highFreqFactor - rs.lowFreqFactor);
+                    f = (1 - s) * f / rs.factor + s * f;
+                }
+            }
+            double a = static_cast<double>(pos) * f;
+            out[i] = v[i] * std::cos(a) - v[i + half] * std::sin(a);
+            out[i + half] = v[i + half] * std::cos(a) + v[i] * std::sin(a);
+        }
+        std::copy(out.begin(), out.end(), v);
+    }
+    // logits after each position of `tokens`
+    std::vector<std::vector<double>> run(const std::vector<int>& tokens) const
+    {
+        const size_t Hd = static_cast<size_t>(c.hiddenSize), H = static_cast<size_t>(c.numHeads),
+                     KV = static_cast<size_t>(c.numKvHeads), D = static_cast<size_t>(c.headDim), I = static_cast<size_t>(c.intermediateSize),
+                     V = static_cast<size_t>(c.vocabSize);
+        auto emb = get("model.embed_tokens.weight");
+        std::vector<std::vector<double>> xs;
+        for (int t : tokens)
+            xs.emplace_back(emb.begin() + static_cast<long>(static_cast<size_t>(t) * Hd), emb.begin() + static_cast<long>((static_cast<size_t>(t) + 1) * Hd));
+        for (int64_t l = 0; l < c.numLayers; ++l) {
+            std::string p = "model.layers." + std::to_string(l) + ".";
+            auto wq = get(p + "self_attn.q_proj.weight"), wk = get(p + "self_attn.k_proj.weight"), wv = get(p + "self_attn.v_proj.weight"),
+                 wo = get(p + "self_attn.o_proj.weight"), g = get(p + "mlp.gate_proj.weight"), u = get(p + "mlp.up_proj.weight"),
+                 d = get(p + "mlp.down_proj.weight"), n1 = get(p + "input_layernorm.weight"), n2 = get(p + "post_attention_layernorm.weight");
+            std::vector<std::vector<double>> Q, K, Vv;
+            for (size_t t = 0; t < xs.size(); ++t) {
+                auto h = norm(xs[t], n1);
+                auto q = matvec(wq, h, H * D), k = matvec(wk, h, KV * D), v = matvec(wv, h, KV * D);
+                if (c.attentionBias) {
+                    auto bq = get(p + "self_attn.q_proj.bias"), bk = get(p + "self_attn.k_proj.bias"), bv = get(p + "self_attn.v_proj.bias");
+                    for (size_t i = 0; i < q.size(); ++i)
+                        q[i] += bq[i];
+                    for (size_t i = 0; i < k.size(); ++i) {
+                        k[i] += bk[i];
+                        v[i] += bv[i];
+                    }
+                }
+                if (c.qkNorm) {
+                    auto qn = get(p + "self_attn.q_norm.weight"), kn = get(p + "self_attn.k_norm.weight");
+                    for (size_t hh = 0; hh < H; ++hh) {
+                        auto y = norm(std::vector<double>(q.begin() + static_cast<long>(hh * D), q.begin() + static_cast<long>((hh + 1) * D)), qn);
+                        std::copy(y.begin(), y.end(), q.begin() + static_cast<long>(hh * D));
+                    }
+                    for (size_t hh = 0; hh < KV; ++hh) {
+                        auto y = norm(std::vector<double>(k.begin() + static_cast<long>(hh * D), k.begin() + static_cast<long>((hh + 1) * D)), kn);
+                        std::copy(y.begin(), y.end(), k.begin() + static_cast<long>(hh * D));
+                    }
+                }
+                for (size_t hh = 0; hh < H; ++hh)
+                    rope(&q[hh * D], t);
+                for (size_t hh = 0; hh < KV; ++hh)
+                    rope(&k[hh * D], t);
+                Q.push_back(q);
+                K.push_back(k);
+                Vv.push_back(v);
+            }
+            for (size_t t = 0; t < xs.size(); ++t) {
+                std::vector<double> attn(H * D, 0.0);
+                for (size_t hh = 0; hh < H; ++hh) {
+                    size_t kvh = hh / (H / KV);
+                    std::vector<double> s(t + 1);
+                    double mx = -1e300;
+                    for (size_t j = 0; j <= t; ++j) {
+                        double dot = 0;
+                        for (size_t e = 0; e < D; ++e)
+                            dot += Q[t][hh * D + e] * K[j][kvh * D + e];
+                        s[j] = dot / std::sqrt(static_cast<double>(D));
+                        mx = std::max(mx, s[j]);
+                    }
+                    double sum = 0;
+                    for (auto& x : s)
+                        sum += (x = std::exp(x - mx));
+                    for (size_t j = 0; j <= t; ++j)
+                        for (size_t e = 0; e < D; ++e)
+                            attn[hh * D + e] += s[j] / sum * Vv[j][kvh * D + e];
+                }
+                auto o = matvec(wo, attn, Hd);
+                for (size_t i = 0; i < Hd; ++i)
+                    xs[t][i] += o[i];
+                auto h2 = norm(xs[t], n2);
+                auto gg = matvec(g, h2, I), uu = matvec(u, h2, I);
+                for (size_t i = 0; i < I; ++i)
+                    gg[i] = gg[i] / (1 + std::exp(-gg[i])) * uu[i];
+                auto dd = matvec(d, gg, Hd);
+                for (size_t i = 0; i < Hd; ++i)
+                    xs[t][i] += dd[i];
+            }
+        }
+        auto fn = get("model.norm.weight");
+        auto head = get(c.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+        std::vector<std::vector<double>> out;
+        for (auto& x : xs)
+            out.push_back(matvec(head, norm(x, fn), V));
+        return out;
+    }
+};
+
+struct Variant {
+    std::string name;
+    std::string arch;
+    int64_t heads, kvHeads;
+    bool tie;
+    bool llama3Rope;
+};
+
+class EngineVsReference : public ::testing::TestWithParam<Variant> {};
+
+TEST_P(EngineVsReference, PrefillAndDecodeMatchNaiveReference)
+{
+    const Variant& v = GetParam();
+    std::string dir = test::makeTempDir("ref");
+    RandomModelSpec s;
+    s.architecture = v.arch;
+    s.hiddenSize = 48;
+    s.intermediateSize = 100;
+    s.numLayers = 2;
+    s.numHeads = v.heads;
+    s.numKvHeads = v.kvHeads;
+    s.headDim = 12;
+    s.tieWordEmbeddings = v.tie;
+    s.seed = 11;
+    writeRandomModel(dir, s);
+    if (v.llama3Rope) {
+        // Patch config.json with llama3 rope scaling and a long-wavelength-heavy theta.
+        std::ifstream in(dir + "/config.json");
+        json cfg = json::parse(in);
+        cfg["rope_theta"] = 500000.0;
+        cfg["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
+                               {"original_max_position_embeddings", 64}};
+        std::ofstream(dir + "/config.json") << cfg.dump();
+    }
+    ModelConfig c = ModelConfig::fromDirectory(dir);
+    SafeTensors st = SafeTensors::open(dir);
+    LlamaModel m(c, st, ComputeType::F32);
+    Tokenizer tok = Tokenizer::fromDirectory(dir);
+    std::vector<int> tokens = tok.encode("Once upon a time, in a faraway land, there lived a cat.", true);
+    ASSERT_GT(tokens.size(), 8u);
+
+    Ref ref{c, st};
+    auto expected = ref.run(tokens);
+
+    // (a) batched prefill of a prefix, then one token at a time
+    const size_t split = 5;
+    KvCache cache = m.newCache();
+    std::vector<std::vector<float>> got;
+    got.push_back(logitsOf(m.forward(std::vector<int>(tokens.begin(), tokens.begin() + split), cache)));
+    for (size_t t = split; t < tokens.size(); ++t)
+        got.push_back(logitsOf(m.forward({tokens[t]}, cache)));
+    EXPECT_EQ(cache.length(), static_cast<int64_t>(tokens.size()));
+    for (size_t k = 0; k < got.size(); ++k) {
+        size_t pos = split - 1 + k;
+        double maxErr = 0, maxAbs = 0;
+        for (size_t i = 0; i < got[k].size(); ++i) {
+            maxErr = std::max(maxErr, std::fabs(got[k][i] - expected[pos][i]));
+            maxAbs = std::max(maxAbs, std::fabs(expected[pos][i]));
+        }
+        EXPECT_LT(maxErr, 1e-4 * std::max(1.0, maxAbs)) << v.name << " position " << pos;
+    }
+
+    // (b) truncating the cache and re-feeding gives the same logits (prefix reuse)
+    cache.truncate(3);
+    auto again = logitsOf(m.forward(std::vector<int>(tokens.begin() + 3, tokens.end()), cache));
+    for (size_t i = 0; i < again.size(); ++i)
+        EXPECT_NEAR(again[i], got.back()[i], 1e-4);
+}
+
+INSTANTIATE_TEST_SUITE_P(Architectures, EngineVsReference,
+                         ::testing::Values(Variant{"llama_gqa", "LlamaForCausalLM", 4, 2, false, false},
+                                           Variant{"llama_mha_tied", "LlamaForCausalLM", 4, 4, true, false},
+                                           Variant{"llama3_rope_scaling", "LlamaForCausalLM", 4, 1, false, true},
+                                           Variant{"qwen2_bias", "Qwen2ForCausalLM", 4, 2, true, false},
+                                           Variant{"qwen3_qk_norm", "Qwen3ForCausalLM", 4, 2, false, false},
+                                           Variant{"mistral", "MistralForCausalLM", 4, 2, false, false}),
+                         [](const auto& info) { return info.param.name; });
+
+TEST(Engine, RefusesBadTokensAndFullCache)
+{
+    std::string dir = test::makeTempDir("eng");
+    RandomModelSpec s;
+    s.hiddenSize = 16;
+    s.intermediateSize = 32;
+    s.numLayers = 1;
+    s.numHeads = 2;
+    s.numKvHeads = 1;
+    s.maxPositionEmbeddings = 8;
+    writeRandomModel(dir, s);
+    ModelConfig c = ModelConfig::fromDirectory(dir);
+    SafeTensors st = SafeTensors::open(dir);
+    LlamaModel m(c, st, ComputeType::F32);
+    KvCache cache = m.newCache();
+    EXPECT_EQ(cache.limit(), 8);
+    EXPECT_THROW(m.forward({static_cast<int>(c.vocabSize)}, cache), Error);
+    EXPECT_THROW(m.forward({-1}, cache), Error);
+    m.forward({1, 2, 3, 4, 5, 6, 7, 8}, cache);
+    try {
+        m.forward({1}, cache);
+        FAIL() << "a full cache accepted another token";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("context full"), std::string::npos);
+    }
+}
+
+TEST(Engine, MissingTensorIsNamed)
+{
+    std::string dir = test::makeTempDir("eng2");
+    RandomModelSpec s;
+    s.hiddenSize = 16;
+    s.intermediateSize = 32;
+    s.numLayers = 1;
+    s.numHeads = 2;
+    s.numKvHeads = 1;
+    writeRandomModel(dir, s);
+    ModelConfig c = ModelConfig::fromDirectory(dir);
+    c.numLayers = 2; // config says 2 layers, files have 1
+    SafeTensors st = SafeTensors::open(dir);
+    try {
+        LlamaModel m(c, st, ComputeType::F32);
+        FAIL();
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("model.layers.1."), std::string::npos) << e.what();
+    }
+}
+
+} // namespace

@@ -1,0 +1,171 @@
+// SPDX-License-Identifier: MIT
+#include "core/error.h"
+#include "core/random_model.h"
+#include "core/tokenizer.h"
+#include "tests/test_support.h"
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+
+using namespace together;
+using json = nlohmann::json;
+
+namespace {
+
+json storiesReference()
+{
+    std::ifstream in(test::stories260KDir() + "/reference.json");
+    return json::parse(in);
+}
+
+TEST(StoriesTokenizer, ReferenceCasesEncodeAndDecode)
+{
+    SKIP_WITHOUT_STORIES();
+    Tokenizer tok = Tokenizer::fromDirectory(test::stories260KDir() + "/hf");
+    json ref = storiesReference();
+    ASSERT_EQ(ref["tokenizer_cases"].size(), 6u);
+    for (auto& c : ref["tokenizer_cases"]) {
+        std::string text = c["text"];
+        auto ids = tok.encode(text);
+        EXPECT_EQ(ids, c["ids"].get<std::vector<int>>()) << text;
+        EXPECT_EQ(tok.decode(ids, /*skipSpecial=*/true), text);
+    }
+    for (auto& c : ref["cases"])
+        EXPECT_EQ(tok.encode(c["prompt"].get<std::string>()), c["prompt_ids"].get<std::vector<int>>());
+}
+
+TEST(StoriesTokenizer, StreamingKeepsTheLeadingSpaceAndMatchesReferenceText)
+{
+    SKIP_WITHOUT_STORIES();
+    Tokenizer tok = Tokenizer::fromDirectory(test::stories260KDir() + "/hf");
+    json ref = storiesReference();
+    for (auto& c : ref["cases"]) {
+        StreamDecoder d(tok);
+        std::string text;
+        for (int id : c["generated_ids"].get<std::vector<int>>())
+            text += d.push(id);
+        text += d.flush();
+        EXPECT_EQ(text, c["generated_text"].get<std::string>());
+        // prompt + output reads as one text
+        EXPECT_EQ(c["prompt"].get<std::string>() + text + "\n", c["run_c_stdout"].get<std::string>());
+    }
+}
+
+TEST(StoriesTokenizer, ByteFallbackHoldsBackIncompleteUtf8)
+{
+    SKIP_WITHOUT_STORIES();
+    Tokenizer tok = Tokenizer::fromDirectory(test::stories260KDir() + "/hf");
+    // "😀" is not in the 512-token vocabulary: it becomes "▁" and the byte tokens <0xF0> <0x9F> <0x98> <0x80>.
+    auto ids = tok.encode("😀", false);
+    ASSERT_EQ(ids.size(), 5u);
+    StreamDecoder d(tok);
+    std::string out;
+    std::vector<std::string> pieces;
+    for (int id : ids)
+        pieces.push_back(d.push(id));
+    EXPECT_EQ(pieces[0], " ");
+    EXPECT_EQ(pieces[1], ""); // the incomplete sequence is held back...
+    EXPECT_EQ(pieces[2], "");
+    EXPECT_EQ(pieces[3], "");
+    EXPECT_EQ(pieces[4], "😀"); // ...until its last byte arrives
+    for (auto& p : pieces)
+        out += p;
+    out += d.flush();
+    EXPECT_EQ(out, " 😀");
+    EXPECT_EQ(tok.decode(ids), "😀");
+    // A lone lead byte at the end becomes U+FFFD, never invalid output.
+    StreamDecoder d2(tok);
+    std::string partial = d2.push(ids[1]);
+    partial += d2.flush();
+    EXPECT_EQ(partial, "\xEF\xBF\xBD");
+}
+
+class GeneratedTokenizer : public ::testing::Test {
+protected:
+    void SetUp() override
+    {
+        dir = test::makeTempDir("tok");
+        RandomModelSpec s;
+        s.hiddenSize = 16;
+        s.intermediateSize = 32;
+        s.numLayers = 1;
+        s.numHeads = 2;
+        s.numKvHeads = 1;
+        writeRandomModel(dir, s);
+        tok = std::make_unique<Tokenizer>(Tokenizer::fromDirectory(dir));
+    }
+    std::string dir;
+    std::unique_ptr<Tokenizer> tok;
+};
+
+TEST_F(GeneratedTokenizer, ByteLevelRoundTripsAnyText)
+{
+    for (std::string s : {"Hello, world!", "  spaces  and\ttabs\n\nnewlines", "日本語 😀 e\u0301", "it's 12345 o'clock"}) {
+        auto ids = tok->encode(s, false);
+        EXPECT_EQ(tok->decode(ids), s);
+        StreamDecoder d(*tok);
+        std::string streamed;
+        for (int id : ids)
+            streamed += d.push(id);
+        streamed += d.flush();
+        EXPECT_EQ(streamed, s);
+    }
+    // merges make common words shorter than their bytes
+    EXPECT_LT(tok->encode("Once upon a time there was a little girl", false).size(), 20u);
+}
+
+TEST_F(GeneratedTokenizer, SpecialTokensAndMask)
+{
+    auto bos = tok->tokenToId("<|begin_of_text|>");
+    auto imStart = tok->tokenToId("<|im_start|>");
+    ASSERT_TRUE(bos && imStart);
+    auto ids = tok->encode("hi", true);
+    EXPECT_EQ(ids.front(), *bos); // the post-processor's BOS
+    std::string text = "<|im_start|>x";
+    auto special = tok->encode(text, false);
+    EXPECT_EQ(special.front(), *imStart);
+    std::vector<bool> none(text.size(), false);
+    auto plain = tok->encode(text, false, &none);
+    EXPECT_EQ(std::count(plain.begin(), plain.end(), *imStart), 0);
+    EXPECT_EQ(tok->decode(plain), text);
+    EXPECT_TRUE(tok->isSpecial(*imStart));
+    std::vector<int> withMarker = {*imStart};
+    auto hi = tok->encode("hi", false);
+    withMarker.insert(withMarker.end(), hi.begin(), hi.end());
+    EXPECT_EQ(tok->decode(withMarker, /*skipSpecial=*/true), "hi");
+    EXPECT_EQ(tok->decode(withMarker), "<|im_start|>hi");
+}
+
+TEST_F(GeneratedTokenizer, InvalidUtf8InputIsReplacedNotDropped)
+{
+    std::string bad = "ok\xff\xfeok";
+    auto ids = tok->encode(bad, false);
+    EXPECT_EQ(tok->decode(ids), "ok\xEF\xBF\xBD\xEF\xBF\xBDok");
+}
+
+TEST(TokenizerErrors, MalformedFilesAreNamed)
+{
+    try {
+        Tokenizer::fromJson("{", "", "x/tokenizer.json");
+        FAIL();
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("x/tokenizer.json: malformed JSON"), std::string::npos);
+    }
+    try {
+        Tokenizer::fromJson(R"({"model":{"type":"Unigram","vocab":[]}})", "", "t.json");
+        FAIL();
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("Unigram"), std::string::npos);
+    }
+    try {
+        Tokenizer::fromJson(R"({"model":{"type":"BPE","vocab":{"a":0},"merges":["a b"]}})", "", "t.json");
+        FAIL();
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("merge 'a b'"), std::string::npos);
+    }
+    EXPECT_THROW(Tokenizer::fromDirectory("/nonexistent-dir"), Error);
+}
+
+} // namespace
