@@ -281,6 +281,8 @@ struct Variant {
     bool llama3Rope;
 };
 
+void PrintTo(const Variant& v, std::ostream* os) { *os << v.name; }
+
 class EngineVsReference : public ::testing::TestWithParam<Variant> {};
 
 TEST_P(EngineVsReference, PrefillAndDecodeMatchNaiveReference)

@@ -93,3 +93,9 @@ private:
 };
 
 } // namespace together
+
+namespace together {
+// Sets the compute threads for ATen's pool and for OpenBLAS's own pool (used by f32 matmuls), which
+// otherwise ignores at::set_num_threads and oversubscribes the cores.
+void setComputeThreads(int threads);
+} // namespace together

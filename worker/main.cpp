@@ -52,7 +52,7 @@ int runGenerate(const std::vector<std::string>& rest)
         }(), runFlagSpecs()));
     }
     const int threads = o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-    at::set_num_threads(threads);
+    setComputeThreads(threads);
     const ComputeType compute = o.dtype.empty() ? defaultComputeType() : parseComputeType(o.dtype);
 
     ModelConfig config = ModelConfig::fromDirectory(o.modelDir);
