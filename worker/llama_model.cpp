@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <map>
 #include <fstream>
 
 namespace together {
@@ -96,34 +97,60 @@ void KvCache::reserve(int64_t needed)
 }
 
 LlamaModel::LlamaModel(const ModelConfig& config, const SafeTensors& tensors, ComputeType compute)
+    : LlamaModel(config, SafeTensorsWeights(tensors), compute, ShardSpec::whole(config), nullptr)
+{
+}
+
+LlamaModel::LlamaModel(const ModelConfig& config, const WeightProvider& weights, ComputeType compute, const ShardSpec& spec,
+                       Communicator* comm)
     : m_config(config)
     , m_compute(compute)
+    , m_spec(spec)
+    , m_dims(shardDims(config, spec.tpRank, spec.tpSize))
+    , m_comm(comm)
 {
-    config.validate(tensors);
+    if (spec.tpSize > 1 && !comm)
+        throw Error("a tensor-parallel shard needs a communicator");
     const at::ScalarType wt = compute == ComputeType::BF16 ? at::kBFloat16 : at::kFloat;
-    m_embed = load(tensors.get("model.embed_tokens.weight"), wt);
-    m_finalNorm = load(tensors.get("model.norm.weight"), at::kFloat);
-    m_lmHead = config.tieWordEmbeddings ? m_embed : load(tensors.get("lm_head.weight"), wt);
-    for (int64_t l = 0; l < config.numLayers; ++l) {
+    std::map<std::string, TensorSlice> slices;
+    for (auto& s : shardTensors(config, spec))
+        slices.emplace(s.name, s);
+    auto get = [&](const std::string& name, at::ScalarType to) {
+        auto it = slices.find(name);
+        if (it == slices.end())
+            throw Error("internal: tensor " + name + " is not part of this shard");
+        std::vector<std::byte> scratch;
+        TensorView v = weights.get(it->second, scratch);
+        if (v.shape != it->second.shape())
+            throw Error("tensor " + name + " has shape " + shapeString(v.shape) + " but this shard needs " +
+                        shapeString(it->second.shape()));
+        return load(v, to);
+    };
+    if (spec.holdsEmbedding() || (spec.holdsHead() && config.tieWordEmbeddings))
+        m_embed = get("model.embed_tokens.weight", wt);
+    if (spec.holdsHead()) {
+        m_finalNorm = get("model.norm.weight", at::kFloat);
+        m_lmHead = config.tieWordEmbeddings ? m_embed : get("lm_head.weight", wt);
+    }
+    for (int64_t l = spec.firstLayer; l <= spec.lastLayer; ++l) {
         const std::string p = "model.layers." + std::to_string(l) + ".";
         Layer L;
-        L.inputNorm = load(tensors.get(p + "input_layernorm.weight"), at::kFloat);
-        L.postNorm = load(tensors.get(p + "post_attention_layernorm.weight"), at::kFloat);
-        L.wqkv = at::cat({load(tensors.get(p + "self_attn.q_proj.weight"), wt), load(tensors.get(p + "self_attn.k_proj.weight"), wt),
-                          load(tensors.get(p + "self_attn.v_proj.weight"), wt)},
+        L.inputNorm = get(p + "input_layernorm.weight", at::kFloat);
+        L.postNorm = get(p + "post_attention_layernorm.weight", at::kFloat);
+        L.wqkv = at::cat({get(p + "self_attn.q_proj.weight", wt), get(p + "self_attn.k_proj.weight", wt),
+                          get(p + "self_attn.v_proj.weight", wt)},
                          0);
         if (config.attentionBias)
-            L.bqkv = at::cat({load(tensors.get(p + "self_attn.q_proj.bias"), at::kFloat),
-                              load(tensors.get(p + "self_attn.k_proj.bias"), at::kFloat),
-                              load(tensors.get(p + "self_attn.v_proj.bias"), at::kFloat)},
+            L.bqkv = at::cat({get(p + "self_attn.q_proj.bias", at::kFloat), get(p + "self_attn.k_proj.bias", at::kFloat),
+                              get(p + "self_attn.v_proj.bias", at::kFloat)},
                              0);
         if (config.qkNorm) {
-            L.qNorm = load(tensors.get(p + "self_attn.q_norm.weight"), at::kFloat);
-            L.kNorm = load(tensors.get(p + "self_attn.k_norm.weight"), at::kFloat);
+            L.qNorm = get(p + "self_attn.q_norm.weight", at::kFloat);
+            L.kNorm = get(p + "self_attn.k_norm.weight", at::kFloat);
         }
-        L.wo = load(tensors.get(p + "self_attn.o_proj.weight"), wt);
-        L.wGateUp = at::cat({load(tensors.get(p + "mlp.gate_proj.weight"), wt), load(tensors.get(p + "mlp.up_proj.weight"), wt)}, 0);
-        L.wDown = load(tensors.get(p + "mlp.down_proj.weight"), wt);
+        L.wo = get(p + "self_attn.o_proj.weight", wt);
+        L.wGateUp = at::cat({get(p + "mlp.gate_proj.weight", wt), get(p + "mlp.up_proj.weight", wt)}, 0);
+        L.wDown = get(p + "mlp.down_proj.weight", wt);
         m_layers.push_back(std::move(L));
     }
 
@@ -155,7 +182,7 @@ KvCache LlamaModel::newCache(int64_t limit) const
     int64_t cap = m_config.contextLimit();
     if (limit > 0)
         cap = std::min(cap, limit);
-    return KvCache(m_config.numLayers, m_config.numKvHeads, m_config.headDim, cap);
+    return KvCache(static_cast<int64_t>(m_layers.size()), m_dims.kvHeads, m_config.headDim, cap);
 }
 
 int64_t LlamaModel::weightBytesPerToken() const
@@ -163,8 +190,10 @@ int64_t LlamaModel::weightBytesPerToken() const
     int64_t total = 0;
     for (auto& L : m_layers)
         total += (L.wqkv.nbytes() + L.wo.nbytes() + L.wGateUp.nbytes() + L.wDown.nbytes() + L.inputNorm.nbytes() + L.postNorm.nbytes());
-    total += m_lmHead.nbytes() + m_finalNorm.nbytes();
-    total += m_embed.nbytes() / m_embed.size(0); // one embedding row per token
+    if (m_lmHead.defined())
+        total += m_lmHead.nbytes() + m_finalNorm.nbytes();
+    if (m_embed.defined() && m_spec.holdsEmbedding())
+        total += m_embed.nbytes() / m_embed.size(0); // one embedding row per token
     return total;
 }
 
@@ -199,21 +228,38 @@ at::Tensor LlamaModel::rotary(const at::Tensor& x, const at::Tensor& cos, const 
 
 at::Tensor LlamaModel::forward(const std::vector<int>& tokens, KvCache& cache) const
 {
+    if (!m_spec.firstStage || !m_spec.lastStage || m_spec.tpSize != 1)
+        throw Error("internal: forward(tokens) needs the whole model; use forwardShard");
+    std::vector<int64_t> ids(tokens.begin(), tokens.end());
+    return forwardShard(at::tensor(ids, at::kLong), cache);
+}
+
+at::Tensor LlamaModel::forwardShard(const at::Tensor& input, KvCache& cache) const
+{
     const ModelConfig& c = m_config;
-    const int64_t T = static_cast<int64_t>(tokens.size());
-    if (T == 0)
-        throw Error("forward called with no tokens");
-    for (int t : tokens)
-        if (t < 0 || t >= c.vocabSize)
-            throw Error("token id " + std::to_string(t) + " is outside the model's vocabulary (" + std::to_string(c.vocabSize) + ")");
+    at::Tensor x;
+    int64_t T;
+    if (m_spec.firstStage) {
+        if (input.scalar_type() != at::kLong || input.dim() != 1)
+            throw Error("the first stage takes token ids");
+        T = input.size(0);
+        if (T == 0)
+            throw Error("forward called with no tokens");
+        const int64_t* ids = input.data_ptr<int64_t>();
+        for (int64_t i = 0; i < T; ++i)
+            if (ids[i] < 0 || ids[i] >= c.vocabSize)
+                throw Error("token id " + std::to_string(ids[i]) + " is outside the model's vocabulary (" + std::to_string(c.vocabSize) + ")");
+        x = m_embed.index_select(0, input).to(at::kFloat); // [T, hidden]
+    } else {
+        if (input.scalar_type() != at::kFloat || input.dim() != 2 || input.size(1) != c.hiddenSize || input.size(0) == 0)
+            throw Error("a later stage takes an f32 hidden state [T, " + std::to_string(c.hiddenSize) + "]");
+        T = input.size(0);
+        x = input.contiguous();
+    }
     const int64_t pos0 = cache.length();
     cache.reserve(pos0 + T);
     const int64_t L = pos0 + T;
-    const int64_t H = c.numHeads, KV = c.numKvHeads, D = c.headDim, G = H / KV;
-
-    std::vector<int64_t> ids(tokens.begin(), tokens.end());
-    at::Tensor idx = at::tensor(ids, at::kLong);
-    at::Tensor x = m_embed.index_select(0, idx).to(at::kFloat); // [T, hidden]
+    const int64_t H = m_dims.qHeads, KV = m_dims.kvHeads, D = c.headDim, G = H / KV;
 
     at::Tensor pos = at::arange(pos0, L, at::kFloat);
     at::Tensor freqs = at::outer(pos, m_invFreq);          // [T, D/2]
@@ -226,6 +272,14 @@ at::Tensor LlamaModel::forward(const std::vector<int>& tokens, KvCache& cache) c
         mask = at::full({T, L}, -INFINITY, at::kFloat).triu(pos0 + 1);
     }
     const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+    // Row-parallel outputs are partial sums on each rank: sum them across the group.
+    auto reduce = [&](at::Tensor t) {
+        if (m_spec.tpSize > 1) {
+            t = t.contiguous();
+            m_comm->allReduceSum(t.data_ptr<float>(), static_cast<size_t>(t.numel()));
+        }
+        return t;
+    };
 
     for (size_t l = 0; l < m_layers.size(); ++l) {
         const Layer& W = m_layers[l];
@@ -251,15 +305,19 @@ at::Tensor LlamaModel::forward(const std::vector<int>& tokens, KvCache& cache) c
             scores = (scores.view({KV, G, T, L}) + mask).view({KV, G * T, L});
         at::Tensor probs = at::softmax(scores, -1);
         at::Tensor attn = at::bmm(probs, V).view({H, T, D}).transpose(0, 1).reshape({T, H * D});
-        x = x + linear(attn, W.wo);
+        x = x + reduce(linear(attn, W.wo));
 
         at::Tensor h2 = rmsNorm(x, W.postNorm);
         at::Tensor gu = linear(h2, W.wGateUp);
-        const int64_t I = c.intermediateSize;
+        const int64_t I = m_dims.intermediate;
         at::Tensor act = at::silu(gu.narrow(1, 0, I)) * gu.narrow(1, I, I);
-        x = x + linear(act, W.wDown);
+        x = x + reduce(linear(act, W.wDown));
     }
     cache.m_length = L;
+    if (!m_spec.lastStage)
+        return x;
+    if (!m_spec.holdsHead())
+        return at::Tensor();
     at::Tensor last = rmsNorm(x.narrow(0, T - 1, 1), m_finalNorm);
     return linear(last, m_lmHead).view({c.vocabSize}).contiguous();
 }

@@ -4,6 +4,7 @@
 #include "core/generation.h"
 #include "core/model_config.h"
 #include "core/sampler.h"
+#include "core/shard_spec.h"
 
 #include <ATen/core/Tensor.h>
 
@@ -42,18 +43,37 @@ private:
     int64_t m_kvHeads, m_headDim, m_capacity = 0, m_length = 0, m_limit;
 };
 
-// The Llama decoder (Llama 2/3, Mistral, Qwen2 with q/k/v bias, Qwen3 with q/k norm). Weights are stored
-// [out, in] as nn.Linear keeps them and applied with at::linear: Y = X · Wᵀ. q/k/v are fused into one
-// [q + 2·kv, hidden] matrix and gate/up into one [2·intermediate, hidden] matrix so each step makes two
-// matmul calls where the checkpoint has five.
+// Sums a tensor across the ranks of a tensor-parallel group. Every rank calls it in the same order
+// (two per layer: after o_proj and after down_proj); an implementation throws Error on a failed or
+// desynchronised peer rather than hanging.
+class Communicator {
+public:
+    virtual ~Communicator() = default;
+    virtual void allReduceSum(float* data, size_t count) = 0;
+};
+
+// The Llama decoder (Llama 2/3, Mistral, Qwen2 with q/k/v bias, Qwen3 with q/k norm), whole or one shard of
+// it (a layer range and a tensor-parallel share, see ShardSpec). Weights are stored [out, in] as nn.Linear
+// keeps them and applied as Y = X · Wᵀ. q/k/v are fused into one [q + 2·kv, hidden] matrix and gate/up into
+// one [2·intermediate, hidden] matrix so each layer makes two matmul calls where the checkpoint has five.
 class LlamaModel {
 public:
+    // The whole model in this process.
     LlamaModel(const ModelConfig& config, const SafeTensors& tensors, ComputeType compute);
+    // One shard; `comm` is required when spec.tpSize > 1 and must outlive the model.
+    LlamaModel(const ModelConfig& config, const WeightProvider& weights, ComputeType compute, const ShardSpec& spec,
+               Communicator* comm);
 
-    // Feeds `tokens` at positions [cache.length(), +n), appends their keys/values to the cache, and returns
-    // the f32 logits [vocab] of the last position. Throws Error when the cache limit would be passed.
+    // Whole model: feeds `tokens` at positions [cache.length(), +n), appends their keys/values to the cache,
+    // and returns the f32 logits [vocab] of the last position. Throws Error when the cache limit would be passed.
     at::Tensor forward(const std::vector<int>& tokens, KvCache& cache) const;
+    // One shard: `input` is int64 token ids [T] on the first stage, else the f32 hidden state [T, hidden]
+    // from the previous stage. Returns the hidden state [T, hidden] (every rank holds all of it after the
+    // last all-reduce), or on the last stage the logits [vocab] of the last position on rank 0 and an
+    // undefined tensor on the other ranks.
+    at::Tensor forwardShard(const at::Tensor& input, KvCache& cache) const;
     KvCache newCache(int64_t limit = 0) const; // 0: the config's context limit
+    const ShardSpec& shard() const { return m_spec; }
 
     const ModelConfig& config() const { return m_config; }
     ComputeType computeType() const { return m_compute; }
@@ -73,6 +93,9 @@ private:
 
     ModelConfig m_config;
     ComputeType m_compute;
+    ShardSpec m_spec;
+    ShardDims m_dims;
+    Communicator* m_comm = nullptr;
     at::Tensor m_embed, m_finalNorm, m_lmHead, m_invFreq;
     std::vector<Layer> m_layers;
 };

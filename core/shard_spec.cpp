@@ -1,0 +1,144 @@
+// SPDX-License-Identifier: MIT
+#include "core/shard_spec.h"
+
+#include "core/error.h"
+
+#include <cstring>
+
+namespace together {
+
+void checkTensorParallel(const ModelConfig& c, int tpSize)
+{
+    if (tpSize < 1)
+        throw Error("tensor-parallel size must be at least 1");
+    if (c.numHeads % tpSize != 0)
+        throw Error("tensor-parallel size " + std::to_string(tpSize) + " does not divide the " + std::to_string(c.numHeads) +
+                    " attention heads");
+    if (c.numKvHeads % tpSize != 0 && tpSize % c.numKvHeads != 0)
+        throw Error("tensor-parallel size " + std::to_string(tpSize) + " neither divides the " + std::to_string(c.numKvHeads) +
+                    " key/value heads nor is a multiple of them");
+    if (c.intermediateSize < tpSize)
+        throw Error("tensor-parallel size " + std::to_string(tpSize) + " exceeds the intermediate size " +
+                    std::to_string(c.intermediateSize));
+}
+
+ShardDims shardDims(const ModelConfig& c, int r, int t)
+{
+    ShardDims d;
+    d.qHeads = c.numHeads / t;
+    d.qHeadBegin = d.qHeads * r;
+    if (c.numKvHeads % t == 0) {
+        d.kvHeads = c.numKvHeads / t;
+        d.kvHeadBegin = d.kvHeads * r;
+    } else { // replicated: t / kv ranks share each KV head
+        d.kvHeads = 1;
+        d.kvHeadBegin = r / (t / c.numKvHeads);
+    }
+    const int64_t base = c.intermediateSize / t, extra = c.intermediateSize % t;
+    d.intermediate = base + (r < extra ? 1 : 0);
+    d.intermediateBegin = base * r + std::min<int64_t>(r, extra);
+    return d;
+}
+
+std::vector<int64_t> TensorSlice::shape() const
+{
+    std::vector<int64_t> s = fullShape;
+    if (dim >= 0)
+        s[static_cast<size_t>(dim)] = end - begin;
+    return s;
+}
+
+std::vector<TensorSlice> shardTensors(const ModelConfig& c, const ShardSpec& s)
+{
+    checkTensorParallel(c, s.tpSize);
+    if (s.firstLayer < 0 || s.lastLayer >= c.numLayers || s.firstLayer > s.lastLayer)
+        throw Error("layer range [" + std::to_string(s.firstLayer) + ", " + std::to_string(s.lastLayer) +
+                    "] is outside the model's " + std::to_string(c.numLayers) + " layers");
+    const ShardDims d = shardDims(c, s.tpRank, s.tpSize);
+    const int64_t D = c.headDim;
+    std::vector<TensorSlice> out;
+    auto whole = [&](const ModelConfig::TensorSpec& t) { out.push_back({t.name, t.shape, -1, 0, 0}); };
+    auto rows = [&](const ModelConfig::TensorSpec& t, int64_t b, int64_t e) { out.push_back({t.name, t.shape, 0, b, e}); };
+    auto cols = [&](const ModelConfig::TensorSpec& t, int64_t b, int64_t e) { out.push_back({t.name, t.shape, 1, b, e}); };
+    for (auto& g : c.globalTensors()) {
+        if (g.name == "model.embed_tokens.weight" && (s.holdsEmbedding() || (s.holdsHead() && c.tieWordEmbeddings)))
+            whole(g);
+        else if (g.name != "model.embed_tokens.weight" && s.holdsHead())
+            whole(g);
+    }
+    for (int64_t l = s.firstLayer; l <= s.lastLayer; ++l) {
+        for (auto& t : c.layerTensors(l)) {
+            const std::string& n = t.name;
+            auto has = [&](const char* suffix) { return n.size() >= std::strlen(suffix) && n.compare(n.size() - std::strlen(suffix), std::string::npos, suffix) == 0; };
+            if (has("q_proj.weight") || has("q_proj.bias"))
+                rows(t, d.qHeadBegin * D, (d.qHeadBegin + d.qHeads) * D);
+            else if (has("k_proj.weight") || has("v_proj.weight") || has("k_proj.bias") || has("v_proj.bias"))
+                rows(t, d.kvHeadBegin * D, (d.kvHeadBegin + d.kvHeads) * D);
+            else if (has("o_proj.weight"))
+                cols(t, d.qHeadBegin * D, (d.qHeadBegin + d.qHeads) * D);
+            else if (has("gate_proj.weight") || has("up_proj.weight"))
+                rows(t, d.intermediateBegin, d.intermediateBegin + d.intermediate);
+            else if (has("down_proj.weight"))
+                cols(t, d.intermediateBegin, d.intermediateBegin + d.intermediate);
+            else
+                whole(t); // norms
+        }
+    }
+    return out;
+}
+
+int64_t shardBytes(const ModelConfig& c, const ShardSpec& s, DType dtype)
+{
+    int64_t total = 0;
+    for (auto& t : shardTensors(c, s)) {
+        int64_t n = 1;
+        for (auto x : t.shape())
+            n *= x;
+        total += n * static_cast<int64_t>(dtypeSize(dtype));
+    }
+    return total;
+}
+
+void copySlice(const TensorView& full, const TensorSlice& slice, std::vector<std::byte>& out)
+{
+    if (full.shape != slice.fullShape)
+        throw Error("tensor " + slice.name + " has shape " + shapeString(full.shape) + ", expected " + shapeString(slice.fullShape));
+    const size_t es = dtypeSize(full.dtype);
+    if (slice.dim < 0) {
+        out.assign(full.data, full.data + full.nbytes);
+        return;
+    }
+    const int64_t rows = full.shape[0];
+    const int64_t cols = full.shape.size() > 1 ? full.shape[1] : 1;
+    if (slice.dim == 0) {
+        const size_t rowBytes = static_cast<size_t>(cols) * es;
+        out.assign(full.data + static_cast<size_t>(slice.begin) * rowBytes, full.data + static_cast<size_t>(slice.end) * rowBytes);
+        return;
+    }
+    const size_t w = static_cast<size_t>(slice.end - slice.begin) * es;
+    out.resize(static_cast<size_t>(rows) * w);
+    for (int64_t r = 0; r < rows; ++r)
+        std::memcpy(out.data() + static_cast<size_t>(r) * w,
+                    full.data + (static_cast<size_t>(r) * static_cast<size_t>(cols) + static_cast<size_t>(slice.begin)) * es, w);
+}
+
+TensorView SafeTensorsWeights::get(const TensorSlice& slice, std::vector<std::byte>& scratch) const
+{
+    const TensorView& full = m_tensors.expect(slice.name, slice.fullShape);
+    if (slice.dim < 0)
+        return full;
+    TensorView v = full;
+    v.shape = slice.shape();
+    if (slice.dim == 0) { // rows are contiguous: a view into the map
+        const size_t rowBytes = full.nbytes / static_cast<size_t>(full.shape[0]);
+        v.data = full.data + static_cast<size_t>(slice.begin) * rowBytes;
+        v.nbytes = static_cast<size_t>(slice.end - slice.begin) * rowBytes;
+        return v;
+    }
+    copySlice(full, slice, scratch);
+    v.data = scratch.data();
+    v.nbytes = scratch.size();
+    return v;
+}
+
+} // namespace together

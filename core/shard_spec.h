@@ -1,0 +1,85 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include "core/model_config.h"
+#include "core/safetensors.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace together {
+
+// What one process (a shard) holds: a contiguous layer range of one pipeline stage, and within the stage's
+// tensor-parallel group of size tpSize, rank tpRank's share.
+//
+// Matrix convention: Y = X · Wᵀ with W stored [out, in] as nn.Linear keeps it.
+//  - ColumnParallel (q, k, v, gate, up): W's rows (the output dimension) are split; no communication.
+//  - RowParallel (o, down): W's columns (the input dimension) are split; each rank's partial output is
+//    summed by an all-reduce. Biases of column-parallel layers split with their rows.
+// q heads split evenly (heads % tp == 0 is required). K/V heads split evenly when tp divides them; when tp
+// is a multiple of the KV heads, each KV head is held by tp / kv ranks (as vLLM does). The intermediate
+// size splits as evenly as possible (the first I % tp ranks get one more column); no divisibility needed.
+// The first stage holds the embedding (whole, on every rank); the last stage's rank 0 holds the final norm
+// and the whole lm_head and produces the logits.
+struct ShardSpec {
+    int64_t firstLayer = 0;
+    int64_t lastLayer = 0; // inclusive
+    int tpRank = 0;
+    int tpSize = 1;
+    bool firstStage = true;
+    bool lastStage = true;
+
+    static ShardSpec whole(const ModelConfig& c) { return {0, c.numLayers - 1, 0, 1, true, true}; }
+    bool holdsEmbedding() const { return firstStage; }
+    bool holdsHead() const { return lastStage && tpRank == 0; }
+};
+
+// The per-rank sizes the split gives.
+struct ShardDims {
+    int64_t qHeads = 0, qHeadBegin = 0;
+    int64_t kvHeads = 0, kvHeadBegin = 0;
+    int64_t intermediate = 0, intermediateBegin = 0;
+};
+ShardDims shardDims(const ModelConfig& c, int tpRank, int tpSize);
+// Throws Error when the model cannot be split tpSize ways (heads not divisible, KV heads neither divisible
+// nor a divisor of tpSize, more ranks than intermediate columns).
+void checkTensorParallel(const ModelConfig& c, int tpSize);
+
+// One tensor of a shard: which part of the checkpoint tensor it is.
+struct TensorSlice {
+    std::string name;
+    std::vector<int64_t> fullShape;
+    int dim = -1; // -1: whole tensor; 0: rows [begin, end); 1: columns [begin, end)
+    int64_t begin = 0, end = 0;
+    std::vector<int64_t> shape() const;
+};
+
+std::vector<TensorSlice> shardTensors(const ModelConfig& c, const ShardSpec& s);
+// Bytes of the shard's slices at the given storage dtype.
+int64_t shardBytes(const ModelConfig& c, const ShardSpec& s, DType dtype);
+
+// Copies a slice of a checkpoint tensor into `out` (row slices are one contiguous copy).
+void copySlice(const TensorView& full, const TensorSlice& slice, std::vector<std::byte>& out);
+
+// Where a shard's weights come from: the master's stream, or a local checkpoint. `get` returns a view of
+// exactly the slice's shape; `scratch` may back it when the slice had to be gathered.
+class WeightProvider {
+public:
+    virtual ~WeightProvider() = default;
+    virtual TensorView get(const TensorSlice& slice, std::vector<std::byte>& scratch) const = 0;
+};
+
+class SafeTensorsWeights : public WeightProvider {
+public:
+    explicit SafeTensorsWeights(const SafeTensors& tensors)
+        : m_tensors(tensors)
+    {
+    }
+    TensorView get(const TensorSlice& slice, std::vector<std::byte>& scratch) const override;
+
+private:
+    const SafeTensors& m_tensors;
+};
+
+} // namespace together

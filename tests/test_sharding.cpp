@@ -1,0 +1,215 @@
+// SPDX-License-Identifier: MIT
+// Sharded numerics against the unsharded model: tensor-parallel ranks run as threads with an in-process
+// all-reduce, pipeline stages hand the hidden state on, and the last stage's logits must match the whole
+// model's at every step.
+#include "core/error.h"
+#include "core/model_config.h"
+#include "core/random_model.h"
+#include "core/safetensors.h"
+#include "core/shard_spec.h"
+#include "tests/test_support.h"
+#include "worker/llama_model.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <gtest/gtest.h>
+
+#include <barrier>
+#include <mutex>
+#include <thread>
+
+using namespace together;
+
+namespace {
+
+// All-reduce among threads: each rank adds its buffer into a shared sum, then all copy the sum out.
+class ThreadGroup {
+public:
+    explicit ThreadGroup(int size)
+        : m_size(size)
+        , m_barrier(size)
+    {
+    }
+    void allReduce(float* data, size_t n)
+    {
+        {
+            std::lock_guard lock(m_mutex);
+            if (m_sum.size() != n)
+                m_sum.assign(n, 0.0f);
+            for (size_t i = 0; i < n; ++i)
+                m_sum[i] += data[i];
+        }
+        m_barrier.arrive_and_wait();
+        std::copy(m_sum.begin(), m_sum.end(), data);
+        m_barrier.arrive_and_wait();
+        if (m_arrivals.fetch_add(1) + 1 == m_size) { // last one out resets for the next call
+            m_sum.clear();
+            m_arrivals = 0;
+        }
+        m_barrier.arrive_and_wait();
+    }
+
+private:
+    int m_size;
+    std::barrier<> m_barrier;
+    std::mutex m_mutex;
+    std::vector<float> m_sum;
+    std::atomic<int> m_arrivals{0};
+};
+
+class ThreadComm : public Communicator {
+public:
+    explicit ThreadComm(ThreadGroup& g)
+        : m_group(g)
+    {
+    }
+    void allReduceSum(float* data, size_t count) override { m_group.allReduce(data, count); }
+
+private:
+    ThreadGroup& m_group;
+};
+
+struct StageLayout {
+    int64_t first, last;
+    int tp;
+};
+
+struct Case {
+    std::string name;
+    std::string arch;
+    int64_t layers, heads, kvHeads, intermediate;
+    std::vector<StageLayout> stages;
+};
+
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
+
+class Sharded : public ::testing::TestWithParam<Case> {};
+
+TEST_P(Sharded, LogitsMatchTheWholeModel)
+{
+    const Case& cs = GetParam();
+    std::string dir = test::makeTempDir("shard");
+    RandomModelSpec s;
+    s.architecture = cs.arch;
+    s.hiddenSize = 48;
+    s.headDim = 8;
+    s.numHeads = cs.heads;
+    s.numKvHeads = cs.kvHeads;
+    s.intermediateSize = cs.intermediate;
+    s.numLayers = cs.layers;
+    s.seed = 5;
+    writeRandomModel(dir, s);
+    ModelConfig c = ModelConfig::fromDirectory(dir);
+    SafeTensors st = SafeTensors::open(dir);
+    SafeTensorsWeights weights(st);
+    at::set_num_threads(1);
+
+    LlamaModel whole(c, st, ComputeType::F32);
+
+    struct Rank {
+        std::unique_ptr<ThreadComm> comm;
+        std::unique_ptr<LlamaModel> model;
+        std::unique_ptr<KvCache> cache;
+    };
+    std::vector<std::unique_ptr<ThreadGroup>> groups;
+    std::vector<std::vector<Rank>> stages;
+    int64_t sliceBytes = 0;
+    for (size_t si = 0; si < cs.stages.size(); ++si) {
+        const StageLayout& L = cs.stages[si];
+        groups.push_back(std::make_unique<ThreadGroup>(L.tp));
+        std::vector<Rank> ranks;
+        for (int r = 0; r < L.tp; ++r) {
+            ShardSpec spec{L.first, L.last, r, L.tp, si == 0, si + 1 == cs.stages.size()};
+            Rank rk;
+            rk.comm = std::make_unique<ThreadComm>(*groups.back());
+            rk.model = std::make_unique<LlamaModel>(c, weights, ComputeType::F32, spec, rk.comm.get());
+            rk.cache = std::make_unique<KvCache>(rk.model->newCache());
+            sliceBytes += shardBytes(c, spec, DType::F32);
+            ranks.push_back(std::move(rk));
+        }
+        stages.push_back(std::move(ranks));
+    }
+    // Every weight byte is held by some rank; replicated pieces (embedding on all first-stage ranks,
+    // norms, replicated KV heads) make the sum larger than the checkpoint, never smaller.
+    int64_t checkpointBytes = 0;
+    for (auto& [name, t] : st.tensors())
+        checkpointBytes += static_cast<int64_t>(t.nbytes);
+    EXPECT_GE(sliceBytes, checkpointBytes);
+
+    std::vector<std::vector<int>> steps = {{1, 17, 42, 99, 7, 300}, {12}, {5}, {250}};
+    KvCache wholeCache = whole.newCache();
+    for (auto& tokens : steps) {
+        at::Tensor expected = whole.forward(tokens, wholeCache);
+        std::vector<int64_t> ids(tokens.begin(), tokens.end());
+        at::Tensor input = at::tensor(ids, at::kLong);
+        at::Tensor logits;
+        for (auto& ranks : stages) {
+            std::vector<at::Tensor> outs(ranks.size());
+            std::vector<std::thread> threads;
+            std::vector<std::string> errors(ranks.size());
+            for (size_t r = 0; r < ranks.size(); ++r)
+                threads.emplace_back([&, r] {
+                    try {
+                        outs[r] = ranks[r].model->forwardShard(input, *ranks[r].cache);
+                    } catch (const std::exception& e) {
+                        errors[r] = e.what();
+                    }
+                });
+            for (auto& t : threads)
+                t.join();
+            for (auto& e : errors)
+                ASSERT_EQ(e, "");
+            if (ranks[0].model->shard().lastStage) {
+                logits = outs[0];
+                for (size_t r = 1; r < outs.size(); ++r)
+                    EXPECT_FALSE(outs[r].defined());
+            } else {
+                // after the last all-reduce every rank holds the same full hidden state
+                for (size_t r = 1; r < outs.size(); ++r)
+                    EXPECT_TRUE(at::allclose(outs[r], outs[0], 1e-6, 1e-6));
+                input = outs[0];
+            }
+        }
+        ASSERT_TRUE(logits.defined());
+        float err = (logits - expected).abs().max().item<float>();
+        EXPECT_LT(err, 1e-3f) << cs.name;
+        EXPECT_EQ(logits.argmax().item<int64_t>(), expected.argmax().item<int64_t>());
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Layouts, Sharded,
+    ::testing::Values(Case{"tp1_pp1", "LlamaForCausalLM", 5, 4, 2, 100, {{0, 4, 1}}},
+                      Case{"tp2", "LlamaForCausalLM", 5, 4, 2, 100, {{0, 4, 2}}},
+                      Case{"pp2", "LlamaForCausalLM", 5, 4, 2, 100, {{0, 2, 1}, {3, 4, 1}}},
+                      Case{"pp3_uneven", "LlamaForCausalLM", 5, 4, 2, 100, {{0, 0, 1}, {1, 3, 1}, {4, 4, 1}}},
+                      Case{"tp2_pp2", "LlamaForCausalLM", 4, 4, 2, 100, {{0, 1, 2}, {2, 3, 2}}},
+                      Case{"tp4_kv2_replicated", "LlamaForCausalLM", 2, 4, 2, 100, {{0, 1, 4}}},
+                      Case{"tp3_uneven_intermediate", "LlamaForCausalLM", 2, 6, 3, 100, {{0, 1, 3}}},
+                      Case{"mixed_tp_pp", "LlamaForCausalLM", 3, 4, 2, 100, {{0, 0, 2}, {1, 2, 1}}},
+                      Case{"qwen2_tp2", "Qwen2ForCausalLM", 2, 4, 2, 100, {{0, 1, 2}}},
+                      Case{"qwen3_tp2_pp2", "Qwen3ForCausalLM", 2, 4, 2, 100, {{0, 0, 2}, {1, 1, 2}}}),
+    [](const auto& info) { return info.param.name; });
+
+TEST(ShardSpec, SplitsAndRefusals)
+{
+    ModelConfig c = ModelConfig::fromJsonText(R"({"architectures":["LlamaForCausalLM"],"hidden_size":64,"intermediate_size":10,
+        "num_hidden_layers":2,"num_attention_heads":8,"num_key_value_heads":2,"vocab_size":100})",
+                                              "c");
+    // intermediate 10 over 4 ranks: 3, 3, 2, 2
+    EXPECT_EQ(shardDims(c, 0, 4).intermediate, 3);
+    EXPECT_EQ(shardDims(c, 3, 4).intermediate, 2);
+    EXPECT_EQ(shardDims(c, 3, 4).intermediateBegin, 8);
+    // 2 KV heads over 4 ranks: ranks 0,1 hold head 0; ranks 2,3 hold head 1
+    EXPECT_EQ(shardDims(c, 1, 4).kvHeadBegin, 0);
+    EXPECT_EQ(shardDims(c, 2, 4).kvHeadBegin, 1);
+    EXPECT_THROW(checkTensorParallel(c, 3), Error); // 8 heads
+    EXPECT_THROW(checkTensorParallel(c, 16), Error);
+    ShardSpec last{1, 1, 1, 2, false, true};
+    for (auto& t : shardTensors(c, last)) {
+        EXPECT_EQ(t.name.find("lm_head"), std::string::npos); // only rank 0 of the last stage holds the head
+        EXPECT_EQ(t.name.find("layers.0."), std::string::npos);
+    }
+}
+
+} // namespace
