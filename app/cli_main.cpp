@@ -1,15 +1,27 @@
 // SPDX-License-Identifier: MIT
 // together-cli: the headless front end. Links core only (no Qt, no libtorch).
+#include "core/auth.h"
 #include "core/chat.h"
 #include "core/cli_args.h"
+#include "core/cluster.h"
 #include "core/error.h"
+#include "core/process.h"
 #include "core/random_model.h"
+#include "core/run_options.h"
 #include "core/tokenizer.h"
 
 #include <nlohmann/json.hpp>
 
+#include <atomic>
+#include <csignal>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <thread>
+
+#include <sys/wait.h>
+#include <unistd.h>
 
 using namespace together;
 
@@ -22,6 +34,13 @@ const char* kUsage =
     "  together-cli detokenize --model DIR --ids \"1 2 3\" [--skip-special]\n"
     "  together-cli chat-template --model DIR --messages FILE.json [--no-generation-prompt]\n"
     "      Prints the prompt the model's chat template renders for an OpenAI-style messages array.\n"
+    "  together-cli run --model DIR (--plan plan.json | --local tp=T,pp=P) --prompt TEXT [--chat] [--interactive]\n"
+    "                   [--key-file F] [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]\n"
+    "                   [--stop TEXT]... [--dtype bf16|f32] [--threads N] [--trace FILE]\n"
+    "      Runs the model across worker daemons. --local starts one daemon per rank on this machine (loopback,\n"
+    "      fresh key) and stops them afterwards. --interactive reads one user message per line from stdin.\n"
+    "  together-cli keygen --out FILE\n"
+    "      Writes a new cluster key (mode 0600). Give the same file to every worker and the master.\n"
     "  together-cli make-model --out DIR [--hidden N] [--intermediate N] [--layers N] [--heads N] [--kv-heads N]\n"
     "                          [--head-dim N] [--vocab N] [--arch NAME] [--dtype f32|bf16] [--tie] [--seed S]\n"
     "                          [--logit-scale X] [--max-pos N]\n"
@@ -112,6 +131,199 @@ int makeModel(const CliArgs& a)
     return 0;
 }
 
+std::atomic<bool> g_interrupted{false};
+
+void onInterrupt(int) { g_interrupted = true; }
+
+// Stops between steps once Ctrl-C was pressed.
+class InterruptibleStepper : public TokenStepper {
+public:
+    explicit InterruptibleStepper(TokenStepper& inner)
+        : m_inner(inner)
+    {
+    }
+    StepOutput step(const std::vector<int>& tokens, int64_t startPos) override
+    {
+        if (g_interrupted)
+            throw Error("interrupted");
+        return m_inner.step(tokens, startPos);
+    }
+    int64_t contextLimit() const override { return m_inner.contextLimit(); }
+
+private:
+    TokenStepper& m_inner;
+};
+
+// Worker daemons on loopback, one per rank, each standing for a machine. They die with this process
+// (PR_SET_PDEATHSIG) even if it is killed; normally the destructor stops them.
+class LocalWorkers {
+public:
+    LocalWorkers(size_t count, const std::string& keyFile)
+    {
+        const std::string exe = workerExecutable();
+        for (size_t i = 0; i < count; ++i) {
+            ChildProcess c = spawnWithReport(exe, {"serve", "--listen", "127.0.0.1:0", "--key-file", keyFile});
+            m_children.push_back(c);
+            std::string line = readReportLine(c, 30000);
+            ::close(c.reportFd);
+            if (line.rfind("listening ", 0) != 0)
+                throw Error("local worker: unexpected ready line: " + line);
+            addresses.push_back(line.substr(10));
+        }
+    }
+    ~LocalWorkers()
+    {
+        for (auto& c : m_children)
+            ::kill(c.pid, SIGTERM);
+        for (auto& c : m_children) {
+            int status = 0;
+            for (int i = 0; i < 50 && ::waitpid(c.pid, &status, WNOHANG) == 0; ++i)
+                std::this_thread::sleep_for(std::chrono::milliseconds(20));
+            if (::waitpid(c.pid, &status, WNOHANG) == 0) {
+                ::kill(c.pid, SIGKILL);
+                ::waitpid(c.pid, &status, 0);
+            }
+        }
+    }
+    static std::string workerExecutable()
+    {
+        if (const char* e = std::getenv("TOGETHER_WORKER"); e && *e)
+            return e;
+        return selfExecutableDir() + "/together-worker";
+    }
+    std::vector<std::string> addresses;
+
+private:
+    std::vector<ChildProcess> m_children;
+};
+
+struct TempDir {
+    std::string path;
+    TempDir()
+    {
+        std::string tmpl = (std::filesystem::temp_directory_path() / "together-XXXXXX").string();
+        if (!::mkdtemp(tmpl.data()))
+            throw Error("cannot create a temporary folder");
+        path = tmpl;
+    }
+    ~TempDir()
+    {
+        std::error_code ec;
+        std::filesystem::remove_all(path, ec);
+    }
+};
+
+// Longest common prefix: the KV cache keeps it, only the rest is prefilled.
+size_t commonPrefix(const std::vector<int>& a, const std::vector<int>& b)
+{
+    size_t n = 0;
+    while (n < a.size() && n < b.size() && a[n] == b[n])
+        ++n;
+    return n;
+}
+
+int runCluster(const std::vector<std::string>& rest)
+{
+    auto specs = runFlagSpecs();
+    specs.push_back({"plan"});
+    specs.push_back({"local"});
+    specs.push_back({"interactive", false});
+    specs.push_back({"key-file"});
+    CliArgs a(rest, specs);
+    const bool interactive = a.has("interactive");
+    if (interactive && !a.has("chat"))
+        throw Error("--interactive needs --chat (each line is a user message in the model's chat template)");
+    if (!a.has("model"))
+        throw Error("--model DIR is required");
+    if (a.has("plan") == a.has("local"))
+        throw Error("give exactly one of --plan plan.json or --local tp=T,pp=P");
+    RunOptions o = parseRunOptions(a, !interactive);
+    ModelConfig config = ModelConfig::fromDirectory(o.modelDir);
+    Tokenizer tokenizer = Tokenizer::fromDirectory(o.modelDir);
+
+    std::signal(SIGINT, onInterrupt);
+    std::signal(SIGPIPE, SIG_IGN);
+    TempDir tmp;
+    std::unique_ptr<LocalWorkers> local;
+    std::string keyFile = a.get("key-file");
+    Plan plan;
+    if (a.has("local")) {
+        int tp = 1, pp = 1;
+        std::string spec = a.get("local");
+        if (std::sscanf(spec.c_str(), "tp=%d,pp=%d", &tp, &pp) != 2 && std::sscanf(spec.c_str(), "pp=%d,tp=%d", &pp, &tp) != 2)
+            throw Error("--local takes tp=T,pp=P, e.g. --local tp=2,pp=1");
+        if (tp < 1 || pp < 1 || tp * pp > 64)
+            throw Error("--local: tp and pp must be at least 1 and tp*pp at most 64");
+        if (keyFile.empty()) {
+            keyFile = tmp.path + "/cluster.key";
+            ClusterKey::generateFile(keyFile);
+        }
+        const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+        const int threads = o.threads > 0 ? o.threads : std::max(1, cores / (tp * pp));
+        local = std::make_unique<LocalWorkers>(static_cast<size_t>(tp * pp), keyFile);
+        plan = Plan::even(config, tp, pp, local->addresses, threads);
+    } else {
+        plan = Plan::fromJson(readTextFile(a.get("plan")), a.get("plan"));
+        if (keyFile.empty())
+            throw Error("--key-file is required with --plan (the cluster key every worker was started with)");
+    }
+    plan.validate(config);
+    std::string dtype = !o.dtype.empty() ? o.dtype : !plan.dtype.empty() ? plan.dtype : defaultDtypeName();
+    if (dtype != "bf16" && dtype != "f32")
+        throw Error("--dtype must be bf16 or f32");
+
+    Cluster cluster(ClusterKey::fromFile(keyFile), [](const std::string& m) { std::fprintf(stderr, "together: %s\n", m.c_str()); });
+    cluster.launch(plan, o.modelDir, dtype, 0);
+    std::string setup = dtype + ", " + std::to_string(plan.stages.size()) + " stage(s), " + std::to_string(plan.rankCount()) + " shard(s)";
+
+    std::ofstream traceOut;
+    if (!o.traceFile.empty()) {
+        traceOut.open(o.traceFile, std::ios::trunc);
+        if (!traceOut)
+            throw Error("cannot write trace file " + o.traceFile);
+    }
+    ClusterStepper clusterStepper(cluster, o.sampling);
+    InterruptibleStepper stepper(clusterStepper);
+    std::ostream* trace = traceOut.is_open() ? &traceOut : nullptr;
+    if (!interactive) {
+        std::string warning;
+        std::vector<int> ids = promptIds(tokenizer, o, &warning);
+        if (!warning.empty())
+            std::fprintf(stderr, "together: warning: %s\n", warning.c_str());
+        runAndReport(stepper, tokenizer, ids, 0, o, trace, setup);
+        return 0;
+    }
+    // One user message per line; the conversation is re-rendered each turn and only the tokens after the
+    // longest common prefix with what the shards already hold are prefilled.
+    nlohmann::json messages = nlohmann::json::array();
+    std::vector<int> held; // tokens whose keys/values the shards hold, in order
+    std::string line;
+    uint64_t turn = 0;
+    while (std::getline(std::cin, line)) {
+        if (line.empty())
+            continue;
+        messages.push_back({{"role", "user"}, {"content", line}});
+        ChatPrompt p = renderChat(tokenizer, messages, true);
+        if (p.usedFallbackTemplate && turn == 0)
+            std::fprintf(stderr, "together: warning: the model has no chat_template; using a plain fallback format\n");
+        std::vector<int> ids = encodeChat(tokenizer, p);
+        size_t keep = commonPrefix(held, ids);
+        if (keep == ids.size()) // something must be fed to get logits
+            --keep;
+        std::vector<int> fresh(ids.begin() + static_cast<long>(keep), ids.end());
+        clusterStepper.newSequence(o.sampling.seed + turn++);
+        GenerationResult r = runAndReport(stepper, tokenizer, fresh, static_cast<int64_t>(keep), o, trace, setup);
+        std::fputc('\n', stdout);
+        std::fflush(stdout);
+        held = ids;
+        // every generated token but the last was fed back
+        if (!r.tokens.empty())
+            held.insert(held.end(), r.tokens.begin(), r.tokens.end() - 1);
+        messages.push_back({{"role", "assistant"}, {"content", r.text}});
+    }
+    return 0;
+}
+
 } // namespace
 
 int main(int argc, char** argv)
@@ -146,6 +358,15 @@ int main(int argc, char** argv)
             need(a, "messages");
             return chatTemplate(a);
         }
+        if (cmd == "run")
+            return runCluster(rest);
+        if (cmd == "keygen") {
+            CliArgs a(rest, {{"out"}});
+            need(a, "out");
+            ClusterKey::generateFile(a.get("out"));
+            std::fprintf(stderr, "wrote a new cluster key to %s (mode 0600): give it to every worker with --key-file\n", a.get("out").c_str());
+            return 0;
+        }
         if (cmd == "make-model") {
             CliArgs a(rest, {{"out"}, {"hidden"}, {"intermediate"}, {"layers"}, {"heads"}, {"kv-heads"}, {"head-dim"},
                              {"vocab"}, {"arch"}, {"dtype"}, {"tie", false}, {"seed"}, {"logit-scale"}, {"max-pos"}});
@@ -155,7 +376,7 @@ int main(int argc, char** argv)
         return 2;
     } catch (const std::exception& e) {
         std::fflush(stdout);
-        std::fprintf(stderr, "together-cli: error: %s\n", e.what());
-        return 1;
+        std::fprintf(stderr, "\ntogether-cli: error: %s\n", e.what());
+        return g_interrupted ? 130 : 1;
     }
 }

@@ -120,6 +120,13 @@ GenerationResult generate(TokenStepper& stepper, const Tokenizer& tokenizer, con
             for (auto& [id, logit] : out.top)
                 top.push_back({id, logit});
             line["top"] = top;
+            if (!out.timings.empty()) {
+                nlohmann::json t = nlohmann::json::array();
+                for (auto& x : out.timings)
+                    t.push_back({{"stage", x.stage}, {"rank", x.rank}, {"compute_ms", x.computeMs}, {"allreduce_ms", x.allReduceMs},
+                                 {"allreduces", x.allReduces}, {"downstream_ms", x.downstreamMs}});
+                line["timings"] = t;
+            }
             *trace << line.dump() << '\n';
             trace->flush();
         }

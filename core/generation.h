@@ -14,10 +14,21 @@ namespace together {
 
 class Tokenizer;
 
+// Where one step's time went on one shard (distributed runs).
+struct ShardTiming {
+    int stage = 0;
+    int rank = 0;
+    double computeMs = 0;    // its layers, without all-reduce waits
+    double allReduceMs = 0;  // inside all-reduces
+    int allReduces = 0;
+    double downstreamMs = 0; // waiting for the next stage (its work plus the hops)
+};
+
 // What one forward step returns: the sampled next token and the highest logits (for traces and checks).
 struct StepOutput {
     int token = -1;
     std::vector<std::pair<int, float>> top; // (id, logit), highest first
+    std::vector<ShardTiming> timings;       // empty for a single process
 };
 
 // Something that runs the model: the local engine, or later a whole cluster. `step` feeds `tokens` at

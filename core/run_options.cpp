@@ -8,6 +8,10 @@
 #include "core/tokenizer.h"
 
 #include <chrono>
+#include <cstdio>
+#include <fstream>
+
+#include <unistd.h>
 #include <cstdlib>
 #include <filesystem>
 
@@ -23,11 +27,11 @@ std::vector<CliArgs::Spec> runFlagSpecs()
     };
 }
 
-RunOptions parseRunOptions(const CliArgs& args)
+RunOptions parseRunOptions(const CliArgs& args, bool promptRequired)
 {
     RunOptions o;
     o.modelDir = args.get("model");
-    if (!args.has("prompt"))
+    if (promptRequired && !args.has("prompt"))
         throw Error("--prompt TEXT is required");
     o.prompt = args.get("prompt");
     o.chat = args.has("chat");
@@ -80,6 +84,38 @@ std::vector<int> promptIds(const Tokenizer& tokenizer, const RunOptions& options
         *warning = "this model has no chat_template in tokenizer_config.json; using a plain \"User: ... Assistant:\" "
                    "format, which the model may not follow";
     return encodeChat(tokenizer, p);
+}
+
+std::string defaultDtypeName()
+{
+    std::ifstream in("/proc/cpuinfo");
+    std::string line;
+    while (std::getline(in, line))
+        if (line.rfind("flags", 0) == 0)
+            return line.find(" avx512_bf16") != std::string::npos ? "bf16" : "f32";
+    return "f32";
+}
+
+GenerationResult runAndReport(TokenStepper& stepper, const Tokenizer& tokenizer, const std::vector<int>& ids, int64_t startPos,
+                              const RunOptions& options, std::ostream* trace, const std::string& setup)
+{
+    GenerationResult r = generate(stepper, tokenizer, ids, startPos, options.generation,
+                                  [](const std::string& s) {
+                                      std::fwrite(s.data(), 1, s.size(), stdout);
+                                      std::fflush(stdout);
+                                  },
+                                  trace);
+    if (::isatty(STDOUT_FILENO)) // end the line for a person; scripts get exactly the generated text
+        std::fputc('\n', stdout);
+    std::fflush(stdout);
+    const double prefillTps = r.prefillSeconds > 0 ? static_cast<double>(r.promptTokens) / r.prefillSeconds : 0;
+    const double decodeTps = r.decodeSeconds > 0 ? static_cast<double>(r.decodeSteps) / r.decodeSeconds : 0;
+    std::fprintf(stderr,
+                 "together: %zu tokens generated, stopped by %s | prompt %lld tokens at %.1f tokens/s | decode %.2f tokens/s | %s, "
+                 "seed %llu\n",
+                 r.tokens.size(), stopReasonText(r.reason), static_cast<long long>(r.promptTokens), prefillTps, decodeTps, setup.c_str(),
+                 static_cast<unsigned long long>(options.sampling.seed));
+    return r;
 }
 
 std::string defaultModelDir()

@@ -27,9 +27,14 @@ struct RunOptions {
 };
 
 std::vector<CliArgs::Spec> runFlagSpecs();
+// "bf16" where this CPU has AVX-512 BF16, else "f32".
+std::string defaultDtypeName();
+// Runs one generation, streaming the text to stdout and writing the trace; prints the speed line to stderr.
+GenerationResult runAndReport(TokenStepper& stepper, const Tokenizer& tokenizer, const std::vector<int>& ids, int64_t startPos,
+                              const RunOptions& options, std::ostream* trace, const std::string& setup);
 // Reads flags, filling unset sampling settings from the model's generation_config.json (greedy when it says
 // do_sample false) and the EOS ids from the config files. Throws Error naming a bad value.
-RunOptions parseRunOptions(const CliArgs& args);
+RunOptions parseRunOptions(const CliArgs& args, bool promptRequired = true);
 
 // Token ids for the prompt: the model's chat template around one user message with --chat, else the text
 // with the tokenizer's own special tokens (BOS). `warning` receives a note when the fallback template is used.

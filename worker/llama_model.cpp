@@ -109,8 +109,6 @@ LlamaModel::LlamaModel(const ModelConfig& config, const WeightProvider& weights,
     , m_dims(shardDims(config, spec.tpRank, spec.tpSize))
     , m_comm(comm)
 {
-    if (spec.tpSize > 1 && !comm)
-        throw Error("a tensor-parallel shard needs a communicator");
     const at::ScalarType wt = compute == ComputeType::BF16 ? at::kBFloat16 : at::kFloat;
     std::map<std::string, TensorSlice> slices;
     for (auto& s : shardTensors(config, spec))
@@ -273,6 +271,8 @@ at::Tensor LlamaModel::forwardShard(const at::Tensor& input, KvCache& cache) con
     }
     const double scale = 1.0 / std::sqrt(static_cast<double>(D));
     // Row-parallel outputs are partial sums on each rank: sum them across the group.
+    if (m_spec.tpSize > 1 && !m_comm)
+        throw Error("internal: a tensor-parallel shard ran without its group");
     auto reduce = [&](at::Tensor t) {
         if (m_spec.tpSize > 1) {
             t = t.contiguous();

@@ -74,6 +74,8 @@ public:
     at::Tensor forwardShard(const at::Tensor& input, KvCache& cache) const;
     KvCache newCache(int64_t limit = 0) const; // 0: the config's context limit
     const ShardSpec& shard() const { return m_spec; }
+    // The group is joined after the weights are loaded; set it before the first forward.
+    void setCommunicator(Communicator* comm) { m_comm = comm; }
 
     const ModelConfig& config() const { return m_config; }
     ComputeType computeType() const { return m_compute; }

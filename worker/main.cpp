@@ -8,6 +8,8 @@
 #include "core/safetensors.h"
 #include "core/tokenizer.h"
 #include "worker/bench.h"
+#include "worker/daemon.h"
+#include "worker/shard_server.h"
 #include "worker/llama_model.h"
 
 #include <ATen/Parallel.h>
@@ -30,7 +32,10 @@ const char* kUsage =
     "                           [--threads N] [--trace FILE]\n"
     "      Streams the generated text to stdout. Without --model, a small built-in random-weight model is\n"
     "      written to the cache folder and used (its output is noise).\n"
-    "  together-worker bench [--cache DIR] [--tokens N]\n"
+    "  together-worker serve [--listen ADDR:PORT] --key-file FILE\n"
+    "      Runs the worker daemon (default 0.0.0.0:7600: all interfaces). Calls without proof of the cluster\n"
+    "      key are refused.\n"
+    "  together-worker bench [--cache DIR] [--threads 1,2] [--dtypes bf16,f32] [--layers N]\n"
     "      Prints prefill/decode speed next to this machine's read bandwidth (TinyLlama-1.1B shape).\n";
 
 int runGenerate(const std::vector<std::string>& rest)
@@ -72,22 +77,8 @@ int runGenerate(const std::vector<std::string>& rest)
             throw Error("cannot write trace file " + o.traceFile);
     }
     LocalStepper stepper(model, o.sampling);
-    GenerationResult r = generate(stepper, tokenizer, ids, 0, o.generation,
-                                  [](const std::string& s) {
-                                      std::fwrite(s.data(), 1, s.size(), stdout);
-                                      std::fflush(stdout);
-                                  },
-                                  traceOut.is_open() ? &traceOut : nullptr);
-    if (::isatty(STDOUT_FILENO)) // end the line for a person; scripts get exactly the generated text
-        std::fputc('\n', stdout);
-    std::fflush(stdout);
-    const double prefillTps = r.prefillSeconds > 0 ? static_cast<double>(r.promptTokens) / r.prefillSeconds : 0;
-    const double decodeTps = r.decodeSeconds > 0 ? static_cast<double>(r.decodeSteps) / r.decodeSeconds : 0;
-    std::fprintf(stderr,
-                 "together: %zu tokens generated, stopped by %s | prompt %lld tokens at %.1f tokens/s | decode %.2f "
-                 "tokens/s | %s, %d threads, seed %llu\n",
-                 r.tokens.size(), stopReasonText(r.reason), static_cast<long long>(r.promptTokens), prefillTps, decodeTps,
-                 computeTypeName(compute), threads, static_cast<unsigned long long>(o.sampling.seed));
+    runAndReport(stepper, tokenizer, ids, 0, o, traceOut.is_open() ? &traceOut : nullptr,
+                 std::string(computeTypeName(compute)) + ", " + std::to_string(threads) + " threads");
     return 0;
 }
 
@@ -107,6 +98,25 @@ int main(int argc, char** argv)
             return runGenerate(rest);
         if (cmd == "bench")
             return runBench(rest);
+        if (cmd == "serve") {
+            CliArgs a(rest, {{"listen"}, {"key-file"}, {"report-fd"}, {"parent-pid"}});
+            DaemonOptions o;
+            o.listen = a.get("listen", o.listen);
+            o.keyFile = a.get("key-file");
+            o.reportFd = a.getInt("report-fd", -1);
+            o.parentPid = a.getInt("parent-pid", 0);
+            return runDaemon(o);
+        }
+        if (cmd == "shard") { // started by a daemon, not by hand
+            CliArgs a(rest, {{"listen"}, {"key-file"}, {"threads"}, {"report-fd"}, {"parent-pid"}});
+            ShardOptions o;
+            o.listen = a.get("listen", o.listen);
+            o.keyFile = a.get("key-file");
+            o.threads = a.getInt("threads", 1);
+            o.reportFd = a.getInt("report-fd", -1);
+            o.parentPid = a.getInt("parent-pid", 0);
+            return runShard(o);
+        }
         std::fprintf(stderr, "together-worker: unknown command '%s'\n%s", cmd.c_str(), kUsage);
         return 2;
     } catch (const std::exception& e) {

@@ -1,0 +1,88 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include "core/auth.h"
+#include "core/generation.h"
+#include "core/model_config.h"
+#include "core/plan.h"
+#include "core/sampler.h"
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace together {
+
+// The master's side of a launch. It only dials out: to each worker daemon (hello, launch shards, health)
+// and to each shard (configure, weights, connect, steps). Liveness comes from heartbeats to the daemons
+// every half second, so a dead shard or machine is named within a few seconds even in a long step; the
+// step in flight is then cancelled and step() throws an Error naming the worker.
+class Cluster {
+public:
+    using Log = std::function<void(const std::string&)>;
+    Cluster(ClusterKey key, Log log);
+    ~Cluster(); // stops the launch's shards
+
+    // Hello to every worker, start one shard per rank, stream each its slice of `modelDir`'s weights,
+    // and join the tensor-parallel groups and pipeline links.
+    void launch(const Plan& plan, const std::string& modelDir, const std::string& dtype, int64_t contextLimit);
+    // One step through the pipeline. Long inputs are sent in chunks under the message limit.
+    StepOutput step(const std::vector<int>& tokens, int64_t startPos, const SamplingParams& sampling, bool newSequence);
+    void stop();
+
+    const ModelConfig& config() const { return m_config; }
+    int64_t contextLimit() const { return m_contextLimit; }
+
+private:
+    struct Worker;
+    struct Rank;
+    void heartbeatLoop();
+    void setFatal(const std::string& message);
+    std::string fatal();
+    [[noreturn]] void failStep(const std::string& rpcError);
+
+    ClusterKey m_key;
+    Log m_log;
+    ModelConfig m_config;
+    Plan m_plan;
+    int64_t m_contextLimit = 0;
+    std::string m_launchId;
+    std::vector<std::unique_ptr<Worker>> m_workers;
+    std::vector<std::unique_ptr<Rank>> m_ranks; // stage-major
+    uint64_t m_step = 0;
+
+    std::mutex m_mutex;
+    std::string m_fatal;
+    std::vector<void*> m_inflight; // grpc::ClientContext* of calls to cancel on a fatal error
+    std::atomic<bool> m_stopHeartbeat{false};
+    std::thread m_heartbeat;
+};
+
+// TokenStepper over a Cluster, so the same generation loop drives one process or many.
+class ClusterStepper : public TokenStepper {
+public:
+    ClusterStepper(Cluster& cluster, const SamplingParams& sampling)
+        : m_cluster(cluster)
+        , m_sampling(sampling)
+    {
+    }
+    StepOutput step(const std::vector<int>& tokens, int64_t startPos) override;
+    int64_t contextLimit() const override { return m_cluster.contextLimit(); }
+    // Reseeds the last stage's sampler on the next step (a new answer).
+    void newSequence(uint64_t seed)
+    {
+        m_sampling.seed = seed;
+        m_new = true;
+    }
+
+private:
+    Cluster& m_cluster;
+    SamplingParams m_sampling;
+    bool m_new = true;
+};
+
+} // namespace together

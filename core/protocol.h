@@ -1,0 +1,16 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace together {
+
+// Bump on any incompatible change to proto/together.proto; daemons refuse other versions in Hello.
+constexpr uint32_t kProtocolVersion = 1;
+// gRPC message limit both ends set; payloads are chunked well below it.
+constexpr int kMaxMessageBytes = 16 << 20;
+// Weight chunks and prefill hidden-state chunks stay under this.
+constexpr size_t kChunkBytes = 4 << 20;
+
+} // namespace together

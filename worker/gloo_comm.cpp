@@ -1,0 +1,121 @@
+// SPDX-License-Identifier: MIT
+#include "worker/gloo_comm.h"
+
+#include "core/error.h"
+#include "proto/together.grpc.pb.h"
+
+#include <gloo/allreduce.h>
+#include <gloo/math.h>
+#include <gloo/rendezvous/context.h>
+#include <gloo/rendezvous/prefix_store.h>
+#include <gloo/rendezvous/store.h>
+#include <gloo/transport/tcp/device.h>
+
+namespace together {
+
+namespace {
+
+// gloo's Store over the KvStore service.
+class GrpcStore : public gloo::rendezvous::Store {
+public:
+    GrpcStore(const ClusterKey& key, const std::string& address, std::chrono::milliseconds timeout)
+        : m_key(key)
+        , m_stub(v1::KvStore::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials())))
+        , m_timeout(timeout)
+    {
+    }
+    void set(const std::string& key, const std::vector<char>& data) override
+    {
+        grpc::ClientContext ctx;
+        addAuth(ctx, m_key, "KvStore.Set");
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+        v1::KvSetRequest req;
+        req.set_key(key);
+        req.set_value(std::string(data.begin(), data.end()));
+        v1::KvSetReply rep;
+        grpc::Status s = m_stub->Set(&ctx, req, &rep);
+        if (!s.ok())
+            throw Error("rendezvous store: set " + key + ": " + s.error_message());
+    }
+    std::vector<char> get(const std::string& key) override
+    {
+        auto v = fetch({key}, m_timeout);
+        return std::vector<char>(v[0].begin(), v[0].end());
+    }
+    void wait(const std::vector<std::string>& keys) override { fetch(keys, m_timeout); }
+    void wait(const std::vector<std::string>& keys, const std::chrono::milliseconds& timeout) override { fetch(keys, timeout); }
+
+private:
+    std::vector<std::string> fetch(const std::vector<std::string>& keys, std::chrono::milliseconds timeout)
+    {
+        grpc::ClientContext ctx;
+        addAuth(ctx, m_key, "KvStore.Get");
+        ctx.set_deadline(std::chrono::system_clock::now() + timeout + std::chrono::seconds(5));
+        v1::KvGetRequest req;
+        for (auto& k : keys)
+            req.add_keys(k);
+        req.set_timeout_ms(static_cast<uint32_t>(timeout.count()));
+        v1::KvGetReply rep;
+        grpc::Status s = m_stub->Get(&ctx, req, &rep);
+        if (!s.ok())
+            throw Error("rendezvous store: " + s.error_message());
+        if (rep.values_size() != static_cast<int>(keys.size()))
+            throw Error("rendezvous store: wrong number of values");
+        return {rep.values().begin(), rep.values().end()};
+    }
+    ClusterKey m_key;
+    std::unique_ptr<v1::KvStore::Stub> m_stub;
+    std::chrono::milliseconds m_timeout;
+};
+
+} // namespace
+
+GlooCommunicator::GlooCommunicator(const ClusterKey& key, const std::string& storeAddress, const std::string& prefix,
+                                   const std::string& bindHost, int rank, int size, std::chrono::milliseconds timeout)
+{
+    try {
+        gloo::transport::tcp::attr attr;
+        attr.hostname = bindHost;
+        auto device = gloo::transport::tcp::CreateDevice(attr);
+        GrpcStore store(key, storeAddress, std::chrono::milliseconds(60000));
+        gloo::rendezvous::PrefixStore prefixed(prefix, store);
+        auto ctx = std::make_shared<gloo::rendezvous::Context>(rank, size);
+        ctx->setTimeout(timeout);
+        ctx->connectFullMesh(prefixed, device);
+        m_context = ctx;
+    } catch (const Error&) {
+        throw;
+    } catch (const std::exception& e) {
+        throw Error(std::string("tensor-parallel group: cannot connect: ") + e.what());
+    }
+}
+
+GlooCommunicator::~GlooCommunicator() = default;
+
+void GlooCommunicator::allReduceSum(float* data, size_t count)
+{
+    auto t0 = std::chrono::steady_clock::now();
+    try {
+        gloo::AllreduceOptions opts(m_context);
+        opts.setOutput(data, count);
+        opts.setReduceFunction(static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::sum<float>));
+        opts.setTag(m_tag++);
+        gloo::allreduce(opts);
+    } catch (const std::exception& e) {
+        throw Error(std::string("all-reduce failed (a tensor-parallel peer died or stalled?): ") + e.what());
+    }
+    m_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ++m_calls;
+}
+
+double GlooCommunicator::takeSeconds(uint32_t* calls)
+{
+    double s = m_seconds;
+    if (calls)
+        *calls = m_calls;
+    m_seconds = 0;
+    m_calls = 0;
+    return s;
+}
+
+} // namespace together
