@@ -154,49 +154,6 @@ private:
     TokenStepper& m_inner;
 };
 
-// Worker daemons on loopback, one per rank, each standing for a machine. They die with this process
-// (PR_SET_PDEATHSIG) even if it is killed; normally the destructor stops them.
-class LocalWorkers {
-public:
-    LocalWorkers(size_t count, const std::string& keyFile)
-    {
-        const std::string exe = workerExecutable();
-        for (size_t i = 0; i < count; ++i) {
-            ChildProcess c = spawnWithReport(exe, {"serve", "--listen", "127.0.0.1:0", "--key-file", keyFile});
-            m_children.push_back(c);
-            std::string line = readReportLine(c, 30000);
-            ::close(c.reportFd);
-            if (line.rfind("listening ", 0) != 0)
-                throw Error("local worker: unexpected ready line: " + line);
-            addresses.push_back(line.substr(10));
-        }
-    }
-    ~LocalWorkers()
-    {
-        for (auto& c : m_children)
-            ::kill(c.pid, SIGTERM);
-        for (auto& c : m_children) {
-            int status = 0;
-            for (int i = 0; i < 50 && ::waitpid(c.pid, &status, WNOHANG) == 0; ++i)
-                std::this_thread::sleep_for(std::chrono::milliseconds(20));
-            if (::waitpid(c.pid, &status, WNOHANG) == 0) {
-                ::kill(c.pid, SIGKILL);
-                ::waitpid(c.pid, &status, 0);
-            }
-        }
-    }
-    static std::string workerExecutable()
-    {
-        if (const char* e = std::getenv("TOGETHER_WORKER"); e && *e)
-            return e;
-        return selfExecutableDir() + "/together-worker";
-    }
-    std::vector<std::string> addresses;
-
-private:
-    std::vector<ChildProcess> m_children;
-};
-
 struct TempDir {
     std::string path;
     TempDir()
@@ -244,7 +201,7 @@ int runCluster(const std::vector<std::string>& rest)
     std::signal(SIGINT, onInterrupt);
     std::signal(SIGPIPE, SIG_IGN);
     TempDir tmp;
-    std::unique_ptr<LocalWorkers> local;
+    std::unique_ptr<LocalDaemons> local;
     std::string keyFile = a.get("key-file");
     Plan plan;
     if (a.has("local")) {
@@ -260,8 +217,8 @@ int runCluster(const std::vector<std::string>& rest)
         }
         const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
         const int threads = o.threads > 0 ? o.threads : std::max(1, cores / (tp * pp));
-        local = std::make_unique<LocalWorkers>(static_cast<size_t>(tp * pp), keyFile);
-        plan = Plan::even(config, tp, pp, local->addresses, threads);
+        local = std::make_unique<LocalDaemons>(static_cast<size_t>(tp * pp), keyFile);
+        plan = Plan::even(config, tp, pp, local->addresses(), threads);
     } else {
         plan = Plan::fromJson(readTextFile(a.get("plan")), a.get("plan"));
         if (keyFile.empty())

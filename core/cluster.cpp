@@ -9,6 +9,7 @@
 
 #include <openssl/sha.h>
 
+#include <algorithm>
 #include <chrono>
 #include <future>
 #include <random>
@@ -63,6 +64,33 @@ void parallelFor(size_t n, const std::function<void(size_t)>& f)
 
 } // namespace
 
+// A call's context, registered so that a fatal error from the heartbeat cancels it wherever it is
+// (launching, streaming weights, joining a group, or stepping).
+class Cluster::TrackedCall {
+public:
+    TrackedCall(Cluster& c, std::string_view method, std::chrono::milliseconds timeout = std::chrono::milliseconds(0))
+        : m_cluster(c)
+    {
+        addAuth(ctx, c.m_key, method);
+        if (timeout.count() > 0)
+            ctx.set_deadline(in(timeout));
+        std::lock_guard lock(c.m_mutex);
+        c.m_inflight.push_back(&ctx);
+        if (!c.m_fatal.empty())
+            ctx.TryCancel();
+    }
+    ~TrackedCall()
+    {
+        std::lock_guard lock(m_cluster.m_mutex);
+        auto& v = m_cluster.m_inflight;
+        v.erase(std::remove(v.begin(), v.end(), static_cast<void*>(&ctx)), v.end());
+    }
+    grpc::ClientContext ctx;
+
+private:
+    Cluster& m_cluster;
+};
+
 struct Cluster::Worker {
     std::string address;
     std::unique_ptr<v1::WorkerControl::Stub> stub;
@@ -116,6 +144,7 @@ void Cluster::launch(const Plan& plan, const std::string& modelDir, const std::s
         grpc::ClientContext ctx;
         addAuth(ctx, m_key, "WorkerControl.Hello");
         ctx.set_deadline(in(std::chrono::seconds(10)));
+        ctx.set_wait_for_ready(true); // a worker that is still starting gets a few seconds
         v1::HelloRequest req;
         req.set_protocol_version(kProtocolVersion);
         v1::HelloReply rep;
@@ -141,18 +170,16 @@ void Cluster::launch(const Plan& plan, const std::string& modelDir, const std::s
     m_heartbeat = std::thread([this] { heartbeatLoop(); });
     parallelFor(m_ranks.size(), [&](size_t i) {
         Rank& r = *m_ranks[i];
-        grpc::ClientContext ctx;
-        addAuth(ctx, m_key, "WorkerControl.LaunchShard");
-        ctx.set_deadline(in(std::chrono::seconds(90)));
+        TrackedCall call(*this, "WorkerControl.LaunchShard", std::chrono::seconds(90));
         v1::LaunchShardRequest req;
         req.set_launch_id(m_launchId);
         req.set_shard_index(static_cast<uint32_t>(i));
         req.set_bind_host(hostOf(r.worker->address));
         req.set_threads(static_cast<uint32_t>(plan.stages[r.stage].ranks[static_cast<size_t>(r.rank)].threads));
         v1::LaunchShardReply rep;
-        grpc::Status s = r.worker->stub->LaunchShard(&ctx, req, &rep);
+        grpc::Status s = r.worker->stub->LaunchShard(&call.ctx, req, &rep);
         if (!s.ok())
-            throw Error("worker " + r.name() + ": " + s.error_message());
+            fail("worker " + r.name() + ": " + s.error_message());
         r.address = rep.address();
         r.stub = v1::Shard::NewStub(channelTo(r.address));
     });
@@ -163,9 +190,7 @@ void Cluster::launch(const Plan& plan, const std::string& modelDir, const std::s
         Rank& r = *m_ranks[i];
         ShardSpec spec = plan.shardSpec(r.stage, r.rank);
         {
-            grpc::ClientContext ctx;
-            addAuth(ctx, m_key, "Shard.Configure");
-            ctx.set_deadline(in(std::chrono::seconds(30)));
+            TrackedCall call(*this, "Shard.Configure", std::chrono::seconds(30));
             v1::ShardConfig req;
             req.set_launch_id(m_launchId);
             req.set_config_json(configJson);
@@ -179,14 +204,13 @@ void Cluster::launch(const Plan& plan, const std::string& modelDir, const std::s
             req.set_threads(static_cast<uint32_t>(plan.stages[r.stage].ranks[static_cast<size_t>(r.rank)].threads));
             req.set_context_limit(m_contextLimit);
             v1::ConfigureReply rep;
-            grpc::Status s = r.stub->Configure(&ctx, req, &rep);
+            grpc::Status s = r.stub->Configure(&call.ctx, req, &rep);
             if (!s.ok())
-                throw Error("shard " + r.name() + ": " + s.error_message());
+                fail("shard " + r.name() + ": " + s.error_message());
         }
-        grpc::ClientContext ctx;
-        addAuth(ctx, m_key, "Shard.LoadWeights");
+        TrackedCall call(*this, "Shard.LoadWeights");
         v1::LoadWeightsReply rep;
-        auto writer = r.stub->LoadWeights(&ctx, &rep);
+        auto writer = r.stub->LoadWeights(&call.ctx, &rep);
         uint64_t sent = 0;
         for (auto& slice : shardTensors(m_config, spec)) {
             std::vector<std::byte> scratch;
@@ -218,7 +242,7 @@ void Cluster::launch(const Plan& plan, const std::string& modelDir, const std::s
         writer->WritesDone();
         grpc::Status s = writer->Finish();
         if (!s.ok())
-            throw Error("shard " + r.name() + ": " + s.error_message());
+            fail("shard " + r.name() + ": " + s.error_message());
         m_log("shard " + r.name() + ": layers " + std::to_string(spec.firstLayer) + ".." + std::to_string(spec.lastLayer) + ", " +
               std::to_string(sent >> 20) + " MiB of weights");
     });
@@ -227,9 +251,7 @@ void Cluster::launch(const Plan& plan, const std::string& modelDir, const std::s
     // a group's ranks must join together.
     parallelFor(m_ranks.size(), [&](size_t i) {
         Rank& r = *m_ranks[i];
-        grpc::ClientContext ctx;
-        addAuth(ctx, m_key, "Shard.Connect");
-        ctx.set_deadline(in(std::chrono::seconds(120)));
+        TrackedCall call(*this, "Shard.Connect", std::chrono::seconds(120));
         v1::ConnectRequest req;
         const Rank* rank0 = nullptr;
         for (auto& x : m_ranks)
@@ -245,9 +267,9 @@ void Cluster::launch(const Plan& plan, const std::string& modelDir, const std::s
                     req.add_next_addresses(x->address);
         }
         v1::ConnectReply rep;
-        grpc::Status s = r.stub->Connect(&ctx, req, &rep);
+        grpc::Status s = r.stub->Connect(&call.ctx, req, &rep);
         if (!s.ok())
-            throw Error("shard " + r.name() + ": " + s.error_message());
+            fail("shard " + r.name() + ": " + s.error_message());
     });
     if (std::string f = fatal(); !f.empty())
         throw Error(f);
@@ -280,20 +302,14 @@ StepOutput Cluster::step(const std::vector<int>& tokens, int64_t startPos, const
         for (auto& r : m_ranks)
             if (r->stage == 0)
                 first.push_back(r.get());
-        std::vector<std::unique_ptr<grpc::ClientContext>> ctxs(first.size());
-        {
-            std::lock_guard lock(m_mutex);
-            for (auto& c : ctxs) {
-                c = std::make_unique<grpc::ClientContext>();
-                addAuth(*c, m_key, "Shard.Step");
-                m_inflight.push_back(c.get());
-            }
-        }
+        std::vector<std::unique_ptr<TrackedCall>> ctxs(first.size());
+        for (auto& c : ctxs)
+            c = std::make_unique<TrackedCall>(*this, "Shard.Step");
         std::vector<std::future<std::pair<grpc::Status, v1::StepReply>>> calls;
         for (size_t i = 0; i < first.size(); ++i)
             calls.push_back(std::async(std::launch::async, [&, i] {
                 v1::StepReply rep;
-                grpc::Status s = first[i]->stub->Step(ctxs[i].get(), req, &rep);
+                grpc::Status s = first[i]->stub->Step(&ctxs[i]->ctx, req, &rep);
                 return std::make_pair(s, rep);
             }));
         std::string error;
@@ -310,12 +326,9 @@ StepOutput Cluster::step(const std::vector<int>& tokens, int64_t startPos, const
             }
             timings.insert(timings.end(), rep.timings().begin(), rep.timings().end());
         }
-        {
-            std::lock_guard lock(m_mutex);
-            m_inflight.clear();
-        }
+        ctxs.clear();
         if (!error.empty())
-            failStep(error);
+            fail(error);
         done += n;
         if (last) {
             if (!got)
@@ -338,7 +351,7 @@ StepOutput Cluster::step(const std::vector<int>& tokens, int64_t startPos, const
     return out;
 }
 
-void Cluster::failStep(const std::string& rpcError)
+void Cluster::fail(const std::string& rpcError)
 {
     // A broken link usually means a dead process: give the heartbeat a moment to name it.
     for (int i = 0; i < 30 && fatal().empty(); ++i)

@@ -40,10 +40,12 @@ public:
 private:
     struct Worker;
     struct Rank;
+    class TrackedCall;
     void heartbeatLoop();
     void setFatal(const std::string& message);
     std::string fatal();
-    [[noreturn]] void failStep(const std::string& rpcError);
+    // Throws the heartbeat's diagnosis if it has one (waiting briefly for it), else `rpcError`.
+    [[noreturn]] void fail(const std::string& rpcError);
 
     ClusterKey m_key;
     Log m_log;
@@ -57,7 +59,7 @@ private:
 
     std::mutex m_mutex;
     std::string m_fatal;
-    std::vector<void*> m_inflight; // grpc::ClientContext* of calls to cancel on a fatal error
+    std::vector<void*> m_inflight; // grpc::ClientContext* of calls in flight: cancelled on a fatal error
     std::atomic<bool> m_stopHeartbeat{false};
     std::thread m_heartbeat;
 };

@@ -4,6 +4,7 @@
 #include "core/error.h"
 
 #include <cerrno>
+#include <cstdlib>
 #include <csignal>
 #include <cstring>
 #include <filesystem>
@@ -121,6 +122,53 @@ std::string describeWaitStatus(int status)
         return "killed by signal " + std::to_string(s) + name;
     }
     return "stopped";
+}
+
+LocalDaemons::LocalDaemons(size_t count, const std::string& keyFile)
+{
+    const std::string exe = workerExecutable();
+    try {
+        for (size_t i = 0; i < count; ++i) {
+            ChildProcess c = spawnWithReport(exe, {"serve", "--listen", "127.0.0.1:0", "--key-file", keyFile});
+            m_children.push_back(c);
+            std::string line = readReportLine(c, 30000);
+            ::close(c.reportFd);
+            m_children.back().reportFd = -1;
+            if (line.rfind("listening ", 0) != 0)
+                throw Error("local worker: unexpected ready line: " + line);
+            m_addresses.push_back(line.substr(10));
+        }
+    } catch (...) {
+        stopAll();
+        throw;
+    }
+}
+
+LocalDaemons::~LocalDaemons() { stopAll(); }
+
+void LocalDaemons::stopAll()
+{
+    for (auto& c : m_children)
+        ::kill(c.pid, SIGTERM);
+    for (auto& c : m_children) {
+        int status = 0;
+        for (int i = 0; i < 100 && ::waitpid(c.pid, &status, WNOHANG) == 0; ++i)
+            ::usleep(20000);
+        if (::waitpid(c.pid, &status, WNOHANG) == 0) {
+            ::kill(c.pid, SIGKILL);
+            ::waitpid(c.pid, &status, 0);
+        }
+        if (c.reportFd >= 0)
+            ::close(c.reportFd);
+    }
+    m_children.clear();
+}
+
+std::string LocalDaemons::workerExecutable()
+{
+    if (const char* e = std::getenv("TOGETHER_WORKER"); e && *e)
+        return e;
+    return selfExecutableDir() + "/together-worker";
 }
 
 } // namespace together

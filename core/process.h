@@ -28,4 +28,23 @@ std::string selfExecutableDir();
 // "exited with status N" / "killed by signal N (SIGKILL)".
 std::string describeWaitStatus(int status);
 
+// Worker daemons on loopback, one per simulated machine (`together-cli run --local`, tests). They die with
+// this process (PR_SET_PDEATHSIG) even if it is killed; normally the destructor stops them.
+class LocalDaemons {
+public:
+    LocalDaemons(size_t count, const std::string& keyFile);
+    ~LocalDaemons();
+    LocalDaemons(const LocalDaemons&) = delete;
+    LocalDaemons& operator=(const LocalDaemons&) = delete;
+    const std::vector<std::string>& addresses() const { return m_addresses; }
+    const std::vector<ChildProcess>& processes() const { return m_children; }
+    // together-worker next to this executable, or $TOGETHER_WORKER.
+    static std::string workerExecutable();
+
+private:
+    void stopAll();
+    std::vector<std::string> m_addresses;
+    std::vector<ChildProcess> m_children;
+};
+
 } // namespace together

@@ -22,8 +22,8 @@ namespace fs = std::filesystem;
 std::vector<CliArgs::Spec> runFlagSpecs()
 {
     return {
-        {"model"}, {"prompt"}, {"chat", false}, {"max-tokens"}, {"temperature"}, {"top-k"}, {"top-p"}, {"seed"},
-        {"stop", true, true}, {"dtype"}, {"threads"}, {"trace"},
+        {"model"}, {"prompt"}, {"messages"}, {"chat", false}, {"max-tokens"}, {"temperature"}, {"top-k"}, {"top-p"}, {"seed"},
+        {"stop", true, true}, {"dtype"}, {"threads"}, {"trace"}, {"ignore-eos", false},
     };
 }
 
@@ -31,10 +31,13 @@ RunOptions parseRunOptions(const CliArgs& args, bool promptRequired)
 {
     RunOptions o;
     o.modelDir = args.get("model");
-    if (promptRequired && !args.has("prompt"))
-        throw Error("--prompt TEXT is required");
+    if (args.has("prompt") && args.has("messages"))
+        throw Error("give --prompt or --messages, not both");
+    if (promptRequired && !args.has("prompt") && !args.has("messages"))
+        throw Error("--prompt TEXT (or --messages FILE.json) is required");
     o.prompt = args.get("prompt");
-    o.chat = args.has("chat");
+    o.messagesFile = args.get("messages");
+    o.chat = args.has("chat") || !o.messagesFile.empty();
     o.generation.maxTokens = args.getInt("max-tokens", 256);
     if (o.generation.maxTokens < 1)
         throw Error("--max-tokens must be at least 1");
@@ -71,6 +74,8 @@ RunOptions parseRunOptions(const CliArgs& args, bool promptRequired)
                               : static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count());
 
     o.generation.eosIds = !defaults.eosTokenIds.empty() ? defaults.eosTokenIds : config.eosTokenIds;
+    if (args.has("ignore-eos")) // benchmarks and tests: always generate --max-tokens
+        o.generation.eosIds.clear();
     return o;
 }
 
@@ -79,6 +84,13 @@ std::vector<int> promptIds(const Tokenizer& tokenizer, const RunOptions& options
     if (!options.chat)
         return tokenizer.encode(options.prompt, /*addSpecialTokens=*/true);
     nlohmann::json messages = nlohmann::json::array({{{"role", "user"}, {"content", options.prompt}}});
+    if (!options.messagesFile.empty()) {
+        try {
+            messages = nlohmann::json::parse(readTextFile(options.messagesFile));
+        } catch (const nlohmann::json::exception& e) {
+            throw Error(options.messagesFile + ": malformed JSON: " + e.what());
+        }
+    }
     ChatPrompt p = renderChat(tokenizer, messages, true);
     if (p.usedFallbackTemplate && warning)
         *warning = "this model has no chat_template in tokenizer_config.json; using a plain \"User: ... Assistant:\" "

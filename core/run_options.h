@@ -13,11 +13,12 @@ namespace together {
 class Tokenizer;
 
 // The generation flags shared by `together-worker generate` and `together-cli run`:
-//   --model DIR --prompt TEXT [--chat] [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
+//   --model DIR (--prompt TEXT | --messages FILE.json) [--chat] [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
 //   [--stop TEXT]... [--dtype bf16|f32] [--threads N] [--trace FILE]
 struct RunOptions {
     std::string modelDir;
     std::string prompt;
+    std::string messagesFile; // --messages: an OpenAI-style conversation to continue (implies --chat)
     bool chat = false;
     GenerationParams generation;
     SamplingParams sampling;
