@@ -95,6 +95,7 @@ struct Cluster::Worker {
     std::string address;
     std::unique_ptr<v1::WorkerControl::Stub> stub;
     int failures = 0;
+    uint32_t cores = 1;
 };
 
 struct Cluster::Rank {
@@ -151,6 +152,7 @@ void Cluster::launch(const Plan& plan, const std::string& modelDir, const std::s
         grpc::Status s = w.stub->Hello(&ctx, req, &rep);
         if (!s.ok())
             throw Error("worker " + w.address + ": " + s.error_message());
+        w.cores = std::max<uint32_t>(1, rep.cores());
         m_log("worker " + w.address + ": " + rep.hostname() + ", " + std::to_string(rep.cores()) + " cores, " +
               std::to_string(rep.free_memory_bytes() >> 20) + " MiB free");
     });
@@ -260,6 +262,18 @@ void Cluster::launch(const Plan& plan, const std::string& modelDir, const std::s
         req.set_store_address(rank0->address);
         req.set_gloo_host(hostOf(r.worker->address));
         req.set_collective_timeout_ms(600000); // long enough for a real prefill; liveness is the heartbeat's job
+        // Busy-poll only where every compute thread of the machine has its own core: daemons on one host
+        // (by address) share its cores.
+        const std::string host = hostOf(r.worker->address);
+        uint32_t cores = 0, threads = 0;
+        for (auto& w : m_workers)
+            if (hostOf(w->address) == host)
+                cores = std::max(cores, w->cores);
+        for (size_t si = 0; si < plan.stages.size(); ++si)
+            for (auto& pr : plan.stages[si].ranks)
+                if (hostOf(pr.worker) == host)
+                    threads += static_cast<uint32_t>(pr.threads);
+        req.set_busy_poll(threads <= cores);
         if (r.stage + 1 < plan.stages.size()) {
             const int here = static_cast<int>(plan.stages[r.stage].ranks.size());
             for (auto& x : m_ranks)

@@ -2,10 +2,12 @@
 #include "worker/gloo_comm.h"
 
 #include "core/error.h"
+
+#include <algorithm>
 #include "proto/together.grpc.pb.h"
 
-#include <gloo/allreduce.h>
-#include <gloo/math.h>
+#include <gloo/allreduce_halving_doubling.h>
+#include <gloo/transport/pair.h>
 #include <gloo/rendezvous/context.h>
 #include <gloo/rendezvous/prefix_store.h>
 #include <gloo/rendezvous/store.h>
@@ -70,8 +72,13 @@ private:
 
 } // namespace
 
+struct GlooCommunicator::Cached {
+    std::vector<float> buffer;
+    std::unique_ptr<gloo::AllreduceHalvingDoubling<float>> algorithm;
+};
+
 GlooCommunicator::GlooCommunicator(const ClusterKey& key, const std::string& storeAddress, const std::string& prefix,
-                                   const std::string& bindHost, int rank, int size, std::chrono::milliseconds timeout)
+                                   const std::string& bindHost, int rank, int size, std::chrono::milliseconds timeout, bool busyPoll)
 {
     try {
         gloo::transport::tcp::attr attr;
@@ -82,6 +89,10 @@ GlooCommunicator::GlooCommunicator(const ClusterKey& key, const std::string& sto
         auto ctx = std::make_shared<gloo::rendezvous::Context>(rank, size);
         ctx->setTimeout(timeout);
         ctx->connectFullMesh(prefixed, device);
+        if (busyPoll)
+            for (int i = 0; i < size; ++i)
+                if (i != rank)
+                    ctx->getPair(i)->setSync(true, true);
         m_context = ctx;
     } catch (const Error&) {
         throw;
@@ -92,15 +103,33 @@ GlooCommunicator::GlooCommunicator(const ClusterKey& key, const std::string& sto
 
 GlooCommunicator::~GlooCommunicator() = default;
 
+GlooCommunicator::Cached& GlooCommunicator::algorithmFor(size_t count)
+{
+    for (size_t i = 0; i < m_cache.size(); ++i)
+        if (m_cache[i]->buffer.size() == count) {
+            std::rotate(m_cache.begin() + static_cast<long>(i), m_cache.begin() + static_cast<long>(i) + 1, m_cache.end());
+            return *m_cache.back();
+        }
+    // Every rank sees the same sequence of sizes, so every rank creates (and evicts) instances in the same
+    // order and their buffer slots match.
+    if (m_cache.size() >= 8)
+        m_cache.erase(m_cache.begin());
+    auto c = std::make_unique<Cached>();
+    c->buffer.resize(count);
+    std::vector<float*> ptrs{c->buffer.data()};
+    c->algorithm = std::make_unique<gloo::AllreduceHalvingDoubling<float>>(m_context, ptrs, static_cast<int>(count));
+    m_cache.push_back(std::move(c));
+    return *m_cache.back();
+}
+
 void GlooCommunicator::allReduceSum(float* data, size_t count)
 {
     auto t0 = std::chrono::steady_clock::now();
     try {
-        gloo::AllreduceOptions opts(m_context);
-        opts.setOutput(data, count);
-        opts.setReduceFunction(static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::sum<float>));
-        opts.setTag(m_tag++);
-        gloo::allreduce(opts);
+        Cached& c = algorithmFor(count);
+        std::copy(data, data + count, c.buffer.begin());
+        c.algorithm->run();
+        std::copy(c.buffer.begin(), c.buffer.end(), data);
     } catch (const std::exception& e) {
         throw Error(std::string("all-reduce failed (a tensor-parallel peer died or stalled?): ") + e.what());
     }

@@ -210,7 +210,8 @@ public:
             if (m_spec.tpSize > 1) {
                 auto timeout = std::chrono::milliseconds(req->collective_timeout_ms() ? req->collective_timeout_ms() : 600000);
                 m_comm = std::make_unique<GlooCommunicator>(m_key, req->store_address(), m_launchId + "/stage" + std::to_string(m_stage),
-                                                            req->gloo_host(), m_spec.tpRank, m_spec.tpSize, timeout);
+                                                            req->gloo_host(), m_spec.tpRank, m_spec.tpSize, timeout,
+                                                            req->busy_poll());
                 m_model->setCommunicator(m_comm.get());
             }
             m_next.clear();
