@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 // together-cli: the headless front end. Links core only (no Qt, no libtorch).
+#include "app/cluster_bench.h"
 #include "core/auth.h"
 #include "core/chat.h"
 #include "core/cli_args.h"
@@ -39,6 +40,9 @@ const char* kUsage =
     "                   [--stop TEXT]... [--dtype bf16|f32] [--threads N] [--trace FILE]\n"
     "      Runs the model across worker daemons. --local starts one daemon per rank on this machine (loopback,\n"
     "      fresh key) and stops them afterwards. --interactive reads one user message per line from stdin.\n"
+    "  together-cli bench-cluster [--tokens N] [--dtype bf16|f32] [--model DIR]\n"
+    "      Decode speed of TP1, TP2, PP2 and TP1 with 2 threads side by side on local workers, with\n"
+    "      all-reduce and hop times and each shard's peak memory (TinyLlama-1.1B shape by default).\n"
     "  together-cli keygen --out FILE\n"
     "      Writes a new cluster key (mode 0600). Give the same file to every worker and the master.\n"
     "  together-cli make-model --out DIR [--hidden N] [--intermediate N] [--layers N] [--heads N] [--kv-heads N]\n"
@@ -190,11 +194,23 @@ int runCluster(const std::vector<std::string>& rest)
     const bool interactive = a.has("interactive");
     if (interactive && !a.has("chat"))
         throw Error("--interactive needs --chat (each line is a user message in the model's chat template)");
-    if (!a.has("model"))
-        throw Error("--model DIR is required");
     if (a.has("plan") == a.has("local"))
         throw Error("give exactly one of --plan plan.json or --local tp=T,pp=P");
-    RunOptions o = parseRunOptions(a, !interactive);
+    RunOptions o;
+    if (!a.has("model")) {
+        std::string dir = ensureDefaultModel();
+        std::fprintf(stderr,
+                     "together: no --model given; using the built-in random-weight model in %s.\n"
+                     "          Random weights produce noise: point --model at a Hugging Face model folder\n"
+                     "          (config.json, model.safetensors, tokenizer.json) for real text.\n",
+                     dir.c_str());
+        auto withModel = rest;
+        withModel.push_back("--model");
+        withModel.push_back(dir);
+        o = parseRunOptions(CliArgs(withModel, specs), !interactive);
+    } else {
+        o = parseRunOptions(a, !interactive);
+    }
     ModelConfig config = ModelConfig::fromDirectory(o.modelDir);
     Tokenizer tokenizer = Tokenizer::fromDirectory(o.modelDir);
 
@@ -317,6 +333,8 @@ int main(int argc, char** argv)
         }
         if (cmd == "run")
             return runCluster(rest);
+        if (cmd == "bench-cluster")
+            return runClusterBench(rest);
         if (cmd == "keygen") {
             CliArgs a(rest, {{"out"}});
             need(a, "out");

@@ -126,6 +126,7 @@ void Cluster::launch(const Plan& plan, const std::string& modelDir, const std::s
     m_config.validate(tensors);
     SafeTensorsWeights weights(tensors);
     m_launchId = randomHex(8);
+    m_dtype = dtype;
 
     // Daemons: hello (version and key check) before anything else.
     for (auto& st : plan.stages)
@@ -407,17 +408,40 @@ void Cluster::heartbeatLoop()
                 continue;
             }
             w->failures = 0;
-            for (auto& sh : rep.shards())
+            for (auto& sh : rep.shards()) {
+                {
+                    std::lock_guard lock(m_mutex);
+                    if (sh.shard_index() < m_ranks.size()) {
+                        m_peakRss.resize(m_ranks.size());
+                        m_peakRss[sh.shard_index()] = std::max(m_peakRss[sh.shard_index()], sh.peak_rss_bytes());
+                    }
+                }
                 if (!sh.running()) {
                     std::string who = "worker " + w->address;
                     if (sh.shard_index() < m_ranks.size())
                         who = "worker " + m_ranks[sh.shard_index()]->name();
                     setFatal(who + ": shard process " + sh.exit_reason());
                 }
+            }
         }
         for (int i = 0; i < 5 && !m_stopHeartbeat; ++i)
             std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
+}
+
+std::vector<Cluster::ShardMemory> Cluster::shardMemory()
+{
+    std::vector<ShardMemory> out;
+    std::lock_guard lock(m_mutex);
+    for (size_t i = 0; i < m_ranks.size(); ++i) {
+        ShardMemory m;
+        m.name = m_ranks[i]->name();
+        m.peakRssBytes = i < m_peakRss.size() ? m_peakRss[i] : 0;
+        m.sliceBytes = shardBytes(m_config, m_plan.shardSpec(m_ranks[i]->stage, m_ranks[i]->rank),
+                                  m_dtype == "bf16" ? DType::BF16 : DType::F32);
+        out.push_back(m);
+    }
+    return out;
 }
 
 void Cluster::stop()

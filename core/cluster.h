@@ -35,6 +35,13 @@ public:
     void stop();
 
     const ModelConfig& config() const { return m_config; }
+    struct ShardMemory {
+        std::string name;        // "host:port (stage s rank r)"
+        uint64_t peakRssBytes = 0;
+        int64_t sliceBytes = 0;  // its weights at the run's dtype
+    };
+    // From the latest heartbeat.
+    std::vector<ShardMemory> shardMemory();
     int64_t contextLimit() const { return m_contextLimit; }
 
 private:
@@ -53,6 +60,8 @@ private:
     Plan m_plan;
     int64_t m_contextLimit = 0;
     std::string m_launchId;
+    std::string m_dtype;
+    std::vector<uint64_t> m_peakRss; // by rank index, from heartbeats
     std::vector<std::unique_ptr<Worker>> m_workers;
     std::vector<std::unique_ptr<Rank>> m_ranks; // stage-major
     uint64_t m_step = 0;

@@ -68,6 +68,9 @@ class WeightProvider {
 public:
     virtual ~WeightProvider() = default;
     virtual TensorView get(const TensorSlice& slice, std::vector<std::byte>& scratch) const = 0;
+    // The consumer has its own copy: a provider holding received bytes may free them now, so a shard's
+    // peak memory stays near one copy of its slice.
+    virtual void release(const TensorSlice&) const {}
 };
 
 class SafeTensorsWeights : public WeightProvider {

@@ -48,6 +48,21 @@ std::vector<std::string> cpuFlags()
     return out;
 }
 
+uint64_t peakRss(pid_t pid)
+{
+    std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+    std::string k;
+    while (in >> k) {
+        if (k == "VmHWM:") {
+            uint64_t kb = 0;
+            in >> kb;
+            return kb * 1024;
+        }
+        in.ignore(4096, '\n');
+    }
+    return 0;
+}
+
 uint64_t availableMemory()
 {
     std::ifstream in("/proc/meminfo");
@@ -158,6 +173,8 @@ public:
                 st->set_shard_index(p.index);
                 st->set_running(p.running);
                 st->set_exit_reason(p.exitReason);
+                if (p.running)
+                    st->set_peak_rss_bytes(peakRss(p.pid));
             }
         return grpc::Status::OK;
     }

@@ -122,7 +122,9 @@ LlamaModel::LlamaModel(const ModelConfig& config, const WeightProvider& weights,
         if (v.shape != it->second.shape())
             throw Error("tensor " + name + " has shape " + shapeString(v.shape) + " but this shard needs " +
                         shapeString(it->second.shape()));
-        return load(v, to);
+        at::Tensor t = load(v, to);
+        weights.release(it->second);
+        return t;
     };
     if (spec.holdsEmbedding() || (spec.holdsHead() && config.tieWordEmbeddings))
         m_embed = get("model.embed_tokens.weight", wt);

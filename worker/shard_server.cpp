@@ -51,7 +51,9 @@ public:
         std::vector<int64_t> shape;
         std::vector<std::byte> bytes;
     };
-    std::map<std::string, Tensor> tensors;
+    mutable std::map<std::string, Tensor> tensors;
+
+    void release(const TensorSlice& slice) const override { tensors.erase(slice.name); }
 
     TensorView get(const TensorSlice& slice, std::vector<std::byte>&) const override
     {
