@@ -186,6 +186,7 @@ public:
             for (auto& [name, s] : m_slices)
                 if (!m_weights.tensors.count(name))
                     throw Error("tensor " + name + " was not sent");
+            setComputeThreads(m_threads);
             m_model = std::make_unique<LlamaModel>(m_config, m_weights, m_compute, m_spec, nullptr);
             m_weights = ReceivedWeights(); // the model holds converted copies
             m_cache = std::make_unique<KvCache>(m_model->newCache(m_contextLimit));
@@ -243,6 +244,9 @@ public:
             return fail(grpc::StatusCode::FAILED_PRECONDITION, me + ": desynchronised: expected step " + std::to_string(m_lastStep + 1) +
                                                                    ", got " + std::to_string(req->step()));
         m_lastStep = req->step();
+        // OpenMP's thread count is per calling thread, and gRPC serves each call on a pool thread whose
+        // default is every core: without this a one-thread shard computes with all of them.
+        setComputeThreads(m_threads);
         auto t0 = Clock::now();
         at::Tensor out;
         try {
