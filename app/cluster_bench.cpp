@@ -97,25 +97,8 @@ int runClusterBench(const std::vector<std::string>& rest)
     const int tokens = args.getInt("tokens", 64);
     const std::string dtype = args.get("dtype", "bf16");
     std::string dir = args.get("model");
-    if (dir.empty()) {
-        RandomModelSpec spec; // TinyLlama-1.1B shape
-        spec.hiddenSize = 2048;
-        spec.intermediateSize = 5632;
-        spec.numLayers = args.getInt("layers", 22);
-        spec.numHeads = 32;
-        spec.numKvHeads = 4;
-        spec.vocabSize = 32000;
-        spec.dtype = DType::BF16;
-        spec.maxPositionEmbeddings = 2048;
-        std::string cache = args.get("cache", fs::path(defaultModelDir()).parent_path().string());
-        dir = cache + "/bench-tinyllama-1.1b-" + std::to_string(spec.numLayers) + "l-bf16";
-        if (!fs::exists(dir + "/model.safetensors")) {
-            std::fprintf(stderr, "bench: writing a random TinyLlama-1.1B-shaped model to %s (once)...\n", dir.c_str());
-            writeRandomModel(dir + ".partial", spec);
-            fs::remove_all(dir);
-            fs::rename(dir + ".partial", dir);
-        }
-    }
+    if (dir.empty())
+        dir = ensureBenchModel(args.get("cache", fs::path(defaultModelDir()).parent_path().string()), args.getInt("layers", 22));
     const std::vector<Placement> placements = {
         {"TP1 (1 process x 1 thread)", 1, 1, 1},
         {"TP2 (2 processes x 1 thread)", 2, 1, 1},

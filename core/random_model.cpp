@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -136,6 +137,28 @@ private:
 int64_t randomTokenizerSize()
 {
     return static_cast<int64_t>(trainedBpe().vocab.size()) + static_cast<int64_t>(std::size(kSpecial));
+}
+
+std::string ensureBenchModel(const std::string& cacheDir, int64_t layers)
+{
+    RandomModelSpec spec;
+    spec.hiddenSize = 2048;
+    spec.intermediateSize = 5632;
+    spec.numLayers = layers;
+    spec.numHeads = 32;
+    spec.numKvHeads = 4;
+    spec.vocabSize = 32000;
+    spec.dtype = DType::BF16;
+    spec.maxPositionEmbeddings = 2048;
+    const std::string dir = cacheDir + "/bench-tinyllama-1.1b-" + std::to_string(layers) + "l-bf16";
+    if (!fs::exists(dir + "/model.safetensors")) {
+        std::fprintf(stderr, "bench: writing a random TinyLlama-1.1B-shaped model to %s (once)...\n", dir.c_str());
+        // a temporary folder renamed at the end: an interrupted write never looks like a model
+        writeRandomModel(dir + ".partial", spec);
+        fs::remove_all(dir);
+        fs::rename(dir + ".partial", dir);
+    }
+    return dir;
 }
 
 void writeRandomModel(const std::string& dir, const RandomModelSpec& spec)

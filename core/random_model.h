@@ -36,4 +36,8 @@ void writeRandomModel(const std::string& dir, const RandomModelSpec& spec);
 // Size in tokens of the generated tokenizer (bytes + merges + special tokens).
 int64_t randomTokenizerSize();
 
+// The benchmarks' model: TinyLlama-1.1B's shape (hidden 2048, intermediate 5632, 32 heads, 4 KV heads,
+// vocab 32000) with `layers` layers, random bf16 weights, written once under `cacheDir`; returns its folder.
+std::string ensureBenchModel(const std::string& cacheDir, int64_t layers = 22);
+
 } // namespace together

@@ -99,6 +99,8 @@ namespace {
 // Largest header we accept: real headers are a few hundred KB even for 100B-parameter shards.
 constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
 
+} // namespace
+
 DType parseDType(const std::string& s, const std::string& where)
 {
     if (s == "F32")
@@ -114,8 +116,6 @@ DType parseDType(const std::string& s, const std::string& where)
                             "checkpoints are not supported)");
     throw Error(where + ": unknown dtype '" + s + "'");
 }
-
-} // namespace
 
 SafeTensors SafeTensors::openFile(const std::string& file)
 {

@@ -18,6 +18,9 @@ enum class DType {
 
 size_t dtypeSize(DType dtype);
 const char* dtypeName(DType dtype);
+// "F32" | "F16" | "BF16"; other safetensors dtypes are refused by name (quantized and integer ones as
+// unsupported), anything else as unknown. `where` prefixes the message.
+DType parseDType(const std::string& name, const std::string& where);
 
 // A read-only memory map of a whole file; unmapped when the last owner goes.
 class MappedFile {

@@ -16,14 +16,7 @@ class Chat : public ::testing::Test {
 protected:
     void SetUp() override
     {
-        dir = test::makeTempDir("chat");
-        RandomModelSpec s;
-        s.hiddenSize = 16;
-        s.intermediateSize = 32;
-        s.numLayers = 1;
-        s.numHeads = 2;
-        s.numKvHeads = 1;
-        writeRandomModel(dir, s);
+        dir = test::writeTinyModel("chat");
         tok = std::make_unique<Tokenizer>(Tokenizer::fromDirectory(dir));
     }
     std::string dir;

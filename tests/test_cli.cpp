@@ -28,16 +28,10 @@ std::string quote(const std::string& s)
     return q + "'";
 }
 
-json storiesReference()
-{
-    std::ifstream in(test::stories260KDir() + "/reference.json");
-    return json::parse(in);
-}
-
 TEST(WorkerGenerate, StreamsExactlyTheGeneratedTextAndWritesATrace)
 {
     SKIP_WITHOUT_STORIES();
-    json ref = storiesReference();
+    json ref = test::storiesReference();
     auto& c = ref["cases"][0];
     std::string trace = test::makeTempDir("cli") + "/trace.jsonl";
     std::string out, err;
@@ -98,14 +92,7 @@ TEST(WorkerGenerate, BadInputGetsAClearErrorAndNonZeroExit)
     EXPECT_NE(test::runCommand(worker() + " generate --prompt x --dtype f8", &out, &err), 0);
 
     // A truncated weights file: named, no crash.
-    std::string dir = test::makeTempDir("corrupt");
-    RandomModelSpec s;
-    s.hiddenSize = 16;
-    s.intermediateSize = 32;
-    s.numLayers = 1;
-    s.numHeads = 2;
-    s.numKvHeads = 1;
-    writeRandomModel(dir, s);
+    std::string dir = test::writeTinyModel("corrupt");
     fs::resize_file(dir + "/model.safetensors", fs::file_size(dir + "/model.safetensors") - 100);
     EXPECT_EQ(test::runCommand(worker() + " generate --model " + dir + " --prompt x", &out, &err), 1);
     EXPECT_NE(err.find("model.safetensors"), std::string::npos) << err;
@@ -123,14 +110,7 @@ TEST(Cli, TokenizePrintsIdsOnOneLine)
 
 TEST(Cli, ChatTemplateRendersMessagesFile)
 {
-    std::string dir = test::makeTempDir("chatcli");
-    RandomModelSpec s;
-    s.hiddenSize = 16;
-    s.intermediateSize = 32;
-    s.numLayers = 1;
-    s.numHeads = 2;
-    s.numKvHeads = 1;
-    writeRandomModel(dir, s);
+    std::string dir = test::writeTinyModel("chatcli");
     std::ofstream(dir + "/messages.json") << R"([{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"}])";
     std::string out, err;
     ASSERT_EQ(test::runCommand(cli() + " chat-template --model " + dir + " --messages " + dir + "/messages.json", &out, &err), 0) << err;

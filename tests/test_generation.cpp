@@ -43,14 +43,7 @@ class Generation : public ::testing::Test {
 protected:
     void SetUp() override
     {
-        dir = test::makeTempDir("gen");
-        RandomModelSpec s;
-        s.hiddenSize = 16;
-        s.intermediateSize = 32;
-        s.numLayers = 1;
-        s.numHeads = 2;
-        s.numKvHeads = 1;
-        writeRandomModel(dir, s);
+        dir = test::writeTinyModel("gen");
         tok = std::make_unique<Tokenizer>(Tokenizer::fromDirectory(dir));
     }
     std::vector<int> ids(const std::string& s) { return tok->encode(s, false); }

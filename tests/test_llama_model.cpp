@@ -23,12 +23,6 @@ using json = nlohmann::json;
 
 namespace {
 
-json storiesReference()
-{
-    std::ifstream in(test::stories260KDir() + "/reference.json");
-    return json::parse(in);
-}
-
 std::vector<float> logitsOf(const at::Tensor& t)
 {
     const float* p = t.data_ptr<float>();
@@ -63,7 +57,7 @@ TEST(Stories260K, F32GreedyMatchesReferenceExactly)
     ModelConfig c = ModelConfig::fromDirectory(dir);
     SafeTensors st = SafeTensors::open(dir);
     LlamaModel m(c, st, ComputeType::F32);
-    json ref = storiesReference();
+    json ref = test::storiesReference();
     for (auto& cs : ref["cases"]) {
         auto prompt = cs["prompt_ids"].get<std::vector<int>>();
         auto expected = cs["generated_ids"].get<std::vector<int>>();
@@ -98,7 +92,7 @@ TEST(Stories260K, Bf16StaysCloseToF32)
     ModelConfig c = ModelConfig::fromDirectory(dir);
     SafeTensors st = SafeTensors::open(dir);
     LlamaModel m(c, st, ComputeType::BF16);
-    json ref = storiesReference();
+    json ref = test::storiesReference();
     for (auto& cs : ref["cases"]) {
         auto prompt = cs["prompt_ids"].get<std::vector<int>>();
         auto expected = cs["generated_ids"].get<std::vector<int>>();

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "tests/test_support.h"
 
+#include "core/random_model.h"
+
 #include <array>
 #include <cstdio>
 #include <cstdlib>
@@ -88,5 +90,24 @@ int runCommand(const std::string& cmd, std::string* out, std::string* err)
 }
 
 std::string binDir() { return TOGETHER_BIN_DIR; }
+
+std::string writeTinyModel(const std::string& tag)
+{
+    std::string dir = makeTempDir(tag);
+    RandomModelSpec s;
+    s.hiddenSize = 16;
+    s.intermediateSize = 32;
+    s.numLayers = 1;
+    s.numHeads = 2;
+    s.numKvHeads = 1;
+    writeRandomModel(dir, s);
+    return dir;
+}
+
+nlohmann::json storiesReference()
+{
+    std::ifstream in(stories260KDir() + "/reference.json");
+    return nlohmann::json::parse(in);
+}
 
 } // namespace together::test

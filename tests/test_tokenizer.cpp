@@ -14,17 +14,11 @@ using json = nlohmann::json;
 
 namespace {
 
-json storiesReference()
-{
-    std::ifstream in(test::stories260KDir() + "/reference.json");
-    return json::parse(in);
-}
-
 TEST(StoriesTokenizer, ReferenceCasesEncodeAndDecode)
 {
     SKIP_WITHOUT_STORIES();
     Tokenizer tok = Tokenizer::fromDirectory(test::stories260KDir() + "/hf");
-    json ref = storiesReference();
+    json ref = test::storiesReference();
     ASSERT_EQ(ref["tokenizer_cases"].size(), 6u);
     for (auto& c : ref["tokenizer_cases"]) {
         std::string text = c["text"];
@@ -40,7 +34,7 @@ TEST(StoriesTokenizer, StreamingKeepsTheLeadingSpaceAndMatchesReferenceText)
 {
     SKIP_WITHOUT_STORIES();
     Tokenizer tok = Tokenizer::fromDirectory(test::stories260KDir() + "/hf");
-    json ref = storiesReference();
+    json ref = test::storiesReference();
     for (auto& c : ref["cases"]) {
         StreamDecoder d(tok);
         std::string text;
@@ -86,14 +80,7 @@ class GeneratedTokenizer : public ::testing::Test {
 protected:
     void SetUp() override
     {
-        dir = test::makeTempDir("tok");
-        RandomModelSpec s;
-        s.hiddenSize = 16;
-        s.intermediateSize = 32;
-        s.numLayers = 1;
-        s.numHeads = 2;
-        s.numKvHeads = 1;
-        writeRandomModel(dir, s);
+        dir = test::writeTinyModel("tok");
         tok = std::make_unique<Tokenizer>(Tokenizer::fromDirectory(dir));
     }
     std::string dir;

@@ -68,24 +68,8 @@ int runBench(const std::vector<std::string>& rest)
     for (auto& d : splitList(args.get("dtypes", "bf16,f32")))
         dtypes.push_back(parseComputeType(d));
 
-    // TinyLlama-1.1B shape, random bf16 weights, written once.
-    RandomModelSpec spec;
-    spec.hiddenSize = 2048;
-    spec.intermediateSize = 5632;
-    spec.numLayers = args.getInt("layers", 22);
-    spec.numHeads = 32;
-    spec.numKvHeads = 4;
-    spec.vocabSize = 32000;
-    spec.dtype = DType::BF16;
-    spec.maxPositionEmbeddings = 2048;
-    std::string cache = args.get("cache", fs::path(defaultModelDir()).parent_path().string());
-    std::string dir = cache + "/bench-tinyllama-1.1b-" + std::to_string(spec.numLayers) + "l-bf16";
-    if (!fs::exists(dir + "/model.safetensors")) {
-        std::fprintf(stderr, "bench: writing a random TinyLlama-1.1B-shaped model to %s (once)...\n", dir.c_str());
-        writeRandomModel(dir + ".partial", spec);
-        fs::remove_all(dir);
-        fs::rename(dir + ".partial", dir);
-    }
+    const std::string dir =
+        ensureBenchModel(args.get("cache", fs::path(defaultModelDir()).parent_path().string()), args.getInt("layers", 22));
     ModelConfig config = ModelConfig::fromDirectory(dir);
     SafeTensors tensors = SafeTensors::open(dir);
 

@@ -32,17 +32,6 @@ uint64_t micros(Clock::duration d) { return static_cast<uint64_t>(std::chrono::d
 
 grpc::Status fail(grpc::StatusCode code, const std::string& msg) { return grpc::Status(code, msg); }
 
-DType parseWireDType(const std::string& s)
-{
-    if (s == "F32")
-        return DType::F32;
-    if (s == "F16")
-        return DType::F16;
-    if (s == "BF16")
-        return DType::BF16;
-    throw Error("unknown weight dtype '" + s + "'");
-}
-
 // Weights received from the master, exactly this shard's slices.
 class ReceivedWeights : public WeightProvider {
 public:
@@ -146,7 +135,7 @@ public:
                     if (shape != it->second.shape())
                         throw Error("tensor " + current + " has shape " + shapeString(shape) + " but this shard's slice is " +
                                     shapeString(it->second.shape()));
-                    DType dt = parseWireDType(chunk.dtype());
+                    DType dt = parseDType(chunk.dtype(), "tensor " + current);
                     int64_t n = 1;
                     for (auto d : shape)
                         n *= d;
