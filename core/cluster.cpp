@@ -211,10 +211,33 @@ void Cluster::launch(const Plan& plan, const std::string& modelDir, const std::s
             if (!s.ok())
                 fail("shard " + r.name() + ": " + s.error_message());
         }
+        const std::string& localDir = plan.stages[r.stage].ranks[static_cast<size_t>(r.rank)].modelDir;
+        uint64_t sent = 0;
+        if (!localDir.empty()) {
+            // The worker has its own copy: send only the hashes its slice must match.
+            TrackedCall call(*this, "Shard.LoadLocalWeights");
+            v1::LoadLocalRequest req;
+            req.set_model_dir(localDir);
+            for (auto& slice : shardTensors(m_config, spec)) {
+                std::vector<std::byte> scratch;
+                TensorView v = weights.get(slice, scratch);
+                unsigned char hash[SHA256_DIGEST_LENGTH];
+                SHA256(reinterpret_cast<const unsigned char*>(v.data), v.nbytes, hash);
+                auto* h = req.add_hashes();
+                h->set_name(slice.name);
+                h->set_sha256(hash, sizeof hash);
+            }
+            v1::LoadWeightsReply rep;
+            grpc::Status s = r.stub->LoadLocalWeights(&call.ctx, req, &rep);
+            if (!s.ok())
+                fail("shard " + r.name() + ": " + s.error_message());
+            m_log("shard " + r.name() + ": layers " + std::to_string(spec.firstLayer) + ".." + std::to_string(spec.lastLayer) +
+                  ", weights read from " + localDir + " on the worker");
+            return;
+        }
         TrackedCall call(*this, "Shard.LoadWeights");
         v1::LoadWeightsReply rep;
         auto writer = r.stub->LoadWeights(&call.ctx, &rep);
-        uint64_t sent = 0;
         for (auto& slice : shardTensors(m_config, spec)) {
             std::vector<std::byte> scratch;
             TensorView v = weights.get(slice, scratch);

@@ -40,6 +40,7 @@ Plan Plan::fromJson(const std::string& text, const std::string& where)
             PlanRank pr;
             pr.worker = r["worker"].get<std::string>();
             pr.threads = r.value("threads", 1);
+            pr.modelDir = r.value("model_dir", std::string());
             st.ranks.push_back(pr);
         }
         p.stages.push_back(std::move(st));
@@ -53,8 +54,12 @@ std::string Plan::toJson() const
     j["stages"] = json::array();
     for (auto& s : stages) {
         json ranks = json::array();
-        for (auto& r : s.ranks)
-            ranks.push_back({{"worker", r.worker}, {"threads", r.threads}});
+        for (auto& r : s.ranks) {
+            json jr = {{"worker", r.worker}, {"threads", r.threads}};
+            if (!r.modelDir.empty())
+                jr["model_dir"] = r.modelDir;
+            ranks.push_back(jr);
+        }
         j["stages"].push_back({{"layers", {s.firstLayer, s.lastLayer}}, {"ranks", ranks}});
     }
     if (!dtype.empty())

@@ -11,11 +11,13 @@ namespace together {
 
 // A placement: ordered pipeline stages, each an inclusive layer range and the tensor-parallel ranks that
 // run it. JSON form:
-//   {"stages": [{"layers": [0, 10], "ranks": [{"worker": "192.168.1.20:7600", "threads": 2}, ...]}, ...],
+//   {"stages": [{"layers": [0, 10], "ranks": [{"worker": "192.168.1.20:7600", "threads": 2,
+//                                              "model_dir": "/models/llama"}, ...]}, ...],   (model_dir optional)
 //    "dtype": "bf16"}                                      (dtype optional: one per run, whole cluster)
 struct PlanRank {
     std::string worker; // daemon address host:port
     int threads = 1;
+    std::string modelDir; // "model_dir": a copy of the model on that machine to load from instead of streaming
 };
 
 struct PlanStage {

@@ -63,35 +63,56 @@ int64_t TensorView::numel() const
     return n;
 }
 
-MappedFile::MappedFile(const std::string& path)
+MappedFile::MappedFile(const std::string& path, bool map)
     : m_path(path)
 {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    m_fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (m_fd < 0)
         throw Error("cannot open " + path + ": " + std::strerror(errno));
     struct stat st {};
-    if (::fstat(fd, &st) != 0) {
+    if (::fstat(m_fd, &st) != 0) {
         int err = errno;
-        ::close(fd);
+        ::close(m_fd);
         throw Error("cannot stat " + path + ": " + std::strerror(err));
     }
     m_size = static_cast<size_t>(st.st_size);
-    if (m_size > 0) {
-        void* p = ::mmap(nullptr, m_size, PROT_READ, MAP_SHARED, fd, 0);
+    if (map && m_size > 0) {
+        void* p = ::mmap(nullptr, m_size, PROT_READ, MAP_SHARED, m_fd, 0);
         if (p == MAP_FAILED) {
             int err = errno;
-            ::close(fd);
+            ::close(m_fd);
             throw Error("cannot map " + path + ": " + std::strerror(err));
         }
         m_data = static_cast<const std::byte*>(p);
     }
-    ::close(fd);
 }
 
 MappedFile::~MappedFile()
 {
     if (m_data)
         ::munmap(const_cast<std::byte*>(m_data), m_size);
+    if (m_fd >= 0)
+        ::close(m_fd);
+}
+
+void MappedFile::read(uint64_t offset, size_t length, std::byte* dst) const
+{
+    if (offset + length > m_size)
+        throw Error(m_path + ": read past the end of the file (truncated?)");
+    if (m_data) {
+        std::memcpy(dst, m_data + offset, length);
+        return;
+    }
+    size_t done = 0;
+    while (done < length) {
+        ssize_t n = ::pread(m_fd, dst + done, length - done, static_cast<off_t>(offset + done));
+        if (n <= 0) {
+            if (n < 0 && errno == EINTR)
+                continue;
+            throw Error(m_path + ": read failed: " + (n == 0 ? std::string("unexpected end of file") : std::strerror(errno)));
+        }
+        done += static_cast<size_t>(n);
+    }
 }
 
 namespace {
@@ -117,17 +138,17 @@ DType parseDType(const std::string& s, const std::string& where)
     throw Error(where + ": unknown dtype '" + s + "'");
 }
 
-SafeTensors SafeTensors::openFile(const std::string& file)
+SafeTensors SafeTensors::openFile(const std::string& file, bool map)
 {
     SafeTensors st;
-    st.addFile(file, nullptr);
+    st.addFile(file, nullptr, map);
     return st;
 }
 
-SafeTensors SafeTensors::open(const std::string& path)
+SafeTensors SafeTensors::open(const std::string& path, bool map)
 {
     if (!fs::is_directory(path))
-        return openFile(path);
+        return openFile(path, map);
     fs::path dir(path);
     fs::path index = dir / "model.safetensors.index.json";
     SafeTensors st;
@@ -150,13 +171,13 @@ SafeTensors SafeTensors::open(const std::string& path)
             byFile[f].push_back(name);
         }
         for (auto& [f, names] : byFile) {
-            st.addFile((dir / f).string(), &names);
+            st.addFile((dir / f).string(), &names, map);
         }
         return st;
     }
     fs::path single = dir / "model.safetensors";
     if (fs::exists(single)) {
-        st.addFile(single.string(), nullptr);
+        st.addFile(single.string(), nullptr, map);
         return st;
     }
     // Some repos ship a few shards without an index; accept *.safetensors if there is no ambiguity.
@@ -168,28 +189,31 @@ SafeTensors SafeTensors::open(const std::string& path)
         throw Error(path + ": no model.safetensors or model.safetensors.index.json in this folder");
     std::sort(files.begin(), files.end());
     for (auto& f : files)
-        st.addFile(f, nullptr);
+        st.addFile(f, nullptr, map);
     return st;
 }
 
-void SafeTensors::addFile(const std::string& file, const std::vector<std::string>* onlyThese)
+void SafeTensors::addFile(const std::string& file, const std::vector<std::string>* onlyThese, bool map)
 {
-    auto mapped = std::make_shared<MappedFile>(file);
+    auto mapped = std::make_shared<MappedFile>(file, map);
     const size_t fileSize = mapped->size();
     if (fileSize < 8)
         throw Error(file + ": truncated: " + std::to_string(fileSize) + " bytes, too short for a safetensors header");
+    std::byte lenBytes[8];
+    mapped->read(0, 8, lenBytes);
     uint64_t headerLen = 0;
     for (int i = 7; i >= 0; --i)
-        headerLen = (headerLen << 8) | static_cast<uint8_t>(mapped->data()[i]);
+        headerLen = (headerLen << 8) | static_cast<uint8_t>(lenBytes[i]);
     if (headerLen > fileSize - 8)
         throw Error(file + ": header length " + std::to_string(headerLen) + " runs past the end of the file (" +
                     std::to_string(fileSize) + " bytes): the file is truncated or not safetensors");
     if (headerLen > kMaxHeaderBytes)
         throw Error(file + ": header length " + std::to_string(headerLen) + " exceeds the 100 MiB limit");
-    const char* hdr = reinterpret_cast<const char*>(mapped->data() + 8);
+    std::string header(headerLen, '\0');
+    mapped->read(8, headerLen, reinterpret_cast<std::byte*>(header.data()));
     json j;
     try {
-        j = json::parse(hdr, hdr + headerLen);
+        j = json::parse(header);
     } catch (const json::exception& e) {
         throw Error(file + ": header is not valid JSON: " + e.what());
     }
@@ -245,8 +269,9 @@ void SafeTensors::addFile(const std::string& file, const std::vector<std::string
             throw Error(where + ": shape " + shapeString(t.shape) + " of " + dtypeName(t.dtype) + " needs " +
                         std::to_string(static_cast<uint64_t>(expected)) + " bytes but data_offsets span " +
                         std::to_string(end - begin));
-        t.data = mapped->data() + dataStart + begin;
+        t.data = mapped->data() ? mapped->data() + dataStart + begin : nullptr;
         t.nbytes = end - begin;
+        t.fileOffset = dataStart + begin;
         t.file = mapped;
         ranges.push_back({begin, end, name});
         if (onlyThese && std::find(onlyThese->begin(), onlyThese->end(), name) == onlyThese->end())

@@ -22,20 +22,24 @@ const char* dtypeName(DType dtype);
 // unsupported), anything else as unknown. `where` prefixes the message.
 DType parseDType(const std::string& name, const std::string& where);
 
-// A read-only memory map of a whole file; unmapped when the last owner goes.
+// A read-only file, either memory-mapped whole or (map = false) read with pread only where asked: a shard
+// loading its slice from a local checkpoint never maps or reads other tensors. Closed when the last owner goes.
 class MappedFile {
 public:
-    explicit MappedFile(const std::string& path);
+    explicit MappedFile(const std::string& path, bool map = true);
     ~MappedFile();
     MappedFile(const MappedFile&) = delete;
     MappedFile& operator=(const MappedFile&) = delete;
 
-    const std::byte* data() const { return m_data; }
+    const std::byte* data() const { return m_data; } // nullptr when not mapped
     size_t size() const { return m_size; }
     const std::string& path() const { return m_path; }
+    // Reads exactly [offset, offset + length) into dst; throws Error naming the file on a short read.
+    void read(uint64_t offset, size_t length, std::byte* dst) const;
 
 private:
     std::string m_path;
+    int m_fd = -1;
     const std::byte* m_data = nullptr;
     size_t m_size = 0;
 };
@@ -45,8 +49,9 @@ struct TensorView {
     std::string name;
     DType dtype = DType::F32;
     std::vector<int64_t> shape;
-    const std::byte* data = nullptr;
+    const std::byte* data = nullptr; // nullptr when the file is not mapped: use file->read(fileOffset, ...)
     size_t nbytes = 0;
+    uint64_t fileOffset = 0;         // absolute offset of the data in the file
     std::shared_ptr<MappedFile> file;
 
     int64_t numel() const;
@@ -62,8 +67,9 @@ struct TensorView {
 class SafeTensors {
 public:
     // Opens a model folder (model.safetensors, or model.safetensors.index.json and its shards) or one file.
-    static SafeTensors open(const std::string& path);
-    static SafeTensors openFile(const std::string& file);
+    // With map = false only the headers are read (and validated); tensor bytes are read on demand.
+    static SafeTensors open(const std::string& path, bool map = true);
+    static SafeTensors openFile(const std::string& file, bool map = true);
 
     bool contains(const std::string& name) const { return m_tensors.count(name) > 0; }
     // Throws naming the tensor when it is missing.
@@ -73,7 +79,7 @@ public:
     const std::map<std::string, TensorView>& tensors() const { return m_tensors; }
 
 private:
-    void addFile(const std::string& file, const std::vector<std::string>* onlyThese);
+    void addFile(const std::string& file, const std::vector<std::string>* onlyThese, bool map);
     std::map<std::string, TensorView> m_tensors;
 };
 

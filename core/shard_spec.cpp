@@ -103,32 +103,47 @@ void copySlice(const TensorView& full, const TensorSlice& slice, std::vector<std
 {
     if (full.shape != slice.fullShape)
         throw Error("tensor " + slice.name + " has shape " + shapeString(full.shape) + ", expected " + shapeString(slice.fullShape));
+    // Reads go through the file (memcpy from the map, or pread when unmapped): only the slice's bytes.
+    auto read = [&](size_t offset, size_t length, std::byte* dst) {
+        if (full.data)
+            std::memcpy(dst, full.data + offset, length);
+        else
+            full.file->read(full.fileOffset + offset, length, dst);
+    };
     const size_t es = dtypeSize(full.dtype);
     if (slice.dim < 0) {
-        out.assign(full.data, full.data + full.nbytes);
+        out.resize(full.nbytes);
+        read(0, full.nbytes, out.data());
         return;
     }
     const int64_t rows = full.shape[0];
     const int64_t cols = full.shape.size() > 1 ? full.shape[1] : 1;
     if (slice.dim == 0) {
         const size_t rowBytes = static_cast<size_t>(cols) * es;
-        out.assign(full.data + static_cast<size_t>(slice.begin) * rowBytes, full.data + static_cast<size_t>(slice.end) * rowBytes);
+        out.resize(static_cast<size_t>(slice.end - slice.begin) * rowBytes);
+        read(static_cast<size_t>(slice.begin) * rowBytes, out.size(), out.data());
         return;
     }
     const size_t w = static_cast<size_t>(slice.end - slice.begin) * es;
     out.resize(static_cast<size_t>(rows) * w);
     for (int64_t r = 0; r < rows; ++r)
-        std::memcpy(out.data() + static_cast<size_t>(r) * w,
-                    full.data + (static_cast<size_t>(r) * static_cast<size_t>(cols) + static_cast<size_t>(slice.begin)) * es, w);
+        read((static_cast<size_t>(r) * static_cast<size_t>(cols) + static_cast<size_t>(slice.begin)) * es, w,
+             out.data() + static_cast<size_t>(r) * w);
 }
 
 TensorView SafeTensorsWeights::get(const TensorSlice& slice, std::vector<std::byte>& scratch) const
 {
     const TensorView& full = m_tensors.expect(slice.name, slice.fullShape);
-    if (slice.dim < 0)
-        return full;
     TensorView v = full;
     v.shape = slice.shape();
+    if (!full.data) { // not mapped: read exactly the slice
+        copySlice(full, slice, scratch);
+        v.data = scratch.data();
+        v.nbytes = scratch.size();
+        return v;
+    }
+    if (slice.dim < 0)
+        return full;
     if (slice.dim == 0) { // rows are contiguous: a view into the map
         const size_t rowBytes = full.nbytes / static_cast<size_t>(full.shape[0]);
         v.data = full.data + static_cast<size_t>(slice.begin) * rowBytes;

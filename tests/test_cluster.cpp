@@ -171,6 +171,49 @@ INSTANTIATE_TEST_SUITE_P(
                       Layout{"random_tp3_uneven_intermediate", "h6kv3", "tp=3,pp=1", {}}),
     [](const auto& info) { return info.param.name; });
 
+// A worker with its own copy of the model reads its slice locally; a different copy is refused by name.
+TEST(ClusterLocalWeights, WorkerReadsItsSliceFromItsOwnFolder)
+{
+    std::string model = largeMarginModel("kv2", 4, 2, 160);
+    auto ref = readTrace(referenceTrace(model, "Once upon a time", 16));
+    std::string dir = test::makeTempDir("localweights");
+    ClusterKey::generateFile(dir + "/key");
+    LocalDaemons daemons(2, dir + "/key");
+    auto run = [&](const std::string& workerCopy, std::string& err) {
+        json plan = {{"stages",
+                      {{{"layers", {0, 1}}, {"ranks", {{{"worker", daemons.addresses()[0]}}}}},
+                       {{"layers", {2, 4}}, {"ranks", {{{"worker", daemons.addresses()[1]}, {"model_dir", workerCopy}}}}}}}};
+        std::ofstream(dir + "/plan.json") << plan.dump();
+        std::string out;
+        return test::runCommand(cli() + " run --model " + model + " --plan " + dir + "/plan.json --key-file " + dir +
+                                    "/key --prompt 'Once upon a time' --temperature 0 --dtype f32 --max-tokens 16 --trace " + dir + "/trace.jsonl",
+                                &out, &err);
+    };
+    std::string err;
+    ASSERT_EQ(run(model, err), 0) << err;
+    EXPECT_NE(err.find("weights read from " + model + " on the worker"), std::string::npos) << err;
+    expectSameTrace(ref, readTrace(dir + "/trace.jsonl"), "local weights");
+
+    // Same config, other weights: caught by the slice hashes.
+    RandomModelSpec s;
+    s.hiddenSize = 96;
+    s.headDim = 16;
+    s.numHeads = 4;
+    s.numKvHeads = 2;
+    s.intermediateSize = 160;
+    s.numLayers = 5;
+    s.logitScale = 6.0;
+    s.seed = 99;
+    writeRandomModel(dir + "/other", s);
+    EXPECT_NE(run(dir + "/other", err), 0);
+    EXPECT_NE(err.find("differs from the master's copy"), std::string::npos) << err;
+    // A different model altogether: caught by config.json.
+    s.numLayers = 6;
+    writeRandomModel(dir + "/bigger", s);
+    EXPECT_NE(run(dir + "/bigger", err), 0);
+    EXPECT_NE(err.find("config.json differs"), std::string::npos) << err;
+}
+
 TEST(ClusterInteractive, SecondAnswerMatchesSingleProcessAndOnlyNewTokensArePrefilled)
 {
     std::string model = largeMarginModel("kv2", 4, 2, 160);

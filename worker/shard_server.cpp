@@ -6,6 +6,7 @@
 #include "core/model_config.h"
 #include "core/process.h"
 #include "core/protocol.h"
+#include "core/safetensors.h"
 #include "core/sampler.h"
 #include "core/shard_spec.h"
 #include "proto/together.grpc.pb.h"
@@ -13,6 +14,8 @@
 #include "worker/llama_model.h"
 
 #include <ATen/ATen.h>
+
+#include <nlohmann/json.hpp>
 
 #include <openssl/evp.h>
 
@@ -59,6 +62,38 @@ public:
     }
 };
 
+// A local checkpoint's slices, each checked against the master's SHA-256 before the model uses it.
+class VerifiedWeights : public WeightProvider {
+public:
+    VerifiedWeights(const SafeTensors& files, const std::map<std::string, std::string>& hashes, std::string dir)
+        : m_inner(files)
+        , m_hashes(hashes)
+        , m_dir(std::move(dir))
+    {
+    }
+    TensorView get(const TensorSlice& slice, std::vector<std::byte>& scratch) const override
+    {
+        TensorView v = m_inner.get(slice, scratch);
+        auto it = m_hashes.find(slice.name);
+        if (it == m_hashes.end())
+            throw Error("the master sent no hash for tensor " + slice.name);
+        unsigned char hash[32];
+        unsigned int len = 0;
+        EVP_Digest(v.data, v.nbytes, hash, &len, EVP_sha256(), nullptr);
+        if (it->second.size() != 32 || std::memcmp(hash, it->second.data(), 32) != 0)
+            throw Error("tensor " + slice.name + " in " + m_dir + " differs from the master's copy (SHA-256 mismatch)");
+        m_bytes += v.nbytes;
+        return v;
+    }
+    uint64_t bytesRead() const { return m_bytes; }
+
+private:
+    SafeTensorsWeights m_inner;
+    const std::map<std::string, std::string>& m_hashes;
+    std::string m_dir;
+    mutable uint64_t m_bytes = 0;
+};
+
 class ShardService final : public v1::Shard::Service, public v1::KvStore::Service {
 public:
     ShardService(ClusterKey key, int threads)
@@ -78,6 +113,7 @@ public:
             if (m_model)
                 throw Error("this shard is already configured");
             m_config = ModelConfig::fromJsonText(req->config_json(), "config.json from the master");
+            m_configJson = req->config_json();
             if (req->tp_size() < 1 || req->tp_rank() >= req->tp_size() || req->num_stages() < 1 || req->stage() >= req->num_stages())
                 throw Error("bad rank or stage numbers");
             m_spec = ShardSpec{req->first_layer(), req->last_layer(), static_cast<int>(req->tp_rank()), static_cast<int>(req->tp_size()),
@@ -188,6 +224,42 @@ public:
         cleanup();
         rep->set_bytes(received);
         rep->set_tensors(static_cast<uint32_t>(m_slices.size()));
+        return grpc::Status::OK;
+    }
+
+    grpc::Status LoadLocalWeights(grpc::ServerContext* ctx, const v1::LoadLocalRequest* req, v1::LoadWeightsReply* rep) override
+    {
+        if (auto s = m_auth.verify(*ctx, "Shard.LoadLocalWeights"); !s.ok())
+            return s;
+        std::lock_guard lock(m_mutex);
+        if (m_slices.empty())
+            return fail(grpc::StatusCode::FAILED_PRECONDITION, "load weights: the shard is not configured");
+        try {
+            const std::string& dir = req->model_dir();
+            // Same model as the master's? config.json first, then every slice by hash.
+            nlohmann::json local, master;
+            try {
+                local = nlohmann::json::parse(readTextFile(dir + "/config.json"));
+                master = nlohmann::json::parse(m_configJson);
+            } catch (const nlohmann::json::exception& e) {
+                throw Error(dir + "/config.json: malformed JSON: " + e.what());
+            }
+            if (local != master)
+                throw Error("the model in " + dir + " on this worker is not the master's model (config.json differs)");
+            std::map<std::string, std::string> hashes;
+            for (auto& h : req->hashes())
+                hashes[h.name()] = h.sha256();
+            SafeTensors files = SafeTensors::open(dir, /*map=*/false); // headers only: the slice is read by pread
+            VerifiedWeights weights(files, hashes, dir);
+            setComputeThreads(m_threads);
+            m_model = std::make_unique<LlamaModel>(m_config, weights, m_compute, m_spec, nullptr);
+            m_cache = std::make_unique<KvCache>(m_model->newCache(m_contextLimit));
+            rep->set_bytes(weights.bytesRead());
+            rep->set_tensors(static_cast<uint32_t>(m_slices.size()));
+        } catch (const std::exception& e) {
+            m_model.reset();
+            return fail(grpc::StatusCode::INVALID_ARGUMENT, std::string("load local weights: ") + e.what());
+        }
         return grpc::Status::OK;
     }
 
@@ -373,6 +445,7 @@ private:
     int m_threads;
     std::mutex m_mutex;
     ModelConfig m_config;
+    std::string m_configJson;
     ShardSpec m_spec;
     uint32_t m_stage = 0;
     std::string m_launchId;
