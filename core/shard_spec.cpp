@@ -17,7 +17,7 @@ void checkTensorParallel(const ModelConfig& c, int tpSize)
     if (c.numKvHeads % tpSize != 0 && tpSize % c.numKvHeads != 0)
         throw Error("tensor-parallel size " + std::to_string(tpSize) + " neither divides the " + std::to_string(c.numKvHeads) +
                     " key/value heads nor is a multiple of them");
-    if (c.intermediateSize < tpSize)
+    if (c.intermediateSize < tpSize || c.vocabSize < tpSize)
         throw Error("tensor-parallel size " + std::to_string(tpSize) + " exceeds the intermediate size " +
                     std::to_string(c.intermediateSize));
 }
@@ -37,6 +37,9 @@ ShardDims shardDims(const ModelConfig& c, int r, int t)
     const int64_t base = c.intermediateSize / t, extra = c.intermediateSize % t;
     d.intermediate = base + (r < extra ? 1 : 0);
     d.intermediateBegin = base * r + std::min<int64_t>(r, extra);
+    const int64_t vbase = c.vocabSize / t, vextra = c.vocabSize % t;
+    d.vocab = vbase + (r < vextra ? 1 : 0);
+    d.vocabBegin = vbase * r + std::min<int64_t>(r, vextra);
     return d;
 }
 
@@ -61,10 +64,16 @@ std::vector<TensorSlice> shardTensors(const ModelConfig& c, const ShardSpec& s)
     auto rows = [&](const ModelConfig::TensorSpec& t, int64_t b, int64_t e) { out.push_back({t.name, t.shape, 0, b, e}); };
     auto cols = [&](const ModelConfig::TensorSpec& t, int64_t b, int64_t e) { out.push_back({t.name, t.shape, 1, b, e}); };
     for (auto& g : c.globalTensors()) {
-        if (g.name == "model.embed_tokens.weight" && (s.holdsEmbedding() || (s.holdsHead() && c.tieWordEmbeddings)))
-            whole(g);
-        else if (g.name != "model.embed_tokens.weight" && s.holdsHead())
-            whole(g);
+        if (g.name == "model.embed_tokens.weight") {
+            if (s.holdsEmbedding())
+                whole(g); // token lookup needs every row (the tied head then uses a view of it)
+            else if (s.holdsHead() && c.tieWordEmbeddings)
+                rows(g, d.vocabBegin, d.vocabBegin + d.vocab);
+        } else if (g.name == "lm_head.weight" && s.holdsHead()) {
+            rows(g, d.vocabBegin, d.vocabBegin + d.vocab);
+        } else if (s.holdsHead()) {
+            whole(g); // final norm
+        }
     }
     for (int64_t l = s.firstLayer; l <= s.lastLayer; ++l) {
         for (auto& t : c.layerTensors(l)) {

@@ -20,8 +20,9 @@ namespace together {
 // q heads split evenly (heads % tp == 0 is required). K/V heads split evenly when tp divides them; when tp
 // is a multiple of the KV heads, each KV head is held by tp / kv ranks (as vLLM does). The intermediate
 // size splits as evenly as possible (the first I % tp ranks get one more column); no divisibility needed.
-// The first stage holds the embedding (whole, on every rank); the last stage's rank 0 holds the final norm
-// and the whole lm_head and produces the logits.
+// The first stage holds the embedding (whole, on every rank). The last stage's ranks each hold the final
+// norm and a vocabulary slice of the lm_head (split as evenly as possible); their partial logits are summed
+// into the full vector, which rank 0 samples from.
 struct ShardSpec {
     int64_t firstLayer = 0;
     int64_t lastLayer = 0; // inclusive
@@ -32,7 +33,8 @@ struct ShardSpec {
 
     static ShardSpec whole(const ModelConfig& c) { return {0, c.numLayers - 1, 0, 1, true, true}; }
     bool holdsEmbedding() const { return firstStage; }
-    bool holdsHead() const { return lastStage && tpRank == 0; }
+    bool holdsHead() const { return lastStage; }         // a vocabulary slice of it
+    bool returnsLogits() const { return lastStage && tpRank == 0; }
 };
 
 // The per-rank sizes the split gives.
@@ -40,6 +42,7 @@ struct ShardDims {
     int64_t qHeads = 0, qHeadBegin = 0;
     int64_t kvHeads = 0, kvHeadBegin = 0;
     int64_t intermediate = 0, intermediateBegin = 0;
+    int64_t vocab = 0, vocabBegin = 0; // lm_head rows on the last stage
 };
 ShardDims shardDims(const ModelConfig& c, int tpRank, int tpSize);
 // Throws Error when the model cannot be split tpSize ways (heads not divisible, KV heads neither divisible

@@ -98,6 +98,7 @@ TEST_P(Sharded, LogitsMatchTheWholeModel)
     s.intermediateSize = cs.intermediate;
     s.numLayers = cs.layers;
     s.seed = 5;
+    s.tieWordEmbeddings = cs.arch == "Qwen2ForCausalLM"; // the tied head: a view on stage 0, a row slice later
     writeRandomModel(dir, s);
     ModelConfig c = ModelConfig::fromDirectory(dir);
     SafeTensors st = SafeTensors::open(dir);
@@ -187,7 +188,8 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"tp4_kv2_replicated", "LlamaForCausalLM", 2, 4, 2, 100, {{0, 1, 4}}},
                       Case{"tp3_uneven_intermediate", "LlamaForCausalLM", 2, 6, 3, 100, {{0, 1, 3}}},
                       Case{"mixed_tp_pp", "LlamaForCausalLM", 3, 4, 2, 100, {{0, 0, 2}, {1, 2, 1}}},
-                      Case{"qwen2_tp2", "Qwen2ForCausalLM", 2, 4, 2, 100, {{0, 1, 2}}},
+                      Case{"qwen2_tp2_tied", "Qwen2ForCausalLM", 2, 4, 2, 100, {{0, 1, 2}}},
+                      Case{"qwen2_tied_pp2_tp2", "Qwen2ForCausalLM", 2, 4, 2, 100, {{0, 0, 1}, {1, 1, 2}}},
                       Case{"qwen3_tp2_pp2", "Qwen3ForCausalLM", 2, 4, 2, 100, {{0, 0, 2}, {1, 1, 2}}}),
     [](const auto& info) { return info.param.name; });
 
@@ -206,10 +208,18 @@ TEST(ShardSpec, SplitsAndRefusals)
     EXPECT_THROW(checkTensorParallel(c, 3), Error); // 8 heads
     EXPECT_THROW(checkTensorParallel(c, 16), Error);
     ShardSpec last{1, 1, 1, 2, false, true};
+    bool head = false;
     for (auto& t : shardTensors(c, last)) {
-        EXPECT_EQ(t.name.find("lm_head"), std::string::npos); // only rank 0 of the last stage holds the head
         EXPECT_EQ(t.name.find("layers.0."), std::string::npos);
+        if (t.name == "lm_head.weight") { // rank 1 holds the second half of the vocabulary
+            head = true;
+            EXPECT_EQ(t.dim, 0);
+            EXPECT_EQ(t.begin, 50);
+            EXPECT_EQ(t.end, 100);
+        }
     }
+    EXPECT_TRUE(head);
+    EXPECT_FALSE(last.returnsLogits());
 }
 
 } // namespace

@@ -130,7 +130,12 @@ LlamaModel::LlamaModel(const ModelConfig& config, const WeightProvider& weights,
         m_embed = get("model.embed_tokens.weight", wt);
     if (spec.holdsHead()) {
         m_finalNorm = get("model.norm.weight", at::kFloat);
-        m_lmHead = config.tieWordEmbeddings ? m_embed : get("lm_head.weight", wt);
+        if (!config.tieWordEmbeddings)
+            m_lmHead = get("lm_head.weight", wt);
+        else if (spec.holdsEmbedding()) // whole embedding here: the head is a view of our vocabulary rows
+            m_lmHead = m_embed.narrow(0, m_dims.vocabBegin, m_dims.vocab);
+        else
+            m_lmHead = m_embed; // loaded as exactly our rows
     }
     for (int64_t l = spec.firstLayer; l <= spec.lastLayer; ++l) {
         const std::string p = "model.layers." + std::to_string(l) + ".";
@@ -318,10 +323,19 @@ at::Tensor LlamaModel::forwardShard(const at::Tensor& input, KvCache& cache) con
     cache.m_length = L;
     if (!m_spec.lastStage)
         return x;
-    if (!m_spec.holdsHead())
-        return at::Tensor();
+    // Each rank of the last stage computes the logits of its vocabulary rows; summing zero-padded parts
+    // assembles the full vector (one all-reduce of vocab floats), and rank 0 returns it.
     at::Tensor last = rmsNorm(x.narrow(0, T - 1, 1), m_finalNorm);
-    return linear(last, m_lmHead).view({c.vocabSize}).contiguous();
+    at::Tensor part = linear(last, m_lmHead).view({m_dims.vocab});
+    at::Tensor logits = part;
+    if (m_spec.tpSize > 1) {
+        logits = at::zeros({c.vocabSize}, at::kFloat);
+        logits.narrow(0, m_dims.vocabBegin, m_dims.vocab).copy_(part);
+        logits = reduce(logits);
+    }
+    if (!m_spec.returnsLogits())
+        return at::Tensor();
+    return logits.contiguous();
 }
 
 LocalStepper::LocalStepper(const LlamaModel& model, const SamplingParams& sampling, int64_t contextLimit, size_t traceTopK)
