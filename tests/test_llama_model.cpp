@@ -376,14 +376,7 @@ TEST(Engine, RefusesBadTokensAndFullCache)
 
 TEST(Engine, MissingTensorIsNamed)
 {
-    std::string dir = test::makeTempDir("eng2");
-    RandomModelSpec s;
-    s.hiddenSize = 16;
-    s.intermediateSize = 32;
-    s.numLayers = 1;
-    s.numHeads = 2;
-    s.numKvHeads = 1;
-    writeRandomModel(dir, s);
+    std::string dir = test::writeTinyModel("eng2");
     ModelConfig c = ModelConfig::fromDirectory(dir);
     c.numLayers = 2; // config says 2 layers, files have 1
     SafeTensors st = SafeTensors::open(dir);
