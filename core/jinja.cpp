@@ -1230,6 +1230,19 @@ public:
         return Value();
     }
     void set(const std::string& name, Value v) { m_vars[name] = std::move(v); }
+    // Everything visible from here, as a parentless scope that owns it: what a macro keeps, because the
+    // scope it was defined in (a loop body, say) may be gone when a namespace hands the macro out later.
+    std::shared_ptr<Scope> snapshot() const
+    {
+        auto out = std::make_shared<Scope>();
+        std::vector<const Scope*> chain;
+        for (const Scope* s = this; s; s = s->m_parent)
+            chain.push_back(s);
+        for (auto it = chain.rbegin(); it != chain.rend(); ++it)
+            for (auto& [k, v] : (*it)->m_vars)
+                out->m_vars[k] = v;
+        return out;
+    }
 
 private:
     Scope* m_parent;
@@ -2182,9 +2195,9 @@ void Evaluator::execNode(const Node& n, Scope& scope)
     }
     case Node::Macro: {
         const Node* node = &n;
-        Scope* defScope = &scope;
+        std::shared_ptr<Scope> defScope = scope.snapshot();
         scope.set(n.targets[0], makeFn([node, defScope](const Args& a) -> Value {
-                      Scope local(defScope);
+                      Scope local(defScope.get());
                       for (size_t k = 0; k < node->params.size(); ++k) {
                           const auto& [pname, def] = node->params[k];
                           if (const Value* v = a.get(k, pname))

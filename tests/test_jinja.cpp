@@ -47,6 +47,10 @@ TEST(Jinja, ControlFlowAndScoping)
     EXPECT_EQ(render("{% macro greet(name, p='Hi') %}{{ p }} {{ name }}{% endmacro %}{{ greet('Bo') }}/{{ greet('Al', p='Yo') }}"),
               "Hi Bo/Yo Al");
     EXPECT_EQ(render("{% set s %}inner {{ 1 }}{% endset %}[{{ s }}]"), "[inner 1]");
+    // A macro defined in a loop body and handed out through a namespace outlives that body's scope.
+    EXPECT_EQ(render("{% set ns = namespace(f=none) %}{% for x in [7] %}{% macro m() %}x={{ x }}{% endmacro %}{% set ns.f = m %}"
+                     "{% endfor %}{{ ns.f() }}"),
+              "x=7");
     EXPECT_EQ(render("{{ xs | selectattr('a') | list | length }} {{ [{'r': 'u'}, {'r': 's'}] | selectattr('r', 'equalto', 's') | list | length }}", ctx),
               "0 1");
     EXPECT_EQ(render("{{ [{'n': 'a'}, {'n': 'b'}] | map(attribute='n') | join('+') }}"), "a+b");
