@@ -196,21 +196,7 @@ int runCluster(const std::vector<std::string>& rest)
         throw Error("--interactive needs --chat (each line is a user message in the model's chat template)");
     if (a.has("plan") == a.has("local"))
         throw Error("give exactly one of --plan plan.json or --local tp=T,pp=P");
-    RunOptions o;
-    if (!a.has("model")) {
-        std::string dir = ensureDefaultModel();
-        std::fprintf(stderr,
-                     "together: no --model given; using the built-in random-weight model in %s.\n"
-                     "          Random weights produce noise: point --model at a Hugging Face model folder\n"
-                     "          (config.json, model.safetensors, tokenizer.json) for real text.\n",
-                     dir.c_str());
-        auto withModel = rest;
-        withModel.push_back("--model");
-        withModel.push_back(dir);
-        o = parseRunOptions(CliArgs(withModel, specs), !interactive);
-    } else {
-        o = parseRunOptions(a, !interactive);
-    }
+    RunOptions o = parseRunOptions(a, !interactive);
     ModelConfig config = ModelConfig::fromDirectory(o.modelDir);
     Tokenizer tokenizer = Tokenizer::fromDirectory(o.modelDir);
 

@@ -31,6 +31,14 @@ RunOptions parseRunOptions(const CliArgs& args, bool promptRequired)
 {
     RunOptions o;
     o.modelDir = args.get("model");
+    if (o.modelDir.empty()) {
+        o.modelDir = ensureDefaultModel();
+        std::fprintf(stderr,
+                     "together: no --model given; using the built-in random-weight model in %s.\n"
+                     "          Random weights produce noise: point --model at a Hugging Face model folder\n"
+                     "          (config.json, model.safetensors, tokenizer.json) for real text.\n",
+                     o.modelDir.c_str());
+    }
     if (args.has("prompt") && args.has("messages"))
         throw Error("give --prompt or --messages, not both");
     if (promptRequired && !args.has("prompt") && !args.has("messages"))
@@ -49,12 +57,8 @@ RunOptions parseRunOptions(const CliArgs& args, bool promptRequired)
     o.traceFile = args.get("trace");
 
     // Sampling: flags, else generation_config.json, else llama.cpp-like defaults.
-    GenerationDefaults defaults;
-    ModelConfig config;
-    if (!o.modelDir.empty()) {
-        defaults = GenerationDefaults::fromDirectory(o.modelDir);
-        config = ModelConfig::fromDirectory(o.modelDir);
-    }
+    GenerationDefaults defaults = GenerationDefaults::fromDirectory(o.modelDir);
+    ModelConfig config = ModelConfig::fromDirectory(o.modelDir);
     SamplingParams& s = o.sampling;
     if (defaults.doSample && !*defaults.doSample) {
         s.temperature = 0;

@@ -2,13 +2,13 @@
 #include "worker/llama_model.h"
 
 #include "core/error.h"
+#include "core/run_options.h"
 #include "core/safetensors.h"
 
 #include <ATen/ATen.h>
 
 #include <cmath>
 #include <map>
-#include <fstream>
 
 namespace together {
 
@@ -23,15 +23,7 @@ ComputeType parseComputeType(const std::string& s)
 
 const char* computeTypeName(ComputeType t) { return t == ComputeType::BF16 ? "bf16" : "f32"; }
 
-ComputeType defaultComputeType()
-{
-    std::ifstream in("/proc/cpuinfo");
-    std::string line;
-    while (std::getline(in, line))
-        if (line.rfind("flags", 0) == 0)
-            return line.find(" avx512_bf16") != std::string::npos ? ComputeType::BF16 : ComputeType::F32;
-    return ComputeType::F32;
-}
+ComputeType defaultComputeType() { return parseComputeType(defaultDtypeName()); }
 
 namespace {
 

@@ -42,20 +42,6 @@ int runGenerate(const std::vector<std::string>& rest)
 {
     CliArgs args(rest, runFlagSpecs());
     RunOptions o = parseRunOptions(args);
-    if (o.modelDir.empty()) {
-        o.modelDir = ensureDefaultModel();
-        std::fprintf(stderr,
-                     "together: no --model given; using the built-in random-weight model in %s.\n"
-                     "          Random weights produce noise: point --model at a Hugging Face model folder\n"
-                     "          (config.json, model.safetensors, tokenizer.json) for real text.\n",
-                     o.modelDir.c_str());
-        o = parseRunOptions(CliArgs([&] {
-            auto r = rest;
-            r.push_back("--model");
-            r.push_back(o.modelDir);
-            return r;
-        }(), runFlagSpecs()));
-    }
     const int threads = o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     setComputeThreads(threads);
     const ComputeType compute = o.dtype.empty() ? defaultComputeType() : parseComputeType(o.dtype);
