@@ -43,6 +43,13 @@ std::string randomHex(size_t bytes)
     return s;
 }
 
+std::string sha256Of(const TensorView& v)
+{
+    unsigned char hash[SHA256_DIGEST_LENGTH];
+    SHA256(reinterpret_cast<const unsigned char*>(v.data), v.nbytes, hash);
+    return std::string(reinterpret_cast<const char*>(hash), sizeof hash);
+}
+
 // Runs f(i) for i in [0, n) on threads and rethrows the first error.
 void parallelFor(size_t n, const std::function<void(size_t)>& f)
 {
@@ -220,12 +227,9 @@ void Cluster::launch(const Plan& plan, const std::string& modelDir, const std::s
             req.set_model_dir(localDir);
             for (auto& slice : shardTensors(m_config, spec)) {
                 std::vector<std::byte> scratch;
-                TensorView v = weights.get(slice, scratch);
-                unsigned char hash[SHA256_DIGEST_LENGTH];
-                SHA256(reinterpret_cast<const unsigned char*>(v.data), v.nbytes, hash);
                 auto* h = req.add_hashes();
                 h->set_name(slice.name);
-                h->set_sha256(hash, sizeof hash);
+                h->set_sha256(sha256Of(weights.get(slice, scratch)));
             }
             v1::LoadWeightsReply rep;
             grpc::Status s = r.stub->LoadLocalWeights(&call.ctx, req, &rep);
@@ -241,8 +245,7 @@ void Cluster::launch(const Plan& plan, const std::string& modelDir, const std::s
         for (auto& slice : shardTensors(m_config, spec)) {
             std::vector<std::byte> scratch;
             TensorView v = weights.get(slice, scratch);
-            unsigned char hash[SHA256_DIGEST_LENGTH];
-            SHA256(reinterpret_cast<const unsigned char*>(v.data), v.nbytes, hash);
+            const std::string hash = sha256Of(v);
             size_t off = 0;
             do {
                 v1::WeightChunk c;
@@ -258,7 +261,7 @@ void Cluster::launch(const Plan& plan, const std::string& modelDir, const std::s
                 off += n;
                 if (off == v.nbytes) {
                     c.set_last(true);
-                    c.set_sha256(hash, sizeof hash);
+                    c.set_sha256(hash);
                 }
                 if (!writer->Write(c))
                     break; // the shard ended the stream; Finish() says why

@@ -17,8 +17,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string worker() { return test::binDir() + "/together-worker"; }
-std::string cli() { return test::binDir() + "/together-cli"; }
 
 std::string quote(const std::string& s)
 {
@@ -35,7 +33,7 @@ TEST(WorkerGenerate, StreamsExactlyTheGeneratedTextAndWritesATrace)
     auto& c = ref["cases"][0];
     std::string trace = test::makeTempDir("cli") + "/trace.jsonl";
     std::string out, err;
-    int rc = test::runCommand(worker() + " generate --model " + test::stories260KDir() + "/hf --prompt " + quote(c["prompt"]) +
+    int rc = test::runCommand(test::workerBin() + " generate --model " + test::stories260KDir() + "/hf --prompt " + quote(c["prompt"]) +
                                   " --temperature 0 --max-tokens 60 --dtype f32 --threads 1 --trace " + trace,
                               &out, &err);
     ASSERT_EQ(rc, 0) << err;
@@ -57,7 +55,7 @@ TEST(WorkerGenerate, StopStringAndMaxTokens)
 {
     SKIP_WITHOUT_STORIES();
     std::string out, err;
-    int rc = test::runCommand(worker() + " generate --model " + test::stories260KDir() +
+    int rc = test::runCommand(test::workerBin() + " generate --model " + test::stories260KDir() +
                                   "/hf --prompt 'Once upon a time' --temperature 0 --max-tokens 60 --stop Lily",
                               &out, &err);
     ASSERT_EQ(rc, 0) << err;
@@ -69,32 +67,32 @@ TEST(WorkerGenerate, BuiltInDefaultModelSaysItIsNoise)
 {
     std::string cache = test::makeTempDir("default");
     std::string out, err;
-    int rc = test::runCommand("TOGETHER_CACHE_DIR=" + cache + " " + worker() + " generate --prompt Hello --max-tokens 8 --seed 3", &out, &err);
+    int rc = test::runCommand("TOGETHER_CACHE_DIR=" + cache + " " + test::workerBin() + " generate --prompt Hello --max-tokens 8 --seed 3", &out, &err);
     ASSERT_EQ(rc, 0) << err;
     EXPECT_NE(err.find("random-weight"), std::string::npos) << err;
     EXPECT_NE(err.find("--model"), std::string::npos) << err;
     EXPECT_TRUE(fs::exists(cache + "/default-model/model.safetensors"));
     // same seed, same noise
     std::string out2;
-    test::runCommand("TOGETHER_CACHE_DIR=" + cache + " " + worker() + " generate --prompt Hello --max-tokens 8 --seed 3", &out2, &err);
+    test::runCommand("TOGETHER_CACHE_DIR=" + cache + " " + test::workerBin() + " generate --prompt Hello --max-tokens 8 --seed 3", &out2, &err);
     EXPECT_EQ(out, out2);
 }
 
 TEST(WorkerGenerate, BadInputGetsAClearErrorAndNonZeroExit)
 {
     std::string out, err;
-    EXPECT_NE(test::runCommand(worker() + " generate --model /nonexistent --prompt x", &out, &err), 0);
+    EXPECT_NE(test::runCommand(test::workerBin() + " generate --model /nonexistent --prompt x", &out, &err), 0);
     EXPECT_NE(err.find("no config.json"), std::string::npos) << err;
-    EXPECT_NE(test::runCommand(worker() + " generate --prompt x --frobnicate", &out, &err), 0);
+    EXPECT_NE(test::runCommand(test::workerBin() + " generate --prompt x --frobnicate", &out, &err), 0);
     EXPECT_NE(err.find("unknown flag --frobnicate"), std::string::npos) << err;
-    EXPECT_NE(test::runCommand(worker() + " generate --prompt x --temperature warm", &out, &err), 0);
+    EXPECT_NE(test::runCommand(test::workerBin() + " generate --prompt x --temperature warm", &out, &err), 0);
     EXPECT_NE(err.find("--temperature needs a number"), std::string::npos) << err;
-    EXPECT_NE(test::runCommand(worker() + " generate --prompt x --dtype f8", &out, &err), 0);
+    EXPECT_NE(test::runCommand(test::workerBin() + " generate --prompt x --dtype f8", &out, &err), 0);
 
     // A truncated weights file: named, no crash.
     std::string dir = test::writeTinyModel("corrupt");
     fs::resize_file(dir + "/model.safetensors", fs::file_size(dir + "/model.safetensors") - 100);
-    EXPECT_EQ(test::runCommand(worker() + " generate --model " + dir + " --prompt x", &out, &err), 1);
+    EXPECT_EQ(test::runCommand(test::workerBin() + " generate --model " + dir + " --prompt x", &out, &err), 1);
     EXPECT_NE(err.find("model.safetensors"), std::string::npos) << err;
     EXPECT_NE(err.find("truncated"), std::string::npos) << err;
     EXPECT_EQ(err.find("terminate"), std::string::npos) << err;
@@ -104,7 +102,7 @@ TEST(Cli, TokenizePrintsIdsOnOneLine)
 {
     SKIP_WITHOUT_STORIES();
     std::string out, err;
-    ASSERT_EQ(test::runCommand(cli() + " tokenize --model " + test::stories260KDir() + "/hf --text 'Hello world'", &out, &err), 0) << err;
+    ASSERT_EQ(test::runCommand(test::cliBin() + " tokenize --model " + test::stories260KDir() + "/hf --text 'Hello world'", &out, &err), 0) << err;
     EXPECT_EQ(out, "1 346 306 414 263 304 341\n");
 }
 
@@ -113,10 +111,10 @@ TEST(Cli, ChatTemplateRendersMessagesFile)
     std::string dir = test::writeTinyModel("chatcli");
     std::ofstream(dir + "/messages.json") << R"([{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"}])";
     std::string out, err;
-    ASSERT_EQ(test::runCommand(cli() + " chat-template --model " + dir + " --messages " + dir + "/messages.json", &out, &err), 0) << err;
+    ASSERT_EQ(test::runCommand(test::cliBin() + " chat-template --model " + dir + " --messages " + dir + "/messages.json", &out, &err), 0) << err;
     EXPECT_EQ(out, "<|begin_of_text|><|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
     std::ofstream(dir + "/bad.json") << R"({"role":"user"})";
-    EXPECT_EQ(test::runCommand(cli() + " chat-template --model " + dir + " --messages " + dir + "/bad.json", &out, &err), 1);
+    EXPECT_EQ(test::runCommand(test::cliBin() + " chat-template --model " + dir + " --messages " + dir + "/bad.json", &out, &err), 1);
     EXPECT_NE(err.find("array"), std::string::npos) << err;
 }
 

@@ -34,8 +34,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string worker() { return test::binDir() + "/together-worker"; }
-std::string cli() { return test::binDir() + "/together-cli"; }
 
 struct TraceStep {
     int token;
@@ -97,7 +95,7 @@ std::string referenceTrace(const std::string& model, const std::string& prompt, 
 {
     std::string trace = test::makeTempDir("ref") + "/trace.jsonl";
     std::string out, err;
-    int rc = test::runCommand(worker() + " generate --model " + model + " --prompt '" + prompt + "' --temperature 0 --dtype f32 --threads 1 --max-tokens " +
+    int rc = test::runCommand(test::workerBin() + " generate --model " + model + " --prompt '" + prompt + "' --temperature 0 --dtype f32 --threads 1 --max-tokens " +
                                   std::to_string(tokens) + " --trace " + trace,
                               &out, &err);
     EXPECT_EQ(rc, 0) << err;
@@ -151,7 +149,7 @@ TEST_P(ClusterLayouts, GreedyMatchesSingleProcess)
         placement = "--local " + l.local;
     }
     std::string out, err;
-    int rc = test::runCommand(cli() + " run --model " + model + " " + placement + " --prompt '" + prompt +
+    int rc = test::runCommand(test::cliBin() + " run --model " + model + " " + placement + " --prompt '" + prompt +
                                   "' --temperature 0 --dtype f32 --max-tokens " + std::to_string(tokens) + " --trace " + trace,
                               &out, &err);
     ASSERT_EQ(rc, 0) << err;
@@ -185,7 +183,7 @@ TEST(ClusterLocalWeights, WorkerReadsItsSliceFromItsOwnFolder)
                        {{"layers", {2, 4}}, {"ranks", {{{"worker", daemons.addresses()[1]}, {"model_dir", workerCopy}}}}}}}};
         std::ofstream(dir + "/plan.json") << plan.dump();
         std::string out;
-        return test::runCommand(cli() + " run --model " + model + " --plan " + dir + "/plan.json --key-file " + dir +
+        return test::runCommand(test::cliBin() + " run --model " + model + " --plan " + dir + "/plan.json --key-file " + dir +
                                     "/key --prompt 'Once upon a time' --temperature 0 --dtype f32 --max-tokens 16 --trace " + dir + "/trace.jsonl",
                                 &out, &err);
     };
@@ -220,7 +218,7 @@ TEST(ClusterInteractive, SecondAnswerMatchesSingleProcessAndOnlyNewTokensArePref
     std::string dir = test::makeTempDir("interactive");
     std::ofstream(dir + "/in.txt") << "Tell me a story.\nAnd another one.\n";
     std::string out, err;
-    int rc = test::runCommand(cli() + " run --model " + model + " --local tp=2,pp=1 --chat --interactive --temperature 0 --dtype f32 "
+    int rc = test::runCommand(test::cliBin() + " run --model " + model + " --local tp=2,pp=1 --chat --interactive --temperature 0 --dtype f32 "
                                   "--max-tokens 12 --trace " + dir + "/trace.jsonl < " + dir + "/in.txt",
                               &out, &err);
     ASSERT_EQ(rc, 0) << err;
@@ -249,7 +247,7 @@ TEST(ClusterInteractive, SecondAnswerMatchesSingleProcessAndOnlyNewTokensArePref
                                  {{"role", "user"}, {"content", "And another one."}}});
     std::ofstream(dir + "/messages.json") << messages.dump();
     std::string single, err2;
-    rc = test::runCommand(worker() + " generate --model " + model + " --messages " + dir + "/messages.json --temperature 0 --dtype f32 --max-tokens 12",
+    rc = test::runCommand(test::workerBin() + " generate --model " + model + " --messages " + dir + "/messages.json --temperature 0 --dtype f32 --max-tokens 12",
                           &single, &err2);
     ASSERT_EQ(rc, 0) << err2;
     EXPECT_EQ(answer2, single);
@@ -327,9 +325,9 @@ TEST(ClusterKeyFile, KeygenWritesMode600AndRefusesOverwrite)
 {
     std::string dir = test::makeTempDir("keygen");
     std::string out, err;
-    ASSERT_EQ(test::runCommand(cli() + " keygen --out " + dir + "/k", &out, &err), 0) << err;
+    ASSERT_EQ(test::runCommand(test::cliBin() + " keygen --out " + dir + "/k", &out, &err), 0) << err;
     EXPECT_EQ(fs::status(dir + "/k").permissions() & fs::perms::all, fs::perms::owner_read | fs::perms::owner_write);
-    EXPECT_NE(test::runCommand(cli() + " keygen --out " + dir + "/k", &out, &err), 0);
+    EXPECT_NE(test::runCommand(test::cliBin() + " keygen --out " + dir + "/k", &out, &err), 0);
     EXPECT_NE(err.find("refusing to overwrite"), std::string::npos) << err;
     fs::permissions(dir + "/k", fs::perms::group_read, fs::perm_options::add);
     EXPECT_THROW(ClusterKey::fromFile(dir + "/k"), Error);
@@ -410,7 +408,7 @@ TEST_P(WorkerDies, MasterNamesItKeepsTheTextAndLeavesNoProcess)
     s.maxPositionEmbeddings = 8192;
     writeRandomModel(dir + "/model", s);
     std::string outFile = dir + "/out.txt", errFile = dir + "/err.txt", traceFile = dir + "/trace.jsonl";
-    std::vector<std::string> args = {cli(), "run", "--model", dir + "/model", "--local", "tp=2,pp=2", "--prompt", "Once upon a time",
+    std::vector<std::string> args = {test::cliBin(), "run", "--model", dir + "/model", "--local", "tp=2,pp=2", "--prompt", "Once upon a time",
                                      "--temperature", "0", "--max-tokens", "6000", "--ignore-eos", "--dtype", "f32", "--trace", traceFile};
     std::vector<char*> argv;
     for (auto& a : args)

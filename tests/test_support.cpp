@@ -90,6 +90,8 @@ int runCommand(const std::string& cmd, std::string* out, std::string* err)
 }
 
 std::string binDir() { return TOGETHER_BIN_DIR; }
+std::string workerBin() { return binDir() + "/together-worker"; }
+std::string cliBin() { return binDir() + "/together-cli"; }
 
 std::string writeTinyModel(const std::string& tag)
 {
