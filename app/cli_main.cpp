@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: MIT
 // together-cli: the headless front end. Links core only (no Qt, no libtorch).
 #include "app/cluster_bench.h"
-#include "core/auth.h"
+#include "app/workers_command.h"
+#include "core/cluster_key.h"
+#include "core/credentials.h"
 #include "core/chat.h"
 #include "core/cli_args.h"
 #include "core/cluster.h"
@@ -35,6 +37,13 @@ const char* kUsage =
     "  together-cli detokenize --model DIR --ids \"1 2 3\" [--skip-special]\n"
     "  together-cli chat-template --model DIR --messages FILE.json [--no-generation-prompt]\n"
     "      Prints the prompt the model's chat template renders for an OpenAI-style messages array.\n"
+    "  together-cli workers [--key-file K] [--wait S] [--json] [--watch] [--add HOST:PORT]... [--forget HOST:PORT]...\n"
+    "                       [--discovery-port P] [--discovery-interfaces IF,IF] [--no-broadcast]\n"
+    "      Lists the worker daemons on the LAN (UDP broadcast discovery, then an authenticated Hello to each) and\n"
+    "      workers added by address (remembered), each with its state: ready, busy, refused, unreachable or gone\n"
+    "      and why. Waits S seconds (default 2); --watch prints every change until S runs out or Ctrl-C.\n"
+    "  together-cli worker-log HOST:PORT [--lines N] [--follow] [--key-file K]\n"
+    "      A worker daemon's recent log (its own lines and its shards').\n"
     "  together-cli run --model DIR (--plan plan.json | --local tp=T,pp=P) --prompt TEXT [--chat] [--interactive]\n"
     "                   [--key-file F] [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]\n"
     "                   [--stop TEXT]... [--dtype bf16|f32] [--threads N] [--trace FILE]\n"
@@ -43,8 +52,10 @@ const char* kUsage =
     "  together-cli bench-cluster [--tokens N] [--dtype bf16|f32] [--model DIR]\n"
     "      Decode speed of TP1, TP2, PP2 and TP1 with 2 threads side by side on local workers, with\n"
     "      all-reduce and hop times and each shard's peak memory (TinyLlama-1.1B shape by default).\n"
-    "  together-cli keygen --out FILE\n"
-    "      Writes a new cluster key (mode 0600). Give the same file to every worker and the master.\n"
+    "  together-cli keygen [--out FILE | --save]\n"
+    "      Makes a new cluster key and prints it (14 groups of 4 letters and digits, typeable). --out writes it to\n"
+    "      FILE (mode 0600); --save to this user's key file, which `run`, `workers` and `together-worker serve`\n"
+    "      read when no --key-file is given. A worker asks for the key on its terminal the first time.\n"
     "  together-cli make-model --out DIR [--hidden N] [--intermediate N] [--layers N] [--heads N] [--kv-heads N]\n"
     "                          [--head-dim N] [--vocab N] [--arch NAME] [--dtype f32|bf16] [--tie] [--seed S]\n"
     "                          [--logit-scale X] [--max-pos N]\n"
@@ -215,7 +226,7 @@ int runCluster(const std::vector<std::string>& rest)
             throw Error("--local: tp and pp must be at least 1 and tp*pp at most 64");
         if (keyFile.empty()) {
             keyFile = tmp.path + "/cluster.key";
-            ClusterKey::generateFile(keyFile);
+            ClusterKey::generate().writeFile(keyFile);
         }
         const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
         const int threads = o.threads > 0 ? o.threads : std::max(1, cores / (tp * pp));
@@ -223,15 +234,15 @@ int runCluster(const std::vector<std::string>& rest)
         plan = Plan::even(config, tp, pp, local->addresses(), threads);
     } else {
         plan = Plan::fromJson(readTextFile(a.get("plan")), a.get("plan"));
-        if (keyFile.empty())
-            throw Error("--key-file is required with --plan (the cluster key every worker was started with)");
+        keyFile = masterKeyFile(keyFile);
     }
     plan.validate(config);
     std::string dtype = !o.dtype.empty() ? o.dtype : !plan.dtype.empty() ? plan.dtype : defaultDtypeName();
     if (dtype != "bf16" && dtype != "f32")
         throw Error("--dtype must be bf16 or f32");
 
-    Cluster cluster(ClusterKey::fromFile(keyFile), [](const std::string& m) { std::fprintf(stderr, "together: %s\n", m.c_str()); });
+    Cluster cluster(std::make_shared<const Credentials>(ClusterKey::fromFile(keyFile), newMasterIdentity()),
+                    [](const std::string& m) { std::fprintf(stderr, "together: %s\n", m.c_str()); });
     cluster.launch(plan, o.modelDir, dtype, 0);
     std::string setup = dtype + ", " + std::to_string(plan.stages.size()) + " stage(s), " + std::to_string(plan.rankCount()) + " shard(s)";
 
@@ -322,12 +333,26 @@ int main(int argc, char** argv)
         if (cmd == "bench-cluster")
             return runClusterBench(rest);
         if (cmd == "keygen") {
-            CliArgs a(rest, {{"out"}});
-            need(a, "out");
-            ClusterKey::generateFile(a.get("out"));
-            std::fprintf(stderr, "wrote a new cluster key to %s (mode 0600): give it to every worker with --key-file\n", a.get("out").c_str());
+            CliArgs a(rest, {{"out"}, {"save", false}});
+            if (a.has("out") && a.has("save"))
+                throw Error("give --out FILE or --save, not both");
+            const ClusterKey key = ClusterKey::generate();
+            const std::string file = a.has("save") ? defaultKeyFile() : a.get("out");
+            if (!file.empty())
+                key.writeFile(file);
+            std::printf("%s\n", key.text().c_str());
+            std::fprintf(stderr,
+                         "%s\nOn each worker machine, run `together-worker serve` and type this key when asked (it is stored "
+                         "there, mode 0600),\nor copy the key file and run `together-worker serve --key-file FILE`. Key fingerprint: %s.\n",
+                         file.empty() ? "This key is not saved: run again with --save (or --out FILE) to keep one."
+                                      : ("Wrote the key to " + file + " (mode 0600).").c_str(),
+                         key.fingerprint().c_str());
             return 0;
         }
+        if (cmd == "workers")
+            return runWorkers(rest);
+        if (cmd == "worker-log")
+            return runWorkerLog(rest);
         if (cmd == "make-model") {
             CliArgs a(rest, {{"out"}, {"hidden"}, {"intermediate"}, {"layers"}, {"heads"}, {"kv-heads"}, {"head-dim"},
                              {"vocab"}, {"arch"}, {"dtype"}, {"tie", false}, {"seed"}, {"logit-scale"}, {"max-pos"}});

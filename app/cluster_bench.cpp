@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "app/cluster_bench.h"
 
-#include "core/auth.h"
+#include "core/cluster_key.h"
+#include "core/credentials.h"
 #include "core/cli_args.h"
 #include "core/cluster.h"
 #include "core/error.h"
@@ -41,11 +42,12 @@ Result measure(const std::string& modelDir, const Placement& p, int tokens, cons
     fs::create_directories(keyDir);
     std::string keyFile = keyDir + "/key";
     fs::remove(keyFile);
-    ClusterKey::generateFile(keyFile);
+    const ClusterKey key = ClusterKey::generate();
+    key.writeFile(keyFile);
     LocalDaemons daemons(static_cast<size_t>(p.tp * p.pp), keyFile);
     ModelConfig config = ModelConfig::fromDirectory(modelDir);
     Plan plan = Plan::even(config, p.tp, p.pp, daemons.addresses(), p.threads);
-    Cluster cluster(ClusterKey::fromFile(keyFile), [](const std::string&) {});
+    Cluster cluster(std::make_shared<const Credentials>(key, newMasterIdentity()), [](const std::string&) {});
     cluster.launch(plan, modelDir, dtype, 4096);
     SamplingParams greedy;
     greedy.temperature = 0;

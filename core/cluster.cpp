@@ -3,6 +3,7 @@
 
 #include "core/error.h"
 #include "core/protocol.h"
+#include "core/rpc.h"
 #include "core/safetensors.h"
 #include "core/shard_spec.h"
 #include "proto/together.grpc.pb.h"
@@ -17,14 +18,6 @@
 namespace together {
 
 namespace {
-
-std::shared_ptr<grpc::Channel> channelTo(const std::string& address)
-{
-    grpc::ChannelArguments args;
-    args.SetMaxReceiveMessageSize(kMaxMessageBytes);
-    args.SetMaxSendMessageSize(kMaxMessageBytes);
-    return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
-}
 
 std::chrono::system_clock::time_point in(std::chrono::milliseconds d) { return std::chrono::system_clock::now() + d; }
 
@@ -75,10 +68,9 @@ void parallelFor(size_t n, const std::function<void(size_t)>& f)
 // (launching, streaming weights, joining a group, or stepping).
 class Cluster::TrackedCall {
 public:
-    TrackedCall(Cluster& c, std::string_view method, std::chrono::milliseconds timeout = std::chrono::milliseconds(0))
+    explicit TrackedCall(Cluster& c, std::chrono::milliseconds timeout = std::chrono::milliseconds(0))
         : m_cluster(c)
     {
-        addAuth(ctx, c.m_key, method);
         if (timeout.count() > 0)
             ctx.set_deadline(in(timeout));
         std::lock_guard lock(c.m_mutex);
@@ -115,8 +107,8 @@ struct Cluster::Rank {
     std::string name() const { return worker->address + " (stage " + std::to_string(stage) + " rank " + std::to_string(rank) + ")"; }
 };
 
-Cluster::Cluster(ClusterKey key, Log log)
-    : m_key(std::move(key))
+Cluster::Cluster(std::shared_ptr<const Credentials> credentials, Log log)
+    : m_credentials(std::move(credentials))
     , m_log(std::move(log))
 {
 }
@@ -144,22 +136,20 @@ void Cluster::launch(const Plan& plan, const std::string& modelDir, const std::s
             if (!known) {
                 auto w = std::make_unique<Worker>();
                 w->address = r.worker;
-                w->stub = v1::WorkerControl::NewStub(channelTo(r.worker));
+                w->stub = v1::WorkerControl::NewStub(openChannel(*m_credentials, r.worker));
                 m_workers.push_back(std::move(w));
             }
         }
     parallelFor(m_workers.size(), [&](size_t i) {
         Worker& w = *m_workers[i];
         grpc::ClientContext ctx;
-        addAuth(ctx, m_key, "WorkerControl.Hello");
         ctx.set_deadline(in(std::chrono::seconds(10)));
-        ctx.set_wait_for_ready(true); // a worker that is still starting gets a few seconds
         v1::HelloRequest req;
         req.set_protocol_version(kProtocolVersion);
         v1::HelloReply rep;
         grpc::Status s = w.stub->Hello(&ctx, req, &rep);
         if (!s.ok())
-            throw Error("worker " + w.address + ": " + s.error_message());
+            throw Error("worker " + describeRpcError(s, w.address));
         w.cores = std::max<uint32_t>(1, rep.cores());
         m_log("worker " + w.address + ": " + rep.hostname() + ", " + std::to_string(rep.cores()) + " cores, " +
               std::to_string(rep.free_memory_bytes() >> 20) + " MiB free");
@@ -180,18 +170,21 @@ void Cluster::launch(const Plan& plan, const std::string& modelDir, const std::s
     m_heartbeat = std::thread([this] { heartbeatLoop(); });
     parallelFor(m_ranks.size(), [&](size_t i) {
         Rank& r = *m_ranks[i];
-        TrackedCall call(*this, "WorkerControl.LaunchShard", std::chrono::seconds(90));
+        TrackedCall call(*this, std::chrono::seconds(90));
         v1::LaunchShardRequest req;
         req.set_launch_id(m_launchId);
         req.set_shard_index(static_cast<uint32_t>(i));
         req.set_bind_host(hostOf(r.worker->address));
         req.set_threads(static_cast<uint32_t>(plan.stages[r.stage].ranks[static_cast<size_t>(r.rank)].threads));
+        req.set_memory_bytes(static_cast<uint64_t>(
+            estimateShardMemory(m_config, plan.shardSpec(r.stage, r.rank), dtype == "bf16" ? DType::BF16 : DType::F32, m_contextLimit).total()));
+        req.set_lease_ms(kLeaseMs);
         v1::LaunchShardReply rep;
         grpc::Status s = r.worker->stub->LaunchShard(&call.ctx, req, &rep);
         if (!s.ok())
             fail("worker " + r.name() + ": " + s.error_message());
         r.address = rep.address();
-        r.stub = v1::Shard::NewStub(channelTo(r.address));
+        r.stub = v1::Shard::NewStub(openChannel(*m_credentials, r.address));
     });
 
     // Configure and stream each rank exactly its slice, checked by size and SHA-256 on arrival.
@@ -200,7 +193,7 @@ void Cluster::launch(const Plan& plan, const std::string& modelDir, const std::s
         Rank& r = *m_ranks[i];
         ShardSpec spec = plan.shardSpec(r.stage, r.rank);
         {
-            TrackedCall call(*this, "Shard.Configure", std::chrono::seconds(30));
+            TrackedCall call(*this, std::chrono::seconds(30));
             v1::ShardConfig req;
             req.set_launch_id(m_launchId);
             req.set_config_json(configJson);
@@ -222,7 +215,7 @@ void Cluster::launch(const Plan& plan, const std::string& modelDir, const std::s
         uint64_t sent = 0;
         if (!localDir.empty()) {
             // The worker has its own copy: send only the hashes its slice must match.
-            TrackedCall call(*this, "Shard.LoadLocalWeights");
+            TrackedCall call(*this);
             v1::LoadLocalRequest req;
             req.set_model_dir(localDir);
             for (auto& slice : shardTensors(m_config, spec)) {
@@ -239,7 +232,7 @@ void Cluster::launch(const Plan& plan, const std::string& modelDir, const std::s
                   ", weights read from " + localDir + " on the worker");
             return;
         }
-        TrackedCall call(*this, "Shard.LoadWeights");
+        TrackedCall call(*this);
         v1::LoadWeightsReply rep;
         auto writer = r.stub->LoadWeights(&call.ctx, &rep);
         for (auto& slice : shardTensors(m_config, spec)) {
@@ -280,7 +273,7 @@ void Cluster::launch(const Plan& plan, const std::string& modelDir, const std::s
     // a group's ranks must join together.
     parallelFor(m_ranks.size(), [&](size_t i) {
         Rank& r = *m_ranks[i];
-        TrackedCall call(*this, "Shard.Connect", std::chrono::seconds(120));
+        TrackedCall call(*this, std::chrono::seconds(120));
         v1::ConnectRequest req;
         const Rank* rank0 = nullptr;
         for (auto& x : m_ranks)
@@ -345,7 +338,7 @@ StepOutput Cluster::step(const std::vector<int>& tokens, int64_t startPos, const
                 first.push_back(r.get());
         std::vector<std::unique_ptr<TrackedCall>> ctxs(first.size());
         for (auto& c : ctxs)
-            c = std::make_unique<TrackedCall>(*this, "Shard.Step");
+            c = std::make_unique<TrackedCall>(*this);
         std::vector<std::future<std::pair<grpc::Status, v1::StepReply>>> calls;
         for (size_t i = 0; i < first.size(); ++i)
             calls.push_back(std::async(std::launch::async, [&, i] {
@@ -422,7 +415,6 @@ void Cluster::heartbeatLoop()
     while (!m_stopHeartbeat) {
         for (auto& w : m_workers) {
             grpc::ClientContext ctx;
-            addAuth(ctx, m_key, "WorkerControl.Health");
             ctx.set_deadline(in(std::chrono::milliseconds(1500)));
             v1::HealthRequest req;
             req.set_launch_id(m_launchId);
@@ -434,6 +426,8 @@ void Cluster::heartbeatLoop()
                 continue;
             }
             w->failures = 0;
+            if (!rep.ended().empty())
+                setFatal("worker " + w->address + " stopped this launch: " + rep.ended());
             for (auto& sh : rep.shards()) {
                 {
                     std::lock_guard lock(m_mutex);
@@ -479,7 +473,6 @@ void Cluster::stop()
         return;
     for (auto& w : m_workers) {
         grpc::ClientContext ctx;
-        addAuth(ctx, m_key, "WorkerControl.StopShards");
         ctx.set_deadline(in(std::chrono::seconds(5)));
         v1::StopShardsRequest req;
         req.set_launch_id(m_launchId);

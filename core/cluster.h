@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
-#include "core/auth.h"
+#include "core/credentials.h"
 #include "core/generation.h"
 #include "core/model_config.h"
 #include "core/plan.h"
@@ -17,14 +17,17 @@
 
 namespace together {
 
-// The master's side of a launch. It only dials out: to each worker daemon (hello, launch shards, health)
-// and to each shard (configure, weights, connect, steps). Liveness comes from heartbeats to the daemons
-// every half second, so a dead shard or machine is named within a few seconds even in a long step; the
-// step in flight is then cancelled and step() throws an Error naming the worker.
+// The master's side of a launch. It only dials out, over mutual TLS: to each worker daemon (hello, launch
+// shards, health) and to each shard (configure, weights, connect, steps). Liveness comes from heartbeats to
+// the daemons every half second, so a dead shard or machine is named within a few seconds even in a long
+// step; the step in flight is then cancelled and step() throws an Error naming the worker. The heartbeats
+// also renew the launch's lease on each daemon: if this process dies or stops, the daemons stop its shards
+// when the lease runs out (kLeaseMs).
 class Cluster {
 public:
     using Log = std::function<void(const std::string&)>;
-    Cluster(ClusterKey key, Log log);
+    Cluster(std::shared_ptr<const Credentials> credentials, Log log);
+    static constexpr uint32_t kLeaseMs = 5000;
     ~Cluster(); // stops the launch's shards
 
     // Hello to every worker, start one shard per rank, stream each its slice of `modelDir`'s weights,
@@ -54,7 +57,7 @@ private:
     // Throws the heartbeat's diagnosis if it has one (waiting briefly for it), else `rpcError`.
     [[noreturn]] void fail(const std::string& rpcError);
 
-    ClusterKey m_key;
+    std::shared_ptr<const Credentials> m_credentials;
     Log m_log;
     ModelConfig m_config;
     Plan m_plan;

@@ -24,11 +24,17 @@ namespace {
 constexpr int kChildReportFd = 3;
 }
 
-ChildProcess spawnWithReport(const std::string& exe, std::vector<std::string> args)
+ChildProcess spawnWithReport(const std::string& exe, std::vector<std::string> args, bool captureStderr)
 {
     int fds[2];
     if (::pipe2(fds, O_CLOEXEC) != 0)
         throw Error(std::string("pipe: ") + std::strerror(errno));
+    int errFds[2] = {-1, -1};
+    if (captureStderr && ::pipe2(errFds, O_CLOEXEC) != 0) {
+        ::close(fds[0]);
+        ::close(fds[1]);
+        throw Error(std::string("pipe: ") + std::strerror(errno));
+    }
     args.insert(args.begin(), exe);
     args.push_back("--report-fd");
     args.push_back(std::to_string(kChildReportFd));
@@ -42,15 +48,21 @@ ChildProcess spawnWithReport(const std::string& exe, std::vector<std::string> ar
     posix_spawn_file_actions_init(&fa);
     // dup2 onto a new number clears close-on-exec for the child's copy only
     posix_spawn_file_actions_adddup2(&fa, fds[1], kChildReportFd);
+    if (captureStderr)
+        posix_spawn_file_actions_adddup2(&fa, errFds[1], 2);
     pid_t pid = -1;
     int rc = ::posix_spawn(&pid, exe.c_str(), &fa, nullptr, argv.data(), environ);
     posix_spawn_file_actions_destroy(&fa);
     ::close(fds[1]);
+    if (captureStderr)
+        ::close(errFds[1]);
     if (rc != 0) {
         ::close(fds[0]);
+        if (captureStderr)
+            ::close(errFds[0]);
         throw Error("cannot start " + exe + ": " + std::strerror(rc));
     }
-    return {pid, fds[0]};
+    return {pid, fds[0], errFds[0]};
 }
 
 std::string readReportLine(const ChildProcess& child, int timeoutMs)
@@ -88,8 +100,10 @@ std::string readReportLine(const ChildProcess& child, int timeoutMs)
 
 void dieWithParent(pid_t expectedParent)
 {
+    if (expectedParent <= 0)
+        return;
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (expectedParent > 0 && ::getppid() != expectedParent)
+    if (::getppid() != expectedParent)
         ::_exit(1); // the parent died before we armed the signal
 }
 
@@ -124,12 +138,19 @@ std::string describeWaitStatus(int status)
     return "stopped";
 }
 
-LocalDaemons::LocalDaemons(size_t count, const std::string& keyFile)
+LocalDaemons::LocalDaemons(size_t count, const std::string& keyFile, const std::vector<std::string>& extraArgs)
 {
     const std::string exe = workerExecutable();
+    std::string tmpl = (std::filesystem::temp_directory_path() / "together-local-XXXXXX").string();
+    if (!::mkdtemp(tmpl.data()))
+        throw Error(std::string("cannot create a temporary folder: ") + std::strerror(errno));
+    m_stateRoot = tmpl;
     try {
         for (size_t i = 0; i < count; ++i) {
-            ChildProcess c = spawnWithReport(exe, {"serve", "--listen", "127.0.0.1:0", "--key-file", keyFile});
+            std::vector<std::string> args = {"serve", "--local", "--listen", "127.0.0.1:0", "--key-file", keyFile,
+                                             "--state-dir", m_stateRoot + "/worker" + std::to_string(i)};
+            args.insert(args.end(), extraArgs.begin(), extraArgs.end());
+            ChildProcess c = spawnWithReport(exe, args);
             m_children.push_back(c);
             std::string line = readReportLine(c, 30000);
             ::close(c.reportFd);
@@ -162,6 +183,11 @@ void LocalDaemons::stopAll()
             ::close(c.reportFd);
     }
     m_children.clear();
+    if (!m_stateRoot.empty()) {
+        std::error_code ec;
+        std::filesystem::remove_all(m_stateRoot, ec);
+        m_stateRoot.clear();
+    }
 }
 
 std::string LocalDaemons::workerExecutable()

@@ -15,12 +15,15 @@ namespace together {
 struct ChildProcess {
     pid_t pid = -1;
     int reportFd = -1; // read end
+    int stderrFd = -1; // read end of the child's stderr, when captured
 };
 
-ChildProcess spawnWithReport(const std::string& exe, std::vector<std::string> args);
+// `captureStderr`: the child's stderr goes to a pipe (ChildProcess::stderrFd) instead of ours.
+ChildProcess spawnWithReport(const std::string& exe, std::vector<std::string> args, bool captureStderr = false);
 // Reads the child's ready line; throws Error on timeout, on an "error:" line, or when the child exits first.
 std::string readReportLine(const ChildProcess& child, int timeoutMs);
-// Child side: die with the parent (SIGKILL when it goes) and exit now if it is already gone.
+// Child side: when `expectedParent` > 0, die with the parent (SIGKILL when it goes) and exit now if it is
+// already gone. A process started by hand (no parent pid given) outlives the shell that started it.
 void dieWithParent(pid_t expectedParent);
 void writeReport(int fd, const std::string& line);
 // Folder of the running executable (to find together-worker next to together-cli).
@@ -28,11 +31,13 @@ std::string selfExecutableDir();
 // "exited with status N" / "killed by signal N (SIGKILL)".
 std::string describeWaitStatus(int status);
 
-// Worker daemons on loopback, one per simulated machine (`together-cli run --local`, tests). They die with
-// this process (PR_SET_PDEATHSIG) even if it is killed; normally the destructor stops them.
+// Worker daemons on loopback, one per simulated machine (`together-cli run --local`, tests), started with
+// `serve --local`: no discovery beacons, shard ports from the ephemeral range, a private state folder each
+// (removed with them). They die with this process (PR_SET_PDEATHSIG) even if it is killed; normally the
+// destructor stops them. `extraArgs` go to every daemon (e.g. --models-root DIR).
 class LocalDaemons {
 public:
-    LocalDaemons(size_t count, const std::string& keyFile);
+    LocalDaemons(size_t count, const std::string& keyFile, const std::vector<std::string>& extraArgs = {});
     ~LocalDaemons();
     LocalDaemons(const LocalDaemons&) = delete;
     LocalDaemons& operator=(const LocalDaemons&) = delete;
@@ -45,6 +50,7 @@ private:
     void stopAll();
     std::vector<std::string> m_addresses;
     std::vector<ChildProcess> m_children;
+    std::string m_stateRoot;
 };
 
 } // namespace together

@@ -6,6 +6,7 @@
 #include "core/model_config.h"
 #include "core/random_model.h"
 #include "core/tokenizer.h"
+#include "core/user_dirs.h"
 
 #include <chrono>
 #include <cstdio>
@@ -134,19 +135,7 @@ GenerationResult runAndReport(TokenStepper& stepper, const Tokenizer& tokenizer,
     return r;
 }
 
-std::string defaultModelDir()
-{
-    fs::path base;
-    if (const char* d = std::getenv("TOGETHER_CACHE_DIR"); d && *d)
-        base = d;
-    else if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x)
-        base = fs::path(x) / "together";
-    else if (const char* h = std::getenv("HOME"); h && *h)
-        base = fs::path(h) / ".cache" / "together";
-    else
-        base = fs::temp_directory_path() / "together";
-    return (base / "default-model").string();
-}
+std::string defaultModelDir() { return cacheDir() + "/default-model"; }
 
 std::string ensureDefaultModel()
 {

@@ -3,6 +3,7 @@
 
 #include "core/error.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace together {
@@ -106,6 +107,16 @@ int64_t shardBytes(const ModelConfig& c, const ShardSpec& s, DType dtype)
         total += n * static_cast<int64_t>(dtypeSize(dtype));
     }
     return total;
+}
+
+ShardMemoryEstimate estimateShardMemory(const ModelConfig& c, const ShardSpec& s, DType dtype, int64_t contextLimit)
+{
+    ShardMemoryEstimate m;
+    m.weightBytes = shardBytes(c, s, dtype);
+    const int64_t layers = s.lastLayer - s.firstLayer + 1;
+    m.kvCacheBytes = 2 * layers * shardDims(c, s.tpRank, s.tpSize).kvHeads * std::max<int64_t>(1, contextLimit) * c.headDim * 4;
+    m.runtimeBytes = kShardRuntimeBytes;
+    return m;
 }
 
 void copySlice(const TensorView& full, const TensorSlice& slice, std::vector<std::byte>& out)

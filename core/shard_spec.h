@@ -62,6 +62,18 @@ std::vector<TensorSlice> shardTensors(const ModelConfig& c, const ShardSpec& s);
 // Bytes of the shard's slices at the given storage dtype.
 int64_t shardBytes(const ModelConfig& c, const ShardSpec& s, DType dtype);
 
+// What a shard process needs, about: its weights at the run's dtype, its KV cache grown to `contextLimit`
+// positions (f32 keys and values of its KV heads in each of its layers), and the runtime's own memory
+// (libtorch, gRPC, buffers; measured: a shard of a tiny model peaks near kShardRuntimeBytes).
+struct ShardMemoryEstimate {
+    int64_t weightBytes = 0;
+    int64_t kvCacheBytes = 0;
+    int64_t runtimeBytes = 0;
+    int64_t total() const { return weightBytes + kvCacheBytes + runtimeBytes; }
+};
+constexpr int64_t kShardRuntimeBytes = 256ll << 20;
+ShardMemoryEstimate estimateShardMemory(const ModelConfig& c, const ShardSpec& s, DType dtype, int64_t contextLimit);
+
 // Copies a slice of a checkpoint tensor into `out` (row slices are one contiguous copy).
 void copySlice(const TensorView& full, const TensorSlice& slice, std::vector<std::byte>& out);
 

@@ -2,7 +2,7 @@
 // End to end with real processes on loopback: worker daemons, shard processes, gloo groups and gRPC links.
 // Distributed greedy decoding must give the single-process engine's tokens, and its per-step top logits
 // within 1e-3 (compared through --trace).
-#include "core/auth.h"
+#include "core/cluster_key.h"
 #include "core/error.h"
 #include "core/process.h"
 #include "core/protocol.h"
@@ -137,7 +137,7 @@ TEST_P(ClusterLayouts, GreedyMatchesSingleProcess)
     std::unique_ptr<LocalDaemons> daemons;
     std::string keyFile = dir + "/key";
     if (l.local.empty()) {
-        ClusterKey::generateFile(keyFile);
+        ClusterKey::generate().writeFile(keyFile);
         daemons = std::make_unique<LocalDaemons>(l.planLayers.size(), keyFile);
         json plan = {{"stages", json::array()}};
         for (size_t i = 0; i < l.planLayers.size(); ++i)
@@ -175,8 +175,10 @@ TEST(ClusterLocalWeights, WorkerReadsItsSliceFromItsOwnFolder)
     std::string model = largeMarginModel("kv2", 4, 2, 160);
     auto ref = readTrace(referenceTrace(model, "Once upon a time", 16));
     std::string dir = test::makeTempDir("localweights");
-    ClusterKey::generateFile(dir + "/key");
-    LocalDaemons daemons(2, dir + "/key");
+    ClusterKey::generate().writeFile(dir + "/key");
+    fs::create_directories(dir + "/models");
+    // The daemons may read the test's model and the copies under dir/models, nothing else.
+    LocalDaemons daemons(2, dir + "/key", {"--models-root", model, "--models-root", dir + "/models"});
     auto run = [&](const std::string& workerCopy, std::string& err) {
         json plan = {{"stages",
                       {{{"layers", {0, 1}}, {"ranks", {{{"worker", daemons.addresses()[0]}}}}},
@@ -202,14 +204,23 @@ TEST(ClusterLocalWeights, WorkerReadsItsSliceFromItsOwnFolder)
     s.numLayers = 5;
     s.logitScale = 6.0;
     s.seed = 99;
-    writeRandomModel(dir + "/other", s);
-    EXPECT_NE(run(dir + "/other", err), 0);
+    writeRandomModel(dir + "/models/other", s);
+    EXPECT_NE(run(dir + "/models/other", err), 0);
     EXPECT_NE(err.find("differs from the master's copy"), std::string::npos) << err;
     // A different model altogether: caught by config.json.
     s.numLayers = 6;
-    writeRandomModel(dir + "/bigger", s);
-    EXPECT_NE(run(dir + "/bigger", err), 0);
+    writeRandomModel(dir + "/models/bigger", s);
+    EXPECT_NE(run(dir + "/models/bigger", err), 0);
     EXPECT_NE(err.find("config.json differs"), std::string::npos) << err;
+    // A folder outside --models-root is never read, even through a path that starts inside it, or a symlink.
+    fs::copy(model, dir + "/outside");
+    EXPECT_NE(run(dir + "/outside", err), 0);
+    EXPECT_NE(err.find("outside the model folders this worker allows"), std::string::npos) << err;
+    EXPECT_NE(run(dir + "/models/../outside", err), 0);
+    EXPECT_NE(err.find("outside the model folders this worker allows"), std::string::npos) << err;
+    fs::create_directory_symlink(dir + "/outside", dir + "/models/link");
+    EXPECT_NE(run(dir + "/models/link", err), 0);
+    EXPECT_NE(err.find("outside the model folders this worker allows"), std::string::npos) << err;
 }
 
 TEST(ClusterInteractive, SecondAnswerMatchesSingleProcessAndOnlyNewTokensArePrefilled)
@@ -251,86 +262,6 @@ TEST(ClusterInteractive, SecondAnswerMatchesSingleProcessAndOnlyNewTokensArePref
                           &single, &err2);
     ASSERT_EQ(rc, 0) << err2;
     EXPECT_EQ(answer2, single);
-}
-
-// ---- security ----
-
-class DaemonAuth : public ::testing::Test {
-protected:
-    void SetUp() override
-    {
-        dir = test::makeTempDir("auth");
-        ClusterKey::generateFile(dir + "/key");
-        ClusterKey::generateFile(dir + "/other");
-        daemons = std::make_unique<LocalDaemons>(1, dir + "/key");
-        stub = v1::WorkerControl::NewStub(grpc::CreateChannel(daemons->addresses()[0], grpc::InsecureChannelCredentials()));
-    }
-    grpc::Status hello(const ClusterKey* key, uint32_t version = kProtocolVersion)
-    {
-        grpc::ClientContext ctx;
-        if (key)
-            addAuth(ctx, *key, "WorkerControl.Hello");
-        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-        v1::HelloRequest req;
-        req.set_protocol_version(version);
-        v1::HelloReply rep;
-        return stub->Hello(&ctx, req, &rep);
-    }
-    std::string dir;
-    std::unique_ptr<LocalDaemons> daemons;
-    std::unique_ptr<v1::WorkerControl::Stub> stub;
-};
-
-TEST_F(DaemonAuth, PeersWithoutTheKeyAreRefusedAndOthersStillServed)
-{
-    grpc::Status s = hello(nullptr);
-    EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAUTHENTICATED);
-    EXPECT_NE(s.error_message().find("no proof of the cluster key"), std::string::npos) << s.error_message();
-    ClusterKey other = ClusterKey::fromFile(dir + "/other");
-    s = hello(&other);
-    EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAUTHENTICATED);
-    EXPECT_NE(s.error_message().find("wrong cluster key"), std::string::npos) << s.error_message();
-    // A refused launch does nothing.
-    {
-        grpc::ClientContext ctx;
-        addAuth(ctx, other, "WorkerControl.LaunchShard");
-        v1::LaunchShardRequest req;
-        req.set_launch_id("x");
-        req.set_bind_host("127.0.0.1");
-        v1::LaunchShardReply rep;
-        EXPECT_EQ(stub->LaunchShard(&ctx, req, &rep).error_code(), grpc::StatusCode::UNAUTHENTICATED);
-    }
-    ClusterKey good = ClusterKey::fromFile(dir + "/key");
-    EXPECT_TRUE(hello(&good).ok());
-    s = hello(&good, kProtocolVersion + 1);
-    EXPECT_NE(s.error_message().find("version " + std::to_string(kProtocolVersion + 1)), std::string::npos) << s.error_message();
-    EXPECT_NE(s.error_message().find("version " + std::to_string(kProtocolVersion)), std::string::npos) << s.error_message();
-    // A replayed proof is refused.
-    std::string proof = makeAuthProof(good, "WorkerControl.Hello");
-    for (int i = 0; i < 2; ++i) {
-        grpc::ClientContext ctx;
-        ctx.AddMetadata(kAuthMetadata, proof);
-        v1::HelloRequest req;
-        req.set_protocol_version(kProtocolVersion);
-        v1::HelloReply rep;
-        grpc::Status r = stub->Hello(&ctx, req, &rep);
-        if (i == 0)
-            EXPECT_TRUE(r.ok());
-        else
-            EXPECT_NE(r.error_message().find("replayed"), std::string::npos) << r.error_message();
-    }
-}
-
-TEST(ClusterKeyFile, KeygenWritesMode600AndRefusesOverwrite)
-{
-    std::string dir = test::makeTempDir("keygen");
-    std::string out, err;
-    ASSERT_EQ(test::runCommand(test::cliBin() + " keygen --out " + dir + "/k", &out, &err), 0) << err;
-    EXPECT_EQ(fs::status(dir + "/k").permissions() & fs::perms::all, fs::perms::owner_read | fs::perms::owner_write);
-    EXPECT_NE(test::runCommand(test::cliBin() + " keygen --out " + dir + "/k", &out, &err), 0);
-    EXPECT_NE(err.find("refusing to overwrite"), std::string::npos) << err;
-    fs::permissions(dir + "/k", fs::perms::group_read, fs::perm_options::add);
-    EXPECT_THROW(ClusterKey::fromFile(dir + "/k"), Error);
 }
 
 // ---- failures ----

@@ -1,310 +1,353 @@
 // SPDX-License-Identifier: MIT
 #include "worker/daemon.h"
 
-#include "core/auth.h"
+#include "core/beacon.h"
+#include "core/cluster_key.h"
+#include "core/credentials.h"
 #include "core/error.h"
+#include "core/host_info.h"
 #include "core/process.h"
 #include "core/protocol.h"
+#include "core/rpc.h"
+#include "core/service_log.h"
+#include "core/user_dirs.h"
 #include "proto/together.grpc.pb.h"
+#include "worker/shard_processes.h"
 
+#include <openssl/rand.h>
+
+#include <algorithm>
 #include <atomic>
-#include <condition_variable>
-#include <deque>
-#include <future>
+#include <cerrno>
 #include <csignal>
-#include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
-#include <map>
-#include <mutex>
-#include <thread>
 
-#include <sys/wait.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
+
+namespace fs = std::filesystem;
 
 namespace together {
 
 namespace {
 
-struct ShardProcess {
-    uint32_t index = 0;
-    pid_t pid = -1;
-    std::string address;
-    bool running = true;
-    std::string exitReason;
-};
+std::string hostOf(const std::string& address) { return address.substr(0, address.rfind(':')); }
 
-std::vector<std::string> cpuFlags()
+bool validLaunchId(const std::string& id)
 {
-    std::ifstream in("/proc/cpuinfo");
-    std::string line;
+    if (id.empty() || id.size() > 64)
+        return false;
+    for (char c : id)
+        if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_')
+            return false;
+    return true;
+}
+
+// The worker id: made once, kept in the state folder, so a daemon that restarts is the same worker.
+std::string loadWorkerId(const std::string& dir)
+{
+    const std::string file = dir + "/worker-id";
+    if (fs::exists(file)) {
+        std::string id;
+        std::ifstream(file) >> id;
+        if (id.size() == 16 && id.find_first_not_of("0123456789abcdef") == std::string::npos)
+            return id;
+    }
+    unsigned char b[8];
+    RAND_bytes(b, sizeof b);
+    static const char* d = "0123456789abcdef";
+    std::string id;
+    for (unsigned char c : b) {
+        id += d[c >> 4];
+        id += d[c & 15];
+    }
+    writeTextFile(file, id + "\n");
+    return id;
+}
+
+// One daemon per state folder: a second one would share its worker id and log.
+int lockStateDir(const std::string& dir)
+{
+    const std::string file = dir + "/worker.lock";
+    int fd = ::open(file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        throw Error("cannot open " + file + ": " + std::strerror(errno));
+    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        char pid[32] = {};
+        ssize_t n = ::pread(fd, pid, sizeof pid - 1, 0);
+        (void)n;
+        ::close(fd);
+        throw Error("another together-worker (pid " + std::string(pid) + ") uses the state folder " + dir +
+                    "; give each daemon on one machine its own --state-dir");
+    }
+    const std::string me = std::to_string(::getpid());
+    if (::ftruncate(fd, 0) == 0 && ::pwrite(fd, me.data(), me.size(), 0) < 0) {
+    }
+    return fd; // held for the life of the process
+}
+
+std::vector<std::string> machineAddresses(const std::string& listenHost)
+{
+    if (listenHost != "0.0.0.0" && listenHost != "::" && listenHost != "[::]")
+        return {listenHost};
     std::vector<std::string> out;
-    while (std::getline(in, line))
-        if (line.rfind("flags", 0) == 0) {
-            for (const char* f : {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "fma"})
-                if (line.find(std::string(" ") + f) != std::string::npos)
-                    out.push_back(f);
-            break;
-        }
+    for (auto& i : netInterfaces())
+        if (!i.loopback && i.up)
+            out.push_back(i.address);
     return out;
 }
 
-uint64_t peakRss(pid_t pid)
-{
-    std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-    std::string k;
-    while (in >> k) {
-        if (k == "VmHWM:") {
-            uint64_t kb = 0;
-            in >> kb;
-            return kb * 1024;
-        }
-        in.ignore(4096, '\n');
-    }
-    return 0;
-}
-
-uint64_t availableMemory()
-{
-    std::ifstream in("/proc/meminfo");
-    std::string k;
-    uint64_t v;
-    std::string unit;
-    while (in >> k >> v >> unit)
-        if (k == "MemAvailable:")
-            return v * 1024;
-    return 0;
-}
-
-class Daemon final : public v1::WorkerControl::Service {
+class DaemonService final : public v1::WorkerControl::Service {
 public:
-    Daemon(ClusterKey key, std::string keyFile)
-        : m_auth(std::move(key))
-        , m_keyFile(std::move(keyFile))
+    DaemonService(std::string workerId, std::string listenHost, ShardProcesses& shards, ServiceLog& log)
+        : m_workerId(std::move(workerId))
+        , m_listenHost(std::move(listenHost))
+        , m_shards(shards)
+        , m_log(log)
     {
-        m_reaper = std::thread([this] { reapLoop(); });
-        m_spawner = std::thread([this] { spawnLoop(); });
-    }
-    ~Daemon() override
-    {
-        m_stop = true;
-        m_spawnCv.notify_all();
-        m_reaper.join();
-        m_spawner.join();
-        killAll("");
     }
 
-    grpc::Status Hello(grpc::ServerContext* ctx, const v1::HelloRequest* req, v1::HelloReply* rep) override
+    void setPort(int port) { m_port = port; }
+
+    grpc::Status Hello(grpc::ServerContext*, const v1::HelloRequest* req, v1::HelloReply* rep) override
     {
-        if (auto s = m_auth.verify(*ctx, "WorkerControl.Hello"); !s.ok())
-            return s;
         rep->set_protocol_version(kProtocolVersion);
         if (req->protocol_version() != kProtocolVersion)
             return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                                 "protocol version mismatch: the master speaks version " + std::to_string(req->protocol_version()) +
                                     ", this worker speaks version " + std::to_string(kProtocolVersion) + "; update one of them");
-        char host[256] = {};
-        ::gethostname(host, sizeof host - 1);
-        rep->set_hostname(host);
-        rep->set_cores(std::thread::hardware_concurrency());
-        rep->set_free_memory_bytes(availableMemory());
+        rep->set_worker_id(m_workerId);
+        rep->set_hostname(hostName());
+        rep->set_cores(coreCount());
+        rep->set_free_memory_bytes(memoryAvailableBytes());
+        rep->set_total_memory_bytes(memoryTotalBytes());
         for (auto& f : cpuFlags())
             rep->add_cpu_flags(f);
-        rep->set_software_version("together 0.1.0");
+        rep->set_software_version(kSoftwareVersion);
+        rep->set_max_threads(m_shards.options().maxThreads);
+        rep->set_max_memory_bytes(m_shards.options().maxMemoryBytes);
+        for (auto& l : m_shards.launches()) {
+            auto* a = rep->add_launches();
+            a->set_launch_id(l.id);
+            a->set_master(l.master);
+            a->set_shards(l.shards);
+            a->set_threads(l.threads);
+            a->set_memory_bytes(l.memoryBytes);
+        }
+        for (auto& a : machineAddresses(m_listenHost))
+            rep->add_addresses(a);
+        rep->set_grpc_port(static_cast<uint32_t>(m_port));
         return grpc::Status::OK;
     }
 
     grpc::Status LaunchShard(grpc::ServerContext* ctx, const v1::LaunchShardRequest* req, v1::LaunchShardReply* rep) override
     {
-        if (auto s = m_auth.verify(*ctx, "WorkerControl.LaunchShard"); !s.ok())
-            return s;
-        if (req->launch_id().empty() || req->launch_id().size() > 128 || req->bind_host().empty() || req->bind_host().size() > 256)
-            return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "launch: bad launch id or bind host");
+        if (!validLaunchId(req->launch_id()) || req->bind_host().empty() || req->bind_host().size() > 256 || req->threads() > 1024)
+            return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "launch: bad launch id, bind host or thread count");
+        ShardProcesses::Request r;
+        r.launchId = req->launch_id();
+        r.index = req->shard_index();
+        r.bindHost = req->bind_host();
+        r.threads = std::max<uint32_t>(1, req->threads());
+        r.memoryBytes = req->memory_bytes();
+        r.master = peerIdentity(*ctx);
+        r.lease = std::chrono::milliseconds(std::clamp<uint32_t>(req->lease_ms() ? req->lease_ms() : 5000, 1000, 30000));
         try {
-            ChildProcess child = spawn({"shard", "--listen", req->bind_host() + ":0", "--key-file", m_keyFile, "--threads",
-                                        std::to_string(std::max<uint32_t>(1, req->threads()))});
-            std::string line;
-            try {
-                line = readReportLine(child, 60000);
-            } catch (...) {
-                ::kill(child.pid, SIGKILL);
-                ::waitpid(child.pid, nullptr, 0);
-                ::close(child.reportFd);
-                throw;
-            }
-            ::close(child.reportFd);
-            if (line.rfind("listening ", 0) != 0)
-                throw Error("unexpected ready line from shard: " + line);
-            ShardProcess p;
-            p.index = req->shard_index();
-            p.pid = child.pid;
-            p.address = line.substr(10);
-            {
-                std::lock_guard lock(m_mutex);
-                m_shards[req->launch_id()].push_back(p);
-            }
-            rep->set_address(p.address);
-            rep->set_pid(static_cast<uint32_t>(p.pid));
-            std::fprintf(stderr, "together-worker: launch %s: shard %u started (pid %d) at %s\n", req->launch_id().c_str(), p.index,
-                         p.pid, p.address.c_str());
+            auto started = m_shards.launch(r);
+            rep->set_address(started.address);
+            rep->set_pid(static_cast<uint32_t>(started.pid));
         } catch (const std::exception& e) {
-            return grpc::Status(grpc::StatusCode::INTERNAL, std::string("launch: ") + e.what());
+            return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, std::string("launch: ") + e.what());
         }
         return grpc::Status::OK;
     }
 
     grpc::Status StopShards(grpc::ServerContext* ctx, const v1::StopShardsRequest* req, v1::StopShardsReply* rep) override
     {
-        if (auto s = m_auth.verify(*ctx, "WorkerControl.StopShards"); !s.ok())
-            return s;
-        rep->set_stopped(killAll(req->launch_id()));
+        if (!validLaunchId(req->launch_id()))
+            return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "stop: give the launch id to stop");
+        rep->set_stopped(m_shards.stop(req->launch_id(), "stopped by " + peerIdentity(*ctx)));
         return grpc::Status::OK;
     }
 
-    grpc::Status Health(grpc::ServerContext* ctx, const v1::HealthRequest* req, v1::HealthReply* rep) override
+    grpc::Status Health(grpc::ServerContext*, const v1::HealthRequest* req, v1::HealthReply* rep) override
     {
-        if (auto s = m_auth.verify(*ctx, "WorkerControl.Health"); !s.ok())
-            return s;
-        reapOnce();
-        std::lock_guard lock(m_mutex);
-        auto it = m_shards.find(req->launch_id());
-        if (it != m_shards.end())
-            for (auto& p : it->second) {
-                auto* st = rep->add_shards();
-                st->set_shard_index(p.index);
-                st->set_running(p.running);
-                st->set_exit_reason(p.exitReason);
-                if (p.running)
-                    st->set_peak_rss_bytes(peakRss(p.pid));
-            }
+        std::string ended;
+        for (auto& s : m_shards.renew(req->launch_id(), &ended)) {
+            auto* st = rep->add_shards();
+            st->set_shard_index(s.index);
+            st->set_running(s.running);
+            st->set_exit_reason(s.exitReason);
+            st->set_peak_rss_bytes(s.peakRssBytes);
+        }
+        rep->set_ended(ended);
+        return grpc::Status::OK;
+    }
+
+    grpc::Status RecentLog(grpc::ServerContext*, const v1::RecentLogRequest* req, v1::RecentLogReply* rep) override
+    {
+        const size_t max = std::clamp<uint32_t>(req->max_lines() ? req->max_lines() : 200, 1, 1000);
+        for (auto& l : m_log.recent(req->after_sequence(), max)) {
+            auto* line = rep->add_lines();
+            line->set_sequence(l.sequence);
+            line->set_unix_ms(l.unixMs);
+            line->set_text(l.text);
+        }
         return grpc::Status::OK;
     }
 
 private:
-    uint32_t killAll(const std::string& launch)
-    {
-        std::vector<pid_t> pids;
-        {
-            std::lock_guard lock(m_mutex);
-            for (auto& [id, list] : m_shards)
-                if (launch.empty() || id == launch)
-                    for (auto& p : list)
-                        if (p.running)
-                            pids.push_back(p.pid);
-        }
-        for (pid_t p : pids)
-            ::kill(p, SIGKILL);
-        for (pid_t p : pids)
-            ::waitpid(p, nullptr, 0); // never leave a zombie
-        std::lock_guard lock(m_mutex);
-        for (auto it = m_shards.begin(); it != m_shards.end();)
-            if (launch.empty() || it->first == launch)
-                it = m_shards.erase(it);
-            else
-                ++it;
-        return static_cast<uint32_t>(pids.size());
-    }
-
-    void reapOnce()
-    {
-        std::lock_guard lock(m_mutex);
-        for (auto& [id, list] : m_shards)
-            for (auto& p : list) {
-                if (!p.running)
-                    continue;
-                int status = 0;
-                if (::waitpid(p.pid, &status, WNOHANG) == p.pid) {
-                    p.running = false;
-                    p.exitReason = describeWaitStatus(status);
-                    std::fprintf(stderr, "together-worker: launch %s: shard %u (pid %d) %s\n", id.c_str(), p.index, p.pid,
-                                 p.exitReason.c_str());
-                }
-            }
-    }
-
-    // PR_SET_PDEATHSIG fires when the *thread* that started the child exits, and gRPC handler threads come
-    // and go: so every shard is spawned from this one thread, which lives as long as the daemon.
-    ChildProcess spawn(std::vector<std::string> args)
-    {
-        std::packaged_task<ChildProcess()> task([args] { return spawnWithReport(selfExecutableDir() + "/together-worker", args); });
-        auto result = task.get_future();
-        {
-            std::lock_guard lock(m_spawnMutex);
-            m_spawnQueue.push_back(std::move(task));
-        }
-        m_spawnCv.notify_one();
-        return result.get();
-    }
-
-    void spawnLoop()
-    {
-        std::unique_lock lock(m_spawnMutex);
-        while (true) {
-            m_spawnCv.wait(lock, [&] { return m_stop || !m_spawnQueue.empty(); });
-            if (m_spawnQueue.empty())
-                return;
-            auto task = std::move(m_spawnQueue.front());
-            m_spawnQueue.pop_front();
-            lock.unlock();
-            task();
-            lock.lock();
-        }
-    }
-
-    void reapLoop()
-    {
-        while (!m_stop) {
-            reapOnce();
-            std::this_thread::sleep_for(std::chrono::milliseconds(200));
-        }
-    }
-
-    AuthVerifier m_auth;
-    std::string m_keyFile;
-    std::mutex m_mutex;
-    std::map<std::string, std::vector<ShardProcess>> m_shards;
-    std::atomic<bool> m_stop{false};
-    std::thread m_reaper;
-    std::mutex m_spawnMutex;
-    std::condition_variable m_spawnCv;
-    std::deque<std::packaged_task<ChildProcess()>> m_spawnQueue;
-    std::thread m_spawner;
+    std::string m_workerId;
+    std::string m_listenHost;
+    std::atomic<int> m_port{0};
+    ShardProcesses& m_shards;
+    ServiceLog& m_log;
 };
 
-std::atomic<grpc::Server*> g_server{nullptr};
-
-void onSignal(int)
+std::string firewallAdvice(int port, const std::string& ports, uint16_t discoveryPort, bool discovery)
 {
-    // Shutdown from a signal handler is not safe; exit and let PR_SET_PDEATHSIG take the shards down.
-    ::_exit(0);
+    std::string shardPorts = ports;
+    std::replace(shardPorts.begin(), shardPorts.end(), '-', ':');
+    std::string s = "sudo ufw allow " + std::to_string(port) + "/tcp";
+    if (ports != "0")
+        s += " && sudo ufw allow " + shardPorts + "/tcp";
+    if (discovery)
+        s += " && sudo ufw allow " + std::to_string(discoveryPort) + "/udp";
+    return s;
 }
 
 } // namespace
 
+std::string resolveDaemonKeyFile(const std::string& given)
+{
+    if (!given.empty()) {
+        ClusterKey::fromFile(given); // readable, private, well-formed
+        return given;
+    }
+    const std::string stored = defaultKeyFile();
+    if (fs::exists(stored)) {
+        ClusterKey::fromFile(stored);
+        return stored;
+    }
+    ClusterKey key;
+    try {
+        key = readKeyFromTerminal("This worker needs the cluster key (together-cli keygen prints it on your master).\nCluster key: ");
+    } catch (const Error& e) {
+        throw Error(std::string(e.what()) + ": no cluster key is stored in " + stored +
+                    "; give --key-file FILE, or start `together-worker serve` once from a terminal to type the key");
+    }
+    key.writeFile(stored);
+    std::fprintf(stderr, "together-worker: the key is stored in %s (mode 0600); next time it is read from there\n", stored.c_str());
+    return stored;
+}
+
 int runDaemon(const DaemonOptions& o)
 {
     dieWithParent(o.parentPid);
+    // Signals are taken by sigwait below, so block them before any thread exists. A closed terminal (SIGHUP)
+    // leaves a daemon started by hand running; one started by a master goes with it anyway.
+    sigset_t waitFor;
+    sigemptyset(&waitFor);
+    sigaddset(&waitFor, SIGTERM);
+    sigaddset(&waitFor, SIGINT);
+    if (o.local)
+        sigaddset(&waitFor, SIGHUP);
+    else
+        std::signal(SIGHUP, SIG_IGN);
+    std::signal(SIGPIPE, SIG_IGN);
+    pthread_sigmask(SIG_BLOCK, &waitFor, nullptr);
     try {
-        if (o.keyFile.empty())
-            throw Error("--key-file is required: a worker never serves without the cluster key (make one with together-cli keygen)");
-        ClusterKey key = ClusterKey::fromFile(o.keyFile);
-        Daemon daemon(key, o.keyFile);
+        const std::string keyFile = resolveDaemonKeyFile(o.keyFile);
+        const ClusterKey key = ClusterKey::fromFile(keyFile);
+        const std::string state = o.stateDir.empty() ? stateDir() : o.stateDir;
+        makePrivateDirs(state);
+        lockStateDir(state);
+        const std::string workerId = loadWorkerId(state);
+        // A daemon a master started for itself (--local) keeps quiet on the master's terminal: its log is in its
+        // state folder, and what matters reaches the master through its calls.
+        ServiceLog log(state + "/worker.log", 2000, /*echo=*/!o.local);
+        const Credentials credentials(key, "worker " + workerId);
+
+        ShardProcesses::Options so;
+        so.workerExecutable = selfExecutableDir() + "/together-worker";
+        so.keyFile = fs::absolute(keyFile).string();
+        so.ports = o.local ? "0" : o.ports;
+        for (auto& r : o.modelsRoots) {
+            std::error_code ec;
+            auto canonical = fs::canonical(r, ec);
+            if (ec || !fs::is_directory(canonical))
+                throw Error("--models-root " + r + " is not a folder");
+            so.modelsRoots.push_back(canonical.string());
+        }
+        so.workerId = workerId;
+        so.maxThreads = o.maxThreads > 0 ? static_cast<uint32_t>(o.maxThreads) : coreCount();
+        if (o.maxMemoryGiB < 0)
+            throw Error("--max-memory must be a positive number of GiB");
+        so.maxMemoryBytes = static_cast<uint64_t>(o.maxMemoryGiB * double(1ull << 30));
+        ShardProcesses shards(so, log);
+
         grpc::ServerBuilder builder;
         int port = 0;
-        builder.AddListeningPort(o.listen, grpc::InsecureServerCredentials(), &port);
-        builder.RegisterService(&daemon);
-        auto server = builder.BuildAndStart();
-        if (!server || port == 0)
-            throw Error("cannot listen on " + o.listen + " (address in use?)");
-        std::string host = o.listen.substr(0, o.listen.rfind(':'));
-        bool allInterfaces = host == "0.0.0.0" || host == "[::]" || host == "::";
-        std::fprintf(stderr,
-                     "together-worker: serving on %s:%d (%s); calls without proof of the cluster key are refused\n",
-                     host.c_str(), port, allInterfaces ? "all interfaces: this worker is reachable from the LAN" : "this interface only");
-        std::signal(SIGTERM, onSignal);
-        std::signal(SIGINT, onSignal);
-        g_server = server.get();
+        const std::string host = hostOf(o.listen);
+        DaemonService service(workerId, host, shards, log);
+        builder.RegisterService(&service);
+        auto server = startServer(builder, credentials, o.listen, &port);
+        if (!server)
+            throw Error("cannot listen on " + o.listen + " (another worker already uses the port, or it is not an address of this machine)");
+        service.setPort(port);
+        const bool allInterfaces = host == "0.0.0.0" || host == "[::]" || host == "::";
+        const bool discovery = !o.local && o.discoveryInterfaces != "none";
+        log.write("together-worker " + std::string(kSoftwareVersion).substr(9) + ": serving on " + host + ":" + std::to_string(port) +
+                  (allInterfaces ? " (all interfaces: reachable from the LAN)" : " (this address only)") + ", shard ports " +
+                  (so.ports == "0" ? std::string("any free port") : so.ports) +
+                  "; to open the firewall: " + firewallAdvice(port, so.ports, o.discoveryPort, discovery));
+        log.write("worker " + workerId + " on " + hostName() + ": only peers that hold the cluster key (fingerprint " + key.fingerprint() +
+                  ") get past the TLS handshake; donating " + std::to_string(so.maxThreads) + " of " + std::to_string(coreCount()) +
+                  " threads and " + (so.maxMemoryBytes ? formatBytes(so.maxMemoryBytes) : std::string("the free memory")) + " of " +
+                  formatBytes(memoryTotalBytes()) + "; key " + keyFile + ", state " + state);
+        log.write(so.modelsRoots.empty() ? std::string("local model folders: none (the master streams the weights; allow folders with --models-root DIR)")
+                                         : "local model folders: plans may ask shards to read under " + [&] {
+                                               std::string s;
+                                               for (auto& r : so.modelsRoots)
+                                                   s += (s.empty() ? "" : ", ") + r;
+                                               return s;
+                                           }());
+        log.write("tensor-parallel groups across machines also connect to each other on ephemeral TCP ports (gloo; see docs/SECURITY.md)");
+
+        std::unique_ptr<BeaconAnnouncer> announcer;
+        if (discovery) {
+            BeaconAnnouncer::Options ao;
+            ao.port = o.discoveryPort;
+            ao.interfaces = o.discoveryInterfaces;
+            ao.log = [&log](const std::string& m) { log.write(m); };
+            const std::string fingerprint = key.fingerprint();
+            ao.beacon = [workerId, host, port, fingerprint] {
+                BeaconInfo b;
+                b.workerId = workerId;
+                b.hostname = hostName();
+                b.addresses = machineAddresses(host);
+                b.grpcPort = static_cast<uint16_t>(port);
+                b.protocol = kProtocolVersion;
+                b.cores = coreCount();
+                b.memoryTotalBytes = memoryTotalBytes();
+                b.keyFingerprint = fingerprint;
+                b.softwareVersion = kSoftwareVersion;
+                return b;
+            };
+            announcer = std::make_unique<BeaconAnnouncer>(ao);
+        } else {
+            log.write(o.local ? std::string("discovery: off (started by a master with --local)") : std::string("discovery: off (--discovery-interfaces none)"));
+        }
         writeReport(o.reportFd, "listening " + (allInterfaces ? std::string("127.0.0.1") : host) + ":" + std::to_string(port));
-        server->Wait();
+
+        int sig = 0;
+        sigwait(&waitFor, &sig);
+        log.write(std::string("stopping (") + (sig == SIGTERM ? "SIGTERM" : sig == SIGINT ? "SIGINT" : "SIGHUP") + "): stopping every shard");
+        announcer.reset();
+        server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
     } catch (const std::exception& e) {
         writeReport(o.reportFd, std::string("error: ") + e.what());
         std::fprintf(stderr, "together-worker serve: error: %s\n", e.what());

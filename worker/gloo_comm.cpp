@@ -4,6 +4,7 @@
 #include "core/error.h"
 
 #include <algorithm>
+#include "core/rpc.h"
 #include "proto/together.grpc.pb.h"
 
 #include <gloo/allreduce_halving_doubling.h>
@@ -20,16 +21,14 @@ namespace {
 // gloo's Store over the KvStore service.
 class GrpcStore : public gloo::rendezvous::Store {
 public:
-    GrpcStore(const ClusterKey& key, const std::string& address, std::chrono::milliseconds timeout)
-        : m_key(key)
-        , m_stub(v1::KvStore::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials())))
+    GrpcStore(const Credentials& credentials, const std::string& address, std::chrono::milliseconds timeout)
+        : m_stub(v1::KvStore::NewStub(openChannel(credentials, address)))
         , m_timeout(timeout)
     {
     }
     void set(const std::string& key, const std::vector<char>& data) override
     {
         grpc::ClientContext ctx;
-        addAuth(ctx, m_key, "KvStore.Set");
         ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
         v1::KvSetRequest req;
         req.set_key(key);
@@ -51,7 +50,6 @@ private:
     std::vector<std::string> fetch(const std::vector<std::string>& keys, std::chrono::milliseconds timeout)
     {
         grpc::ClientContext ctx;
-        addAuth(ctx, m_key, "KvStore.Get");
         ctx.set_deadline(std::chrono::system_clock::now() + timeout + std::chrono::seconds(5));
         v1::KvGetRequest req;
         for (auto& k : keys)
@@ -65,7 +63,6 @@ private:
             throw Error("rendezvous store: wrong number of values");
         return {rep.values().begin(), rep.values().end()};
     }
-    ClusterKey m_key;
     std::unique_ptr<v1::KvStore::Stub> m_stub;
     std::chrono::milliseconds m_timeout;
 };
@@ -77,14 +74,14 @@ struct GlooCommunicator::Cached {
     std::unique_ptr<gloo::AllreduceHalvingDoubling<float>> algorithm;
 };
 
-GlooCommunicator::GlooCommunicator(const ClusterKey& key, const std::string& storeAddress, const std::string& prefix,
+GlooCommunicator::GlooCommunicator(const Credentials& credentials, const std::string& storeAddress, const std::string& prefix,
                                    const std::string& bindHost, int rank, int size, std::chrono::milliseconds timeout, bool busyPoll)
 {
     try {
         gloo::transport::tcp::attr attr;
         attr.hostname = bindHost;
         auto device = gloo::transport::tcp::CreateDevice(attr);
-        GrpcStore store(key, storeAddress, std::chrono::milliseconds(60000));
+        GrpcStore store(credentials, storeAddress, std::chrono::milliseconds(60000));
         gloo::rendezvous::PrefixStore prefixed(prefix, store);
         auto ctx = std::make_shared<gloo::rendezvous::Context>(rank, size);
         ctx->setTimeout(timeout);

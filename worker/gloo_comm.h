@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
-#include "core/auth.h"
+#include "core/credentials.h"
 #include "worker/llama_model.h"
 
 #include <chrono>
@@ -16,7 +16,7 @@ class Context;
 namespace together {
 
 // Tensor-parallel all-reduce over gloo's TCP transport. Rendezvous goes through the KvStore service of the
-// stage's rank 0 (authenticated gRPC), under a per-launch key prefix, so a relaunch never reads stale
+// stage's rank 0 (gRPC over mutual TLS), under a per-launch key prefix, so a relaunch never reads stale
 // addresses. gloo's own traffic is not authenticated: it binds to the plan's interface (docs/SECURITY.md).
 // Every call carries an increasing tag; all ranks call in the same order (two per layer).
 class GlooCommunicator : public Communicator {
@@ -25,7 +25,7 @@ public:
     // gloo's event-loop thread. On loopback that took an all-reduce of one token's hidden state from
     // ~250 us to ~36 us; it costs a core while waiting, so the master asks for it only when the machine has
     // a core for every compute thread it hosts.
-    GlooCommunicator(const ClusterKey& key, const std::string& storeAddress, const std::string& prefix, const std::string& bindHost,
+    GlooCommunicator(const Credentials& credentials, const std::string& storeAddress, const std::string& prefix, const std::string& bindHost,
                      int rank, int size, std::chrono::milliseconds timeout, bool busyPoll);
     ~GlooCommunicator() override;
     void allReduceSum(float* data, size_t count) override;

@@ -1,20 +1,25 @@
 // SPDX-License-Identifier: MIT
 // together-worker: the libtorch side. `generate` runs a model in this one process; `bench` prints the
-// single-process speed table. (The cluster daemon `serve` arrives with distributed execution.)
+// single-process speed table; `serve` is the daemon of one machine of a cluster (worker/daemon.h), which starts
+// `shard` processes; `install-service` makes it a systemd user service.
 #include "core/cli_args.h"
 #include "core/error.h"
+#include "core/process.h"
 #include "core/model_config.h"
 #include "core/run_options.h"
 #include "core/safetensors.h"
 #include "core/tokenizer.h"
 #include "worker/bench.h"
 #include "worker/daemon.h"
+#include "worker/shard_processes.h"
 #include "worker/shard_server.h"
+#include "worker/service_unit.h"
 #include "worker/llama_model.h"
 
 #include <ATen/Parallel.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <thread>
@@ -32,9 +37,17 @@ const char* kUsage =
     "                           [--threads N] [--trace FILE]\n"
     "      Streams the generated text to stdout. Without --model, a small built-in random-weight model is\n"
     "      written to the cache folder and used (its output is noise).\n"
-    "  together-worker serve [--listen ADDR:PORT] --key-file FILE\n"
-    "      Runs the worker daemon (default 0.0.0.0:7600: all interfaces). Calls without proof of the cluster\n"
-    "      key are refused.\n"
+    "  together-worker serve [--key-file FILE] [--listen ADDR:PORT] [--ports LO-HI] [--max-memory GiB]\n"
+    "                        [--max-threads N] [--models-root DIR]... [--discovery-port P]\n"
+    "                        [--discovery-interfaces IF,IF|none] [--state-dir DIR]\n"
+    "      Runs the worker daemon (default 0.0.0.0:7600: all interfaces; shard ports 7610-7650). Only peers\n"
+    "      holding the cluster key get past its TLS handshake. Without --key-file it uses the stored key, or asks\n"
+    "      for it once on the terminal and stores it (mode 0600). It announces itself on the LAN (UDP 7601) and\n"
+    "      keeps running when its terminal closes. --max-memory/--max-threads: what this machine donates.\n"
+    "      --models-root: folders of this machine a plan may ask it to load a model from (none by default).\n"
+    "  together-worker install-service [serve's flags] [--unit-dir DIR] [--no-enable]\n"
+    "      Writes and enables a systemd user unit running `serve` with those flags at every boot (and enables\n"
+    "      linger). uninstall-service [--unit-dir DIR] removes it.\n"
     "  together-worker bench [--cache DIR] [--threads 1,2] [--dtypes bf16,f32] [--layers N]\n"
     "      Prints prefill/decode speed next to this machine's read bandwidth (TinyLlama-1.1B shape).\n";
 
@@ -68,6 +81,72 @@ int runGenerate(const std::vector<std::string>& rest)
     return 0;
 }
 
+std::vector<CliArgs::Spec> serveFlagSpecs()
+{
+    return {{"listen"}, {"key-file"}, {"ports"}, {"max-memory"}, {"max-threads"}, {"models-root", true, true}, {"discovery-port"},
+            {"discovery-interfaces"}, {"state-dir"}, {"local", false}, {"report-fd"}, {"parent-pid"}};
+}
+
+DaemonOptions parseServe(const CliArgs& a)
+{
+    DaemonOptions o;
+    o.listen = a.get("listen", o.listen);
+    if (o.listen.find(':') == std::string::npos)
+        throw Error("--listen takes ADDRESS:PORT, e.g. 0.0.0.0:7600");
+    o.keyFile = a.get("key-file");
+    o.stateDir = a.get("state-dir");
+    o.ports = a.get("ports", o.ports);
+    parsePortRange(o.ports);
+    o.modelsRoots = a.all("models-root");
+    o.maxMemoryGiB = a.getDouble("max-memory", 0);
+    if (a.has("max-memory") && !(o.maxMemoryGiB > 0))
+        throw Error("--max-memory takes a number of GiB above 0");
+    o.maxThreads = a.getInt("max-threads", 0);
+    if (a.has("max-threads") && o.maxThreads < 1)
+        throw Error("--max-threads takes a number of threads of at least 1");
+    const int port = a.getInt("discovery-port", kDefaultDiscoveryPort);
+    if (port < 1 || port > 65535)
+        throw Error("--discovery-port takes a UDP port (1-65535)");
+    o.discoveryPort = static_cast<uint16_t>(port);
+    o.discoveryInterfaces = a.get("discovery-interfaces");
+    o.local = a.has("local");
+    o.reportFd = a.getInt("report-fd", -1);
+    o.parentPid = a.getInt("parent-pid", 0);
+    if (o.local && o.parentPid <= 0)
+        throw Error("--local is for daemons a master starts (together-cli run --local)");
+    return o;
+}
+
+int runInstallService(const std::vector<std::string>& rest)
+{
+    std::vector<CliArgs::Spec> specs = serveFlagSpecs();
+    specs.push_back({"unit-dir"});
+    specs.push_back({"no-enable", false});
+    CliArgs a(rest, specs);
+    parseServe(a); // the same checks serve makes, before anything is written
+    if (a.has("local") || a.has("report-fd") || a.has("parent-pid"))
+        throw Error("install-service takes serve's own flags, not --local");
+    ServiceUnitOptions u;
+    u.executable = selfExecutableDir() + "/together-worker";
+    u.unitDir = a.get("unit-dir");
+    u.enable = !a.has("no-enable");
+    // The service has no terminal to ask on: the key must be stored (or given) now.
+    u.serveArgs = {"--key-file", std::filesystem::absolute(resolveDaemonKeyFile(a.get("key-file"))).string()};
+    for (const char* flag : {"listen", "ports", "max-memory", "max-threads", "discovery-port", "discovery-interfaces", "state-dir"})
+        if (a.has(flag)) {
+            u.serveArgs.push_back(std::string("--") + flag);
+            u.serveArgs.push_back(flag == std::string("state-dir") ? std::filesystem::absolute(a.get(flag)).string() : a.get(flag));
+        }
+    for (auto& r : a.all("models-root")) {
+        u.serveArgs.push_back("--models-root");
+        u.serveArgs.push_back(std::filesystem::absolute(r).string());
+    }
+    const std::string file = installService(u);
+    std::fprintf(stderr, "together-worker: wrote %s%s\n", file.c_str(),
+                 u.enable ? "; the worker runs now and at every boot (systemctl --user status together-worker)" : " (not enabled)");
+    return 0;
+}
+
 } // namespace
 
 int main(int argc, char** argv)
@@ -84,21 +163,25 @@ int main(int argc, char** argv)
             return runGenerate(rest);
         if (cmd == "bench")
             return runBench(rest);
-        if (cmd == "serve") {
-            CliArgs a(rest, {{"listen"}, {"key-file"}, {"report-fd"}, {"parent-pid"}});
-            DaemonOptions o;
-            o.listen = a.get("listen", o.listen);
-            o.keyFile = a.get("key-file");
-            o.reportFd = a.getInt("report-fd", -1);
-            o.parentPid = a.getInt("parent-pid", 0);
-            return runDaemon(o);
+        if (cmd == "serve")
+            return runDaemon(parseServe(CliArgs(rest, serveFlagSpecs())));
+        if (cmd == "install-service")
+            return runInstallService(rest);
+        if (cmd == "uninstall-service") {
+            CliArgs a(rest, {{"unit-dir"}, {"no-enable", false}});
+            uninstallService(a.get("unit-dir"), !a.has("no-enable"));
+            std::fprintf(stderr, "together-worker: removed the %s user unit\n", kServiceUnitName);
+            return 0;
         }
         if (cmd == "shard") { // started by a daemon, not by hand
-            CliArgs a(rest, {{"listen"}, {"key-file"}, {"threads"}, {"report-fd"}, {"parent-pid"}});
+            CliArgs a(rest, {{"host"}, {"ports"}, {"key-file"}, {"threads"}, {"name"}, {"models-root", true, true}, {"report-fd"}, {"parent-pid"}});
             ShardOptions o;
-            o.listen = a.get("listen", o.listen);
+            o.host = a.get("host", o.host);
+            o.ports = a.get("ports", o.ports);
             o.keyFile = a.get("key-file");
             o.threads = a.getInt("threads", 1);
+            o.name = a.get("name");
+            o.modelsRoots = a.all("models-root");
             o.reportFd = a.getInt("report-fd", -1);
             o.parentPid = a.getInt("parent-pid", 0);
             return runShard(o);

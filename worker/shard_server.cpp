@@ -1,17 +1,20 @@
 // SPDX-License-Identifier: MIT
 #include "worker/shard_server.h"
 
-#include "core/auth.h"
+#include "core/credentials.h"
 #include "core/error.h"
 #include "core/model_config.h"
 #include "core/process.h"
 #include "core/protocol.h"
+#include "core/rpc.h"
 #include "core/safetensors.h"
 #include "core/sampler.h"
 #include "core/shard_spec.h"
+#include "core/user_dirs.h"
 #include "proto/together.grpc.pb.h"
 #include "worker/gloo_comm.h"
 #include "worker/llama_model.h"
+#include "worker/shard_processes.h"
 
 #include <ATen/ATen.h>
 
@@ -96,18 +99,16 @@ private:
 
 class ShardService final : public v1::Shard::Service, public v1::KvStore::Service {
 public:
-    ShardService(ClusterKey key, int threads)
-        : m_key(key)
-        , m_auth(std::move(key))
+    ShardService(const Credentials& credentials, int threads, std::vector<std::string> modelsRoots)
+        : m_credentials(credentials)
         , m_threads(threads)
+        , m_modelsRoots(std::move(modelsRoots))
     {
         setComputeThreads(threads);
     }
 
     grpc::Status Configure(grpc::ServerContext* ctx, const v1::ShardConfig* req, v1::ConfigureReply* rep) override
     {
-        if (auto s = m_auth.verify(*ctx, "Shard.Configure"); !s.ok())
-            return s;
         std::lock_guard lock(m_mutex);
         try {
             if (m_model)
@@ -146,8 +147,6 @@ public:
 
     grpc::Status LoadWeights(grpc::ServerContext* ctx, grpc::ServerReader<v1::WeightChunk>* reader, v1::LoadWeightsReply* rep) override
     {
-        if (auto s = m_auth.verify(*ctx, "Shard.LoadWeights"); !s.ok())
-            return s;
         std::lock_guard lock(m_mutex);
         if (m_slices.empty())
             return fail(grpc::StatusCode::FAILED_PRECONDITION, "load weights: the shard is not configured");
@@ -229,13 +228,12 @@ public:
 
     grpc::Status LoadLocalWeights(grpc::ServerContext* ctx, const v1::LoadLocalRequest* req, v1::LoadWeightsReply* rep) override
     {
-        if (auto s = m_auth.verify(*ctx, "Shard.LoadLocalWeights"); !s.ok())
-            return s;
         std::lock_guard lock(m_mutex);
         if (m_slices.empty())
             return fail(grpc::StatusCode::FAILED_PRECONDITION, "load weights: the shard is not configured");
         try {
             const std::string& dir = req->model_dir();
+            checkModelFolderAllowed(dir, m_modelsRoots);
             // Same model as the master's? config.json first, then every slice by hash.
             nlohmann::json local, master;
             try {
@@ -250,6 +248,8 @@ public:
             for (auto& h : req->hashes())
                 hashes[h.name()] = h.sha256();
             SafeTensors files = SafeTensors::open(dir, /*map=*/false); // headers only: the slice is read by pread
+            for (auto& [name, view] : files.tensors())
+                checkModelFolderAllowed(view.file->path(), m_modelsRoots); // shard files may be symlinks (HF cache)
             VerifiedWeights weights(files, hashes, dir);
             setComputeThreads(m_threads);
             m_model = std::make_unique<LlamaModel>(m_config, weights, m_compute, m_spec, nullptr);
@@ -265,27 +265,20 @@ public:
 
     grpc::Status Connect(grpc::ServerContext* ctx, const v1::ConnectRequest* req, v1::ConnectReply*) override
     {
-        if (auto s = m_auth.verify(*ctx, "Shard.Connect"); !s.ok())
-            return s;
         std::lock_guard lock(m_mutex);
         if (!m_model)
             return fail(grpc::StatusCode::FAILED_PRECONDITION, "connect: weights are not loaded");
         try {
             if (m_spec.tpSize > 1) {
                 auto timeout = std::chrono::milliseconds(req->collective_timeout_ms() ? req->collective_timeout_ms() : 600000);
-                m_comm = std::make_unique<GlooCommunicator>(m_key, req->store_address(), m_launchId + "/stage" + std::to_string(m_stage),
+                m_comm = std::make_unique<GlooCommunicator>(m_credentials, req->store_address(), m_launchId + "/stage" + std::to_string(m_stage),
                                                             req->gloo_host(), m_spec.tpRank, m_spec.tpSize, timeout,
                                                             req->busy_poll());
                 m_model->setCommunicator(m_comm.get());
             }
             m_next.clear();
-            for (auto& a : req->next_addresses()) {
-                grpc::ChannelArguments args;
-                args.SetMaxReceiveMessageSize(kMaxMessageBytes);
-                args.SetMaxSendMessageSize(kMaxMessageBytes);
-                auto ch = grpc::CreateCustomChannel(a, grpc::InsecureChannelCredentials(), args);
-                m_next.push_back({a, v1::Shard::NewStub(ch)});
-            }
+            for (auto& a : req->next_addresses())
+                m_next.push_back({a, v1::Shard::NewStub(openChannel(m_credentials, a))});
         } catch (const std::exception& e) {
             return fail(grpc::StatusCode::UNAVAILABLE, std::string("connect: ") + e.what());
         }
@@ -295,8 +288,6 @@ public:
 
     grpc::Status Step(grpc::ServerContext* ctx, const v1::StepRequest* req, v1::StepReply* rep) override
     {
-        if (auto s = m_auth.verify(*ctx, "Shard.Step"); !s.ok())
-            return s;
         std::lock_guard lock(m_mutex);
         const std::string me = "stage " + std::to_string(m_stage) + " rank " + std::to_string(m_spec.tpRank);
         if (!m_connected)
@@ -354,7 +345,6 @@ public:
             for (auto& n : m_next) {
                 calls.push_back(std::async(std::launch::async, [&, stub = n.stub.get()] {
                     grpc::ClientContext c;
-                    addAuth(c, m_key, "Shard.Step");
                     c.set_deadline(ctx->deadline());
                     v1::StepReply r;
                     grpc::Status s = stub->Step(&c, next, &r);
@@ -403,8 +393,6 @@ public:
 
     grpc::Status Set(grpc::ServerContext* ctx, const v1::KvSetRequest* req, v1::KvSetReply*) override
     {
-        if (auto s = m_auth.verify(*ctx, "KvStore.Set"); !s.ok())
-            return s;
         if (req->key().size() > 1024 || req->value().size() > (1 << 20))
             return fail(grpc::StatusCode::INVALID_ARGUMENT, "store: key or value too large");
         std::lock_guard lock(m_kvMutex);
@@ -417,8 +405,6 @@ public:
 
     grpc::Status Get(grpc::ServerContext* ctx, const v1::KvGetRequest* req, v1::KvGetReply* rep) override
     {
-        if (auto s = m_auth.verify(*ctx, "KvStore.Get"); !s.ok())
-            return s;
         std::unique_lock lock(m_kvMutex);
         auto deadline = Clock::now() + std::chrono::milliseconds(std::min<uint32_t>(req->timeout_ms(), 600000));
         auto ready = [&] {
@@ -440,9 +426,9 @@ private:
         std::unique_ptr<v1::Shard::Stub> stub;
     };
 
-    ClusterKey m_key;
-    AuthVerifier m_auth;
+    const Credentials& m_credentials;
     int m_threads;
+    std::vector<std::string> m_modelsRoots;
     std::mutex m_mutex;
     ModelConfig m_config;
     std::string m_configJson;
@@ -472,20 +458,22 @@ int runShard(const ShardOptions& o)
 {
     dieWithParent(o.parentPid);
     try {
-        ClusterKey key = ClusterKey::fromFile(o.keyFile);
-        ShardService service(key, o.threads);
-        grpc::ServerBuilder builder;
+        const Credentials credentials(ClusterKey::fromFile(o.keyFile), o.name.empty() ? std::string("shard") : o.name.substr(0, 64));
+        ShardService service(credentials, o.threads, o.modelsRoots);
+        // The first free port of the range (several shards of one machine share it).
+        auto [lo, hi] = parsePortRange(o.ports);
+        std::unique_ptr<grpc::Server> server;
         int port = 0;
-        builder.AddListeningPort(o.listen, grpc::InsecureServerCredentials(), &port);
-        builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
-        builder.SetMaxSendMessageSize(kMaxMessageBytes);
-        builder.RegisterService(static_cast<v1::Shard::Service*>(&service));
-        builder.RegisterService(static_cast<v1::KvStore::Service*>(&service));
-        auto server = builder.BuildAndStart();
-        if (!server || port == 0)
-            throw Error("cannot listen on " + o.listen);
-        std::string host = o.listen.substr(0, o.listen.rfind(':'));
-        writeReport(o.reportFd, "listening " + host + ":" + std::to_string(port));
+        for (uint32_t p = lo; p <= hi && !server; ++p) {
+            grpc::ServerBuilder builder;
+            builder.RegisterService(static_cast<v1::Shard::Service*>(&service));
+            builder.RegisterService(static_cast<v1::KvStore::Service*>(&service));
+            server = startServer(builder, credentials, o.host + ":" + std::to_string(p), &port);
+        }
+        if (!server)
+            throw Error(lo == 0 ? "cannot listen on " + o.host
+                                : "no free port in " + o.ports + " on " + o.host + " (every shard port of this worker is in use; widen serve --ports)");
+        writeReport(o.reportFd, "listening " + o.host + ":" + std::to_string(port));
         server->Wait();
     } catch (const std::exception& e) {
         writeReport(o.reportFd, std::string("error: ") + e.what());

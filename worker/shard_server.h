@@ -2,12 +2,16 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace together {
 
 struct ShardOptions {
-    std::string listen = "127.0.0.1:0"; // host:port; port 0 picks a free one
+    std::string host = "127.0.0.1";      // the interface to bind (the daemon's address in the plan)
+    std::string ports = "0";             // "LO-HI": the first free port of the range; "0": any free port
     std::string keyFile;
+    std::string name;                    // its certificate name, for logs ("shard 2 1f3a...@<worker id>")
+    std::vector<std::string> modelsRoots; // the only folders LoadLocalWeights may read
     int threads = 1;
     int reportFd = -1;
     int parentPid = 0;

@@ -1,0 +1,108 @@
+// SPDX-License-Identifier: MIT
+#include "core/rpc.h"
+
+#include "core/protocol.h"
+
+#include <cstdlib>
+#include <map>
+#include <mutex>
+
+namespace together {
+
+namespace {
+
+const std::map<std::string, std::string>& dialMap()
+{
+    static const std::map<std::string, std::string> m = [] {
+        std::map<std::string, std::string> out;
+        const char* e = std::getenv("TOGETHER_TEST_DIAL_VIA");
+        std::string s = e ? e : "";
+        size_t i = 0;
+        while (i < s.size()) {
+            size_t comma = s.find(',', i);
+            std::string item = s.substr(i, comma == std::string::npos ? std::string::npos : comma - i);
+            size_t eq = item.find('=');
+            if (eq != std::string::npos)
+                out[item.substr(0, eq)] = item.substr(eq + 1);
+            if (comma == std::string::npos)
+                break;
+            i = comma + 1;
+        }
+        return out;
+    }();
+    return m;
+}
+
+std::string firstValue(const std::vector<grpc::string_ref>& props)
+{
+    return props.empty() ? std::string() : std::string(props.front().data(), props.front().size());
+}
+
+bool contains(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
+
+} // namespace
+
+std::shared_ptr<grpc::Channel> openChannel(const Credentials& credentials, const std::string& address)
+{
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(kMaxMessageBytes);
+    args.SetMaxSendMessageSize(kMaxMessageBytes);
+    args.SetSslTargetNameOverride(kTlsPeerName);
+    // A worker that restarts is reachable again within a second, not after gRPC's default backoff (up to 2 min).
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 200);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+    // Each link gets its own connection: a stalled stage must not hold up another's traffic.
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    const auto& via = dialMap();
+    auto it = via.find(address);
+    return grpc::CreateCustomChannel(it == via.end() ? address : it->second, credentials.channelCredentials(), args);
+}
+
+std::unique_ptr<grpc::Server> startServer(grpc::ServerBuilder& builder, const Credentials& credentials, const std::string& listen,
+                                          int* port)
+{
+    builder.AddListeningPort(listen, credentials.serverCredentials(), port);
+    builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+    builder.SetMaxSendMessageSize(kMaxMessageBytes);
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, kMaxConcurrentStreams);
+    builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, 10000);
+    auto server = builder.BuildAndStart();
+    if (!server || *port == 0)
+        return nullptr;
+    return server;
+}
+
+std::string peerIdentity(const grpc::ServerContext& context)
+{
+    auto auth = context.auth_context();
+    return auth ? firstValue(auth->FindPropertyValues("x509_common_name")) : std::string();
+}
+
+std::string peerIdentity(const grpc::ClientContext& context)
+{
+    auto auth = context.auth_context();
+    return auth ? firstValue(auth->FindPropertyValues("x509_common_name")) : std::string();
+}
+
+bool isHandshakeFailure(const grpc::Status& status)
+{
+    const std::string& m = status.error_message();
+    return status.error_code() == grpc::StatusCode::UNAVAILABLE &&
+           (contains(m, "Handshake") || contains(m, "handshake") || contains(m, "SSL") || contains(m, "certificate") ||
+            contains(m, "tsi_"));
+}
+
+std::string describeRpcError(const grpc::Status& status, const std::string& address)
+{
+    const std::string& m = status.error_message();
+    if (isHandshakeFailure(status))
+        return address + " refused the TLS handshake: it holds another cluster key (or is not a together worker)";
+    if (status.error_code() == grpc::StatusCode::UNAVAILABLE && contains(m, "Connection refused"))
+        return "nothing listens at " + address + " (connection refused)";
+    if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED)
+        return address + " did not answer in time" + (m.empty() || m == "Deadline Exceeded" ? std::string() : " (" + m + ")");
+    return address + ": " + m;
+}
+
+} // namespace together
