@@ -49,8 +49,9 @@ std::shared_ptr<grpc::Channel> openChannel(const Credentials& credentials, const
     args.SetMaxSendMessageSize(kMaxMessageBytes);
     args.SetSslTargetNameOverride(kTlsPeerName);
     // A worker that restarts is reachable again within a second, not after gRPC's default backoff (up to 2 min).
+    // (GRPC_ARG_MIN_RECONNECT_BACKOFF_MS is left alone: gRPC uses it as the time a connection attempt, TLS
+    // handshake included, may take.)
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
-    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 200);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
     // Each link gets its own connection: a stalled stage must not hold up another's traffic.
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
@@ -67,6 +68,8 @@ std::unique_ptr<grpc::Server> startServer(grpc::ServerBuilder& builder, const Cr
     builder.SetMaxSendMessageSize(kMaxMessageBytes);
     builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, kMaxConcurrentStreams);
     builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, 10000);
+    // gRPC sets SO_REUSEPORT by default: a second daemon on the same port would silently share it.
+    builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
     auto server = builder.BuildAndStart();
     if (!server || *port == 0)
         return nullptr;

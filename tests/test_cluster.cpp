@@ -266,58 +266,6 @@ TEST(ClusterInteractive, SecondAnswerMatchesSingleProcessAndOnlyNewTokensArePref
 
 // ---- failures ----
 
-std::vector<pid_t> descendants(pid_t root)
-{
-    std::map<pid_t, pid_t> parent;
-    for (auto& e : fs::directory_iterator("/proc")) {
-        std::string name = e.path().filename();
-        if (name.find_first_not_of("0123456789") != std::string::npos)
-            continue;
-        std::ifstream in(e.path() / "stat");
-        std::string stat;
-        std::getline(in, stat);
-        auto close = stat.rfind(')');
-        if (close == std::string::npos)
-            continue;
-        std::istringstream rest(stat.substr(close + 2));
-        char state;
-        pid_t ppid;
-        rest >> state >> ppid;
-        if (state != 'Z')
-            parent[std::stoi(name)] = ppid;
-    }
-    std::vector<pid_t> out;
-    std::vector<pid_t> frontier{root};
-    while (!frontier.empty()) {
-        pid_t p = frontier.back();
-        frontier.pop_back();
-        for (auto& [c, pp] : parent)
-            if (pp == p) {
-                out.push_back(c);
-                frontier.push_back(c);
-            }
-    }
-    return out;
-}
-
-std::string cmdline(pid_t pid)
-{
-    std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline");
-    std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    std::replace(s.begin(), s.end(), '\0', ' ');
-    return s;
-}
-
-bool alive(pid_t pid)
-{
-    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-    std::string stat;
-    if (!std::getline(in, stat))
-        return false;
-    auto close = stat.rfind(')');
-    return close != std::string::npos && stat[close + 2] != 'Z';
-}
-
 struct KillCase {
     std::string name;
     std::string victim; // "shard" or "serve"
@@ -362,10 +310,10 @@ TEST_P(WorkerDies, MasterNamesItKeepsTheTextAndLeavesNoProcess)
     while (steps() < 20 && std::chrono::steady_clock::now() - start < std::chrono::seconds(60))
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
     ASSERT_GE(steps(), 20) << "generation did not start";
-    std::vector<pid_t> tree = descendants(master);
+    std::vector<pid_t> tree = test::descendants(master);
     pid_t victim = -1;
     for (pid_t p : tree) {
-        std::string c = cmdline(p);
+        std::string c = test::cmdline(p);
         if (c.find("together-worker " + GetParam().victim + " ") != std::string::npos)
             victim = p; // the last one found: a stage-1 process
     }
@@ -396,12 +344,12 @@ TEST_P(WorkerDies, MasterNamesItKeepsTheTextAndLeavesNoProcess)
     for (int i = 0; i < 100 && anyAlive; ++i) {
         anyAlive = false;
         for (pid_t p : tree)
-            anyAlive = anyAlive || alive(p);
+            anyAlive = anyAlive || test::alive(p);
         if (anyAlive)
             std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
     for (pid_t p : tree)
-        EXPECT_FALSE(alive(p)) << "left behind: " << p << " " << cmdline(p);
+        EXPECT_FALSE(test::alive(p)) << "left behind: " << p << " " << test::cmdline(p);
 }
 
 INSTANTIATE_TEST_SUITE_P(Kill, WorkerDies, ::testing::Values(KillCase{"shard", "shard"}, KillCase{"daemon", "serve"}),

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "tests/test_support.h"
 
+#include "core/error.h"
+#include "core/process.h"
 #include "core/random_model.h"
 
 #include <array>
@@ -11,6 +13,11 @@
 #include <random>
 #include <sstream>
 #include <vector>
+
+#include <algorithm>
+#include <csignal>
+#include <map>
+#include <thread>
 
 #include <sys/wait.h>
 #include <unistd.h>
@@ -110,6 +117,117 @@ nlohmann::json storiesReference()
 {
     std::ifstream in(stories260KDir() + "/reference.json");
     return nlohmann::json::parse(in);
+}
+
+std::vector<pid_t> descendants(pid_t root)
+{
+    std::map<pid_t, pid_t> parent;
+    for (auto& e : fs::directory_iterator("/proc")) {
+        std::string name = e.path().filename();
+        if (name.find_first_not_of("0123456789") != std::string::npos)
+            continue;
+        std::ifstream in(e.path() / "stat");
+        std::string stat;
+        std::getline(in, stat);
+        auto close = stat.rfind(')');
+        if (close == std::string::npos)
+            continue;
+        std::istringstream rest(stat.substr(close + 2));
+        char state;
+        pid_t ppid;
+        rest >> state >> ppid;
+        if (state != 'Z')
+            parent[std::stoi(name)] = ppid;
+    }
+    std::vector<pid_t> out;
+    std::vector<pid_t> frontier{root};
+    while (!frontier.empty()) {
+        pid_t p = frontier.back();
+        frontier.pop_back();
+        for (auto& [c, pp] : parent)
+            if (pp == p) {
+                out.push_back(c);
+                frontier.push_back(c);
+            }
+    }
+    return out;
+}
+
+std::string cmdline(pid_t pid)
+{
+    std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline");
+    std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::replace(s.begin(), s.end(), '\0', ' ');
+    return s;
+}
+
+bool alive(pid_t pid)
+{
+    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+    std::string stat;
+    if (!std::getline(in, stat))
+        return false;
+    auto close = stat.rfind(')');
+    return close != std::string::npos && stat[close + 2] != 'Z';
+}
+
+bool waitFor(const std::function<bool()>& condition, std::chrono::milliseconds timeout)
+{
+    const auto end = std::chrono::steady_clock::now() + timeout;
+    while (!condition()) {
+        if (std::chrono::steady_clock::now() > end)
+            return false;
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return true;
+}
+
+Daemon::Daemon(const std::string& keyFile, const std::string& stateDir, const std::vector<std::string>& extraArgs)
+{
+    std::vector<std::string> args = {"serve", "--listen", "127.0.0.1:0", "--key-file", keyFile, "--state-dir", stateDir,
+                                     "--discovery-interfaces", "none"};
+    args.insert(args.end(), extraArgs.begin(), extraArgs.end());
+    if (std::find(extraArgs.begin(), extraArgs.end(), "--ports") == extraArgs.end()) {
+        args.push_back("--ports");
+        args.push_back("0");
+    }
+    ChildProcess c = spawnWithReport(workerBin(), args);
+    m_pid = c.pid;
+    try {
+        std::string line = readReportLine(c, 30000);
+        ::close(c.reportFd);
+        if (line.rfind("listening ", 0) != 0)
+            throw Error("unexpected ready line: " + line);
+        m_address = line.substr(10);
+    } catch (...) {
+        ::close(c.reportFd);
+        stop();
+        throw;
+    }
+}
+
+Daemon::~Daemon() { stop(); }
+
+void Daemon::stop()
+{
+    if (m_pid <= 0)
+        return;
+    ::kill(m_pid, SIGTERM);
+    int status = 0;
+    if (!waitFor([&] { return ::waitpid(m_pid, &status, WNOHANG) == m_pid; }, std::chrono::seconds(5))) {
+        ::kill(m_pid, SIGKILL);
+        ::waitpid(m_pid, &status, 0);
+    }
+    m_pid = -1;
+}
+
+std::vector<pid_t> Daemon::shards() const
+{
+    std::vector<pid_t> out;
+    for (pid_t p : descendants(m_pid))
+        if (cmdline(p).find("together-worker shard ") != std::string::npos)
+            out.push_back(p);
+    return out;
 }
 
 } // namespace together::test

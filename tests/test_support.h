@@ -3,7 +3,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include <chrono>
+#include <functional>
 #include <string>
+#include <vector>
+
+#include <sys/types.h>
 
 namespace together::test {
 
@@ -22,6 +27,34 @@ std::string cliBin();    // together-cli
 std::string writeTinyModel(const std::string& tag);
 // ../shared/refmodels/stories260K/reference.json, parsed (the caller checks stories260KDir() first).
 nlohmann::json storiesReference();
+
+// Processes, from /proc: every descendant of `root` (not zombies), whether `pid` runs (not a zombie), its
+// command line with spaces.
+std::vector<pid_t> descendants(pid_t root);
+bool alive(pid_t pid);
+std::string cmdline(pid_t pid);
+// Polls `condition` every 50 ms until it holds or `timeout` passes; returns whether it held.
+bool waitFor(const std::function<bool()>& condition, std::chrono::milliseconds timeout);
+
+// A worker daemon started by hand (`together-worker serve`, not --local: it outlives its masters, keeps its
+// state folder), on loopback, with discovery off. It still dies with the test process. Stopped (SIGTERM) when
+// destroyed.
+class Daemon {
+public:
+    Daemon(const std::string& keyFile, const std::string& stateDir, const std::vector<std::string>& extraArgs = {});
+    ~Daemon();
+    Daemon(const Daemon&) = delete;
+    Daemon& operator=(const Daemon&) = delete;
+    const std::string& address() const { return m_address; }
+    pid_t pid() const { return m_pid; }
+    // The shard processes it runs now.
+    std::vector<pid_t> shards() const;
+    void stop();
+
+private:
+    pid_t m_pid = -1;
+    std::string m_address;
+};
 
 } // namespace together::test
 
