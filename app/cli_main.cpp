@@ -2,14 +2,15 @@
 // together-cli: the headless front end. Links core only (no Qt, no libtorch).
 #include "app/cluster_bench.h"
 #include "app/workers_command.h"
-#include "core/cluster_key.h"
-#include "core/credentials.h"
 #include "core/chat.h"
 #include "core/cli_args.h"
 #include "core/cluster.h"
+#include "core/cluster_key.h"
+#include "core/credentials.h"
 #include "core/error.h"
 #include "core/process.h"
 #include "core/random_model.h"
+#include "core/rpc.h"
 #include "core/run_options.h"
 #include "core/tokenizer.h"
 
@@ -305,6 +306,7 @@ int main(int argc, char** argv)
     }
     std::string cmd = args[0];
     std::vector<std::string> rest(args.begin() + 1, args.end());
+    routeGrpcLog({}); // failures reach the user as messages naming the worker, not as gRPC's own log lines
     try {
         auto need = [](const CliArgs& a, const char* flag) {
             if (!a.has(flag))

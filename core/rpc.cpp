@@ -3,6 +3,9 @@
 
 #include "core/protocol.h"
 
+#include <grpc/support/log.h>
+
+#include <chrono>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -106,6 +109,51 @@ std::string describeRpcError(const grpc::Status& status, const std::string& addr
     if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED)
         return address + " did not answer in time" + (m.empty() || m == "Deadline Exceeded" ? std::string() : " (" + m + ")");
     return address + ": " + m;
+}
+
+namespace {
+
+struct GrpcLog {
+    std::mutex mutex;
+    std::function<void(const std::string&)> sink;
+    std::chrono::steady_clock::time_point windowStart;
+    int inWindow = 0;
+};
+
+GrpcLog& grpcLog()
+{
+    static GrpcLog g;
+    return g;
+}
+
+void onGrpcLog(gpr_log_func_args* args)
+{
+    GrpcLog& g = grpcLog();
+    std::lock_guard lock(g.mutex);
+    if (!g.sink)
+        return;
+    const auto now = std::chrono::steady_clock::now();
+    if (now - g.windowStart > std::chrono::seconds(10)) {
+        if (g.inWindow > 20)
+            g.sink("grpc: " + std::to_string(g.inWindow - 20) + " more lines dropped");
+        g.windowStart = now;
+        g.inWindow = 0;
+    }
+    if (++g.inWindow <= 20)
+        g.sink(std::string("grpc: ") + args->message);
+}
+
+} // namespace
+
+void routeGrpcLog(std::function<void(const std::string&)> sink)
+{
+    if (!sink && std::getenv("TOGETHER_GRPC_LOG"))
+        return; // gRPC's own stderr output, for debugging
+    {
+        std::lock_guard lock(grpcLog().mutex);
+        grpcLog().sink = std::move(sink);
+    }
+    gpr_set_log_function(onGrpcLog);
 }
 
 } // namespace together

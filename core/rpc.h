@@ -5,6 +5,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -37,5 +38,11 @@ std::string describeRpcError(const grpc::Status& status, const std::string& addr
 bool isHandshakeFailure(const grpc::Status& status);
 
 constexpr int kMaxConcurrentStreams = 32;
+
+// gRPC writes its own diagnostics (each refused TLS handshake, each failed connection) to stderr. A daemon
+// routes them into its log with `sink` (at most 20 lines per 10 s: a port scanner must not fill the disk);
+// a front end passes no sink and they are dropped, unless $TOGETHER_GRPC_LOG is set. Call before any channel
+// or server exists.
+void routeGrpcLog(std::function<void(const std::string&)> sink);
 
 } // namespace together

@@ -14,8 +14,9 @@ packages=(
   nlohmann-json3-dev libpcre2-dev libicu-dev
   # GUI
   qt6-base-dev libqcustomplot-dev libgl1-mesa-dev
-  # tests: GoogleTest; node + npm fetch the pinned JS reference tokenizer/jinja packages
-  libgtest-dev libgmock-dev nodejs npm xvfb
+  # tests: GoogleTest; node + npm fetch the pinned JS reference tokenizer/jinja packages; network namespaces
+  # (ip), systemd-analyze for the worker's unit file, setsid
+  libgtest-dev libgmock-dev nodejs npm xvfb iproute2 systemd util-linux
 )
 
 if [ "$(id -u)" -ne 0 ]; then

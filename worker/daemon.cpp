@@ -269,6 +269,10 @@ int runDaemon(const DaemonOptions& o)
         // A daemon a master started for itself (--local) keeps quiet on the master's terminal: its log is in its
         // state folder, and what matters reaches the master through its calls.
         ServiceLog log(state + "/worker.log", 2000, /*echo=*/!o.local);
+        routeGrpcLog([&log](const std::string& line) { log.write(line); });
+        struct LogRoute {
+            ~LogRoute() { routeGrpcLog({}); } // the log goes before gRPC's last threads do
+        } unrouteAtExit;
         const Credentials credentials(key, "worker " + workerId);
 
         ShardProcesses::Options so;
