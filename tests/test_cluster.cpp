@@ -35,42 +35,6 @@ namespace fs = std::filesystem;
 namespace {
 
 
-struct TraceStep {
-    int token;
-    int64_t pos, nInput;
-    std::vector<std::pair<int, float>> top;
-};
-
-std::vector<TraceStep> readTrace(const std::string& path)
-{
-    std::vector<TraceStep> out;
-    std::ifstream in(path);
-    std::string line;
-    while (std::getline(in, line)) {
-        json j = json::parse(line);
-        TraceStep s{j["token"], j["pos"], j["n_input"], {}};
-        for (auto& t : j["top"])
-            s.top.emplace_back(t[0].get<int>(), t[1].get<float>());
-        out.push_back(s);
-    }
-    return out;
-}
-
-void expectSameTrace(const std::vector<TraceStep>& ref, const std::vector<TraceStep>& got, const std::string& what)
-{
-    ASSERT_EQ(got.size(), ref.size()) << what;
-    for (size_t i = 0; i < ref.size(); ++i) {
-        ASSERT_EQ(got[i].token, ref[i].token) << what << " step " << i;
-        ASSERT_FALSE(got[i].top.empty());
-        for (auto& [id, logit] : ref[i].top) {
-            for (auto& [gid, glogit] : got[i].top)
-                if (gid == id)
-                    EXPECT_NEAR(glogit, logit, 1e-3) << what << " step " << i << " id " << id;
-        }
-        EXPECT_EQ(got[i].top.front().first, ref[i].top.front().first) << what << " step " << i;
-    }
-}
-
 std::string largeMarginModel(const std::string& tag, int64_t heads, int64_t kvHeads, int64_t intermediate)
 {
     static std::map<std::string, std::string> made;
@@ -89,17 +53,6 @@ std::string largeMarginModel(const std::string& tag, int64_t heads, int64_t kvHe
     writeRandomModel(dir, s);
     made[tag] = dir;
     return dir;
-}
-
-std::string referenceTrace(const std::string& model, const std::string& prompt, int tokens)
-{
-    std::string trace = test::makeTempDir("ref") + "/trace.jsonl";
-    std::string out, err;
-    int rc = test::runCommand(test::workerBin() + " generate --model " + model + " --prompt '" + prompt + "' --temperature 0 --dtype f32 --threads 1 --max-tokens " +
-                                  std::to_string(tokens) + " --trace " + trace,
-                              &out, &err);
-    EXPECT_EQ(rc, 0) << err;
-    return trace;
 }
 
 struct Layout {
@@ -130,7 +83,7 @@ TEST_P(ClusterLayouts, GreedyMatchesSingleProcess)
         GTEST_SKIP() << "../shared/refmodels/stories260K is absent: skipping the reference-model layout";
     const std::string prompt = "Once upon a time";
     const int tokens = 24;
-    auto ref = readTrace(referenceTrace(model, prompt, tokens));
+    auto ref = test::readTrace(test::referenceTrace(model, prompt, tokens));
     std::string dir = test::makeTempDir("layout");
     std::string trace = dir + "/trace.jsonl";
     std::string placement;
@@ -153,7 +106,7 @@ TEST_P(ClusterLayouts, GreedyMatchesSingleProcess)
                                   "' --temperature 0 --dtype f32 --max-tokens " + std::to_string(tokens) + " --trace " + trace,
                               &out, &err);
     ASSERT_EQ(rc, 0) << err;
-    expectSameTrace(ref, readTrace(trace), l.name);
+    test::expectSameTrace(ref, test::readTrace(trace), l.name);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -173,7 +126,7 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(ClusterLocalWeights, WorkerReadsItsSliceFromItsOwnFolder)
 {
     std::string model = largeMarginModel("kv2", 4, 2, 160);
-    auto ref = readTrace(referenceTrace(model, "Once upon a time", 16));
+    auto ref = test::readTrace(test::referenceTrace(model, "Once upon a time", 16));
     std::string dir = test::makeTempDir("localweights");
     ClusterKey::generate().writeFile(dir + "/key");
     fs::create_directories(dir + "/models");
@@ -192,7 +145,7 @@ TEST(ClusterLocalWeights, WorkerReadsItsSliceFromItsOwnFolder)
     std::string err;
     ASSERT_EQ(run(model, err), 0) << err;
     EXPECT_NE(err.find("weights read from " + model + " on the worker"), std::string::npos) << err;
-    expectSameTrace(ref, readTrace(dir + "/trace.jsonl"), "local weights");
+    test::expectSameTrace(ref, test::readTrace(dir + "/trace.jsonl"), "local weights");
 
     // Same config, other weights: caught by the slice hashes.
     RandomModelSpec s;
@@ -233,7 +186,7 @@ TEST(ClusterInteractive, SecondAnswerMatchesSingleProcessAndOnlyNewTokensArePref
                                   "--max-tokens 12 --trace " + dir + "/trace.jsonl < " + dir + "/in.txt",
                               &out, &err);
     ASSERT_EQ(rc, 0) << err;
-    auto steps = readTrace(dir + "/trace.jsonl");
+    auto steps = test::readTrace(dir + "/trace.jsonl");
     // Two answers of up to 12 steps; the second begins where n_input > 1 again.
     size_t second = 0;
     for (size_t i = 1; i < steps.size(); ++i)

@@ -5,6 +5,8 @@
 #include "core/process.h"
 #include "core/random_model.h"
 
+#include <gtest/gtest.h>
+
 #include <array>
 #include <cstdio>
 #include <cstdlib>
@@ -117,6 +119,47 @@ nlohmann::json storiesReference()
 {
     std::ifstream in(stories260KDir() + "/reference.json");
     return nlohmann::json::parse(in);
+}
+
+std::vector<TraceStep> readTrace(const std::string& path)
+{
+    std::vector<TraceStep> out;
+    std::ifstream in(path);
+    std::string line;
+    while (std::getline(in, line)) {
+        nlohmann::json j = nlohmann::json::parse(line);
+        TraceStep s{j["token"], j["pos"], j["n_input"], {}};
+        for (auto& t : j["top"])
+            s.top.emplace_back(t[0].get<int>(), t[1].get<float>());
+        out.push_back(s);
+    }
+    return out;
+}
+
+void expectSameTrace(const std::vector<TraceStep>& ref, const std::vector<TraceStep>& got, const std::string& what)
+{
+    ASSERT_EQ(got.size(), ref.size()) << what;
+    for (size_t i = 0; i < ref.size(); ++i) {
+        ASSERT_EQ(got[i].token, ref[i].token) << what << " step " << i;
+        ASSERT_FALSE(got[i].top.empty());
+        for (auto& [id, logit] : ref[i].top) {
+            for (auto& [gid, glogit] : got[i].top)
+                if (gid == id)
+                    EXPECT_NEAR(glogit, logit, 1e-3) << what << " step " << i << " id " << id;
+        }
+        EXPECT_EQ(got[i].top.front().first, ref[i].top.front().first) << what << " step " << i;
+    }
+}
+
+std::string referenceTrace(const std::string& model, const std::string& prompt, int tokens)
+{
+    std::string trace = test::makeTempDir("ref") + "/trace.jsonl";
+    std::string out, err;
+    int rc = test::runCommand(test::workerBin() + " generate --model " + model + " --prompt '" + prompt + "' --temperature 0 --dtype f32 --threads 1 --max-tokens " +
+                                  std::to_string(tokens) + " --trace " + trace,
+                              &out, &err);
+    EXPECT_EQ(rc, 0) << err;
+    return trace;
 }
 
 std::vector<pid_t> descendants(pid_t root)

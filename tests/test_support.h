@@ -28,6 +28,17 @@ std::string writeTinyModel(const std::string& tag);
 // ../shared/refmodels/stories260K/reference.json, parsed (the caller checks stories260KDir() first).
 nlohmann::json storiesReference();
 
+// --trace files (one JSON line per step) and their comparison: same greedy tokens, top logits within 1e-3.
+struct TraceStep {
+    int token;
+    int64_t pos, nInput;
+    std::vector<std::pair<int, float>> top;
+};
+std::vector<TraceStep> readTrace(const std::string& path);
+void expectSameTrace(const std::vector<TraceStep>& ref, const std::vector<TraceStep>& got, const std::string& what);
+// The single-process engine's greedy f32 trace of `tokens` steps for `prompt` (the reference for clusters).
+std::string referenceTrace(const std::string& model, const std::string& prompt, int tokens);
+
 // Processes, from /proc: every descendant of `root` (not zombies), whether `pid` runs (not a zombie), its
 // command line with spaces.
 std::vector<pid_t> descendants(pid_t root);
