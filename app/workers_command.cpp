@@ -58,7 +58,7 @@ std::string textLine(const DiscoveredWorker& w)
                                              (w.maxMemoryBytes ? formatBytes(w.maxMemoryBytes) : std::string("free memory"))
                                        : "-";
     char line[512];
-    std::snprintf(line, sizeof line, "%-16s %-22s %-11s %5s  %-24s %-24s %-9s %s", w.host.empty() ? "?" : w.host.c_str(),
+    std::snprintf(line, sizeof line, "%-16s %-22s %-11s %5s  %-26s %-26s %-9s %s", w.host.empty() ? "?" : w.host.c_str(),
                   w.address.empty() ? "-" : w.address.c_str(), workerStateName(w.state), w.cores ? std::to_string(w.cores).c_str() : "-",
                   memory.c_str(), donated.c_str(), rtt, w.reason.c_str());
     return line;
@@ -130,7 +130,7 @@ int runWorkers(const std::vector<std::string>& args)
         for (auto& w : workers)
             std::printf("%s\n", toJson(w).dump().c_str());
     } else {
-        std::printf("%-16s %-22s %-11s %5s  %-24s %-24s %-9s %s\n", "HOST", "ADDRESS", "STATE", "CORES", "MEMORY", "DONATED", "RTT", "REASON");
+        std::printf("%-16s %-22s %-11s %5s  %-26s %-26s %-9s %s\n", "HOST", "ADDRESS", "STATE", "CORES", "MEMORY", "DONATED", "RTT", "REASON");
         for (auto& w : workers)
             std::printf("%s\n", textLine(w).c_str());
     }
