@@ -21,18 +21,23 @@ namespace {
 
 constexpr uint32_t kMagic = 0x48544754; // "TGTH"
 
-bool isIpv4(const std::string& s)
+// A unicast IPv4 address another machine could be reached at.
+bool isUnicastIpv4(const std::string& s)
 {
     in_addr a {};
-    return s.size() < INET_ADDRSTRLEN && ::inet_pton(AF_INET, s.c_str(), &a) == 1;
+    if (s.size() >= INET_ADDRSTRLEN || ::inet_pton(AF_INET, s.c_str(), &a) != 1)
+        return false;
+    const uint32_t v = ntohl(a.s_addr);
+    return v != 0 && (v >> 24) != 127 && (v >> 28) != 0xe && v != 0xffffffffu && (v >> 28) != 0xf;
 }
 
+// Printable ASCII only: names end up on terminals, and C1 controls or bidi overrides must not.
 bool printable(const std::string& s, size_t maxLen)
 {
     if (s.size() > maxLen)
         return false;
     for (unsigned char c : s)
-        if (c < 0x20 || c == 0x7f)
+        if (c < 0x20 || c > 0x7e)
             return false;
     return true;
 }
@@ -75,7 +80,8 @@ DiscoveryMessage decodeDiscovery(const void* data, size_t size)
     if (!p.ParseFromArray(data, static_cast<int>(size)) || p.magic() != kMagic)
         return out;
     if (p.has_probe()) {
-        out.kind = DiscoveryMessage::Kind::Probe;
+        if (size >= kMinProbeBytes)
+            out.kind = DiscoveryMessage::Kind::Probe;
         return out;
     }
     if (!p.has_beacon())
@@ -90,11 +96,12 @@ DiscoveryMessage decodeDiscovery(const void* data, size_t size)
     b.memoryTotalBytes = m.memory_total_bytes();
     b.keyFingerprint = m.key_fingerprint();
     b.softwareVersion = m.software_version();
-    if (b.workerId.empty() || !printable(b.workerId, 64) || !printable(b.hostname, 64) || !printable(b.keyFingerprint, 64) ||
+    const bool hexFingerprint = b.keyFingerprint.size() == 16 && b.keyFingerprint.find_first_not_of("0123456789abcdef") == std::string::npos;
+    if (b.workerId.empty() || !printable(b.workerId, 64) || !printable(b.hostname, 64) || !hexFingerprint ||
         !printable(b.softwareVersion, 32) || m.grpc_port() == 0 || m.grpc_port() > 65535 || m.addresses_size() > 16)
         return out;
     for (const auto& a : m.addresses()) {
-        if (!isIpv4(a))
+        if (!isUnicastIpv4(a))
             return out;
         b.addresses.push_back(a);
     }

@@ -17,6 +17,9 @@ namespace together {
 
 constexpr uint16_t kDefaultDiscoveryPort = 7601;
 constexpr size_t kMaxDiscoveryPacket = 1400;
+// Probes smaller than this are ignored: a beacon (at most 64-byte names and 16 addresses) is smaller, so an
+// answer is never larger than the question.
+constexpr size_t kMinProbeBytes = 1024;
 
 struct BeaconInfo {
     std::string workerId;
@@ -43,7 +46,9 @@ struct DiscoveryMessage {
 std::string encodeBeacon(const BeaconInfo& beacon);
 // A probe is padded to kMaxDiscoveryPacket bytes: never smaller than the beacon it asks for.
 std::string encodeProbe();
-// Anything malformed, oversized, without the magic, or with implausible fields is Kind::Invalid.
+// Anything malformed, oversized, without the magic, or with implausible fields is Kind::Invalid: text must be
+// printable ASCII, addresses IPv4 unicast (not loopback, multicast or broadcast), the fingerprint 16 hex
+// digits, and a probe at least kMinProbeBytes long.
 DiscoveryMessage decodeDiscovery(const void* data, size_t size);
 
 // A UDP socket for discovery: IPv4, SO_BROADCAST, and with SO_REUSEADDR when bound to a fixed port (a daemon

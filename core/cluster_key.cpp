@@ -13,9 +13,11 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <termios.h>
 #include <unistd.h>
 
 namespace together {
@@ -224,24 +226,36 @@ ClusterKey readKeyFromTerminal(const std::string& prompt)
     FILE* tty = std::fopen("/dev/tty", "r+");
     if (!tty)
         throw Error("no terminal to ask for the cluster key on");
+    // The key is a secret: it is not shown as it is typed (its check group catches typos).
+    termios saved {};
+    const bool isTerminal = ::tcgetattr(::fileno(tty), &saved) == 0;
+    if (isTerminal) {
+        termios quiet = saved;
+        quiet.c_lflag &= ~static_cast<tcflag_t>(ECHO);
+        quiet.c_lflag |= ECHONL;
+        ::tcsetattr(::fileno(tty), TCSAFLUSH, &quiet);
+    }
+    std::optional<ClusterKey> key;
     std::string lastError;
-    for (int attempt = 0; attempt < 3; ++attempt) {
+    for (int attempt = 0; attempt < 3 && !key; ++attempt) {
         std::fprintf(tty, "%s", prompt.c_str());
         std::fflush(tty);
         char buf[512];
         if (!std::fgets(buf, sizeof buf, tty))
             break;
         try {
-            ClusterKey k = ClusterKey::fromText(buf);
-            std::fclose(tty);
-            return k;
+            key = ClusterKey::fromText(buf);
         } catch (const Error& e) {
             lastError = e.what();
             std::fprintf(tty, "%s\n", e.what());
         }
     }
+    if (isTerminal)
+        ::tcsetattr(::fileno(tty), TCSAFLUSH, &saved);
     std::fclose(tty);
-    throw Error("no cluster key was entered" + (lastError.empty() ? std::string() : ": " + lastError));
+    if (!key)
+        throw Error("no cluster key was entered" + (lastError.empty() ? std::string() : ": " + lastError));
+    return *key;
 }
 
 } // namespace together

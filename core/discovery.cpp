@@ -169,6 +169,8 @@ void Discovery::receiveLoop()
     const auto start = Clock::now();
     size_t sent = 0;
     auto nextProbe = start;
+    auto nextInterfaces = start;
+    std::vector<NetInterface> chosen;
     while (true) {
         {
             std::lock_guard lock(m_mutex);
@@ -176,12 +178,15 @@ void Discovery::receiveLoop()
                 return;
         }
         const auto now = Clock::now();
-        if (now >= nextProbe) {
-            std::vector<NetInterface> chosen;
+        if (now >= nextInterfaces) {
             try {
                 chosen = discoveryInterfaces(m_options.interfaces);
             } catch (const Error&) {
+                chosen.clear(); // a named interface went away
             }
+            nextInterfaces = now + std::chrono::seconds(1);
+        }
+        if (now >= nextProbe) {
             for (auto& i : chosen)
                 m_probes->sendTo(i.broadcast, m_options.port, probe);
             ++sent;
@@ -189,17 +194,30 @@ void Discovery::receiveLoop()
         }
         for (UdpSocket* s : {m_beacons.get(), m_probes.get()}) {
             UdpSocket::Received r;
-            while (s->receive(r, std::chrono::milliseconds(s == m_beacons.get() ? 50 : 0))) {
+            // A bounded number per pass: a flood must not keep this loop from seeing m_stop.
+            for (int n = 0; n < 64 && s->receive(r, std::chrono::milliseconds(s == m_beacons.get() && n == 0 ? 50 : 0)); ++n) {
                 DiscoveryMessage m = decodeDiscovery(r.bytes.data(), r.bytes.size());
                 if (m.kind == DiscoveryMessage::Kind::Beacon)
-                    onBeacon(m.beacon);
+                    onBeacon(m.beacon, r.sourceIp, chosen);
             }
         }
     }
 }
 
-void Discovery::onBeacon(const BeaconInfo& b)
+void Discovery::onBeacon(const BeaconInfo& b, const std::string& sourceIp, const std::vector<NetInterface>& chosen)
 {
+    // The master dials only addresses on its own subnets (or the beacon's source): a beacon cannot point it at
+    // arbitrary hosts.
+    std::vector<std::string> reachable;
+    for (auto& a : b.addresses) {
+        bool local = a == sourceIp;
+        for (auto& i : chosen)
+            local = local || onSubnet(i, a);
+        if (local)
+            reachable.push_back(a);
+    }
+    if (reachable.empty())
+        return;
     std::vector<DiscoveredWorker> changed;
     {
         std::lock_guard lock(m_mutex);
@@ -208,6 +226,23 @@ void Discovery::onBeacon(const BeaconInfo& b)
             if (!x->merged && x->w.id == b.workerId)
                 e = x.get();
         if (!e) {
+            // Beacons are unauthenticated: a flood of made-up worker ids must not grow the list (and the Hello
+            // checks it starts) without bound. At the cap, the unconfirmed entry heard from least recently
+            // makes room; confirmed workers and workers added by address are never evicted.
+            size_t listed = 0;
+            Entry* oldest = nullptr;
+            for (auto& x : m_entries) {
+                if (x->merged)
+                    continue;
+                ++listed;
+                if (!x->verified && !x->w.manual && !x->checking.valid() && (!oldest || x->lastBeacon < oldest->lastBeacon))
+                    oldest = x.get();
+            }
+            if (listed >= kMaxWorkers) {
+                if (!oldest)
+                    return;
+                m_entries.erase(std::find_if(m_entries.begin(), m_entries.end(), [&](auto& x) { return x.get() == oldest; }));
+            }
             m_entries.push_back(std::make_unique<Entry>());
             e = m_entries.back().get();
             e->w.id = b.workerId;
@@ -216,9 +251,11 @@ void Discovery::onBeacon(const BeaconInfo& b)
         e->fromBeacon = true;
         e->lastBeacon = Clock::now();
         std::vector<std::string> claimed;
-        for (auto& a : b.addresses)
+        for (auto& a : reachable)
             claimed.push_back(a + ":" + std::to_string(b.grpcPort));
-        if (e->w.manual && !e->w.address.empty() && std::find(claimed.begin(), claimed.end(), e->w.address) == claimed.end())
+        // The address a Hello confirmed stays among those checked: a beacon (perhaps a spoofed one) can add
+        // addresses to try, never take the confirmed one away.
+        if ((e->w.manual || e->verified) && !e->w.address.empty() && std::find(claimed.begin(), claimed.end(), e->w.address) == claimed.end())
             claimed.push_back(e->w.address);
         if (claimed != e->claimed) {
             e->claimed = claimed;
@@ -233,15 +270,15 @@ void Discovery::onBeacon(const BeaconInfo& b)
             e->w.protocol = b.protocol;
             e->w.keyFingerprint = b.keyFingerprint;
             e->w.softwareVersion = b.softwareVersion;
-            e->w.addresses = b.addresses;
+            e->w.addresses = reachable;
         }
         const std::string mine = m_credentials->keyFingerprint();
         if (b.keyFingerprint != mine || b.protocol != kProtocolVersion) {
             if (e->verified && (e->w.state == WorkerState::Ready || e->w.state == WorkerState::Busy)) {
                 e->needsCheck = true; // a verified worker is not dropped on a beacon's word: the next Hello decides
             } else {
-                e->w.addresses = b.addresses;
-                e->w.address = b.addresses.empty() ? std::string() : claimed.front();
+                e->w.addresses = reachable;
+                e->w.address = claimed.front();
                 e->w.state = WorkerState::Refused;
                 e->w.reason = b.keyFingerprint != mine
                                   ? "another cluster key (its key fingerprint is " + b.keyFingerprint + ", this master's is " + mine + ")"
@@ -274,15 +311,18 @@ void Discovery::checkLoop()
             if (m_stop)
                 return;
             const auto now = Clock::now();
-            for (size_t i = 0; i < m_entries.size(); ++i) {
-                Entry& e = *m_entries[i];
-                if (e.merged)
-                    continue;
-                if (e.checking.valid()) {
-                    if (e.checking.wait_for(std::chrono::seconds(0)) != std::future_status::ready)
-                        continue;
-                    e.checking.get();
+            size_t inFlight = 0;
+            for (auto& x : m_entries)
+                if (x->checking.valid()) {
+                    if (x->checking.wait_for(std::chrono::seconds(0)) == std::future_status::ready)
+                        x->checking.get();
+                    else
+                        ++inFlight;
                 }
+            for (auto& entry : m_entries) {
+                Entry& e = *entry;
+                if (e.merged || e.checking.valid())
+                    continue;
                 if (e.fromBeacon && !e.w.manual && now - e.lastBeacon > m_options.goneAfter) {
                     if (e.w.state != WorkerState::Gone) {
                         e.w.state = WorkerState::Gone;
@@ -295,16 +335,22 @@ void Discovery::checkLoop()
                 }
                 if (e.w.state == WorkerState::Refused && !e.verified && !e.needsCheck)
                     continue; // its beacon says another key or version: no connection is tried
-                if (e.needsCheck || now - e.lastCheck > std::chrono::seconds(2)) {
+                if ((e.needsCheck || now - e.lastCheck > std::chrono::seconds(2)) && inFlight < kMaxConcurrentChecks) {
+                    try {
+                        Entry* target = &e;
+                        e.checking = std::async(std::launch::async, [this, target] {
+                            try {
+                                check(*target);
+                            } catch (const std::exception&) {
+                                // a failed check leaves the state as it was; the next one retries
+                            }
+                        });
+                    } catch (const std::system_error&) {
+                        continue; // no thread to spare now: the next pass tries again
+                    }
                     e.needsCheck = false;
                     e.lastCheck = now;
-                    e.checking = std::async(std::launch::async, [this, i] {
-                        try {
-                            check(i);
-                        } catch (const std::exception&) {
-                            // a failed check leaves the state as it was; the next one retries
-                        }
-                    });
+                    ++inFlight;
                 }
             }
         }
@@ -314,13 +360,13 @@ void Discovery::checkLoop()
     }
 }
 
-void Discovery::check(size_t index)
+void Discovery::check(Entry& entry)
 {
     std::vector<std::pair<std::string, std::shared_ptr<grpc::Channel>>> targets;
     std::string expectedId;
     {
         std::lock_guard lock(m_mutex);
-        Entry& e = *m_entries[index];
+        Entry& e = entry;
         expectedId = e.w.id;
         for (auto& a : e.claimed) {
             auto& ch = e.channels[a];
@@ -360,7 +406,7 @@ void Discovery::check(size_t index)
     std::vector<DiscoveredWorker> changed;
     {
         std::lock_guard lock(m_mutex);
-        Entry& e = *m_entries[index];
+        Entry& e = entry;
         const DiscoveredWorker before = e.w;
         DiscoveredWorker& w = e.w;
         if (best) {

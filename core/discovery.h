@@ -3,6 +3,7 @@
 
 #include "core/beacon.h"
 #include "core/credentials.h"
+#include "core/host_info.h"
 
 #include <chrono>
 #include <condition_variable>
@@ -69,6 +70,10 @@ public:
     using Listener = std::function<void(const DiscoveredWorker&)>;
 
     Discovery(std::shared_ptr<const Credentials> credentials, Options options, Listener listener = {});
+    // At most this many workers are listed (a home has a handful; beacons are unauthenticated), and at most
+    // kMaxConcurrentChecks Hello checks run at once.
+    static constexpr size_t kMaxWorkers = 64;
+    static constexpr size_t kMaxConcurrentChecks = 8;
     ~Discovery();
     Discovery(const Discovery&) = delete;
     Discovery& operator=(const Discovery&) = delete;
@@ -83,8 +88,8 @@ private:
     struct Entry;
     void receiveLoop();
     void checkLoop();
-    void onBeacon(const BeaconInfo& beacon);
-    void check(size_t index);
+    void onBeacon(const BeaconInfo& beacon, const std::string& sourceIp, const std::vector<NetInterface>& chosen);
+    void check(Entry& entry);
     void publish(Entry& e, const DiscoveredWorker& before);
 
     std::shared_ptr<const Credentials> m_credentials;

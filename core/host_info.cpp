@@ -103,6 +103,10 @@ std::vector<NetInterface> netInterfaces()
         n.address = buf;
         n.loopback = (i->ifa_flags & IFF_LOOPBACK) != 0;
         n.up = (i->ifa_flags & IFF_UP) != 0 && (i->ifa_flags & IFF_RUNNING) != 0;
+        if (i->ifa_netmask && i->ifa_netmask->sa_family == AF_INET) {
+            ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(i->ifa_netmask)->sin_addr, buf, sizeof buf);
+            n.netmask = buf;
+        }
         if ((i->ifa_flags & IFF_BROADCAST) && i->ifa_broadaddr && i->ifa_broadaddr->sa_family == AF_INET) {
             ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(i->ifa_broadaddr)->sin_addr, buf, sizeof buf);
             n.broadcast = buf;
@@ -140,6 +144,15 @@ std::vector<NetInterface> discoveryInterfaces(const std::string& names)
             throw Error("--discovery-interfaces: this machine has no interface " + name + " with an IPv4 address");
     }
     return out;
+}
+
+bool onSubnet(const NetInterface& iface, const std::string& ip)
+{
+    in_addr a {}, mine {}, mask {};
+    if (::inet_pton(AF_INET, ip.c_str(), &a) != 1 || ::inet_pton(AF_INET, iface.address.c_str(), &mine) != 1 ||
+        ::inet_pton(AF_INET, iface.netmask.c_str(), &mask) != 1)
+        return false;
+    return (a.s_addr & mask.s_addr) == (mine.s_addr & mask.s_addr);
 }
 
 std::string formatBytes(uint64_t bytes)

@@ -23,6 +23,7 @@ struct NetInterface {
     std::string name;
     std::string address;   // IPv4, dotted
     std::string broadcast; // IPv4 subnet broadcast address, "" when the interface has none
+    std::string netmask;
     bool loopback = false;
     bool up = false;
 };
@@ -31,6 +32,9 @@ std::vector<NetInterface> netInterfaces();
 // The interfaces discovery uses: `names` (comma-separated) when given, else every interface that is up, not
 // loopback and has a broadcast address. "none" selects none. Throws Error naming an unknown interface.
 std::vector<NetInterface> discoveryInterfaces(const std::string& names);
+
+// Whether `ip` lies in the subnet of `iface` (address and netmask).
+bool onSubnet(const NetInterface& iface, const std::string& ip);
 
 // "1.5 GiB", "512 MiB".
 std::string formatBytes(uint64_t bytes);

@@ -10,6 +10,8 @@
 #include <map>
 #include <mutex>
 
+#include <sys/resource.h>
+
 namespace together {
 
 namespace {
@@ -45,6 +47,15 @@ bool contains(const std::string& s, const char* part) { return s.find(part) != s
 
 } // namespace
 
+void raiseOpenFileLimit()
+{
+    rlimit r {};
+    if (::getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_cur < r.rlim_max) {
+        r.rlim_cur = r.rlim_max;
+        ::setrlimit(RLIMIT_NOFILE, &r);
+    }
+}
+
 std::shared_ptr<grpc::Channel> openChannel(const Credentials& credentials, const std::string& address)
 {
     grpc::ChannelArguments args;
@@ -66,6 +77,7 @@ std::shared_ptr<grpc::Channel> openChannel(const Credentials& credentials, const
 std::unique_ptr<grpc::Server> startServer(grpc::ServerBuilder& builder, const Credentials& credentials, const std::string& listen,
                                           int* port)
 {
+    raiseOpenFileLimit();
     builder.AddListeningPort(listen, credentials.serverCredentials(), port);
     builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
     builder.SetMaxSendMessageSize(kMaxMessageBytes);
@@ -133,14 +145,21 @@ void onGrpcLog(gpr_log_func_args* args)
     if (!g.sink)
         return;
     const auto now = std::chrono::steady_clock::now();
+    // Only refused handshakes are rate-limited: any stranger can cause those. Everything else (a failed
+    // accept, say) is rare and must not be drowned.
+    const std::string message = args->message;
+    if (message.find("andshake") == std::string::npos) {
+        g.sink("grpc: " + message);
+        return;
+    }
     if (now - g.windowStart > std::chrono::seconds(10)) {
         if (g.inWindow > 20)
-            g.sink("grpc: " + std::to_string(g.inWindow - 20) + " more lines dropped");
+            g.sink("grpc: " + std::to_string(g.inWindow - 20) + " more refused handshakes");
         g.windowStart = now;
         g.inWindow = 0;
     }
     if (++g.inWindow <= 20)
-        g.sink(std::string("grpc: ") + args->message);
+        g.sink("grpc: " + message);
 }
 
 } // namespace

@@ -20,6 +20,10 @@ namespace together {
 // runs end to end through it.
 std::shared_ptr<grpc::Channel> openChannel(const Credentials& credentials, const std::string& address);
 
+// Raises the soft limit on open files to the hard one. gRPC 1.51's listener stops accepting for good after
+// accept4() fails with EMFILE, and a stranger can open idle connections until it does; startServer calls it.
+void raiseOpenFileLimit();
+
 // Adds `listen` (host:port; port 0 = any) with TLS and the limits to `builder`, builds and starts the server.
 // Returns null when the address cannot be bound (in use, or not an address of this machine); `port` gets the
 // bound port.

@@ -54,6 +54,9 @@ void checkModelFolderAllowed(const std::string& path, const std::vector<std::str
     const fs::path real = fs::canonical(path, ec);
     if (ec)
         throw Error("model folder " + path + " on this worker: " + ec.message());
+    // Only folders and regular files: a FIFO or a device would block or feed endless bytes.
+    if (!fs::is_directory(real) && !fs::is_regular_file(real))
+        throw Error(path + " on this worker is neither a folder nor a regular file");
     for (auto& r : roots) {
         auto rel = real.lexically_relative(r);
         if (!rel.empty() && *rel.begin() != "..")

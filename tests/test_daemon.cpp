@@ -474,4 +474,11 @@ TEST(Daemon, InstallsAValidSystemdUserUnit)
                                &out, &err),
               0);
     EXPECT_FALSE(fs::exists(f.dir + "/bad/together-worker.service"));
+    // Nor one where an argument could break out of its line.
+    EXPECT_NE(test::runCommand(test::workerBin() + " install-service --no-enable --unit-dir " + f.dir + "/bad --key-file " + f.dir +
+                                   "/key --state-dir \"$(printf '/x\\rExecStartPre=/bin/true')\"",
+                               &out, &err),
+              0);
+    EXPECT_NE(err.find("control character"), std::string::npos) << err;
+    EXPECT_FALSE(fs::exists(f.dir + "/bad/together-worker.service"));
 }

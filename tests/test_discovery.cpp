@@ -70,10 +70,16 @@ TEST(Beacon, RoundTripsAndRejectsWhatIsNotABeacon)
     BeaconInfo big = b;
     big.hostname = std::string(200, 'h');
     big.workerId = std::string(64, 'i');
-    big.addresses.assign(40, "255.255.255.255");
+    big.addresses.assign(40, "255.255.255.254");
+    EXPECT_GE(kMinProbeBytes, encodeBeacon(big).size());
     EXPECT_GE(probe.size(), encodeBeacon(big).size());
 
     auto invalid = [](const std::string& bytes) { return decodeDiscovery(bytes.data(), bytes.size()).kind == DiscoveryMessage::Kind::Invalid; };
+    // A short probe is not answered: a spoofed source would otherwise turn daemons into amplifiers.
+    v1::DiscoveryPacket shortProbe;
+    shortProbe.set_magic(0x48544754);
+    shortProbe.mutable_probe();
+    EXPECT_TRUE(invalid(shortProbe.SerializeAsString()));
     EXPECT_TRUE(invalid(""));
     EXPECT_TRUE(invalid("hello"));
     EXPECT_TRUE(invalid(std::string(2000, 'x')));
@@ -86,6 +92,18 @@ TEST(Beacon, RoundTripsAndRejectsWhatIsNotABeacon)
     EXPECT_TRUE(invalid(encodeBeacon(bad)));
     bad = b;
     bad.hostname = "evil\x1b[2Jhost";
+    EXPECT_TRUE(invalid(encodeBeacon(bad)));
+    bad.hostname = "evil\xc2\x9b" "2Jhost"; // C1 CSI
+    EXPECT_TRUE(invalid(encodeBeacon(bad)));
+    bad.hostname = "bad\xff\xfeutf8";
+    EXPECT_TRUE(invalid(encodeBeacon(bad)));
+    for (const char* a : {"127.0.0.1", "0.0.0.0", "224.0.0.1", "255.255.255.255"}) {
+        bad = b;
+        bad.addresses = {a};
+        EXPECT_TRUE(invalid(encodeBeacon(bad))) << a;
+    }
+    bad = b;
+    bad.keyFingerprint = "not hex at all!!";
     EXPECT_TRUE(invalid(encodeBeacon(bad)));
     bad = b;
     bad.workerId.clear();

@@ -2,7 +2,9 @@
 // Worker machines on a LAN, for real: daemons in their own network namespaces on a bridge, discovered by
 // broadcast by a master in another one, and runs across them. Every process, the master included, runs
 // inside namespaces this test made, so no beacon reaches a real network.
+#include "core/beacon.h"
 #include "core/cluster_key.h"
+#include "core/protocol.h"
 #include "core/random_model.h"
 #include "tests/net_lab.h"
 #include "tests/test_support.h"
@@ -14,6 +16,7 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <thread>
 
 using namespace together;
 using namespace together::test;
@@ -199,4 +202,65 @@ TEST_F(Lan, PlacementsAcrossTheMachinesMatchOneProcess)
     }
     // The shards took their ports from the range the daemons print.
     EXPECT_NE(log(0).find(":7610 for master"), std::string::npos) << log(0);
+}
+
+// From the attacker's side: a stranger on the LAN floods spoofed beacons, some claiming a confirmed worker's id
+// from other addresses (with our key's fingerprint and with another), and hundreds of made-up workers. The
+// confirmed worker stays ready at its address, and the list stays bounded.
+TEST_F(Lan, SpoofedBeaconsNeitherHideNorMoveARealWorker)
+{
+    std::string out, err;
+    ASSERT_EQ(onMaster({"workers", "--key-file", dir + "/key", "--wait", "2", "--json"}, out, err), 0) << err;
+    const std::string victim = byAddress(out)[address(0)]["id"];
+    ASSERT_EQ(victim.size(), 16u) << out;
+    const std::string watchOut = dir + "/watch.jsonl";
+    pid_t watch = lab->spawn(master, {cliBin(), "workers", "--key-file", dir + "/key", "--watch", "--json", "--wait", "120"}, {}, watchOut,
+                             dir + "/watch.err");
+    auto victimStates = [&] {
+        std::vector<std::string> states;
+        std::istringstream in(readFile(watchOut));
+        for (std::string line; std::getline(in, line);)
+            if (!line.empty()) {
+                json j = json::parse(line);
+                if (j["id"] == victim)
+                    states.push_back(j["state"].get<std::string>() + " " + j["address"].get<std::string>());
+            }
+        return states;
+    };
+    ASSERT_TRUE(waitFor([&] { return !victimStates().empty(); }, std::chrono::seconds(30)));
+
+    auto stranger = lab->addHost("stranger");
+    const std::string ourFingerprint = ClusterKey::fromFile(dir + "/key").fingerprint();
+    lab->runIn(stranger, [&] {
+        UdpSocket socket(0);
+        const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+        for (int i = 0; std::chrono::steady_clock::now() < end; ++i) {
+            BeaconInfo b;
+            b.workerId = victim;
+            b.hostname = "impostor";
+            b.addresses = {"10.77.0.200"};
+            b.grpcPort = 7600;
+            b.protocol = kProtocolVersion;
+            b.keyFingerprint = i % 2 ? ourFingerprint : "0123456789abcdef";
+            socket.sendTo("10.77.0.255", kDefaultDiscoveryPort, encodeBeacon(b));
+            b.workerId = "made-up-" + std::to_string(i);
+            b.addresses = {"10.77.0.201", "8.8.8.8", "192.168.0.1"};
+            b.keyFingerprint = ourFingerprint;
+            socket.sendTo("10.77.0.255", kDefaultDiscoveryPort, encodeBeacon(b));
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+    });
+    std::this_thread::sleep_for(std::chrono::seconds(3));
+    for (auto& s : victimStates())
+        EXPECT_EQ(s, "ready " + address(0)) << "a spoofed beacon changed the confirmed worker";
+    lab->kill(watch, SIGTERM);
+    lab->wait(watch, std::chrono::seconds(10));
+
+    ASSERT_EQ(onMaster({"workers", "--key-file", dir + "/key", "--wait", "2", "--json"}, out, err), 0) << err;
+    auto seen = byAddress(out);
+    for (int i = 0; i < 3; ++i)
+        EXPECT_EQ(seen[address(i)]["state"], "ready") << out;
+    // Made-up workers are listed only at addresses on the LAN (never 8.8.8.8), as unconfirmed.
+    for (auto& [a, j] : seen)
+        EXPECT_EQ(a.rfind("10.77.0.", 0), 0u) << a;
 }

@@ -23,6 +23,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include <fcntl.h>
 #include <sys/file.h>
@@ -345,10 +346,38 @@ int runDaemon(const DaemonOptions& o)
         } else {
             log.write(o.local ? std::string("discovery: off (started by a master with --local)") : std::string("discovery: off (--discovery-interfaces none)"));
         }
-        writeReport(o.reportFd, "listening " + (allInterfaces ? std::string("127.0.0.1") : host) + ":" + std::to_string(port));
+        const std::string self = (allInterfaces ? std::string("127.0.0.1") : host) + ":" + std::to_string(port);
+        writeReport(o.reportFd, "listening " + self);
+
+        // Watchdog: a daemon whose listener stopped accepting (gRPC 1.51 gives up after a full file table)
+        // is alive but useless; it exits, so that its service manager starts it afresh.
+        std::atomic<bool> stopping{false};
+        std::thread watchdog([&] {
+            int failures = 0;
+            while (!stopping) {
+                for (int i = 0; i < 100 && !stopping; ++i)
+                    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+                if (stopping)
+                    break;
+                grpc::ClientContext ctx;
+                ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+                v1::HelloRequest req;
+                req.set_protocol_version(kProtocolVersion);
+                v1::HelloReply rep;
+                grpc::Status st = v1::WorkerControl::NewStub(openChannel(credentials, self))->Hello(&ctx, req, &rep);
+                failures = st.ok() ? 0 : failures + 1;
+                if (failures == 3) {
+                    log.write("the daemon no longer answers on " + self + " (" + st.error_message() +
+                              "): exiting so that it is restarted; its shards stop with it");
+                    ::_exit(3);
+                }
+            }
+        });
 
         int sig = 0;
         sigwait(&waitFor, &sig);
+        stopping = true;
+        watchdog.join();
         log.write(std::string("stopping (") + (sig == SIGTERM ? "SIGTERM" : sig == SIGINT ? "SIGINT" : "SIGHUP") + "): stopping every shard");
         announcer.reset();
         server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));

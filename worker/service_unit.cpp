@@ -31,8 +31,8 @@ std::string quoteForSystemd(const std::string& arg)
             out += '\\';
         if (c == '%' || c == '$')
             out += c;
-        if (c == '\n')
-            throw Error("a service argument holds a line break");
+        if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f)
+            throw Error("a service argument holds a control character (a line break?): refusing to write the unit");
         out += c;
     }
     return out + "\"";
@@ -98,6 +98,8 @@ std::string serviceUnitText(const std::string& executable, const std::vector<std
            "# The shards are children of the daemon: stopping the unit stops them too.\n"
            "KillMode=control-group\n"
            "TimeoutStopSec=10\n"
+           "# Room for many connections: a full file table would stop the listener.\n"
+           "LimitNOFILE=65536\n"
            "\n"
            "[Install]\n"
            "WantedBy=default.target\n";

@@ -23,6 +23,7 @@
 #include <openssl/evp.h>
 
 #include <condition_variable>
+#include <filesystem>
 #include <cstring>
 #include <future>
 #include <map>
@@ -102,6 +103,7 @@ public:
     ShardService(const Credentials& credentials, int threads, std::vector<std::string> modelsRoots)
         : m_credentials(credentials)
         , m_threads(threads)
+        , m_admittedThreads(threads)
         , m_modelsRoots(std::move(modelsRoots))
     {
         setComputeThreads(threads);
@@ -123,8 +125,9 @@ public:
             m_launchId = req->launch_id();
             m_compute = parseComputeType(req->dtype());
             m_contextLimit = req->context_limit();
+            // Never more than the daemon admitted this shard with (its --threads): that is what the machine donates.
             if (req->threads() > 0) {
-                m_threads = static_cast<int>(req->threads());
+                m_threads = std::min(static_cast<int>(req->threads()), m_admittedThreads);
                 setComputeThreads(m_threads);
             }
             m_slices.clear();
@@ -234,6 +237,10 @@ public:
         try {
             const std::string& dir = req->model_dir();
             checkModelFolderAllowed(dir, m_modelsRoots);
+            // Every file read by name is checked too (each may be a symlink), before it is opened.
+            for (const char* name : {"config.json", "model.safetensors.index.json", "model.safetensors"})
+                if (std::filesystem::exists(dir + "/" + name) || std::string(name) == "config.json")
+                    checkModelFolderAllowed(dir + "/" + name, m_modelsRoots);
             // Same model as the master's? config.json first, then every slice by hash.
             nlohmann::json local, master;
             try {
@@ -428,6 +435,7 @@ private:
 
     const Credentials& m_credentials;
     int m_threads;
+    int m_admittedThreads;
     std::vector<std::string> m_modelsRoots;
     std::mutex m_mutex;
     ModelConfig m_config;
