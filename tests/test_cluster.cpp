@@ -35,26 +35,6 @@ namespace fs = std::filesystem;
 namespace {
 
 
-std::string largeMarginModel(const std::string& tag, int64_t heads, int64_t kvHeads, int64_t intermediate)
-{
-    static std::map<std::string, std::string> made;
-    if (made.count(tag))
-        return made[tag];
-    std::string dir = test::makeTempDir("cluster-" + tag);
-    RandomModelSpec s;
-    s.hiddenSize = 96;
-    s.headDim = 16;
-    s.numHeads = heads;
-    s.numKvHeads = kvHeads;
-    s.intermediateSize = intermediate;
-    s.numLayers = 5;
-    s.logitScale = 6.0; // wide gaps between the top logits: greedy ids are stable across summation orders
-    s.seed = 21;
-    writeRandomModel(dir, s);
-    made[tag] = dir;
-    return dir;
-}
-
 struct Layout {
     std::string name;
     std::string model; // "stories" or a random-model tag
@@ -69,8 +49,8 @@ std::string modelFor(const Layout& l)
     if (l.model == "stories")
         return test::stories260KDir().empty() ? "" : test::stories260KDir() + "/hf";
     if (l.model == "kv2")
-        return largeMarginModel("kv2", 4, 2, 160);
-    return largeMarginModel("h6kv3", 6, 3, 100); // 100 columns over 3 ranks: 34, 33, 33
+        return test::largeMarginModel("kv2", 4, 2, 160);
+    return test::largeMarginModel("h6kv3", 6, 3, 100); // 100 columns over 3 ranks: 34, 33, 33
 }
 
 class ClusterLayouts : public ::testing::TestWithParam<Layout> {};
@@ -125,7 +105,7 @@ INSTANTIATE_TEST_SUITE_P(
 // A worker with its own copy of the model reads its slice locally; a different copy is refused by name.
 TEST(ClusterLocalWeights, WorkerReadsItsSliceFromItsOwnFolder)
 {
-    std::string model = largeMarginModel("kv2", 4, 2, 160);
+    std::string model = test::largeMarginModel("kv2", 4, 2, 160);
     auto ref = test::readTrace(test::referenceTrace(model, "Once upon a time", 16));
     std::string dir = test::makeTempDir("localweights");
     ClusterKey::generate().writeFile(dir + "/key");
@@ -148,14 +128,7 @@ TEST(ClusterLocalWeights, WorkerReadsItsSliceFromItsOwnFolder)
     test::expectSameTrace(ref, test::readTrace(dir + "/trace.jsonl"), "local weights");
 
     // Same config, other weights: caught by the slice hashes.
-    RandomModelSpec s;
-    s.hiddenSize = 96;
-    s.headDim = 16;
-    s.numHeads = 4;
-    s.numKvHeads = 2;
-    s.intermediateSize = 160;
-    s.numLayers = 5;
-    s.logitScale = 6.0;
+    RandomModelSpec s = test::largeMarginSpec(4, 2, 160);
     s.seed = 99;
     writeRandomModel(dir + "/models/other", s);
     EXPECT_NE(run(dir + "/models/other", err), 0);
@@ -178,7 +151,7 @@ TEST(ClusterLocalWeights, WorkerReadsItsSliceFromItsOwnFolder)
 
 TEST(ClusterInteractive, SecondAnswerMatchesSingleProcessAndOnlyNewTokensArePrefilled)
 {
-    std::string model = largeMarginModel("kv2", 4, 2, 160);
+    std::string model = test::largeMarginModel("kv2", 4, 2, 160);
     std::string dir = test::makeTempDir("interactive");
     std::ofstream(dir + "/in.txt") << "Tell me a story.\nAnd another one.\n";
     std::string out, err;

@@ -78,20 +78,6 @@ uint16_t freePort()
     return ntohs(a.sin_port);
 }
 
-std::string smallModel(const std::string& tag)
-{
-    std::string dir = test::makeTempDir(tag);
-    RandomModelSpec s;
-    s.hiddenSize = 64;
-    s.intermediateSize = 128;
-    s.numLayers = 4;
-    s.numHeads = 4;
-    s.numKvHeads = 2;
-    s.maxPositionEmbeddings = 8192;
-    writeRandomModel(dir, s);
-    return dir;
-}
-
 // Reads what a pty shows until `marker` appears or `timeout` passes.
 std::string readPtyUntil(int fd, const std::string& marker, std::chrono::milliseconds timeout, std::string& all)
 {
@@ -195,7 +181,7 @@ TEST(Daemon, ALaunchWhoseLeaseIsNotRenewedIsStopped)
 TEST(Daemon, AMasterKilledMidAnswerLeavesNoShardAndTheNextLaunchRuns)
 {
     Fixture f("daemon-masterkill");
-    const std::string model = smallModel("masterkill-model");
+    const std::string model = test::smallModel("masterkill-model");
     test::Daemon a(f.dir + "/key", f.dir + "/a"), b(f.dir + "/key", f.dir + "/b");
     json plan = {{"stages",
                   {{{"layers", {0, 1}}, {"ranks", {{{"worker", a.address()}, {"threads", 1}}}}},
@@ -255,7 +241,7 @@ TEST(Daemon, AMasterKilledMidAnswerLeavesNoShardAndTheNextLaunchRuns)
 TEST(Daemon, AStoppedMasterLosesItsLaunch)
 {
     Fixture f("daemon-masterstop");
-    const std::string model = smallModel("masterstop-model");
+    const std::string model = test::smallModel("masterstop-model");
     test::Daemon a(f.dir + "/key", f.dir + "/a");
     json plan = {{"stages", {{{"layers", {0, 3}}, {"ranks", {{{"worker", a.address()}, {"threads", 1}}}}}}}};
     std::ofstream(f.dir + "/plan.json") << plan.dump();
@@ -288,7 +274,7 @@ TEST(Daemon, AStoppedMasterLosesItsLaunch)
 TEST(Daemon, LaunchesStayWithinWhatTheMachineDonates)
 {
     Fixture f("daemon-limits");
-    const std::string model = smallModel("limits-model");
+    const std::string model = test::smallModel("limits-model");
     {
         test::Daemon d(f.dir + "/key", f.dir + "/threads", {"--max-threads", "1"});
         json plan = {{"stages", {{{"layers", {0, 3}}, {"ranks", {{{"worker", d.address()}, {"threads", 1}}, {{"worker", d.address()}, {"threads", 1}}}}}}}};

@@ -34,19 +34,6 @@ using json = nlohmann::json;
 
 namespace {
 
-std::string writeModel(const std::string& tag)
-{
-    std::string dir = test::makeTempDir(tag);
-    RandomModelSpec s;
-    s.hiddenSize = 128;
-    s.intermediateSize = 256;
-    s.numLayers = 4;
-    s.numHeads = 4;
-    s.numKvHeads = 2;
-    writeRandomModel(dir, s);
-    return dir;
-}
-
 // Sends `bytes` on a fresh TCP connection to `address` and reads whatever comes back until the peer closes
 // or goes quiet.
 std::string sendRaw(const std::string& address, const std::string& bytes)
@@ -142,7 +129,7 @@ TEST(Security, ASnifferSeesNeitherWeightsNorTokens)
         GTEST_SKIP() << why;
     if (!test::PacketCapture::available(&why))
         GTEST_SKIP() << why;
-    const std::string model = writeModel("sniff-model");
+    const std::string model = test::smallModel("sniff-model");
     const std::string dir = test::makeTempDir("sniff");
     const std::string prompt = "Once upon a time a sniffer listened to every packet on the wire";
     std::string out, err;
@@ -202,7 +189,7 @@ TEST(Security, ARecordedConnectionReplayedToADaemonDoesNothing)
     const std::string dir = test::makeTempDir("replay");
     const ClusterKey key = ClusterKey::generate();
     key.writeFile(dir + "/key");
-    const std::string model = writeModel("replay-model");
+    const std::string model = test::smallModel("replay-model");
     test::Daemon a(dir + "/key", dir + "/a"), b(dir + "/key", dir + "/b");
     test::TcpProxy tap(a.address());
     json plan = {{"stages", {{{"layers", {0, 3}}, {"ranks", {{{"worker", a.address()}, {"threads", 1}}}}}}}};

@@ -115,6 +115,44 @@ std::string writeTinyModel(const std::string& tag)
     return dir;
 }
 
+std::string smallModel(const std::string& tag)
+{
+    std::string dir = makeTempDir(tag);
+    RandomModelSpec s;
+    s.hiddenSize = 128;
+    s.intermediateSize = 256;
+    s.numLayers = 4;
+    s.numHeads = 4;
+    s.numKvHeads = 2;
+    s.maxPositionEmbeddings = 8192;
+    writeRandomModel(dir, s);
+    return dir;
+}
+
+RandomModelSpec largeMarginSpec(int64_t heads, int64_t kvHeads, int64_t intermediate)
+{
+    RandomModelSpec s;
+    s.hiddenSize = 96;
+    s.headDim = 16;
+    s.numHeads = heads;
+    s.numKvHeads = kvHeads;
+    s.intermediateSize = intermediate;
+    s.numLayers = 5;
+    s.logitScale = 6.0;
+    s.seed = 21;
+    return s;
+}
+
+std::string largeMarginModel(const std::string& tag, int64_t heads, int64_t kvHeads, int64_t intermediate)
+{
+    static std::map<std::string, std::string> made;
+    if (!made.count(tag)) {
+        made[tag] = makeTempDir("model-" + tag);
+        writeRandomModel(made[tag], largeMarginSpec(heads, kvHeads, intermediate));
+    }
+    return made[tag];
+}
+
 nlohmann::json storiesReference()
 {
     std::ifstream in(stories260KDir() + "/reference.json");
