@@ -181,9 +181,11 @@ void expectSameTrace(const std::vector<TraceStep>& ref, const std::vector<TraceS
         ASSERT_EQ(got[i].token, ref[i].token) << what << " step " << i;
         ASSERT_FALSE(got[i].top.empty());
         for (auto& [id, logit] : ref[i].top) {
-            for (auto& [gid, glogit] : got[i].top)
-                if (gid == id)
+            for (auto& [gid, glogit] : got[i].top) {
+                if (gid == id) {
                     EXPECT_NEAR(glogit, logit, 1e-3) << what << " step " << i << " id " << id;
+                }
+            }
         }
         EXPECT_EQ(got[i].top.front().first, ref[i].top.front().first) << what << " step " << i;
     }
