@@ -103,7 +103,6 @@ private:
     std::unique_ptr<UdpSocket> m_probes;  // ephemeral: probes out, answers in
     std::thread m_receiver;
     std::thread m_checker;
-    std::vector<std::thread> m_checks;
 };
 
 // "host:port", adding the default port 7600 when there is none; throws Error on anything else.

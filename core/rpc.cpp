@@ -117,7 +117,7 @@ std::string describeRpcError(const grpc::Status& status, const std::string& addr
     if (isHandshakeFailure(status))
         return address + " refused the TLS handshake: it holds another cluster key (or is not a together worker)";
     if (status.error_code() == grpc::StatusCode::UNAVAILABLE && contains(m, "Connection refused"))
-        return "nothing listens at " + address + " (connection refused)";
+        return address + ": nothing listens there (connection refused)";
     if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED)
         return address + " did not answer in time" + (m.empty() || m == "Deadline Exceeded" ? std::string() : " (" + m + ")");
     return address + ": " + m;

@@ -35,8 +35,8 @@ std::string peerIdentity(const grpc::ServerContext& context);
 std::string peerIdentity(const grpc::ClientContext& context);
 
 // A failed call's status as a person reads it: a TLS handshake failure becomes "ADDRESS refused the TLS
-// handshake: it holds another cluster key (or is not a together worker)", a closed port "nothing listens at
-// ADDRESS (connection refused)".
+// handshake: it holds another cluster key (or is not a together worker)", a closed port "ADDRESS: nothing
+// listens there (connection refused)". Always begins with the address.
 std::string describeRpcError(const grpc::Status& status, const std::string& address);
 // True when the status says the TLS handshake failed (the peer holds another key, or speaks no TLS).
 bool isHandshakeFailure(const grpc::Status& status);
