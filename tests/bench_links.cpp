@@ -1,0 +1,111 @@
+// SPDX-License-Identifier: MIT
+// bench_links: the per-token communication time of a pipeline whose every link has a given one-way delay
+// (the harness's user-space proxy in front of each shard), next to the compute time. Not a test: it prints a
+// table for docs/BENCHMARKS.md.
+//
+//   build/bin/bench_links [--delay-ms 1] [--tokens 48] [--stages 3]
+//
+// Per decode token: "step" is 1000 / the master's decode tokens/s; "compute" the sum over stages of the
+// shards' own compute time (from --trace); "communication" the rest (links, serialisation, sampling).
+#include "core/cli_args.h"
+#include "core/cluster_key.h"
+#include "core/error.h"
+#include "core/random_model.h"
+#include "tests/tcp_proxy.h"
+#include "tests/test_support.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <memory>
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+using namespace together;
+
+namespace {
+
+uint16_t freePort()
+{
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a {};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+    socklen_t len = sizeof a;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+    ::close(fd);
+    return ntohs(a.sin_port);
+}
+
+} // namespace
+
+int main(int argc, char** argv)
+{
+    try {
+        CliArgs a(std::vector<std::string>(argv + 1, argv + argc), {{"delay-ms"}, {"tokens"}, {"stages"}});
+        const int delay = a.getInt("delay-ms", 1), tokens = a.getInt("tokens", 48), stages = a.getInt("stages", 3);
+        const std::string dir = test::makeTempDir("bench-links");
+        RandomModelSpec s;
+        s.hiddenSize = 512;
+        s.intermediateSize = 1024;
+        s.numLayers = 6;
+        s.numHeads = 8;
+        s.numKvHeads = 4;
+        s.maxPositionEmbeddings = 4096;
+        writeRandomModel(dir + "/model", s);
+        ClusterKey::generate().writeFile(dir + "/key");
+
+        // Each daemon runs its one shard on a known port, so the proxy in front of it can exist first.
+        std::vector<uint16_t> ports;
+        std::vector<std::unique_ptr<test::TcpProxy>> proxies;
+        std::string via;
+        for (int i = 0; i < stages; ++i) {
+            ports.push_back(freePort());
+            const std::string shard = "127.0.0.1:" + std::to_string(ports.back());
+            proxies.push_back(std::make_unique<test::TcpProxy>(shard));
+            proxies.back()->setDelay(std::chrono::milliseconds(delay));
+            via += (via.empty() ? "" : ",") + shard + "=" + proxies.back()->address();
+        }
+        ::setenv("TOGETHER_TEST_DIAL_VIA", via.c_str(), 1); // the daemons, their shards and the master
+        std::vector<std::unique_ptr<test::Daemon>> daemons;
+        nlohmann::json plan = {{"stages", nlohmann::json::array()}};
+        for (int i = 0; i < stages; ++i) {
+            daemons.push_back(std::make_unique<test::Daemon>(dir + "/key", dir + "/state" + std::to_string(i),
+                                                             std::vector<std::string>{"--ports", std::to_string(ports[i]) + "-" + std::to_string(ports[i])}));
+            const int64_t first = s.numLayers * i / stages, last = s.numLayers * (i + 1) / stages - 1;
+            plan["stages"].push_back({{"layers", {first, last}}, {"ranks", {{{"worker", daemons.back()->address()}, {"threads", 1}}}}});
+        }
+        std::ofstream(dir + "/plan.json") << plan.dump();
+        std::string out, err;
+        const int rc = test::runCommand(test::cliBin() + " run --model " + dir + "/model --plan " + dir + "/plan.json --key-file " + dir +
+                                            "/key --prompt 'Once upon a time' --temperature 0 --ignore-eos --dtype f32 --max-tokens " +
+                                            std::to_string(tokens) + " --trace " + dir + "/trace.jsonl",
+                                        &out, &err);
+        if (rc != 0)
+            throw Error("run failed: " + err);
+        const size_t at = err.find("decode ");
+        const double tps = std::atof(err.c_str() + at + 7);
+        double compute = 0;
+        int steps = 0;
+        std::ifstream trace(dir + "/trace.jsonl");
+        for (std::string line; std::getline(trace, line);) {
+            auto j = nlohmann::json::parse(line);
+            if (j["step"].get<int>() == 0)
+                continue; // the prefill
+            for (auto& t : j["timings"])
+                compute += t["compute_ms"].get<double>();
+            ++steps;
+        }
+        const double step = 1000.0 / tps, computePerToken = compute / std::max(1, steps);
+        std::printf("| PP%d, %d ms one-way per link | %.2f | %.2f | %.2f |\n", stages, delay, step, computePerToken, step - computePerToken);
+        return 0;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "bench_links: error: %s\n", e.what());
+        return 1;
+    }
+}
