@@ -5,6 +5,7 @@
 #include "core/chat.h"
 #include "core/cli_args.h"
 #include "core/cluster.h"
+#include "core/controller.h"
 #include "core/cluster_key.h"
 #include "core/credentials.h"
 #include "core/error.h"
@@ -22,6 +23,8 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
+#include <mutex>
 #include <thread>
 
 #include <sys/wait.h>
@@ -47,9 +50,14 @@ const char* kUsage =
     "      A worker daemon's recent log (its own lines and its shards').\n"
     "  together-cli run --model DIR (--plan plan.json | --local tp=T,pp=P) --prompt TEXT [--chat] [--interactive]\n"
     "                   [--key-file F] [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]\n"
-    "                   [--stop TEXT]... [--dtype bf16|f32] [--threads N] [--trace FILE]\n"
-    "      Runs the model across worker daemons. --local starts one daemon per rank on this machine (loopback,\n"
-    "      fresh key) and stops them afterwards. --interactive reads one user message per line from stdin.\n"
+    "                   [--stop TEXT]... [--dtype bf16|f32] [--threads N] [--trace FILE] [--context N] [--failover]\n"
+    "                   [--timeline FILE] [--metrics FILE] [--window N]\n"
+    "      Runs the model across worker daemons, as a ring: each stage streams to the next and the last sends the\n"
+    "      token straight back to the first. --local starts one daemon per rank on this machine (loopback, fresh\n"
+    "      key) and stops them afterwards. --interactive reads one user message per line from stdin. --context: KV\n"
+    "      cache positions (default the model's). --failover: when a worker dies or stalls, place the model on the\n"
+    "      workers left and continue the answer. --timeline: a Chrome trace (Perfetto) of every rank's compute and\n"
+    "      links. --metrics: per-link p50/p95 as JSON. --window: tokens the shards may run ahead (default 4).\n"
     "  together-cli bench-cluster [--tokens N] [--dtype bf16|f32] [--model DIR]\n"
     "      Decode speed of TP1, TP2, PP2 and TP1 with 2 threads side by side on local workers, with\n"
     "      all-reduce and hop times and each shard's peak memory (TinyLlama-1.1B shape by default).\n"
@@ -151,25 +159,6 @@ std::atomic<bool> g_interrupted{false};
 
 void onInterrupt(int) { g_interrupted = true; }
 
-// Stops between steps once Ctrl-C was pressed.
-class InterruptibleStepper : public TokenStepper {
-public:
-    explicit InterruptibleStepper(TokenStepper& inner)
-        : m_inner(inner)
-    {
-    }
-    StepOutput step(const std::vector<int>& tokens, int64_t startPos) override
-    {
-        if (g_interrupted)
-            throw Error("interrupted");
-        return m_inner.step(tokens, startPos);
-    }
-    int64_t contextLimit() const override { return m_inner.contextLimit(); }
-
-private:
-    TokenStepper& m_inner;
-};
-
 struct TempDir {
     std::string path;
     TempDir()
@@ -186,22 +175,107 @@ struct TempDir {
     }
 };
 
-// Longest common prefix: the KV cache keeps it, only the rest is prefilled.
-size_t commonPrefix(const std::vector<int>& a, const std::vector<int>& b)
+std::string fixed(double v, int digits = 2)
 {
-    size_t n = 0;
-    while (n < a.size() && n < b.size() && a[n] == b[n])
-        ++n;
-    return n;
+    char b[64];
+    std::snprintf(b, sizeof b, "%.*f", digits, v);
+    return b;
+}
+
+// What the CLI keeps of the controller's events: it prints as they come and waits for the outcome.
+struct CliSink {
+    std::mutex mutex;
+    std::ofstream* trace = nullptr;
+    bool launchFailed = false, failed = false;
+    std::string failure;
+    GenerationResult result;
+    std::map<size_t, std::pair<RankProgress::Phase, std::chrono::steady_clock::time_point>> lastProgress;
+    uint64_t traceStep = 0;
+
+    void onEvent(const ControllerEvent& e)
+    {
+        std::lock_guard lock(mutex);
+        switch (e.kind) {
+        case ControllerEvent::Kind::Progress: {
+            // A line per phase change, and at most one a second while bytes move.
+            auto now = std::chrono::steady_clock::now();
+            auto it = lastProgress.find(e.progress.index);
+            if (it != lastProgress.end() && it->second.first == e.progress.phase && now - it->second.second < std::chrono::seconds(1))
+                return;
+            lastProgress[e.progress.index] = {e.progress.phase, now};
+            std::fprintf(stderr, "together: %s\n", describeProgress(e.progress).c_str());
+            return;
+        }
+        case ControllerEvent::Kind::Notice:
+        case ControllerEvent::Kind::Launched:
+            std::fprintf(stderr, "together: %s\n", e.text.c_str());
+            return;
+        case ControllerEvent::Kind::LaunchFailed:
+            launchFailed = true;
+            failure = e.text;
+            return;
+        case ControllerEvent::Kind::Token:
+            if (!e.text.empty()) {
+                std::fwrite(e.text.data(), 1, e.text.size(), stdout);
+                std::fflush(stdout);
+            }
+            if (trace && e.token.token >= 0) {
+                nlohmann::json line = {{"step", traceStep++}, {"pos", e.token.pos}, {"n_input", e.token.inputTokens}, {"token", e.token.token}};
+                nlohmann::json top = nlohmann::json::array();
+                for (auto& [id, logit] : e.token.top)
+                    top.push_back({id, logit});
+                line["top"] = top;
+                *trace << line.dump() << '\n';
+                trace->flush();
+            }
+            return;
+        case ControllerEvent::Kind::Ended:
+            failed = false;
+            result = e.result;
+            return;
+        case ControllerEvent::Kind::Failed:
+            failed = true;
+            failure = e.text;
+            result = e.result;
+            return;
+        case ControllerEvent::Kind::Step:
+        case ControllerEvent::Kind::Unloaded:
+            return;
+        }
+    }
+};
+
+void printSpeed(const GenerationResult& r, const std::string& setup, uint64_t seed)
+{
+    const double prefillTps = r.prefillSeconds > 0 ? static_cast<double>(r.promptTokens) / r.prefillSeconds : 0;
+    const double decodeTps = r.decodeSeconds > 0 ? static_cast<double>(r.decodeSteps) / r.decodeSeconds : 0;
+    std::fprintf(stderr,
+                 "together: %zu tokens generated, stopped by %s | prompt %lld tokens at %.1f tokens/s | decode %.2f tokens/s | %s, "
+                 "seed %llu\n",
+                 r.tokens.size(), stopReasonText(r.reason), static_cast<long long>(r.promptTokens), prefillTps, decodeTps, setup.c_str(),
+                 static_cast<unsigned long long>(seed));
+}
+
+// Where the time of a token went, from the records the ranks measured (p50 over decode steps).
+void printLinks(Controller& c)
+{
+    auto t = c.totals();
+    if (t.steps == 0)
+        return;
+    std::fprintf(stderr, "together: per token (p50 of %zu steps): %s ms = compute %s + communication %s + sampling %s\n", t.steps,
+                 fixed(t.endToEndMs).c_str(), fixed(t.computeMs).c_str(), fixed(t.communicationMs).c_str(), fixed(t.samplingMs).c_str());
+    for (auto& l : c.linkSummary())
+        std::fprintf(stderr, "together:   %s: p50 %s ms, p95 %s ms, %s bytes per step\n", l.name.c_str(), fixed(l.p50Ms, 3).c_str(),
+                     fixed(l.p95Ms, 3).c_str(), fixed(l.bytesPerStep, 0).c_str());
 }
 
 int runCluster(const std::vector<std::string>& rest)
 {
     auto specs = runFlagSpecs();
-    specs.push_back({"plan"});
-    specs.push_back({"local"});
+    for (const char* f : {"plan", "local", "key-file", "context", "timeline", "metrics", "window"})
+        specs.push_back({f});
     specs.push_back({"interactive", false});
-    specs.push_back({"key-file"});
+    specs.push_back({"failover", false});
     CliArgs a(rest, specs);
     const bool interactive = a.has("interactive");
     if (interactive && !a.has("chat"))
@@ -210,7 +284,13 @@ int runCluster(const std::vector<std::string>& rest)
         throw Error("give exactly one of --plan plan.json or --local tp=T,pp=P");
     RunOptions o = parseRunOptions(a, !interactive);
     ModelConfig config = ModelConfig::fromDirectory(o.modelDir);
-    Tokenizer tokenizer = Tokenizer::fromDirectory(o.modelDir);
+    auto tokenizer = std::make_shared<const Tokenizer>(Tokenizer::fromDirectory(o.modelDir));
+    const int64_t context = a.getInt("context", 0);
+    if (a.has("context") && context < 1)
+        throw Error("--context takes a number of positions of at least 1");
+    const int window = a.getInt("window", 4);
+    if (window < 0 || window > 1024)
+        throw Error("--window takes 0 (no limit) to 1024 tokens");
 
     std::signal(SIGINT, onInterrupt);
     std::signal(SIGPIPE, SIG_IGN);
@@ -242,57 +322,120 @@ int runCluster(const std::vector<std::string>& rest)
     if (dtype != "bf16" && dtype != "f32")
         throw Error("--dtype must be bf16 or f32");
 
-    Cluster cluster(std::make_shared<const Credentials>(ClusterKey::fromFile(keyFile), newMasterIdentity()),
-                    [](const std::string& m) { std::fprintf(stderr, "together: %s\n", m.c_str()); });
-    cluster.launch(plan, o.modelDir, dtype, 0);
-    std::string setup = dtype + ", " + std::to_string(plan.stages.size()) + " stage(s), " + std::to_string(plan.rankCount()) + " shard(s)";
-
     std::ofstream traceOut;
     if (!o.traceFile.empty()) {
         traceOut.open(o.traceFile, std::ios::trunc);
         if (!traceOut)
             throw Error("cannot write trace file " + o.traceFile);
     }
-    ClusterStepper clusterStepper(cluster, o.sampling);
-    InterruptibleStepper stepper(clusterStepper);
-    std::ostream* trace = traceOut.is_open() ? &traceOut : nullptr;
+    CliSink sink;
+    sink.trace = traceOut.is_open() ? &traceOut : nullptr;
+    Controller controller(std::make_shared<const Credentials>(ClusterKey::fromFile(keyFile), newMasterIdentity()), tokenizer,
+                          [&sink](const ControllerEvent& e) { sink.onEvent(e); });
+    // Ctrl-C stops the answer (the shards keep a consistent cache) and then the run ends.
+    std::atomic<bool> done{false};
+    std::thread interrupts([&] {
+        while (!done) {
+            if (g_interrupted) {
+                controller.stop();
+                controller.cancel();
+                break;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+    });
+    struct Join {
+        std::atomic<bool>& done;
+        std::thread& t;
+        ~Join()
+        {
+            done = true;
+            t.join();
+        }
+    } join{done, interrupts};
+
+    LaunchRequest launch;
+    launch.plan = plan;
+    launch.modelDir = o.modelDir;
+    launch.dtype = dtype;
+    launch.contextLength = context;
+    launch.failover = a.has("failover");
+    controller.launch(launch);
+    controller.wait();
+    if (sink.launchFailed)
+        throw Error(sink.failure);
+    const std::string setup = dtype + ", " + std::to_string(plan.stages.size()) + " stage(s), " + std::to_string(plan.rankCount()) + " shard(s)";
+
+    // The timeline and the metrics are written however the run ends.
+    auto writeOutputs = [&] {
+        controller.syncRecords();
+        if (a.has("timeline")) {
+            std::ofstream t(a.get("timeline"), std::ios::trunc);
+            t << controller.chromeTrace();
+            if (!t)
+                std::fprintf(stderr, "together: cannot write %s\n", a.get("timeline").c_str());
+        }
+        if (a.has("metrics")) {
+            nlohmann::json j;
+            auto t = controller.totals();
+            j["totals"] = {{"steps", t.steps}, {"end_to_end_ms", t.endToEndMs}, {"compute_ms", t.computeMs}, {"communication_ms", t.communicationMs},
+                           {"sampling_ms", t.samplingMs}, {"tokens_per_second", t.tokensPerSecond}};
+            j["links"] = nlohmann::json::array();
+            for (auto& l : controller.linkSummary())
+                j["links"].push_back({{"name", l.name}, {"samples", l.samples}, {"p50_ms", l.p50Ms}, {"p95_ms", l.p95Ms}, {"mean_ms", l.meanMs},
+                                      {"bytes_per_step", l.bytesPerStep}});
+            j["sources"] = controller.weightSources();
+            std::ofstream(a.get("metrics"), std::ios::trunc) << j.dump(1) << "\n";
+        }
+        printLinks(controller);
+    };
+    auto runTurn = [&](const std::vector<int>& ids, uint64_t seed) {
+        GenerateRequest g;
+        g.ids = ids;
+        g.params = o.generation;
+        g.sampling = o.sampling;
+        g.sampling.seed = seed;
+        g.window = static_cast<uint32_t>(window);
+        controller.generate(g);
+        controller.wait();
+        if (::isatty(STDOUT_FILENO)) // end the line for a person; scripts get exactly the generated text
+            std::fputc('\n', stdout);
+        std::fflush(stdout);
+        if (sink.failed) {
+            writeOutputs();
+            throw Error(sink.failure);
+        }
+        printSpeed(sink.result, setup, seed);
+        return sink.result;
+    };
     if (!interactive) {
         std::string warning;
-        std::vector<int> ids = promptIds(tokenizer, o, &warning);
+        std::vector<int> ids = promptIds(*tokenizer, o, &warning);
         if (!warning.empty())
             std::fprintf(stderr, "together: warning: %s\n", warning.c_str());
-        runAndReport(stepper, tokenizer, ids, 0, o, trace, setup);
-        return 0;
+        runTurn(ids, o.sampling.seed);
+        writeOutputs();
+        return g_interrupted ? 130 : 0;
     }
-    // One user message per line; the conversation is re-rendered each turn and only the tokens after the
-    // longest common prefix with what the shards already hold are prefilled.
+    // One user message per line; the conversation is re-rendered each turn and the controller prefills only
+    // the tokens after what the shards already hold.
     nlohmann::json messages = nlohmann::json::array();
-    std::vector<int> held; // tokens whose keys/values the shards hold, in order
     std::string line;
     uint64_t turn = 0;
-    while (std::getline(std::cin, line)) {
+    while (!g_interrupted && std::getline(std::cin, line)) {
         if (line.empty())
             continue;
         messages.push_back({{"role", "user"}, {"content", line}});
-        ChatPrompt p = renderChat(tokenizer, messages, true);
+        ChatPrompt p = renderChat(*tokenizer, messages, true);
         if (p.usedFallbackTemplate && turn == 0)
             std::fprintf(stderr, "together: warning: the model has no chat_template; using a plain fallback format\n");
-        std::vector<int> ids = encodeChat(tokenizer, p);
-        size_t keep = commonPrefix(held, ids);
-        if (keep == ids.size()) // something must be fed to get logits
-            --keep;
-        std::vector<int> fresh(ids.begin() + static_cast<long>(keep), ids.end());
-        clusterStepper.newSequence(o.sampling.seed + turn++);
-        GenerationResult r = runAndReport(stepper, tokenizer, fresh, static_cast<int64_t>(keep), o, trace, setup);
+        GenerationResult r = runTurn(encodeChat(*tokenizer, p), o.sampling.seed + turn++);
         std::fputc('\n', stdout);
         std::fflush(stdout);
-        held = ids;
-        // every generated token but the last was fed back
-        if (!r.tokens.empty())
-            held.insert(held.end(), r.tokens.begin(), r.tokens.end() - 1);
         messages.push_back({{"role", "assistant"}, {"content", r.text}});
     }
-    return 0;
+    writeOutputs();
+    return g_interrupted ? 130 : 0;
 }
 
 } // namespace

@@ -31,8 +31,8 @@ struct Placement {
 
 struct Result {
     double tokensPerSecond = 0;
-    double allReduceMsPerToken = 0; // mean over ranks of the time inside all-reduces
-    double hopMsPerToken = 0;       // pipeline: time between stages not spent computing
+    double allReduceMsPerToken = 0; // per stage, its slowest rank's time inside all-reduces, summed
+    double hopMsPerToken = 0;       // the ring's links (half the round trip of each message and its acknowledgement)
     std::vector<Cluster::ShardMemory> memory;
 };
 
@@ -47,43 +47,44 @@ Result measure(const std::string& modelDir, const Placement& p, int tokens, cons
     LocalDaemons daemons(static_cast<size_t>(p.tp * p.pp), keyFile);
     ModelConfig config = ModelConfig::fromDirectory(modelDir);
     Plan plan = Plan::even(config, p.tp, p.pp, daemons.addresses(), p.threads);
-    Cluster cluster(std::make_shared<const Credentials>(key, newMasterIdentity()), [](const std::string&) {});
+    Cluster cluster(std::make_shared<const Credentials>(key, newMasterIdentity()), Cluster::Callbacks{});
     cluster.launch(plan, modelDir, dtype, 4096);
-    SamplingParams greedy;
-    greedy.temperature = 0;
-    // warm-up, then a fresh sequence: prompt, then `tokens` decode steps
-    cluster.step({1, 2, 3, 4, 5, 6, 7, 8}, 0, greedy, true);
-    cluster.step({9}, 8, greedy, false);
-    StepOutput o = cluster.step({1, 10, 20, 30, 40, 50, 60, 70}, 0, greedy, true);
-    int64_t pos = 8;
+    RingRequest warm;
+    warm.tokens = {1, 2, 3, 4, 5, 6, 7, 8};
+    warm.sampling.temperature = 0;
+    warm.maxTokens = 2;
+    cluster.generate(warm, [](const RingToken&) { return true; }); // warm-up
+    RingRequest run = warm;
+    run.tokens = {1, 10, 20, 30, 40, 50, 60, 70};
+    run.maxTokens = static_cast<uint32_t>(tokens + 1);
+    run.window = 0;
+    std::chrono::steady_clock::time_point first, last;
+    cluster.generate(run, [&](const RingToken& t) {
+        (t.index == 0 ? first : last) = std::chrono::steady_clock::now();
+        return true;
+    });
+    cluster.syncRecords();
     Result r;
-    std::map<std::pair<int, int>, ShardTiming> sum;
-    auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < tokens; ++i) {
-        o = cluster.step({o.token}, pos++, greedy, false);
-        for (auto& t : o.timings) {
-            auto& s = sum[{t.stage, t.rank}];
-            s.computeMs += t.computeMs;
-            s.allReduceMs += t.allReduceMs;
-            s.downstreamMs += t.downstreamMs;
+    const double secs = std::chrono::duration<double>(last - first).count();
+    r.tokensPerSecond = secs > 0 ? tokens / secs : 0;
+    // From the ranks' own records of the measured generation's decode steps.
+    double ar = 0, links = 0;
+    int steps = 0;
+    for (auto& s : cluster.metrics().generation(2)) {
+        if (s.step == 0)
+            continue;
+        ++steps;
+        std::map<int, double> stageAr;
+        for (auto& x : s.ranks) {
+            stageAr[x.stage] = std::max(stageAr[x.stage], x.allReduceMs);
+            if (x.linkMs > 0)
+                links += x.linkMs;
         }
+        for (auto& [stage, ms] : stageAr)
+            ar += ms;
     }
-    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    r.tokensPerSecond = tokens / secs;
-    double ar = 0, hop = 0;
-    for (auto& [k, s] : sum) {
-        ar += s.allReduceMs;
-        if (s.downstreamMs > 0) {
-            // what the next stage's rank-0 chain spent working, subtracted from the wait
-            double next = 0;
-            for (auto& [k2, s2] : sum)
-                if (k2.first == k.first + 1 && k2.second == 0)
-                    next = s2.computeMs + s2.allReduceMs + s2.downstreamMs;
-            hop += s.downstreamMs - next;
-        }
-    }
-    r.allReduceMsPerToken = sum.empty() ? 0 : ar / static_cast<double>(sum.size()) / tokens;
-    r.hopMsPerToken = hop / tokens;
+    r.allReduceMsPerToken = steps ? ar / steps : 0;
+    r.hopMsPerToken = steps ? links / steps : 0;
     std::this_thread::sleep_for(std::chrono::milliseconds(700)); // one more heartbeat for peak RSS
     r.memory = cluster.shardMemory();
     cluster.stop();
@@ -107,7 +108,7 @@ int runClusterBench(const std::vector<std::string>& rest)
         {"PP2 (2 processes x 1 thread)", 1, 2, 1},
         {"TP1 (1 process x 2 threads)", 1, 1, 2},
     };
-    std::printf("| placement | decode tok/s (%d) | vs TP1 | all-reduce ms/token | hop ms/token |\n", tokens);
+    std::printf("| placement | decode tok/s (%d) | vs TP1 | all-reduce ms/token | links ms/token |\n", tokens);
     std::printf("|---|---|---|---|---|\n");
     double base = 0;
     std::vector<std::pair<std::string, std::vector<Cluster::ShardMemory>>> memory;

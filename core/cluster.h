@@ -3,12 +3,14 @@
 
 #include "core/credentials.h"
 #include "core/generation.h"
+#include "core/metrics.h"
 #include "core/model_config.h"
 #include "core/plan.h"
 #include "core/sampler.h"
 
 #include <atomic>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -17,86 +19,146 @@
 
 namespace together {
 
-// The master's side of a launch. It only dials out, over mutual TLS: to each worker daemon (hello, launch
-// shards, health) and to each shard (configure, weights, connect, steps). Liveness comes from heartbeats to
-// the daemons every half second, so a dead shard or machine is named within a few seconds even in a long
-// step; the step in flight is then cancelled and step() throws an Error naming the worker. The heartbeats
-// also renew the launch's lease on each daemon: if this process dies or stops, the daemons stop its shards
-// when the lease runs out (kLeaseMs).
+// Where one rank's launch stands.
+struct RankProgress {
+    enum class Phase { Connecting, Transferring, Loading, Ready, FromCache };
+    size_t index = 0; // the rank's index in the plan (stage-major)
+    int stage = 0;
+    int rank = 0;
+    std::string worker;
+    Phase phase = Phase::Connecting;
+    uint64_t bytesDone = 0, bytesTotal = 0;
+    double bytesPerSecond = 0;
+    uint32_t layersDone = 0, layersTotal = 0;
+};
+const char* phaseName(RankProgress::Phase p);
+// "stage 1 rank 0 on 10.0.0.5:7600: transferring 120 of 400 MiB (85 MiB/s)"
+std::string describeProgress(const RankProgress& p);
+
+// One sampled token as it left the last stage.
+struct RingToken {
+    uint64_t index = 0; // 0 = the token after the prompt
+    int token = -1;
+    int64_t pos = 0;    // position of the last input token (whose logits were sampled)
+    int inputTokens = 0;
+    std::vector<std::pair<int, float>> top;
+};
+
+struct RingRequest {
+    std::vector<int> tokens; // fed at [startPos, startPos + size)
+    int64_t startPos = 0;
+    SamplingParams sampling;
+    bool newSequence = true;
+    uint32_t maxTokens = 0;   // 0: until EOS, Stop or the context
+    std::vector<int64_t> eosIds;
+    uint32_t window = 4;      // tokens the ring may run ahead of this master
+    uint32_t topLogits = 10;
+};
+
+// The master's side of one launch: shards on worker daemons, joined into a ring (see proto/together.proto).
+// It only dials out, over mutual TLS. Every call has a deadline, and liveness is watched two ways: each
+// shard's Status every half second (a rank that answers nothing for kStallMs, e.g. SIGSTOPped or hung, or
+// reports an error, fails the launch naming it and what it was doing) and each daemon's Health (a process
+// that exited; it also renews the launch's lease, so shards of a master that died are stopped). Every call
+// in flight is then cancelled and the shards are stopped.
+//
+// Threads: launch() and generate() block their caller; cancel(), requestStop() and the getters may be called
+// from any thread. Callbacks run on the cluster's own threads.
 class Cluster {
 public:
-    using Log = std::function<void(const std::string&)>;
-    Cluster(std::shared_ptr<const Credentials> credentials, Log log);
+    struct Callbacks {
+        std::function<void(const std::string&)> log;
+        std::function<void(const RankProgress&)> progress;
+        std::function<void(const StepRecord&)> step; // complete records, as they arrive
+    };
+    Cluster(std::shared_ptr<const Credentials> credentials, Callbacks callbacks);
     static constexpr uint32_t kLeaseMs = 5000;
+    static constexpr int kStallMs = 3000;
     ~Cluster(); // stops the launch's shards
 
-    // Hello to every worker, start one shard per rank, stream each its slice of `modelDir`'s weights,
-    // and join the tensor-parallel groups and pipeline links.
+    // Hello to every worker, start one shard per rank, give each its slice (from the worker's slice cache, its
+    // own model folder, or streamed), join the tensor-parallel groups and the ring. contextLimit 0: the model's.
     void launch(const Plan& plan, const std::string& modelDir, const std::string& dtype, int64_t contextLimit);
-    // One step through the pipeline. Long inputs are sent in chunks under the message limit.
-    StepOutput step(const std::vector<int>& tokens, int64_t startPos, const SamplingParams& sampling, bool newSequence);
+    // One generation through the ring. `onToken` sees each token in order; returning false stops the ring
+    // (Stop: the shards finish the step in flight and keep their caches). Returns how it ended: "eos",
+    // "max tokens", "context full" or "stopped". Throws Error naming the worker when a rank fails.
+    std::string generate(const RingRequest& request, const std::function<bool(const RingToken&)>& onToken);
+    // Fails whatever is in flight (launch or generation) with `why`, from any thread.
+    void cancel(const std::string& why);
+    // Stops the shards (frees the workers' memory; their slice caches stay).
     void stop();
+    // Fetches the step records still on the ranks (the end of a generation), so metrics are complete.
+    void syncRecords();
 
+    bool launched() const { return m_launched; }
     const ModelConfig& config() const { return m_config; }
+    const Plan& plan() const { return m_plan; }
+    int64_t contextLimit() const { return m_contextLimit; }
+    // The daemon address of the worker whose fault ended the launch, if one did.
+    std::string failedWorker();
+    SessionMetrics& metrics() { return m_metrics; }
+    std::map<std::string, ClockOffset> clockOffsets();
     struct ShardMemory {
         std::string name;        // "host:port (stage s rank r)"
         uint64_t peakRssBytes = 0;
         int64_t sliceBytes = 0;  // its weights at the run's dtype
     };
-    // From the latest heartbeat.
     std::vector<ShardMemory> shardMemory();
-    int64_t contextLimit() const { return m_contextLimit; }
+    // How each rank got its weights in the last launch ("from cache", "streamed", "local folder").
+    std::vector<std::string> weightSources();
 
 private:
     struct Worker;
     struct Rank;
     class TrackedCall;
+    // Step records as they come from the ranks, merged by (generation, step).
+    struct Incoming {
+        std::pair<uint64_t, uint64_t> key;
+        RankStepRecord record;
+        int64_t endToEndUs = -1; // the last stage's rank 0
+        int token = -1;
+        int inputTokens = 0;
+    };
+    struct Pending {
+        std::vector<RankStepRecord> ranks;
+        int64_t endToEndUs = -1;
+        int token = -1;
+        int inputTokens = 0;
+    };
     void heartbeatLoop();
-    void setFatal(const std::string& message);
+    void statusLoop(size_t rank);
+    void pollOnce(Rank& r);
+    void setFatal(const std::string& message, const std::string& worker);
     std::string fatal();
-    // Throws the heartbeat's diagnosis if it has one (waiting briefly for it), else `rpcError`.
     [[noreturn]] void fail(const std::string& rpcError);
+    void report(Rank& r);
+    void loadWeights(Rank& r, const std::string& modelDir, const class SafeTensors& tensors);
+    void addRecords(std::vector<Incoming> records);
 
     std::shared_ptr<const Credentials> m_credentials;
-    Log m_log;
+    Callbacks m_cb;
     ModelConfig m_config;
     Plan m_plan;
+    std::string m_configJson;
     int64_t m_contextLimit = 0;
     std::string m_launchId;
     std::string m_dtype;
-    std::vector<uint64_t> m_peakRss; // by rank index, from heartbeats
     std::vector<std::unique_ptr<Worker>> m_workers;
     std::vector<std::unique_ptr<Rank>> m_ranks; // stage-major
-    uint64_t m_step = 0;
+    std::atomic<bool> m_launched{false};
+    uint64_t m_generation = 0;
+    SessionMetrics m_metrics;
 
     std::mutex m_mutex;
     std::string m_fatal;
+    std::string m_failedWorker;
     std::vector<void*> m_inflight; // grpc::ClientContext* of calls in flight: cancelled on a fatal error
-    std::atomic<bool> m_stopHeartbeat{false};
+    std::atomic<bool> m_stopThreads{false};
     std::thread m_heartbeat;
-};
-
-// TokenStepper over a Cluster, so the same generation loop drives one process or many.
-class ClusterStepper : public TokenStepper {
-public:
-    ClusterStepper(Cluster& cluster, const SamplingParams& sampling)
-        : m_cluster(cluster)
-        , m_sampling(sampling)
-    {
-    }
-    StepOutput step(const std::vector<int>& tokens, int64_t startPos) override;
-    int64_t contextLimit() const override { return m_cluster.contextLimit(); }
-    // Reseeds the last stage's sampler on the next step (a new answer).
-    void newSequence(uint64_t seed)
-    {
-        m_sampling.seed = seed;
-        m_new = true;
-    }
-
-private:
-    Cluster& m_cluster;
-    SamplingParams m_sampling;
-    bool m_new = true;
+    std::vector<std::thread> m_status;
+    std::map<std::string, ClockOffset> m_offsets;
+    std::map<std::pair<uint64_t, uint64_t>, Pending> m_partial; // (generation, step) -> ranks so far
+    std::map<uint64_t, std::pair<uint64_t, double>> m_prefill; // generation -> (chunks, master-measured prefill ms)
 };
 
 } // namespace together

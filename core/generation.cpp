@@ -22,6 +22,8 @@ const char* stopReasonText(StopReason r)
         return "max tokens";
     case StopReason::ContextFull:
         return "context full";
+    case StopReason::Stopped:
+        return "stopped";
     }
     return "?";
 }
@@ -68,6 +70,59 @@ std::string StopStringFilter::flush()
     return out;
 }
 
+TokenTracker::TokenTracker(const Tokenizer& tokenizer, const GenerationParams& params)
+    : m_params(params)
+    , m_decoder(std::make_unique<StreamDecoder>(tokenizer))
+    , m_stops(params.stopStrings)
+{
+}
+
+TokenTracker::~TokenTracker() = default;
+
+std::string TokenTracker::emit(std::string s)
+{
+    m_text += s;
+    return s;
+}
+
+std::string TokenTracker::push(int token)
+{
+    if (m_done)
+        return {};
+    m_tokens.push_back(token);
+    if (std::find(m_params.eosIds.begin(), m_params.eosIds.end(), token) != m_params.eosIds.end()) {
+        m_reason = StopReason::Eos;
+        return finish(StopReason::Eos);
+    }
+    bool stopped = false;
+    std::string out = emit(m_stops.push(m_decoder->push(token), stopped));
+    if (stopped) {
+        m_done = true;
+        m_finished = true;
+        m_reason = StopReason::StopString;
+        return out;
+    }
+    if (static_cast<int64_t>(m_tokens.size()) >= m_params.maxTokens)
+        out += finish(StopReason::MaxTokens);
+    return out;
+}
+
+std::string TokenTracker::finish(StopReason reason)
+{
+    m_done = true;
+    if (m_finished)
+        return {};
+    m_finished = true;
+    m_reason = reason;
+    bool stopped = false;
+    std::string out = emit(m_stops.push(m_decoder->flush(), stopped));
+    if (stopped) {
+        m_reason = StopReason::StopString;
+        return out;
+    }
+    return out + emit(m_stops.flush());
+}
+
 GenerationResult generate(TokenStepper& stepper, const Tokenizer& tokenizer, const std::vector<int>& promptIds,
                           int64_t startPos, const GenerationParams& params,
                           const std::function<void(const std::string&)>& onText, std::ostream* trace)
@@ -82,26 +137,18 @@ GenerationResult generate(TokenStepper& stepper, const Tokenizer& tokenizer, con
         throw Error("the prompt needs " + std::to_string(startPos + r.promptTokens) + " positions but the context holds " +
                     std::to_string(limit));
 
-    StreamDecoder decoder(tokenizer);
-    StopStringFilter stops(params.stopStrings);
+    TokenTracker tracker(tokenizer, params);
     auto emit = [&](const std::string& s) {
-        if (s.empty())
-            return;
-        r.text += s;
-        if (onText)
+        if (!s.empty() && onText)
             onText(s);
     };
-
     std::vector<int> input = promptIds;
     int64_t pos = startPos;
-    bool stopped = false;
-    for (int64_t stepIndex = 0; !stopped; ++stepIndex) {
-        if (static_cast<int64_t>(r.tokens.size()) >= params.maxTokens) {
-            r.reason = StopReason::MaxTokens;
-            break;
-        }
+    if (params.maxTokens <= 0)
+        tracker.finish(StopReason::MaxTokens);
+    for (int64_t stepIndex = 0; !tracker.done(); ++stepIndex) {
         if (pos + static_cast<int64_t>(input.size()) > limit) {
-            r.reason = StopReason::ContextFull;
+            emit(tracker.finish(StopReason::ContextFull));
             break;
         }
         auto t0 = Clock::now();
@@ -120,35 +167,15 @@ GenerationResult generate(TokenStepper& stepper, const Tokenizer& tokenizer, con
             for (auto& [id, logit] : out.top)
                 top.push_back({id, logit});
             line["top"] = top;
-            if (!out.timings.empty()) {
-                nlohmann::json t = nlohmann::json::array();
-                for (auto& x : out.timings)
-                    t.push_back({{"stage", x.stage}, {"rank", x.rank}, {"compute_ms", x.computeMs}, {"allreduce_ms", x.allReduceMs},
-                                 {"allreduces", x.allReduces}, {"downstream_ms", x.downstreamMs}});
-                line["timings"] = t;
-            }
             *trace << line.dump() << '\n';
             trace->flush();
         }
-        r.tokens.push_back(out.token);
-        if (std::find(params.eosIds.begin(), params.eosIds.end(), out.token) != params.eosIds.end()) {
-            r.reason = StopReason::Eos;
-            break;
-        }
-        emit(stops.push(decoder.push(out.token), stopped));
-        if (stopped) {
-            r.reason = StopReason::StopString;
-            break;
-        }
+        emit(tracker.push(out.token));
         input.assign(1, out.token);
     }
-    if (!stopped) {
-        emit(stops.push(decoder.flush(), stopped));
-        if (stopped)
-            r.reason = StopReason::StopString;
-        else
-            emit(stops.flush());
-    }
+    r.tokens = tracker.tokens();
+    r.text = tracker.text();
+    r.reason = tracker.reason();
     return r;
 }
 

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <ostream>
 #include <string>
 #include <utility>
@@ -53,6 +54,7 @@ enum class StopReason {
     StopString,
     MaxTokens,
     ContextFull,
+    Stopped, // by the user
 };
 const char* stopReasonText(StopReason r);
 
@@ -78,6 +80,37 @@ public:
 private:
     std::vector<std::string> m_stops;
     std::string m_held;
+};
+
+// The master's view of an answer, token by token, shared by the local loop below and the cluster ring:
+// decodes text as it becomes complete UTF-8, ends at EOS, a stop string or max tokens, and never lets text
+// past a stop string out.
+class TokenTracker {
+public:
+    TokenTracker(const Tokenizer& tokenizer, const GenerationParams& params);
+    ~TokenTracker();
+    // Takes the next sampled token; returns the text that became safe to show (often empty). Afterwards
+    // done() says whether the answer ended with it. Tokens pushed after done() are ignored.
+    std::string push(int token);
+    // The answer ended for another reason (context full, stopped by the user): returns what was held back,
+    // unless a stop string cut it.
+    std::string finish(StopReason reason);
+    bool done() const { return m_done; }
+    StopReason reason() const { return m_reason; }
+    const std::vector<int>& tokens() const { return m_tokens; }
+    const std::string& text() const { return m_text; }
+    const GenerationParams& params() const { return m_params; }
+
+private:
+    std::string emit(std::string s);
+    GenerationParams m_params;
+    std::unique_ptr<class StreamDecoder> m_decoder;
+    StopStringFilter m_stops;
+    std::vector<int> m_tokens;
+    std::string m_text;
+    bool m_done = false;
+    bool m_finished = false;
+    StopReason m_reason = StopReason::MaxTokens;
 };
 
 // The generation loop shared by every front end: prefill the prompt in one step, then one token per step

@@ -292,6 +292,10 @@ int runDaemon(const DaemonOptions& o)
         if (o.maxMemoryGiB < 0)
             throw Error("--max-memory must be a positive number of GiB");
         so.maxMemoryBytes = static_cast<uint64_t>(o.maxMemoryGiB * double(1ull << 30));
+        if (o.cacheGiB < 0)
+            throw Error("--cache-size must be 0 (no cache) or a positive number of GiB");
+        so.cacheBytes = static_cast<uint64_t>(o.cacheGiB * double(1ull << 30));
+        so.cacheDir = state + "/slice-cache";
         ShardProcesses shards(so, log);
 
         grpc::ServerBuilder builder;

@@ -122,6 +122,7 @@ GlooCommunicator::Cached& GlooCommunicator::algorithmFor(size_t count)
 void GlooCommunicator::allReduceSum(float* data, size_t count)
 {
     auto t0 = std::chrono::steady_clock::now();
+    const int64_t wall0 = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
     try {
         Cached& c = algorithmFor(count);
         std::copy(data, data + count, c.buffer.begin());
@@ -130,8 +131,25 @@ void GlooCommunicator::allReduceSum(float* data, size_t count)
     } catch (const std::exception& e) {
         throw Error(std::string("all-reduce failed (a tensor-parallel peer died or stalled?): ") + e.what());
     }
-    m_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    m_seconds += seconds;
     ++m_calls;
+    m_bytes += count * sizeof(float);
+    if (m_spans.size() < 4096)
+        m_spans.push_back({wall0, wall0 + static_cast<int64_t>(seconds * 1e6)});
+}
+
+GlooCommunicator::Usage GlooCommunicator::take()
+{
+    Usage u;
+    u.seconds = m_seconds;
+    u.calls = m_calls;
+    u.bytes = m_bytes;
+    u.spans.swap(m_spans);
+    m_seconds = 0;
+    m_calls = 0;
+    m_bytes = 0;
+    return u;
 }
 
 double GlooCommunicator::takeSeconds(uint32_t* calls)

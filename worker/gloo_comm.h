@@ -32,6 +32,14 @@ public:
 
     // Time spent inside all-reduces since the last reset, and how many there were.
     double takeSeconds(uint32_t* calls);
+    // Everything since the last take: time, calls, bytes each rank contributed, and each call's wall-clock span (µs).
+    struct Usage {
+        double seconds = 0;
+        uint32_t calls = 0;
+        uint64_t bytes = 0;
+        std::vector<std::pair<int64_t, int64_t>> spans;
+    };
+    Usage take();
 
 private:
     struct Cached;
@@ -41,6 +49,8 @@ private:
     uint32_t m_tag = 0;
     double m_seconds = 0;
     uint32_t m_calls = 0;
+    uint64_t m_bytes = 0;
+    std::vector<std::pair<int64_t, int64_t>> m_spans;
 };
 
 } // namespace together

@@ -39,12 +39,14 @@ const char* kUsage =
     "      written to the cache folder and used (its output is noise).\n"
     "  together-worker serve [--key-file FILE] [--listen ADDR:PORT] [--ports LO-HI] [--max-memory GiB]\n"
     "                        [--max-threads N] [--models-root DIR]... [--discovery-port P]\n"
-    "                        [--discovery-interfaces IF,IF|none] [--state-dir DIR]\n"
+    "                        [--discovery-interfaces IF,IF|none] [--state-dir DIR] [--cache-size GiB]\n"
     "      Runs the worker daemon (default 0.0.0.0:7600: all interfaces; shard ports 7610-7650). Only peers\n"
     "      holding the cluster key get past its TLS handshake. Without --key-file it uses the stored key, or asks\n"
     "      for it once on the terminal and stores it (mode 0600). It announces itself on the LAN (UDP 7601) and\n"
     "      keeps running when its terminal closes. --max-memory/--max-threads: what this machine donates.\n"
     "      --models-root: folders of this machine a plan may ask it to load a model from (none by default).\n"
+    "      --cache-size: disk kept for weight slices received from masters, so relaunching the same placement\n"
+    "      skips the transfer (default 4 GiB, in the state folder; 0 turns it off; oldest evicted first).\n"
     "  together-worker install-service [serve's flags] [--unit-dir DIR] [--no-enable]\n"
     "      Writes and enables a systemd user unit running `serve` with those flags at every boot (and enables\n"
     "      linger). uninstall-service [--unit-dir DIR] removes it.\n"
@@ -84,7 +86,7 @@ int runGenerate(const std::vector<std::string>& rest)
 std::vector<CliArgs::Spec> serveFlagSpecs()
 {
     return {{"listen"}, {"key-file"}, {"ports"}, {"max-memory"}, {"max-threads"}, {"models-root", true, true}, {"discovery-port"},
-            {"discovery-interfaces"}, {"state-dir"}, {"local", false}, {"report-fd"}, {"parent-pid"}};
+            {"discovery-interfaces"}, {"state-dir"}, {"cache-size"}, {"local", false}, {"report-fd"}, {"parent-pid"}};
 }
 
 DaemonOptions parseServe(const CliArgs& a)
@@ -101,6 +103,9 @@ DaemonOptions parseServe(const CliArgs& a)
     o.maxMemoryGiB = a.getDouble("max-memory", 0);
     if (a.has("max-memory") && !(o.maxMemoryGiB > 0))
         throw Error("--max-memory takes a number of GiB above 0");
+    o.cacheGiB = a.getDouble("cache-size", o.cacheGiB);
+    if (o.cacheGiB < 0)
+        throw Error("--cache-size takes a number of GiB (0 turns the slice cache off)");
     o.maxThreads = a.getInt("max-threads", 0);
     if (a.has("max-threads") && o.maxThreads < 1)
         throw Error("--max-threads takes a number of threads of at least 1");
@@ -132,7 +137,7 @@ int runInstallService(const std::vector<std::string>& rest)
     u.enable = !a.has("no-enable");
     // The service has no terminal to ask on: the key must be stored (or given) now.
     u.serveArgs = {"--key-file", std::filesystem::absolute(resolveDaemonKeyFile(a.get("key-file"))).string()};
-    for (const char* flag : {"listen", "ports", "max-memory", "max-threads", "discovery-port", "discovery-interfaces", "state-dir"})
+    for (const char* flag : {"listen", "ports", "max-memory", "max-threads", "cache-size", "discovery-port", "discovery-interfaces", "state-dir"})
         if (a.has(flag)) {
             u.serveArgs.push_back(std::string("--") + flag);
             u.serveArgs.push_back(flag == std::string("state-dir") ? std::filesystem::absolute(a.get(flag)).string() : a.get(flag));
@@ -174,7 +179,8 @@ int main(int argc, char** argv)
             return 0;
         }
         if (cmd == "shard") { // started by a daemon, not by hand
-            CliArgs a(rest, {{"host"}, {"ports"}, {"key-file"}, {"threads"}, {"name"}, {"models-root", true, true}, {"report-fd"}, {"parent-pid"}});
+            CliArgs a(rest, {{"host"}, {"ports"}, {"key-file"}, {"threads"}, {"name"}, {"models-root", true, true}, {"report-fd"}, {"parent-pid"},
+                             {"cache-dir"}, {"cache-bytes"}});
             ShardOptions o;
             o.host = a.get("host", o.host);
             o.ports = a.get("ports", o.ports);
@@ -182,6 +188,8 @@ int main(int argc, char** argv)
             o.threads = a.getInt("threads", 1);
             o.name = a.get("name");
             o.modelsRoots = a.all("models-root");
+            o.cacheDir = a.get("cache-dir");
+            o.cacheBytes = a.getU64("cache-bytes", 0);
             o.reportFd = a.getInt("report-fd", -1);
             o.parentPid = a.getInt("parent-pid", 0);
             return runShard(o);

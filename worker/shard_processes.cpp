@@ -145,6 +145,9 @@ ShardProcesses::Started ShardProcesses::launch(const Request& req)
     std::vector<std::string> args = {"shard", "--host", req.bindHost, "--ports", m_options.ports, "--key-file", m_options.keyFile,
                                      "--threads", std::to_string(std::max<uint32_t>(1, req.threads)), "--name",
                                      "shard " + std::to_string(req.index) + " " + req.launchId.substr(0, 8) + "@" + m_options.workerId.substr(0, 16)};
+    if (m_options.cacheBytes > 0 && !m_options.cacheDir.empty()) {
+        args.insert(args.end(), {"--cache-dir", m_options.cacheDir, "--cache-bytes", std::to_string(m_options.cacheBytes)});
+    }
     for (auto& r : m_options.modelsRoots) {
         args.push_back("--models-root");
         args.push_back(r);

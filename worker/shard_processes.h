@@ -41,6 +41,8 @@ public:
         std::string workerId;
         uint32_t maxThreads = 1;
         uint64_t maxMemoryBytes = 0;      // 0: only what is free
+        std::string cacheDir;             // where shards keep the slices they received (SliceCache)
+        uint64_t cacheBytes = 0;          // its size limit; 0: no cache
     };
     struct Request {
         std::string launchId;

@@ -10,6 +10,7 @@
 #include "core/safetensors.h"
 #include "core/sampler.h"
 #include "core/shard_spec.h"
+#include "core/slice_cache.h"
 #include "core/user_dirs.h"
 #include "proto/together.grpc.pb.h"
 #include "worker/gloo_comm.h"
@@ -23,6 +24,11 @@
 #include <openssl/evp.h>
 
 #include <condition_variable>
+#include <deque>
+#include <optional>
+#include <thread>
+
+#include <sys/resource.h>
 #include <filesystem>
 #include <cstring>
 #include <future>
@@ -98,64 +104,185 @@ private:
     mutable uint64_t m_bytes = 0;
 };
 
+// A failure talking to a peer: the peer may be the one at fault.
+struct PeerError : Error {
+    using Error::Error;
+};
+
+int64_t wallMicros()
+{
+    return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// Counts the layers whose tensors the model has taken, for "loading layer N of M" progress.
+class ProgressWeights : public WeightProvider {
+public:
+    ProgressWeights(const WeightProvider& inner, std::atomic<uint32_t>& layersDone)
+        : m_inner(inner)
+        , m_done(layersDone)
+    {
+    }
+    TensorView get(const TensorSlice& slice, std::vector<std::byte>& scratch) const override
+    {
+        const std::string prefix = "model.layers.";
+        if (slice.name.rfind(prefix, 0) == 0) {
+            const int64_t layer = std::atoll(slice.name.c_str() + prefix.size());
+            if (layer != m_current) {
+                if (m_current >= 0)
+                    ++m_done;
+                m_current = layer;
+            }
+        }
+        return m_inner.get(slice, scratch);
+    }
+    void release(const TensorSlice& slice) const override { m_inner.release(slice); }
+
+private:
+    const WeightProvider& m_inner;
+    std::atomic<uint32_t>& m_done;
+    mutable int64_t m_current = -1;
+};
+
+// One step's input, from the master (stage 0's prompt), the previous stage (a hidden state) or the last
+// stage (the sampled token, to stage 0).
+struct Work {
+    uint64_t generation = 0;
+    uint64_t step = 0;
+    int64_t startPos = 0;
+    bool sample = true;
+    std::optional<v1::GenerationHeader> header;
+    std::vector<int64_t> tokens;
+    std::string hidden;
+    uint32_t rows = 0;
+};
+
+class ShardService;
+
+// A link of the ring this rank sends on: one long-lived bidirectional stream; the peer acknowledges each
+// message, and the round trip (halved) is the link's time in this rank's step record.
+class OutPipe {
+public:
+    OutPipe(const Credentials& credentials, std::string address, ShardService& owner);
+    ~OutPipe();
+    // False when the stream broke (the peer died); the caller names the link.
+    bool send(const v1::PipeMessage& message, uint64_t recordSequence);
+    const std::string& address() const { return m_address; }
+
+private:
+    void readAcks();
+    std::string m_address;
+    ShardService& m_owner;
+    std::unique_ptr<v1::Shard::Stub> m_stub;
+    grpc::ClientContext m_ctx;
+    std::unique_ptr<grpc::ClientReaderWriter<v1::PipeMessage, v1::PipeAck>> m_stream;
+    std::mutex m_mutex;
+    struct Pending {
+        Clock::time_point sent;
+        int64_t sentUs = 0;
+        uint64_t record = 0;
+    };
+    std::map<std::pair<uint64_t, uint64_t>, Pending> m_pending;
+    std::thread m_reader;
+};
+
 class ShardService final : public v1::Shard::Service, public v1::KvStore::Service {
 public:
-    ShardService(const Credentials& credentials, int threads, std::vector<std::string> modelsRoots)
+    ShardService(const Credentials& credentials, const ShardOptions& options)
         : m_credentials(credentials)
-        , m_threads(threads)
-        , m_admittedThreads(threads)
-        , m_modelsRoots(std::move(modelsRoots))
+        , m_threads(options.threads)
+        , m_admittedThreads(options.threads)
+        , m_modelsRoots(options.modelsRoots)
     {
-        setComputeThreads(threads);
+        if (!options.cacheDir.empty() && options.cacheBytes > 0) {
+            try {
+                m_sliceCache = std::make_unique<SliceCache>(options.cacheDir, options.cacheBytes);
+            } catch (const std::exception& e) {
+                std::fprintf(stderr, "slice cache off: %s\n", e.what());
+            }
+        }
     }
 
-    grpc::Status Configure(grpc::ServerContext* ctx, const v1::ShardConfig* req, v1::ConfigureReply* rep) override
+    ~ShardService() override { shutdown(); }
+
+    void shutdown()
+    {
+        {
+            std::lock_guard lock(m_queueMutex);
+            m_shutdown = true;
+        }
+        m_queueCv.notify_all();
+        m_observeCv.notify_all();
+        if (m_runner.joinable())
+            m_runner.join();
+        m_next.clear();
+        m_tokenPipes.clear();
+    }
+
+    // ---- launch ----
+
+    grpc::Status Configure(grpc::ServerContext*, const v1::ShardConfig* req, v1::ConfigureReply* rep) override
     {
         std::lock_guard lock(m_mutex);
         try {
-            if (m_model)
+            if (!m_slices.empty() || m_model)
                 throw Error("this shard is already configured");
             m_config = ModelConfig::fromJsonText(req->config_json(), "config.json from the master");
             m_configJson = req->config_json();
-            if (req->tp_size() < 1 || req->tp_rank() >= req->tp_size() || req->num_stages() < 1 || req->stage() >= req->num_stages())
+            if (req->tp_size() < 1 || req->tp_size() > 64 || req->tp_rank() >= req->tp_size() || req->num_stages() < 1 ||
+                req->num_stages() > 256 || req->stage() >= req->num_stages())
                 throw Error("bad rank or stage numbers");
+            if (req->first_layer() < 0 || req->last_layer() < req->first_layer() || req->last_layer() >= m_config.numLayers)
+                throw Error("layers " + std::to_string(req->first_layer()) + ".." + std::to_string(req->last_layer()) + " are not in the model's " +
+                            std::to_string(m_config.numLayers));
             m_spec = ShardSpec{req->first_layer(), req->last_layer(), static_cast<int>(req->tp_rank()), static_cast<int>(req->tp_size()),
                                req->stage() == 0, req->stage() + 1 == req->num_stages()};
             m_stage = req->stage();
             m_launchId = req->launch_id();
+            m_worker = req->worker().substr(0, 256);
             m_compute = parseComputeType(req->dtype());
+            if (req->context_limit() < 1 || req->context_limit() > m_config.contextLimit())
+                throw Error("context limit " + std::to_string(req->context_limit()) + " is outside 1.." + std::to_string(m_config.contextLimit()));
             m_contextLimit = req->context_limit();
             // Never more than the daemon admitted this shard with (its --threads): that is what the machine donates.
-            if (req->threads() > 0) {
+            if (req->threads() > 0)
                 m_threads = std::min(static_cast<int>(req->threads()), m_admittedThreads);
-                setComputeThreads(m_threads);
-            }
             m_slices.clear();
             int64_t bytes = 0;
             for (auto& s : shardTensors(m_config, m_spec)) {
                 int64_t n = 1;
-                for (auto d : s.shape())
+                for (auto d : s.shape()) {
+                    if (d < 0 || (d > 0 && n > (int64_t(1) << 40) / d))
+                        throw Error("tensor " + s.name + " of shape " + shapeString(s.shape()) + " is too large");
                     n *= d;
+                }
                 bytes += n * 4; // at most f32
+                if (bytes > (int64_t(1) << 42))
+                    throw Error("this shard's slice would exceed 4 TiB");
                 m_slices.emplace(s.name, s);
             }
+            m_layersTotal = static_cast<uint32_t>(m_spec.lastLayer - m_spec.firstLayer + 1);
+            m_me = "stage " + std::to_string(m_stage) + " rank " + std::to_string(m_spec.tpRank) + (m_worker.empty() ? "" : " on " + m_worker);
             rep->set_expected_bytes(bytes);
             rep->set_tensors(static_cast<uint32_t>(m_slices.size()));
             m_weights = ReceivedWeights();
+            setActivity("configured");
         } catch (const std::exception& e) {
+            m_slices.clear();
             return fail(grpc::StatusCode::INVALID_ARGUMENT, std::string("configure: ") + e.what());
         }
         return grpc::Status::OK;
     }
 
-    grpc::Status LoadWeights(grpc::ServerContext* ctx, grpc::ServerReader<v1::WeightChunk>* reader, v1::LoadWeightsReply* rep) override
+    grpc::Status LoadWeights(grpc::ServerContext*, grpc::ServerReader<v1::WeightChunk>* reader, v1::LoadWeightsReply* rep) override
     {
         std::lock_guard lock(m_mutex);
-        if (m_slices.empty())
-            return fail(grpc::StatusCode::FAILED_PRECONDITION, "load weights: the shard is not configured");
+        if (grpc::Status s = canLoad(); !s.ok())
+            return s;
+        setActivity("receiving weights");
         v1::WeightChunk chunk;
         std::string current;
         uint64_t received = 0;
+        std::map<std::string, std::string> hashes;
         EVP_MD_CTX* md = EVP_MD_CTX_new();
         auto cleanup = [&] { EVP_MD_CTX_free(md); };
         try {
@@ -205,6 +332,7 @@ public:
                     EVP_DigestFinal_ex(md, hash, &len);
                     if (chunk.sha256().size() != 32 || std::memcmp(hash, chunk.sha256().data(), 32) != 0)
                         throw Error("tensor " + current + ": SHA-256 mismatch (corrupted in transfer)");
+                    hashes[current] = chunk.sha256();
                     current.clear();
                 }
             }
@@ -213,27 +341,77 @@ public:
             for (auto& [name, s] : m_slices)
                 if (!m_weights.tensors.count(name))
                     throw Error("tensor " + name + " was not sent");
-            setComputeThreads(m_threads);
-            m_model = std::make_unique<LlamaModel>(m_config, m_weights, m_compute, m_spec, nullptr);
-            m_weights = ReceivedWeights(); // the model holds converted copies
-            m_cache = std::make_unique<KvCache>(m_model->newCache(m_contextLimit));
-        } catch (const std::exception& e) {
             cleanup();
+            md = nullptr;
+            storeInCache(hashes);
+            buildModel(m_weights);
+            m_weights = ReceivedWeights(); // the model holds converted copies
+        } catch (const std::exception& e) {
+            if (md)
+                cleanup();
             m_weights = ReceivedWeights();
             m_model.reset();
+            setActivity("configured");
             return fail(grpc::StatusCode::INVALID_ARGUMENT, std::string("load weights: ") + e.what());
         }
-        cleanup();
         rep->set_bytes(received);
         rep->set_tensors(static_cast<uint32_t>(m_slices.size()));
         return grpc::Status::OK;
     }
 
-    grpc::Status LoadLocalWeights(grpc::ServerContext* ctx, const v1::LoadLocalRequest* req, v1::LoadWeightsReply* rep) override
+    grpc::Status LoadCached(grpc::ServerContext*, const v1::LoadCachedRequest* req, v1::LoadCachedReply* rep) override
     {
         std::lock_guard lock(m_mutex);
-        if (m_slices.empty())
-            return fail(grpc::StatusCode::FAILED_PRECONDITION, "load weights: the shard is not configured");
+        if (grpc::Status s = canLoad(); !s.ok())
+            return s;
+        rep->set_found(false);
+        if (!m_sliceCache)
+            return grpc::Status::OK;
+        try {
+            std::map<std::string, std::string> expected;
+            std::vector<std::pair<std::string, std::string>> ordered;
+            for (auto& h : req->hashes()) {
+                if (!m_slices.count(h.name()) || h.sha256().size() != 32)
+                    throw Error("hash for " + h.name() + " does not belong to this slice");
+                expected[h.name()] = h.sha256();
+                ordered.emplace_back(h.name(), h.sha256());
+            }
+            if (expected.size() != m_slices.size())
+                return grpc::Status::OK;
+            setActivity("reading weights from the slice cache");
+            auto found = m_sliceCache->load(SliceCache::key(m_configJson, sliceDescription(), ordered), expected);
+            if (!found)
+                return grpc::Status::OK;
+            uint64_t bytes = 0;
+            for (auto& t : *found) {
+                auto it = m_slices.find(t.name);
+                if (it == m_slices.end() || t.shape != it->second.shape())
+                    return grpc::Status::OK;
+                auto& r = m_weights.tensors[t.name];
+                r.dtype = parseDType(t.dtype, "cached tensor " + t.name);
+                r.shape = t.shape;
+                bytes += t.bytes.size();
+                r.bytes = std::move(t.bytes);
+            }
+            found.reset();
+            buildModel(m_weights);
+            m_weights = ReceivedWeights();
+            rep->set_found(true);
+            rep->set_bytes(bytes);
+        } catch (const std::exception& e) {
+            m_weights = ReceivedWeights();
+            m_model.reset();
+            setActivity("configured");
+            return fail(grpc::StatusCode::INVALID_ARGUMENT, std::string("load cached weights: ") + e.what());
+        }
+        return grpc::Status::OK;
+    }
+
+    grpc::Status LoadLocalWeights(grpc::ServerContext*, const v1::LoadLocalRequest* req, v1::LoadWeightsReply* rep) override
+    {
+        std::lock_guard lock(m_mutex);
+        if (grpc::Status s = canLoad(); !s.ok())
+            return s;
         try {
             const std::string& dir = req->model_dir();
             checkModelFolderAllowed(dir, m_modelsRoots);
@@ -258,24 +436,29 @@ public:
             for (auto& [name, view] : files.tensors())
                 checkModelFolderAllowed(view.file->path(), m_modelsRoots); // shard files may be symlinks (HF cache)
             VerifiedWeights weights(files, hashes, dir);
-            setComputeThreads(m_threads);
-            m_model = std::make_unique<LlamaModel>(m_config, weights, m_compute, m_spec, nullptr);
-            m_cache = std::make_unique<KvCache>(m_model->newCache(m_contextLimit));
+            setActivity("reading weights from " + dir);
+            buildModel(weights);
             rep->set_bytes(weights.bytesRead());
             rep->set_tensors(static_cast<uint32_t>(m_slices.size()));
         } catch (const std::exception& e) {
             m_model.reset();
+            setActivity("configured");
             return fail(grpc::StatusCode::INVALID_ARGUMENT, std::string("load local weights: ") + e.what());
         }
         return grpc::Status::OK;
     }
 
-    grpc::Status Connect(grpc::ServerContext* ctx, const v1::ConnectRequest* req, v1::ConnectReply*) override
+    grpc::Status Connect(grpc::ServerContext*, const v1::ConnectRequest* req, v1::ConnectReply*) override
     {
         std::lock_guard lock(m_mutex);
         if (!m_model)
             return fail(grpc::StatusCode::FAILED_PRECONDITION, "connect: weights are not loaded");
+        if (m_connected)
+            return fail(grpc::StatusCode::FAILED_PRECONDITION, "connect: already connected");
+        if (req->next_addresses_size() > 64 || req->token_addresses_size() > 64)
+            return fail(grpc::StatusCode::INVALID_ARGUMENT, "connect: too many peers");
         try {
+            setActivity("joining the tensor-parallel group");
             if (m_spec.tpSize > 1) {
                 auto timeout = std::chrono::milliseconds(req->collective_timeout_ms() ? req->collective_timeout_ms() : 600000);
                 m_comm = std::make_unique<GlooCommunicator>(m_credentials, req->store_address(), m_launchId + "/stage" + std::to_string(m_stage),
@@ -283,122 +466,220 @@ public:
                                                             req->busy_poll());
                 m_model->setCommunicator(m_comm.get());
             }
-            m_next.clear();
+            setActivity("opening pipeline links");
             for (auto& a : req->next_addresses())
-                m_next.push_back({a, v1::Shard::NewStub(openChannel(m_credentials, a))});
+                m_next.push_back(std::make_unique<OutPipe>(m_credentials, a, *this));
+            for (auto& a : req->token_addresses())
+                m_tokenPipes.push_back(std::make_unique<OutPipe>(m_credentials, a, *this));
+            m_feedSelf = req->feed_self();
         } catch (const std::exception& e) {
+            setActivity("failed to connect");
             return fail(grpc::StatusCode::UNAVAILABLE, std::string("connect: ") + e.what());
         }
         m_connected = true;
+        setActivity("idle");
+        m_runner = std::thread([this] { run(); });
         return grpc::Status::OK;
     }
 
-    grpc::Status Step(grpc::ServerContext* ctx, const v1::StepRequest* req, v1::StepReply* rep) override
-    {
-        std::lock_guard lock(m_mutex);
-        const std::string me = "stage " + std::to_string(m_stage) + " rank " + std::to_string(m_spec.tpRank);
-        if (!m_connected)
-            return fail(grpc::StatusCode::FAILED_PRECONDITION, me + ": not connected");
-        if (req->step() != m_lastStep + 1)
-            return fail(grpc::StatusCode::FAILED_PRECONDITION, me + ": desynchronised: expected step " + std::to_string(m_lastStep + 1) +
-                                                                   ", got " + std::to_string(req->step()));
-        m_lastStep = req->step();
-        // OpenMP's thread count is per calling thread, and gRPC serves each call on a pool thread whose
-        // default is every core: without this a one-thread shard computes with all of them.
-        setComputeThreads(m_threads);
-        auto t0 = Clock::now();
-        at::Tensor out;
-        try {
-            if (req->start_pos() < 0 || req->start_pos() > m_cache->length())
-                throw Error("start position " + std::to_string(req->start_pos()) + " is past the " + std::to_string(m_cache->length()) +
-                            " cached positions");
-            m_cache->truncate(req->start_pos());
-            at::Tensor input;
-            if (m_spec.firstStage) {
-                if (req->tokens_size() == 0)
-                    throw Error("no tokens");
-                std::vector<int64_t> ids(req->tokens().begin(), req->tokens().end());
-                input = at::tensor(ids, at::kLong);
-            } else {
-                const int64_t rows = req->rows(), H = m_config.hiddenSize;
-                if (rows < 1 || static_cast<uint64_t>(req->hidden().size()) != static_cast<uint64_t>(rows * H * 4))
-                    throw Error("hidden state of " + std::to_string(req->hidden().size()) + " bytes does not match " + std::to_string(rows) +
-                                " rows of " + std::to_string(H) + " floats");
-                input = at::empty({rows, H}, at::kFloat);
-                std::memcpy(input.data_ptr<float>(), req->hidden().data(), req->hidden().size());
-            }
-            out = m_model->forwardShard(input, *m_cache);
-        } catch (const std::exception& e) {
-            return fail(grpc::StatusCode::INTERNAL, me + ": " + e.what());
-        }
-        auto t1 = Clock::now();
-        v1::StageTiming timing;
-        timing.set_stage(m_stage);
-        timing.set_rank(static_cast<uint32_t>(m_spec.tpRank));
-        uint32_t calls = 0;
-        double arSeconds = m_comm ? m_comm->takeSeconds(&calls) : 0.0;
-        timing.set_allreduce_us(static_cast<uint64_t>(arSeconds * 1e6));
-        timing.set_allreduces(calls);
-        timing.set_compute_us(micros(t1 - t0) - std::min<uint64_t>(micros(t1 - t0), timing.allreduce_us()));
+    // ---- liveness ----
 
-        if (!m_spec.lastStage) {
-            // Hand the hidden state to our ranks of the next stage, in parallel; one of the replies carries
-            // the token when the chain ends at the last stage's rank 0.
-            v1::StepRequest next = *req;
-            next.clear_tokens();
-            next.set_rows(static_cast<uint32_t>(out.size(0)));
-            next.set_hidden(std::string(reinterpret_cast<const char*>(out.data_ptr<float>()), static_cast<size_t>(out.numel()) * 4));
-            std::vector<std::future<std::pair<grpc::Status, v1::StepReply>>> calls;
-            for (auto& n : m_next) {
-                calls.push_back(std::async(std::launch::async, [&, stub = n.stub.get()] {
-                    grpc::ClientContext c;
-                    c.set_deadline(ctx->deadline());
-                    v1::StepReply r;
-                    grpc::Status s = stub->Step(&c, next, &r);
-                    return std::make_pair(s, r);
-                }));
-            }
-            for (size_t i = 0; i < calls.size(); ++i) {
-                auto [s, r] = calls[i].get();
-                if (!s.ok())
-                    return fail(s.error_code(), s.error_message().rfind("stage ", 0) == 0
-                                                    ? s.error_message()
-                                                    : me + ": next stage " + m_next[i].address + ": " + s.error_message());
-                if (r.has_token()) {
-                    rep->set_has_token(true);
-                    rep->set_token(r.token());
-                    *rep->mutable_top_ids() = r.top_ids();
-                    *rep->mutable_top_logits() = r.top_logits();
+    grpc::Status Status(grpc::ServerContext*, const v1::StatusRequest* req, v1::StatusReply* rep) override
+    {
+        {
+            std::lock_guard lock(m_stateMutex);
+            rep->set_activity(m_activity);
+            rep->set_error(m_error);
+            rep->set_peer_failed(m_peerFailed);
+        }
+        rep->set_unix_us(wallMicros());
+        rep->set_layers_loaded(m_layersLoaded.load());
+        rep->set_layers_total(m_layersTotal);
+        struct rusage ru {};
+        ::getrusage(RUSAGE_SELF, &ru);
+        rep->set_peak_rss_bytes(static_cast<uint64_t>(ru.ru_maxrss) * 1024);
+        std::lock_guard lock(m_recordMutex);
+        const auto now = Clock::now();
+        for (auto& r : m_records) {
+            if (r.record.sequence() <= req->records_after())
+                continue;
+            // A record waits (briefly) for its link's acknowledgement; records go out in order.
+            if (!r.complete && now - r.created < std::chrono::seconds(2))
+                break;
+            *rep->add_records() = r.record;
+            if (rep->records_size() >= 2000)
+                break;
+        }
+        return grpc::Status::OK;
+    }
+
+    // ---- generation ----
+
+    grpc::Status Start(grpc::ServerContext*, const v1::StartRequest* req, v1::StartReply*) override
+    {
+        if (!m_connected || !m_spec.firstStage)
+            return fail(grpc::StatusCode::FAILED_PRECONDITION, "start: " + (m_me.empty() ? std::string("this shard") : m_me) +
+                                                                   (m_connected ? " is not a first-stage rank" : " is not connected"));
+        if (std::string e = error(); !e.empty())
+            return fail(grpc::StatusCode::FAILED_PRECONDITION, e);
+        const auto& h = req->header();
+        const int64_t n = req->tokens_size();
+        if (n < 1 || n > m_contextLimit || req->start_pos() < 0 || req->start_pos() > m_contextLimit - n)
+            return fail(grpc::StatusCode::INVALID_ARGUMENT, "start: " + std::to_string(n) + " tokens at position " + std::to_string(req->start_pos()) +
+                                                                " do not fit the context of " + std::to_string(m_contextLimit));
+        if (h.eos_ids_size() > 64 || h.top_logits() > 64)
+            return fail(grpc::StatusCode::INVALID_ARGUMENT, "start: too many EOS ids or top logits asked");
+        for (int32_t id : req->tokens())
+            if (id < 0 || id >= m_config.vocabSize)
+                return fail(grpc::StatusCode::INVALID_ARGUMENT, "start: token id " + std::to_string(id) + " is outside the vocabulary");
+        const int64_t maxRows = std::max<int64_t>(1, static_cast<int64_t>(kChunkBytes) / (m_config.hiddenSize * 4));
+        std::vector<Work> items;
+        for (int64_t done = 0; done < n; done += maxRows) {
+            Work w;
+            w.generation = h.generation();
+            w.step = items.size();
+            w.startPos = req->start_pos() + done;
+            w.sample = done + maxRows >= n;
+            if (done == 0)
+                w.header = h;
+            w.tokens.assign(req->tokens().begin() + done, req->tokens().begin() + std::min(n, done + maxRows));
+            items.push_back(std::move(w));
+        }
+        {
+            std::lock_guard lock(m_queueMutex);
+            if (h.generation() <= m_lastStarted)
+                return fail(grpc::StatusCode::INVALID_ARGUMENT, "start: generation " + std::to_string(h.generation()) + " is not new");
+            m_lastStarted = h.generation();
+            for (auto& w : items)
+                m_queue.push_back(std::move(w));
+        }
+        m_queueCv.notify_all();
+        return grpc::Status::OK;
+    }
+
+    grpc::Status Observe(grpc::ServerContext* ctx, grpc::ServerReaderWriter<v1::ObserveEvent, v1::ObserveRequest>* stream) override
+    {
+        if (!m_connected || !(m_spec.lastStage && m_spec.tpRank == 0))
+            return fail(grpc::StatusCode::FAILED_PRECONDITION, "observe: only the last stage's rank 0 samples tokens");
+        uint64_t me;
+        {
+            std::lock_guard lock(m_observeMutex);
+            me = ++m_observer;
+        }
+        m_observeCv.notify_all();
+        std::atomic<bool> readerDone{false};
+        std::thread reader([&] {
+            v1::ObserveRequest r;
+            while (stream->Read(&r)) {
+                std::lock_guard lock(m_observeMutex);
+                if (r.stop())
+                    m_stopGeneration = std::max(m_stopGeneration, r.generation());
+                if (r.generation() > m_ackGeneration || (r.generation() == m_ackGeneration && r.acknowledged() > m_acked)) {
+                    m_ackGeneration = r.generation();
+                    m_acked = r.acknowledged();
                 }
-                for (auto& t : r.timings())
-                    *rep->add_timings() = t;
+                m_observeCv.notify_all();
             }
-            timing.set_downstream_us(micros(Clock::now() - t1));
-        } else if (out.defined() && req->sample()) {
-            if (req->new_sequence() || !m_sampler) {
-                SamplingParams p;
-                p.temperature = req->sampling().temperature();
-                p.topK = req->sampling().top_k();
-                p.topP = req->sampling().top_p() > 0 ? req->sampling().top_p() : 1.0;
-                p.seed = req->sampling().seed();
-                m_sampler = std::make_unique<Sampler>(p);
-            }
-            const float* p = out.data_ptr<float>();
-            const size_t n = static_cast<size_t>(out.numel());
-            rep->set_has_token(true);
-            rep->set_token(m_sampler->sample(p, n));
-            for (auto& [id, logit] : Sampler::topLogits(p, n, std::min<uint32_t>(req->top_logits(), 64))) {
-                rep->add_top_ids(id);
-                rep->add_top_logits(logit);
+            readerDone = true;
+            m_observeCv.notify_all();
+        });
+        bool ok = true;
+        while (ok) {
+            std::unique_lock lock(m_observeMutex);
+            m_observeCv.wait_for(lock, std::chrono::milliseconds(200),
+                                 [&] { return !m_events.empty() || readerDone || m_observer != me || shuttingDown(); });
+            if (readerDone || m_observer != me || shuttingDown() || ctx->IsCancelled())
+                break;
+            while (!m_events.empty() && ok) {
+                v1::ObserveEvent e = std::move(m_events.front());
+                m_events.pop_front();
+                lock.unlock();
+                ok = stream->Write(e);
+                lock.lock();
             }
         }
-        *rep->add_timings() = timing;
+        ctx->TryCancel();
+        reader.join();
         return grpc::Status::OK;
+    }
+
+    grpc::Status Pipe(grpc::ServerContext*, grpc::ServerReaderWriter<v1::PipeAck, v1::PipeMessage>* stream) override
+    {
+        // The previous stage may open its pipe while this rank still joins its group: holding the weights is
+        // enough to check and queue messages (the runner starts once connected).
+        if (!m_loaded)
+            return fail(grpc::StatusCode::FAILED_PRECONDITION, "pipe: this shard holds no weights");
+        const int64_t H = m_config.hiddenSize;
+        const int64_t maxRows = std::max<int64_t>(1, static_cast<int64_t>(kChunkBytes) / (H * 4));
+        v1::PipeMessage m;
+        while (stream->Read(&m)) {
+            Work w;
+            w.generation = m.generation();
+            w.step = m.step();
+            w.startPos = m.start_pos();
+            w.sample = m.sample();
+            if (m.has_header())
+                w.header = m.header();
+            // Everything a peer sends is checked against this shard's limits before it is used.
+            std::string bad;
+            if (m.start_pos() < 0 || m.start_pos() >= m_contextLimit)
+                bad = "position " + std::to_string(m.start_pos()) + " is outside the context of " + std::to_string(m_contextLimit);
+            else if (m_spec.firstStage) {
+                if (m.tokens_size() != 1 || !m.hidden().empty())
+                    bad = "stage 0 takes one sampled token per message";
+                else if (m.tokens(0) < 0 || m.tokens(0) >= m_config.vocabSize)
+                    bad = "token id " + std::to_string(m.tokens(0)) + " is outside the vocabulary";
+                else
+                    w.tokens.assign(1, m.tokens(0));
+            } else {
+                if (m.rows() < 1 || m.rows() > maxRows || static_cast<uint64_t>(m.hidden().size()) != uint64_t(m.rows()) * uint64_t(H) * 4)
+                    bad = "hidden state of " + std::to_string(m.hidden().size()) + " bytes does not match " + std::to_string(m.rows()) +
+                          " rows of " + std::to_string(H) + " floats (at most " + std::to_string(maxRows) + " rows)";
+                else if (m.start_pos() + m.rows() > m_contextLimit)
+                    bad = "rows past the context";
+                else {
+                    w.rows = m.rows();
+                    w.hidden = std::move(*m.mutable_hidden());
+                }
+            }
+            if (!bad.empty()) {
+                setError(m_me + ": a malformed pipeline message: " + bad);
+                return fail(grpc::StatusCode::INVALID_ARGUMENT, m_me + ": " + bad);
+            }
+            v1::PipeAck ack;
+            ack.set_generation(m.generation());
+            ack.set_step(m.step());
+            stream->Write(ack);
+            {
+                std::lock_guard lock(m_queueMutex);
+                if (m_queue.size() >= 1024) {
+                    setError(m_me + ": too many steps queued (the previous stage runs ahead)");
+                    return fail(grpc::StatusCode::RESOURCE_EXHAUSTED, m_me + ": too many steps queued");
+                }
+                m_queue.push_back(std::move(w));
+            }
+            m_queueCv.notify_all();
+        }
+        return grpc::Status::OK;
+    }
+
+    // From an OutPipe's reader: the acknowledgement of a message sent for record `sequence`.
+    void linkMeasured(uint64_t sequence, int64_t sentUs, int64_t halfRoundTripUs)
+    {
+        std::lock_guard lock(m_recordMutex);
+        for (auto it = m_records.rbegin(); it != m_records.rend(); ++it)
+            if (it->record.sequence() == sequence) {
+                it->record.set_link_start_us(it->record.link_start_us() ? it->record.link_start_us() : sentUs);
+                it->record.set_link_us(std::max(it->record.link_us(), halfRoundTripUs));
+                if (--it->pendingAcks <= 0)
+                    it->complete = true;
+                return;
+            }
     }
 
     // ---- KvStore: gloo rendezvous for this stage (used when this shard is rank 0) ----
 
-    grpc::Status Set(grpc::ServerContext* ctx, const v1::KvSetRequest* req, v1::KvSetReply*) override
+    grpc::Status Set(grpc::ServerContext*, const v1::KvSetRequest* req, v1::KvSetReply*) override
     {
         if (req->key().size() > 1024 || req->value().size() > (1 << 20))
             return fail(grpc::StatusCode::INVALID_ARGUMENT, "store: key or value too large");
@@ -410,8 +691,10 @@ public:
         return grpc::Status::OK;
     }
 
-    grpc::Status Get(grpc::ServerContext* ctx, const v1::KvGetRequest* req, v1::KvGetReply* rep) override
+    grpc::Status Get(grpc::ServerContext*, const v1::KvGetRequest* req, v1::KvGetReply* rep) override
     {
+        if (req->keys_size() > 1024)
+            return fail(grpc::StatusCode::INVALID_ARGUMENT, "store: too many keys asked");
         std::unique_lock lock(m_kvMutex);
         auto deadline = Clock::now() + std::chrono::milliseconds(std::min<uint32_t>(req->timeout_ms(), 600000));
         auto ready = [&] {
@@ -428,21 +711,370 @@ public:
     }
 
 private:
-    struct NextStage {
-        std::string address;
-        std::unique_ptr<v1::Shard::Stub> stub;
+    struct Record {
+        v1::RankRecord record;
+        Clock::time_point created;
+        int pendingAcks = 0;
+        bool complete = true;
     };
+
+    grpc::Status canLoad()
+    {
+        if (m_slices.empty())
+            return fail(grpc::StatusCode::FAILED_PRECONDITION, "load weights: the shard is not configured");
+        // Weights never change under a connected ring (a failed reload must not leave it without a model).
+        if (m_connected || m_model)
+            return fail(grpc::StatusCode::FAILED_PRECONDITION, "load weights: this shard already holds its weights");
+        return grpc::Status::OK;
+    }
+
+    std::string sliceDescription() const
+    {
+        return "layers " + std::to_string(m_spec.firstLayer) + "-" + std::to_string(m_spec.lastLayer) + " tp " + std::to_string(m_spec.tpRank) + "/" +
+               std::to_string(m_spec.tpSize) + (m_spec.firstStage ? " first" : "") + (m_spec.lastStage ? " last" : "");
+    }
+
+    void storeInCache(const std::map<std::string, std::string>& hashes)
+    {
+        if (!m_sliceCache)
+            return;
+        try {
+            setActivity("keeping the weights in the slice cache");
+            std::vector<std::pair<std::string, std::string>> ordered;
+            std::vector<CachedTensor> tensors;
+            tensors.reserve(m_slices.size());
+            for (auto& s : shardTensors(m_config, m_spec)) {
+                ordered.emplace_back(s.name, hashes.at(s.name));
+            }
+            // The cache takes views: move the bytes in and back out, no copy.
+            std::vector<const CachedTensor*> views;
+            for (auto& [name, hash] : ordered) {
+                auto& r = m_weights.tensors.at(name);
+                CachedTensor t;
+                t.name = name;
+                t.dtype = dtypeName(r.dtype);
+                t.shape = r.shape;
+                t.sha256 = hash;
+                t.bytes = std::move(r.bytes);
+                tensors.push_back(std::move(t));
+            }
+            for (auto& t : tensors)
+                views.push_back(&t);
+            std::string error;
+            try {
+                m_sliceCache->store(SliceCache::key(m_configJson, sliceDescription(), ordered), views);
+            } catch (const std::exception& e) {
+                error = e.what();
+            }
+            for (auto& t : tensors)
+                m_weights.tensors.at(t.name).bytes = std::move(t.bytes);
+            if (!error.empty())
+                std::fprintf(stderr, "slice cache: %s\n", error.c_str());
+        } catch (const std::exception& e) {
+            std::fprintf(stderr, "slice cache: %s\n", e.what());
+        }
+    }
+
+    void buildModel(const WeightProvider& weights)
+    {
+        setActivity("loading layers");
+        m_layersLoaded = 0;
+        setComputeThreads(m_threads);
+        ProgressWeights progress(weights, m_layersLoaded);
+        m_model = std::make_unique<LlamaModel>(m_config, progress, m_compute, m_spec, nullptr);
+        m_layersLoaded = m_layersTotal;
+        m_cache = std::make_unique<KvCache>(m_model->newCache(m_contextLimit));
+        m_loaded = true;
+        setActivity("weights loaded");
+    }
+
+    void setActivity(const std::string& a)
+    {
+        std::lock_guard lock(m_stateMutex);
+        m_activity = a;
+    }
+    void setError(const std::string& e, bool peerFailed = false)
+    {
+        std::lock_guard lock(m_stateMutex);
+        if (m_error.empty()) {
+            m_error = e;
+            m_peerFailed = peerFailed;
+        }
+        m_activity = "failed";
+    }
+    std::string error()
+    {
+        std::lock_guard lock(m_stateMutex);
+        return m_error;
+    }
+    bool shuttingDown()
+    {
+        std::lock_guard lock(m_queueMutex);
+        return m_shutdown;
+    }
+
+    void pushEvent(v1::ObserveEvent e)
+    {
+        {
+            std::lock_guard lock(m_observeMutex);
+            if (m_events.size() < 100000)
+                m_events.push_back(std::move(e));
+        }
+        m_observeCv.notify_all();
+    }
+
+    uint64_t addRecord(v1::RankRecord r, int pendingAcks)
+    {
+        std::lock_guard lock(m_recordMutex);
+        r.set_sequence(++m_recordSequence);
+        Record x;
+        x.record = std::move(r);
+        x.created = Clock::now();
+        x.pendingAcks = pendingAcks;
+        x.complete = pendingAcks == 0;
+        m_records.push_back(std::move(x));
+        while (m_records.size() > 20000)
+            m_records.pop_front();
+        return m_recordSequence;
+    }
+
+    // The ring's worker: one step at a time, in arrival order.
+    void run()
+    {
+        setComputeThreads(m_threads); // OpenMP's thread count is per calling thread
+        for (;;) {
+            Work w;
+            {
+                std::unique_lock lock(m_queueMutex);
+                if (m_queue.empty())
+                    setActivity(m_spec.firstStage ? "idle" : "waiting for stage " + std::to_string(m_stage - 1));
+                m_queueCv.wait(lock, [&] { return m_shutdown || !m_queue.empty(); });
+                if (m_shutdown)
+                    return;
+                w = std::move(m_queue.front());
+                m_queue.pop_front();
+            }
+            if (!error().empty())
+                continue; // a failed rank computes nothing more; the master stops the launch
+            try {
+                process(w);
+            } catch (const PeerError& e) {
+                failRank(w, m_me + ": " + e.what(), true);
+            } catch (const std::exception& e) {
+                failRank(w, m_me + ": " + e.what(), false);
+            }
+        }
+    }
+
+    // The rank computes nothing more; the master hears it from Status (and the token stream) and stops the launch.
+    void failRank(const Work& w, const std::string& message, bool peerFailed)
+    {
+        setError(message, peerFailed);
+        std::fprintf(stderr, "%s\n", message.c_str());
+        if (m_spec.lastStage && m_spec.tpRank == 0) {
+            v1::ObserveEvent ev;
+            ev.set_generation(w.generation);
+            ev.set_error(message);
+            pushEvent(std::move(ev));
+        }
+    }
+
+    void process(Work& w)
+    {
+        if (w.header) {
+            if (w.generation <= m_generation)
+                throw Error("generation " + std::to_string(w.generation) + " arrived after generation " + std::to_string(m_generation));
+            m_generation = w.generation;
+            m_header = *w.header;
+            m_promptStart = w.startPos;
+            m_nextStep = 0;
+            m_produced = 0;
+            if (m_spec.lastStage && m_spec.tpRank == 0 && (m_header.new_sequence() || !m_sampler)) {
+                SamplingParams p;
+                p.temperature = m_header.sampling().temperature();
+                p.topK = m_header.sampling().top_k();
+                p.topP = m_header.sampling().top_p() > 0 ? m_header.sampling().top_p() : 1.0;
+                p.seed = m_header.sampling().seed();
+                m_sampler = std::make_unique<Sampler>(p);
+            }
+        }
+        if (w.generation != m_generation)
+            return; // a token of a generation that was stopped: nothing to do
+        if (w.step != m_nextStep)
+            throw Error("desynchronised: expected step " + std::to_string(m_nextStep) + " of generation " + std::to_string(m_generation) + ", got " +
+                        std::to_string(w.step));
+        ++m_nextStep;
+        setActivity("computing step " + std::to_string(w.step) + " of generation " + std::to_string(w.generation));
+        if (w.startPos > m_cache->length())
+            throw Error("start position " + std::to_string(w.startPos) + " is past the " + std::to_string(m_cache->length()) + " cached positions");
+        m_cache->truncate(w.startPos);
+        at::Tensor input;
+        int64_t rows = 0;
+        if (m_spec.firstStage) {
+            input = at::tensor(w.tokens, at::kLong);
+            rows = static_cast<int64_t>(w.tokens.size());
+        } else {
+            rows = w.rows;
+            input = at::empty({rows, m_config.hiddenSize}, at::kFloat);
+            std::memcpy(input.data_ptr<float>(), w.hidden.data(), w.hidden.size());
+        }
+        v1::RankRecord rec;
+        rec.set_generation(w.generation);
+        rec.set_step(w.step);
+        rec.set_input_tokens(static_cast<uint32_t>(rows));
+        rec.set_start_us(wallMicros());
+        rec.set_link_us(-1);
+        rec.set_end_to_end_us(-1);
+        rec.set_token(-1);
+        const auto t0 = Clock::now();
+        at::Tensor out;
+        try {
+            out = m_model->forwardShard(input, *m_cache);
+        } catch (const std::exception& e) {
+            if (m_comm && std::string(e.what()).find("all-reduce failed") != std::string::npos)
+                throw PeerError(e.what());
+            throw;
+        }
+        const auto t1 = Clock::now();
+        if (m_comm) {
+            auto u = m_comm->take();
+            rec.set_allreduces(u.calls);
+            rec.set_allreduce_us(static_cast<uint64_t>(u.seconds * 1e6));
+            rec.set_allreduce_bytes(u.bytes);
+            for (auto& [a, b] : u.spans) {
+                rec.add_allreduce_spans(a);
+                rec.add_allreduce_spans(b);
+            }
+        }
+        rec.set_compute_us(micros(t1 - t0) - std::min<uint64_t>(micros(t1 - t0), rec.allreduce_us()));
+
+        if (!m_spec.lastStage) {
+            v1::PipeMessage msg;
+            msg.set_generation(w.generation);
+            msg.set_step(w.step);
+            msg.set_start_pos(w.startPos);
+            if (w.header)
+                *msg.mutable_header() = *w.header;
+            msg.set_rows(static_cast<uint32_t>(out.size(0)));
+            msg.set_hidden(std::string(reinterpret_cast<const char*>(out.data_ptr<float>()), static_cast<size_t>(out.numel()) * 4));
+            msg.set_sample(w.sample);
+            rec.set_link("stage " + std::to_string(m_stage) + " -> " + std::to_string(m_stage + 1));
+            rec.set_link_bytes(msg.hidden().size() * m_next.size());
+            rec.set_link_start_us(wallMicros());
+            const uint64_t seq = addRecord(rec, static_cast<int>(m_next.size()));
+            setActivity("sending step " + std::to_string(w.step) + " to stage " + std::to_string(m_stage + 1));
+            for (auto& p : m_next)
+                if (!p->send(msg, seq))
+                    throw PeerError("the link to stage " + std::to_string(m_stage + 1) + " at " + p->address() + " broke");
+            return;
+        }
+        if (m_spec.tpRank != 0 || !w.sample) {
+            addRecord(rec, 0);
+            return;
+        }
+        // The last stage's rank 0: sample, report, and feed the token back to stage 0 unless the answer ended.
+        const auto s0 = Clock::now();
+        const float* p = out.data_ptr<float>();
+        const size_t n = static_cast<size_t>(out.numel());
+        const int token = m_sampler->sample(p, n);
+        v1::ObserveEvent ev;
+        ev.set_generation(w.generation);
+        auto* te = ev.mutable_token();
+        te->set_step(m_produced);
+        te->set_token(token);
+        te->set_pos(w.startPos + rows - 1);
+        te->set_input_tokens(static_cast<uint32_t>(m_produced == 0 ? w.startPos + rows - m_promptStart : rows));
+        for (auto& [id, logit] : Sampler::topLogits(p, n, std::min<uint32_t>(m_header.top_logits(), 64))) {
+            te->add_top_ids(id);
+            te->add_top_logits(logit);
+        }
+        const auto s1 = Clock::now();
+        rec.set_sampling_us(micros(s1 - s0));
+        rec.set_token(token);
+        rec.set_end_to_end_us(m_produced > 0 ? static_cast<int64_t>(micros(s1 - m_lastSample)) : -1);
+        m_lastSample = s1;
+        ++m_produced;
+        const int64_t nextPos = w.startPos + rows;
+        std::string end;
+        if (std::find(m_header.eos_ids().begin(), m_header.eos_ids().end(), token) != m_header.eos_ids().end())
+            end = "eos";
+        else if (m_header.max_tokens() > 0 && m_produced >= m_header.max_tokens())
+            end = "max tokens";
+        else if (nextPos >= m_contextLimit)
+            end = "context full";
+        {
+            std::lock_guard lock(m_observeMutex);
+            if (end.empty() && m_stopGeneration >= w.generation)
+                end = "stopped";
+        }
+        ev.set_end(end);
+        if (!end.empty()) {
+            addRecord(rec, 0);
+            pushEvent(std::move(ev));
+            return;
+        }
+        pushEvent(std::move(ev));
+        // Run ahead of the master by at most `window` tokens.
+        if (m_header.window() > 0) {
+            setActivity("waiting for the master to take token " + std::to_string(m_produced - m_header.window()));
+            std::unique_lock lock(m_observeMutex);
+            m_observeCv.wait(lock, [&] {
+                const uint64_t acked = m_ackGeneration == w.generation ? m_acked : 0;
+                return acked + m_header.window() > m_produced || m_stopGeneration >= w.generation || shuttingDown();
+            });
+            if (m_stopGeneration >= w.generation) {
+                lock.unlock();
+                addRecord(rec, 0);
+                v1::ObserveEvent stop;
+                stop.set_generation(w.generation);
+                stop.set_end("stopped");
+                pushEvent(std::move(stop));
+                return;
+            }
+        }
+        v1::PipeMessage msg;
+        msg.set_generation(w.generation);
+        msg.set_step(m_nextStep);
+        msg.set_start_pos(nextPos);
+        msg.add_tokens(token);
+        msg.set_sample(true);
+        if (!m_tokenPipes.empty()) {
+            rec.set_link("stage " + std::to_string(m_stage) + " -> 0 (token)");
+            rec.set_link_bytes(msg.ByteSizeLong() * m_tokenPipes.size());
+            rec.set_link_start_us(wallMicros());
+        }
+        const uint64_t seq = addRecord(rec, static_cast<int>(m_tokenPipes.size()));
+        if (m_feedSelf) {
+            Work next;
+            next.generation = w.generation;
+            next.step = m_nextStep;
+            next.startPos = nextPos;
+            next.sample = true;
+            next.tokens.assign(1, token);
+            {
+                std::lock_guard lock(m_queueMutex);
+                m_queue.push_back(std::move(next));
+            }
+        }
+        for (auto& pipe : m_tokenPipes)
+            if (!pipe->send(msg, seq))
+                throw PeerError("the link back to stage 0 at " + pipe->address() + " broke");
+    }
+
 
     const Credentials& m_credentials;
     int m_threads;
     int m_admittedThreads;
     std::vector<std::string> m_modelsRoots;
-    std::mutex m_mutex;
+    std::unique_ptr<SliceCache> m_sliceCache;
+    std::mutex m_mutex; // configure, load, connect
     ModelConfig m_config;
     std::string m_configJson;
     ShardSpec m_spec;
     uint32_t m_stage = 0;
     std::string m_launchId;
+    std::string m_worker;
+    std::string m_me;
     ComputeType m_compute = ComputeType::F32;
     int64_t m_contextLimit = 0;
     std::map<std::string, TensorSlice> m_slices;
@@ -450,15 +1082,96 @@ private:
     std::unique_ptr<LlamaModel> m_model;
     std::unique_ptr<KvCache> m_cache;
     std::unique_ptr<GlooCommunicator> m_comm;
-    std::vector<NextStage> m_next;
+    std::vector<std::unique_ptr<OutPipe>> m_next;
+    std::vector<std::unique_ptr<OutPipe>> m_tokenPipes;
+    bool m_feedSelf = false;
     std::unique_ptr<Sampler> m_sampler;
-    bool m_connected = false;
-    uint64_t m_lastStep = 0;
+    std::atomic<bool> m_connected{false};
+    std::atomic<bool> m_loaded{false};
+    std::atomic<uint32_t> m_layersLoaded{0};
+    uint32_t m_layersTotal = 0;
+
+    // The runner's state (its thread only).
+    uint64_t m_generation = 0;
+    uint64_t m_nextStep = 0;
+    uint64_t m_produced = 0;
+    int64_t m_promptStart = 0;
+    v1::GenerationHeader m_header;
+    Clock::time_point m_lastSample;
+    std::thread m_runner;
+
+    std::mutex m_queueMutex;
+    std::condition_variable m_queueCv;
+    std::deque<Work> m_queue;
+    bool m_shutdown = false;
+    uint64_t m_lastStarted = 0;
+
+    std::mutex m_observeMutex;
+    std::condition_variable m_observeCv;
+    std::deque<v1::ObserveEvent> m_events;
+    uint64_t m_observer = 0;
+    uint64_t m_stopGeneration = 0;
+    uint64_t m_ackGeneration = 0;
+    uint64_t m_acked = 0;
+
+    std::mutex m_stateMutex;
+    std::string m_activity = "starting";
+    std::string m_error;
+    bool m_peerFailed = false;
+
+    std::mutex m_recordMutex;
+    std::deque<Record> m_records;
+    uint64_t m_recordSequence = 0;
 
     std::mutex m_kvMutex;
     std::condition_variable m_kvChanged;
     std::map<std::string, std::string> m_kv;
 };
+
+OutPipe::OutPipe(const Credentials& credentials, std::string address, ShardService& owner)
+    : m_address(std::move(address))
+    , m_owner(owner)
+    , m_stub(v1::Shard::NewStub(openChannel(credentials, m_address)))
+{
+    m_ctx.set_wait_for_ready(true);
+    m_stream = m_stub->Pipe(&m_ctx);
+    m_reader = std::thread([this] { readAcks(); });
+}
+
+OutPipe::~OutPipe()
+{
+    m_ctx.TryCancel();
+    if (m_reader.joinable())
+        m_reader.join();
+}
+
+bool OutPipe::send(const v1::PipeMessage& message, uint64_t recordSequence)
+{
+    {
+        std::lock_guard lock(m_mutex);
+        if (m_pending.size() > 10000)
+            m_pending.erase(m_pending.begin());
+        m_pending[{message.generation(), message.step()}] = Pending{Clock::now(), wallMicros(), recordSequence};
+    }
+    return m_stream->Write(message);
+}
+
+void OutPipe::readAcks()
+{
+    v1::PipeAck ack;
+    while (m_stream->Read(&ack)) {
+        Pending p;
+        {
+            std::lock_guard lock(m_mutex);
+            auto it = m_pending.find({ack.generation(), ack.step()});
+            if (it == m_pending.end())
+                continue;
+            p = it->second;
+            m_pending.erase(it);
+        }
+        m_owner.linkMeasured(p.record, p.sentUs, static_cast<int64_t>(micros(Clock::now() - p.sent)) / 2);
+    }
+}
 
 } // namespace
 
@@ -467,7 +1180,7 @@ int runShard(const ShardOptions& o)
     dieWithParent(o.parentPid);
     try {
         const Credentials credentials(ClusterKey::fromFile(o.keyFile), o.name.empty() ? std::string("shard") : o.name.substr(0, 64));
-        ShardService service(credentials, o.threads, o.modelsRoots);
+        ShardService service(credentials, o);
         // The first free port of the range (several shards of one machine share it).
         auto [lo, hi] = parsePortRange(o.ports);
         std::unique_ptr<grpc::Server> server;
