@@ -55,7 +55,8 @@ std::optional<std::string> fromHex(const std::string& hex)
 
 int64_t wallClockNs()
 {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
         .count();
 }
 
@@ -77,7 +78,8 @@ bool isUtf8(const std::string& s) { return unicode::sanitizeUtf8(s) == s; }
 bool writeFileAtomically(const std::string& file, const std::string& text)
 {
     static std::atomic<uint64_t> counter {0};
-    const std::string temp = file + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(counter.fetch_add(1));
+    const std::string temp =
+        file + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(counter.fetch_add(1));
     const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0)
         return false;
@@ -140,8 +142,9 @@ TensorHashCache::Records TensorHashCache::read(const std::string& file)
             continue;
         const auto size = r.find("size"), modified = r.find("mtimeNs"), used = r.find("usedNs"),
                    hashes = r.find("hashes");
-        if (size == r.end() || !size->is_number_unsigned() || modified == r.end() || !modified->is_number_integer() ||
-            used == r.end() || !used->is_number_integer() || hashes == r.end() || !hashes->is_object())
+        if (size == r.end() || !size->is_number_unsigned() || modified == r.end() ||
+            !modified->is_number_integer() || used == r.end() || !used->is_number_integer() ||
+            hashes == r.end() || !hashes->is_object())
             continue;
         FileRecord rec;
         rec.size = size->get<uint64_t>();
@@ -184,8 +187,8 @@ std::string TensorHashCache::hash(const std::string& filePath, const std::string
     // A file that changed while it was hashed may have given a hash of neither version: not stored.
     uint64_t sizeAfter = 0;
     int64_t modifiedAfter = 0;
-    if (!stamped || value.size() != 32 || !fileStamp(filePath, sizeAfter, modifiedAfter) || sizeAfter != size ||
-        modifiedAfter != modifiedNs)
+    if (!stamped || value.size() != 32 || !fileStamp(filePath, sizeAfter, modifiedAfter) ||
+        sizeAfter != size || modifiedAfter != modifiedNs)
         return value;
     std::lock_guard<std::mutex> lock(m_mutex);
     FileRecord& rec = m_files[filePath];
@@ -244,7 +247,8 @@ void TensorHashCache::save()
                 if (isUtf8(key))
                     hashes[key] = toHex(raw);
             }
-            files[*path] = {{"size", rec.size}, {"mtimeNs", rec.modifiedNs}, {"usedNs", rec.usedNs}, {"hashes", hashes}};
+            files[*path] = {
+                {"size", rec.size}, {"mtimeNs", rec.modifiedNs}, {"usedNs", rec.usedNs}, {"hashes", hashes}};
         }
         const std::filesystem::path parent = std::filesystem::path(m_file).parent_path();
         if (!parent.empty())

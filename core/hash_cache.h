@@ -9,8 +9,8 @@
 
 namespace together {
 
-// The master's cache of per-tensor SHA-256, so a relaunch does not rehash gigabytes. Hashes are grouped by the
-// model file they were computed from and trusted only while that file's size and modification time (in
+// The master's cache of per-tensor SHA-256, so a relaunch does not rehash gigabytes. Hashes are grouped by
+// the model file they were computed from and trusted only while that file's size and modification time (in
 // nanoseconds) are what they were when the hashes were computed. The file, hashes hex-encoded:
 //
 //   {"version": 1, "files": {"/models/x/model.safetensors": {"size": N, "mtimeNs": N, "usedNs": N,
@@ -31,7 +31,8 @@ public:
     // (returns 32 raw bytes), stores it and returns it. A hash is stored only when the file did not change
     // while it was computed. Thread-safe (the master hashes ranks in parallel): `compute` runs without the
     // lock, so two threads asking for the same missing key at once may both compute it.
-    std::string hash(const std::string& filePath, const std::string& key, const std::function<std::string()>& compute);
+    std::string hash(const std::string& filePath, const std::string& key,
+                     const std::function<std::string()>& compute);
 
     uint64_t hits() const;
     uint64_t misses() const;

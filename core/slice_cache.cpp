@@ -26,7 +26,7 @@ namespace together {
 namespace {
 
 constexpr char kMagic[8] = {'T', 'G', 'S', 'L', 'I', 'C', 'E', '1'};
-constexpr uint64_t kPrefixBytes = 16;         // magic + header length
+constexpr uint64_t kPrefixBytes = 16;           // magic + header length
 constexpr uint64_t kMaxHeaderBytes = 64u << 20; // far above any real slice's header; caps a hostile length
 constexpr size_t kMaxRank = 8;
 constexpr const char* kEntrySuffix = ".slice";
@@ -236,7 +236,8 @@ struct EntryFile {
     timespec modified {};
 };
 
-// Lists the folder's entries (and, in `temps`, its temporary files). A folder that cannot be read lists nothing.
+// Lists the folder's entries (and, in `temps`, its temporary files). A folder that cannot be read lists
+// nothing.
 std::vector<EntryFile> listEntries(const std::string& dir, std::vector<EntryFile>* temps = nullptr)
 {
     std::vector<EntryFile> out;
@@ -305,11 +306,12 @@ std::optional<std::vector<CachedTensor>> readEntry(int fd, const struct stat& st
     for (const json& t : *tensorsIt) {
         if (!t.is_object())
             return std::nullopt;
-        const auto name = t.find("name"), dtype = t.find("dtype"), shape = t.find("shape"), offset = t.find("offset"),
-                   size = t.find("size"), hash = t.find("sha256");
-        if (name == t.end() || !name->is_string() || dtype == t.end() || !dtype->is_string() || shape == t.end() ||
-            !shape->is_array() || shape->size() > kMaxRank || offset == t.end() || !offset->is_number_unsigned() ||
-            size == t.end() || !size->is_number_unsigned() || hash == t.end() || !hash->is_string())
+        const auto name = t.find("name"), dtype = t.find("dtype"), shape = t.find("shape"),
+                   offset = t.find("offset"), size = t.find("size"), hash = t.find("sha256");
+        if (name == t.end() || !name->is_string() || dtype == t.end() || !dtype->is_string() ||
+            shape == t.end() || !shape->is_array() || shape->size() > kMaxRank || offset == t.end() ||
+            !offset->is_number_unsigned() || size == t.end() || !size->is_number_unsigned() ||
+            hash == t.end() || !hash->is_string())
             return std::nullopt;
         CachedTensor c;
         c.name = name->get<std::string>();
@@ -324,8 +326,8 @@ std::optional<std::vector<CachedTensor>> readEntry(int fd, const struct stat& st
             c.shape.push_back(static_cast<int64_t>(d.get<uint64_t>()));
         }
         uint64_t bytes = 0;
-        if (!tensorBytes(c.shape, elem, bytes) || size->get<uint64_t>() != bytes || offset->get<uint64_t>() != next ||
-            bytes > dataBytes - next)
+        if (!tensorBytes(c.shape, elem, bytes) || size->get<uint64_t>() != bytes ||
+            offset->get<uint64_t>() != next || bytes > dataBytes - next)
             return std::nullopt;
         const auto raw = fromHex(hash->get<std::string>());
         const auto want = expected.find(c.name);
@@ -343,7 +345,8 @@ std::optional<std::vector<CachedTensor>> readEntry(int fd, const struct stat& st
     uint64_t at = dataStart;
     for (size_t i = 0; i < tensors.size(); ++i) {
         tensors[i].bytes.resize(sizes[i]);
-        if (!readAllAt(fd, tensors[i].bytes.data(), sizes[i], at) || sha256(tensors[i].bytes) != tensors[i].sha256)
+        if (!readAllAt(fd, tensors[i].bytes.data(), sizes[i], at) ||
+            sha256(tensors[i].bytes) != tensors[i].sha256)
             return std::nullopt;
         at += sizes[i];
     }

@@ -29,8 +29,8 @@ struct CachedTensor {
 //                                     "sha256" (hex)}, ...]}; offsets count from the start of the data
 //   data                       every tensor's bytes, in header order, back to back, ending the file
 //
-// Entries are untrusted on the way back in (the disk may be corrupt, the folder tampered with): every size and
-// offset is checked against the file before anything is allocated, and every tensor is hashed again.
+// Entries are untrusted on the way back in (the disk may be corrupt, the folder tampered with): every size
+// and offset is checked against the file before anything is allocated, and every tensor is hashed again.
 // Several shard processes of one machine share the folder at once: store, eviction and the touch of a hit are
 // serialised by an flock(2) on DIR/lock; reads run unlocked (an entry evicted while being read stays readable
 // through the open file). Least recently used = oldest modification time; a hit sets it to now.
@@ -40,23 +40,23 @@ public:
     // cache: store does nothing, load misses, and the folder is not touched.
     SliceCache(std::string dir, uint64_t maxBytes);
 
-    // Lower-case hex SHA-256 over the model's identity (e.g. its config.json text), a description of the slice
-    // (layers, tensor-parallel rank/size, dtype) and the (tensor name, sha256) list in order. Every field is
-    // length-prefixed, so no two different inputs give the same key.
+    // Lower-case hex SHA-256 over the model's identity (e.g. its config.json text), a description of the
+    // slice (layers, tensor-parallel rank/size, dtype) and the (tensor name, sha256) list in order. Every
+    // field is length-prefixed, so no two different inputs give the same key.
     static std::string key(const std::string& modelIdentity, const std::string& sliceDescription,
                            const std::vector<std::pair<std::string, std::string>>& tensorHashes);
 
     // Stores the slice under `key`: written to a temporary file in `dir`, fsync'd, renamed (so a crash never
-    // leaves a half entry), file mode 0600. Then evicts least-recently-used entries until the total is at most
-    // maxBytes. A slice whose file would be larger than maxBytes is not stored. Throws Error on I/O failure
-    // with a message naming the file, and for a malformed key or tensor (unknown dtype, bytes not matching the
-    // shape, a hash not 32 bytes, a repeated name).
+    // leaves a half entry), file mode 0600. Then evicts least-recently-used entries until the total is at
+    // most maxBytes. A slice whose file would be larger than maxBytes is not stored. Throws Error on I/O
+    // failure with a message naming the file, and for a malformed key or tensor (unknown dtype, bytes not
+    // matching the shape, a hash not 32 bytes, a repeated name).
     void store(const std::string& key, const std::vector<const CachedTensor*>& tensors);
 
     // The slice if present and intact: each tensor's bytes hashed again and compared with its stored hash and
     // with `expected` (name -> 32-byte sha256; the set of names must match exactly). Any mismatch, truncation
-    // or malformed file: the entry is deleted and nullopt returned (never throws for a bad entry; throws Error
-    // only for a malformed key). A hit marks the entry most recently used.
+    // or malformed file: the entry is deleted and nullopt returned (never throws for a bad entry; throws
+    // Error only for a malformed key). A hit marks the entry most recently used.
     std::optional<std::vector<CachedTensor>> load(const std::string& key,
                                                   const std::map<std::string, std::string>& expected);
 

@@ -84,25 +84,21 @@ int main(int argc, char** argv)
         std::string out, err;
         const int rc = test::runCommand(test::cliBin() + " run --model " + dir + "/model --plan " + dir + "/plan.json --key-file " + dir +
                                             "/key --prompt 'Once upon a time' --temperature 0 --ignore-eos --dtype f32 --max-tokens " +
-                                            std::to_string(tokens) + " --trace " + dir + "/trace.jsonl",
+                                            std::to_string(tokens) + " --metrics " + dir + "/metrics.json",
                                         &out, &err);
         if (rc != 0)
             throw Error("run failed: " + err);
         const size_t at = err.find("decode ");
         const double tps = std::atof(err.c_str() + at + 7);
-        double compute = 0;
-        int steps = 0;
-        std::ifstream trace(dir + "/trace.jsonl");
-        for (std::string line; std::getline(trace, line);) {
-            auto j = nlohmann::json::parse(line);
-            if (j["step"].get<int>() == 0)
-                continue; // the prefill
-            for (auto& t : j["timings"])
-                compute += t["compute_ms"].get<double>();
-            ++steps;
-        }
-        const double step = 1000.0 / tps, computePerToken = compute / std::max(1, steps);
+        // Compute per token: each stage's slowest rank (its layers and all-reduces), summed, p50 over decode
+        // steps, as the ranks measured it; the rest of a token's time (measured by the master) is communication.
+        const auto metrics = nlohmann::json::parse(readTextFile(dir + "/metrics.json"));
+        const double computePerToken = metrics["totals"]["compute_ms"].get<double>();
+        const double step = 1000.0 / tps;
         std::printf("| PP%d, %d ms one-way per link | %.2f | %.2f | %.2f |\n", stages, delay, step, computePerToken, step - computePerToken);
+        for (auto& l : metrics["links"])
+            std::printf("|   %s | p50 %.3f ms | p95 %.3f ms | |\n", l["name"].get<std::string>().c_str(), l["p50_ms"].get<double>(),
+                        l["p95_ms"].get<double>());
         return 0;
     } catch (const std::exception& e) {
         std::fprintf(stderr, "bench_links: error: %s\n", e.what());

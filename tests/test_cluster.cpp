@@ -195,6 +195,9 @@ TEST(ClusterInteractive, SecondAnswerMatchesSingleProcessAndOnlyNewTokensArePref
 struct KillCase {
     std::string name;
     std::string victim; // "shard" or "serve"
+    std::string local = "tp=2,pp=2";
+    int signal = SIGKILL; // SIGSTOP: a stalled process, not a dead one
+    int tp = 2;
 };
 
 void PrintTo(const KillCase& k, std::ostream* os) { *os << k.name; }
@@ -213,7 +216,8 @@ TEST_P(WorkerDies, MasterNamesItKeepsTheTextAndLeavesNoProcess)
     s.maxPositionEmbeddings = 8192;
     writeRandomModel(dir + "/model", s);
     std::string outFile = dir + "/out.txt", errFile = dir + "/err.txt", traceFile = dir + "/trace.jsonl";
-    std::vector<std::string> args = {test::cliBin(), "run", "--model", dir + "/model", "--local", "tp=2,pp=2", "--prompt", "Once upon a time",
+    const KillCase& k = GetParam();
+    std::vector<std::string> args = {test::cliBin(), "run", "--model", dir + "/model", "--local", k.local, "--prompt", "Once upon a time",
                                      "--temperature", "0", "--max-tokens", "6000", "--ignore-eos", "--dtype", "f32", "--trace", traceFile};
     std::vector<char*> argv;
     for (auto& a : args)
@@ -244,9 +248,31 @@ TEST_P(WorkerDies, MasterNamesItKeepsTheTextAndLeavesNoProcess)
             victim = p; // the last one found: a stage-1 process
     }
     ASSERT_GT(victim, 0);
-    ::kill(victim, SIGKILL);
+    // Which rank it runs: shards are named "shard <index in the plan> ...", stage-major.
+    std::string who;
+    if (k.victim == "shard") {
+        const std::string c = test::cmdline(victim);
+        const size_t at = c.find("--name shard ");
+        ASSERT_NE(at, std::string::npos) << c;
+        const int index = std::atoi(c.c_str() + at + 13);
+        who = "(stage " + std::to_string(index / k.tp) + " rank " + std::to_string(index % k.tp) + ")";
+    }
+    ::kill(victim, k.signal);
     const auto killedAt = std::chrono::steady_clock::now();
     size_t printedAtKill = fs::file_size(outFile);
+    auto errText = [&] {
+        std::ifstream ef(errFile);
+        return std::string((std::istreambuf_iterator<char>(ef)), std::istreambuf_iterator<char>());
+    };
+    if (k.signal == SIGSTOP) {
+        // A stalled process is named, by worker and rank, within seconds (the issue asks for 5; the bound here
+        // only catches a hang on a loaded machine).
+        ASSERT_TRUE(test::waitFor([&] { return errText().find("stopped responding") != std::string::npos; }, std::chrono::seconds(15)))
+            << errText();
+        const double named = std::chrono::duration<double>(std::chrono::steady_clock::now() - killedAt).count();
+        std::printf("[ timing   ] the stalled shard was named %.2f s after SIGSTOP\n", named);
+        EXPECT_NE(errText().find(who + " stopped responding while "), std::string::npos) << who << "\n" << errText();
+    }
 
     int status = 0;
     pid_t w = 0;
@@ -263,7 +289,8 @@ TEST_P(WorkerDies, MasterNamesItKeepsTheTextAndLeavesNoProcess)
     std::ifstream ef(errFile);
     std::string err((std::istreambuf_iterator<char>(ef)), std::istreambuf_iterator<char>());
     EXPECT_NE(err.find("error: worker 127.0.0.1:"), std::string::npos) << err;
-    EXPECT_TRUE(err.find("killed by signal 9") != std::string::npos || err.find("not responding") != std::string::npos) << err;
+    if (k.signal == SIGKILL)
+        EXPECT_TRUE(err.find("killed by signal 9") != std::string::npos || err.find("not responding") != std::string::npos) << err;
     EXPECT_GE(fs::file_size(outFile), printedAtKill); // what was printed stays printed
     // Nothing left behind.
     bool anyAlive = true;
@@ -278,7 +305,133 @@ TEST_P(WorkerDies, MasterNamesItKeepsTheTextAndLeavesNoProcess)
         EXPECT_FALSE(test::alive(p)) << "left behind: " << p << " " << test::cmdline(p);
 }
 
-INSTANTIATE_TEST_SUITE_P(Kill, WorkerDies, ::testing::Values(KillCase{"shard", "shard"}, KillCase{"daemon", "serve"}),
+INSTANTIATE_TEST_SUITE_P(Kill, WorkerDies,
+                         ::testing::Values(KillCase{"shard", "shard"}, KillCase{"daemon", "serve"},
+                                           KillCase{"stalled_shard_tp2", "shard", "tp=2,pp=1", SIGSTOP, 2},
+                                           KillCase{"stalled_shard_pp2", "shard", "tp=1,pp=2", SIGSTOP, 1}),
                          [](const auto& info) { return info.param.name; });
+
+// Failover: one of three pipeline workers dies mid-answer; the controller places the model on the two left,
+// feeds the conversation and the answer so far again, and the answer completes exactly as one process's.
+TEST(ClusterFailover, AnswerCompletesOnTheWorkersLeftAndEqualsOneProcess)
+{
+    const std::string model = test::largeMarginModel("kv2", 4, 2, 160);
+    const std::string dir = test::makeTempDir("failover");
+    const int tokens = 400;
+    std::string reference, err;
+    ASSERT_EQ(test::runCommand(test::workerBin() + " generate --model " + model + " --prompt 'Once upon a time' --temperature 0 --dtype f32 "
+                                   "--ignore-eos --max-tokens " + std::to_string(tokens),
+                               &reference, &err),
+              0)
+        << err;
+    ClusterKey::generate().writeFile(dir + "/key");
+    LocalDaemons daemons(3, dir + "/key");
+    json plan = {{"stages",
+                  {{{"layers", {0, 1}}, {"ranks", {{{"worker", daemons.addresses()[0]}}}}},
+                   {{"layers", {2, 3}}, {"ranks", {{{"worker", daemons.addresses()[1]}}}}},
+                   {{"layers", {4, 4}}, {"ranks", {{{"worker", daemons.addresses()[2]}}}}}}}};
+    std::ofstream(dir + "/plan.json") << plan.dump();
+    const std::string outFile = dir + "/out.txt", errFile = dir + "/err.txt", traceFile = dir + "/trace.jsonl";
+    std::vector<std::string> args = {test::cliBin(), "run", "--model", model, "--plan", dir + "/plan.json", "--key-file", dir + "/key",
+                                     "--prompt", "Once upon a time", "--temperature", "0", "--max-tokens", std::to_string(tokens),
+                                     "--ignore-eos", "--dtype", "f32", "--failover", "--trace", traceFile, "--window", "1"};
+    std::vector<char*> argv;
+    for (auto& a : args)
+        argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, outFile.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen(&fa, 2, errFile.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    pid_t master = -1;
+    ASSERT_EQ(posix_spawn(&master, argv[0], &fa, nullptr, argv.data(), environ), 0);
+    posix_spawn_file_actions_destroy(&fa);
+    auto lines = [&] {
+        std::ifstream in(traceFile);
+        return std::count(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>(), '\n');
+    };
+    ASSERT_TRUE(test::waitFor([&] { return lines() >= 20; }, std::chrono::seconds(60))) << "generation did not start";
+    // The middle stage's machine goes away: its daemon and, with it, its shard.
+    ::kill(daemons.processes()[1].pid, SIGKILL);
+    const long killedAt = lines();
+    int status = 0;
+    ASSERT_TRUE(test::waitFor([&] { return ::waitpid(master, &status, WNOHANG) == master; }, std::chrono::seconds(120)))
+        << "the master hung after a worker died";
+    std::ifstream ef(errFile), of(outFile);
+    const std::string errText((std::istreambuf_iterator<char>(ef)), std::istreambuf_iterator<char>());
+    const std::string out((std::istreambuf_iterator<char>(of)), std::istreambuf_iterator<char>());
+    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << errText;
+    EXPECT_LT(killedAt, tokens) << "the answer ended before the kill: nothing was failed over";
+    EXPECT_NE(errText.find("failing over"), std::string::npos) << errText;
+    EXPECT_NE(errText.find(daemons.addresses()[1]), std::string::npos) << "the notice does not name the worker\n" << errText;
+    EXPECT_EQ(out, reference);
+    // The trace has every token once, in order, as one process gave them.
+    std::vector<int> got;
+    for (auto& st : test::readTrace(traceFile))
+        got.push_back(st.token);
+    EXPECT_EQ(got.size(), static_cast<size_t>(tokens));
+}
+
+// The timeline of a generation is Chrome trace JSON (Perfetto opens it): one row per rank, compute and
+// communication spans, and the clock offsets' uncertainty written in it.
+TEST(ClusterTimeline, ChromeTraceHasOneRowPerRank)
+{
+    const std::string model = test::largeMarginModel("kv2", 4, 2, 160);
+    const std::string dir = test::makeTempDir("timeline");
+    std::string out, err;
+    ASSERT_EQ(test::runCommand(test::cliBin() + " run --model " + model + " --local tp=2,pp=2 --prompt 'Once upon a time' --temperature 0 "
+                                   "--dtype f32 --max-tokens 16 --ignore-eos --timeline " + dir + "/timeline.json --metrics " + dir + "/metrics.json",
+                               &out, &err),
+              0)
+        << err;
+    json trace = json::parse(readTextFile(dir + "/timeline.json"));
+    ASSERT_TRUE(trace["traceEvents"].is_array());
+    std::set<int> rows;
+    int compute = 0, allReduce = 0, link = 0;
+    for (auto& e : trace["traceEvents"]) {
+        if (e["ph"] == "M" && e["name"] == "process_name")
+            rows.insert(e["pid"].get<int>());
+        if (e["ph"] == "X") {
+            ASSERT_TRUE(e["ts"].is_number() && e["dur"].is_number() && e["pid"].is_number() && e["tid"].is_number()) << e.dump();
+            const std::string name = e["name"];
+            compute += name.find("compute") != std::string::npos;
+            allReduce += name.find("all-reduce") != std::string::npos;
+            link += name.find("->") != std::string::npos;
+        }
+    }
+    EXPECT_EQ(rows.size(), 4u) << "one row per rank";
+    EXPECT_GT(compute, 0);
+    EXPECT_GT(allReduce, 0);
+    EXPECT_GT(link, 0);
+    EXPECT_TRUE(trace.contains("otherData")) << "the clock offsets and their uncertainty are not in the trace";
+    // And the per-link summary names every link and all-reduce group.
+    json metrics = json::parse(readTextFile(dir + "/metrics.json"));
+    std::set<std::string> names;
+    for (auto& l : metrics["links"])
+        names.insert(l["name"].get<std::string>());
+    EXPECT_TRUE(names.count("stage 0 -> 1")) << metrics.dump();
+    EXPECT_TRUE(names.count("stage 1 -> 0 (token)")) << metrics.dump();
+    EXPECT_GE(metrics["totals"]["steps"].get<int>(), 10);
+}
+
+// The default dtype (bf16) and sampled generation run through the ring too: the same seed gives the same
+// answer, another seed (almost surely) another.
+TEST(ClusterSampling, Bf16SampledAnswersRepeatWithTheSeed)
+{
+    const std::string model = test::largeMarginModel("kv2", 4, 2, 160);
+    auto run = [&](int seed) {
+        std::string out, err;
+        EXPECT_EQ(test::runCommand(test::cliBin() + " run --model " + model + " --local tp=2,pp=2 --prompt 'Once upon a time' --temperature 1.5 "
+                                       "--top-k 0 --top-p 1 --dtype bf16 --max-tokens 24 --ignore-eos --seed " + std::to_string(seed),
+                                   &out, &err),
+                  0)
+            << err;
+        return out;
+    };
+    const std::string a = run(7), b = run(7), c = run(8);
+    EXPECT_FALSE(a.empty());
+    EXPECT_EQ(a, b);
+    EXPECT_NE(a, c);
+}
 
 } // namespace

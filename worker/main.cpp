@@ -180,7 +180,7 @@ int main(int argc, char** argv)
         }
         if (cmd == "shard") { // started by a daemon, not by hand
             CliArgs a(rest, {{"host"}, {"ports"}, {"key-file"}, {"threads"}, {"name"}, {"models-root", true, true}, {"report-fd"}, {"parent-pid"},
-                             {"cache-dir"}, {"cache-bytes"}});
+                             {"cache-dir"}, {"cache-bytes"}, {"owner"}});
             ShardOptions o;
             o.host = a.get("host", o.host);
             o.ports = a.get("ports", o.ports);
@@ -189,6 +189,7 @@ int main(int argc, char** argv)
             o.name = a.get("name");
             o.modelsRoots = a.all("models-root");
             o.cacheDir = a.get("cache-dir");
+            o.owner = a.get("owner");
             o.cacheBytes = a.getU64("cache-bytes", 0);
             o.reportFd = a.getInt("report-fd", -1);
             o.parentPid = a.getInt("parent-pid", 0);

@@ -5,6 +5,7 @@
 #include "core/host_info.h"
 #include "core/process.h"
 
+#include <algorithm>
 #include <csignal>
 
 #include <sys/wait.h>
@@ -145,6 +146,8 @@ ShardProcesses::Started ShardProcesses::launch(const Request& req)
     std::vector<std::string> args = {"shard", "--host", req.bindHost, "--ports", m_options.ports, "--key-file", m_options.keyFile,
                                      "--threads", std::to_string(std::max<uint32_t>(1, req.threads)), "--name",
                                      "shard " + std::to_string(req.index) + " " + req.launchId.substr(0, 8) + "@" + m_options.workerId.substr(0, 16)};
+    if (!req.master.empty())
+        args.insert(args.end(), {"--owner", req.master});
     if (m_options.cacheBytes > 0 && !m_options.cacheDir.empty()) {
         args.insert(args.end(), {"--cache-dir", m_options.cacheDir, "--cache-bytes", std::to_string(m_options.cacheBytes)});
     }
@@ -223,6 +226,9 @@ ShardProcesses::Started ShardProcesses::launch(const Request& req)
                     s.pid = child.pid;
                     s.address = started.address;
                     orphan = false;
+                    // The master's call is still waiting for this reply: the lease counts from here, so a
+                    // slow start (a loaded machine) does not expire it before the master can renew it.
+                    it->second.renewed = Clock::now();
                     break;
                 }
     }
@@ -341,7 +347,9 @@ void ShardProcesses::monitorLoop()
         std::string heaviest;
         uint64_t heaviestBytes = 0;
         for (auto& [id, l] : m_launches) {
-            if (now - l.renewed > l.lease)
+            // A shard still starting holds its LaunchShard call open: the master is waiting, not gone.
+            const bool starting = std::any_of(l.shards.begin(), l.shards.end(), [](const Shard& s) { return s.pid < 0; });
+            if (!starting && now - l.renewed > l.lease)
                 expired.emplace_back(id, "its lease expired: " + l.master + " sent no heartbeat for " +
                                              std::to_string(std::chrono::duration_cast<std::chrono::seconds>(now - l.renewed).count()) +
                                              " s (it crashed, was stopped, or lost the network)");

@@ -192,7 +192,13 @@ public:
         , m_threads(options.threads)
         , m_admittedThreads(options.threads)
         , m_modelsRoots(options.modelsRoots)
+        , m_owner(options.owner)
     {
+        // Our own certificate name is "shard <index> <launch tag>@<worker id>".
+        const auto at = options.name.find('@');
+        const auto sp = options.name.rfind(' ', at);
+        if (options.name.rfind("shard ", 0) == 0 && at != std::string::npos && sp != std::string::npos && sp + 1 < at)
+            m_launchTag = options.name.substr(sp + 1, at - sp - 1);
         if (!options.cacheDir.empty() && options.cacheBytes > 0) {
             try {
                 m_sliceCache = std::make_unique<SliceCache>(options.cacheDir, options.cacheBytes);
@@ -220,8 +226,10 @@ public:
 
     // ---- launch ----
 
-    grpc::Status Configure(grpc::ServerContext*, const v1::ShardConfig* req, v1::ConfigureReply* rep) override
+    grpc::Status Configure(grpc::ServerContext* ctx, const v1::ShardConfig* req, v1::ConfigureReply* rep) override
     {
+        if (grpc::Status s = fromOwner(*ctx, "configure"); !s.ok())
+            return s;
         std::lock_guard lock(m_mutex);
         try {
             if (!m_slices.empty() || m_model)
@@ -273,8 +281,10 @@ public:
         return grpc::Status::OK;
     }
 
-    grpc::Status LoadWeights(grpc::ServerContext*, grpc::ServerReader<v1::WeightChunk>* reader, v1::LoadWeightsReply* rep) override
+    grpc::Status LoadWeights(grpc::ServerContext* ctx, grpc::ServerReader<v1::WeightChunk>* reader, v1::LoadWeightsReply* rep) override
     {
+        if (grpc::Status s = fromOwner(*ctx, "loadweights"); !s.ok())
+            return s;
         std::lock_guard lock(m_mutex);
         if (grpc::Status s = canLoad(); !s.ok())
             return s;
@@ -359,8 +369,10 @@ public:
         return grpc::Status::OK;
     }
 
-    grpc::Status LoadCached(grpc::ServerContext*, const v1::LoadCachedRequest* req, v1::LoadCachedReply* rep) override
+    grpc::Status LoadCached(grpc::ServerContext* ctx, const v1::LoadCachedRequest* req, v1::LoadCachedReply* rep) override
     {
+        if (grpc::Status s = fromOwner(*ctx, "loadcached"); !s.ok())
+            return s;
         std::lock_guard lock(m_mutex);
         if (grpc::Status s = canLoad(); !s.ok())
             return s;
@@ -407,8 +419,10 @@ public:
         return grpc::Status::OK;
     }
 
-    grpc::Status LoadLocalWeights(grpc::ServerContext*, const v1::LoadLocalRequest* req, v1::LoadWeightsReply* rep) override
+    grpc::Status LoadLocalWeights(grpc::ServerContext* ctx, const v1::LoadLocalRequest* req, v1::LoadWeightsReply* rep) override
     {
+        if (grpc::Status s = fromOwner(*ctx, "loadlocalweights"); !s.ok())
+            return s;
         std::lock_guard lock(m_mutex);
         if (grpc::Status s = canLoad(); !s.ok())
             return s;
@@ -448,8 +462,10 @@ public:
         return grpc::Status::OK;
     }
 
-    grpc::Status Connect(grpc::ServerContext*, const v1::ConnectRequest* req, v1::ConnectReply*) override
+    grpc::Status Connect(grpc::ServerContext* ctx, const v1::ConnectRequest* req, v1::ConnectReply*) override
     {
+        if (grpc::Status s = fromOwner(*ctx, "connect"); !s.ok())
+            return s;
         std::lock_guard lock(m_mutex);
         if (!m_model)
             return fail(grpc::StatusCode::FAILED_PRECONDITION, "connect: weights are not loaded");
@@ -484,8 +500,10 @@ public:
 
     // ---- liveness ----
 
-    grpc::Status Status(grpc::ServerContext*, const v1::StatusRequest* req, v1::StatusReply* rep) override
+    grpc::Status Status(grpc::ServerContext* ctx, const v1::StatusRequest* req, v1::StatusReply* rep) override
     {
+        if (grpc::Status s = fromOwner(*ctx, "status"); !s.ok())
+            return s;
         {
             std::lock_guard lock(m_stateMutex);
             rep->set_activity(m_activity);
@@ -515,8 +533,10 @@ public:
 
     // ---- generation ----
 
-    grpc::Status Start(grpc::ServerContext*, const v1::StartRequest* req, v1::StartReply*) override
+    grpc::Status Start(grpc::ServerContext* ctx, const v1::StartRequest* req, v1::StartReply*) override
     {
+        if (grpc::Status s = fromOwner(*ctx, "start"); !s.ok())
+            return s;
         if (!m_connected || !m_spec.firstStage)
             return fail(grpc::StatusCode::FAILED_PRECONDITION, "start: " + (m_me.empty() ? std::string("this shard") : m_me) +
                                                                    (m_connected ? " is not a first-stage rank" : " is not connected"));
@@ -559,6 +579,8 @@ public:
 
     grpc::Status Observe(grpc::ServerContext* ctx, grpc::ServerReaderWriter<v1::ObserveEvent, v1::ObserveRequest>* stream) override
     {
+        if (grpc::Status s = fromOwner(*ctx, "observe"); !s.ok())
+            return s;
         if (!m_connected || !(m_spec.lastStage && m_spec.tpRank == 0))
             return fail(grpc::StatusCode::FAILED_PRECONDITION, "observe: only the last stage's rank 0 samples tokens");
         uint64_t me;
@@ -603,8 +625,10 @@ public:
         return grpc::Status::OK;
     }
 
-    grpc::Status Pipe(grpc::ServerContext*, grpc::ServerReaderWriter<v1::PipeAck, v1::PipeMessage>* stream) override
+    grpc::Status Pipe(grpc::ServerContext* ctx, grpc::ServerReaderWriter<v1::PipeAck, v1::PipeMessage>* stream) override
     {
+        if (grpc::Status s = fromLaunchPeer(*ctx, "pipe"); !s.ok())
+            return s;
         // The previous stage may open its pipe while this rank still joins its group: holding the weights is
         // enough to check and queue messages (the runner starts once connected).
         if (!m_loaded)
@@ -679,8 +703,10 @@ public:
 
     // ---- KvStore: gloo rendezvous for this stage (used when this shard is rank 0) ----
 
-    grpc::Status Set(grpc::ServerContext*, const v1::KvSetRequest* req, v1::KvSetReply*) override
+    grpc::Status Set(grpc::ServerContext* ctx, const v1::KvSetRequest* req, v1::KvSetReply*) override
     {
+        if (grpc::Status s = fromLaunchPeer(*ctx, "store"); !s.ok())
+            return s;
         if (req->key().size() > 1024 || req->value().size() > (1 << 20))
             return fail(grpc::StatusCode::INVALID_ARGUMENT, "store: key or value too large");
         std::lock_guard lock(m_kvMutex);
@@ -691,8 +717,10 @@ public:
         return grpc::Status::OK;
     }
 
-    grpc::Status Get(grpc::ServerContext*, const v1::KvGetRequest* req, v1::KvGetReply* rep) override
+    grpc::Status Get(grpc::ServerContext* ctx, const v1::KvGetRequest* req, v1::KvGetReply* rep) override
     {
+        if (grpc::Status s = fromLaunchPeer(*ctx, "store"); !s.ok())
+            return s;
         if (req->keys_size() > 1024)
             return fail(grpc::StatusCode::INVALID_ARGUMENT, "store: too many keys asked");
         std::unique_lock lock(m_kvMutex);
@@ -711,6 +739,26 @@ public:
     }
 
 private:
+    // Calls that steer this shard come from the master that launched it (the daemon names it); the ring's
+    // pipes and the rendezvous store from shards of the same launch. Every key holder can mint any name, so
+    // this keeps launches of honest masters apart (a second app, a stale master), not a malicious key holder.
+    grpc::Status fromOwner(const grpc::ServerContext& ctx, const char* call) const
+    {
+        const std::string peer = peerIdentity(ctx);
+        if (m_owner.empty() || peer == m_owner)
+            return grpc::Status::OK;
+        return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, std::string(call) + ": this shard belongs to a launch of " + m_owner + ", not of " +
+                                                                      (peer.empty() ? std::string("an unnamed peer") : peer));
+    }
+    grpc::Status fromLaunchPeer(const grpc::ServerContext& ctx, const char* call) const
+    {
+        const std::string peer = peerIdentity(ctx);
+        if (m_launchTag.empty() || peer == m_owner || (peer.rfind("shard ", 0) == 0 && peer.find(" " + m_launchTag + "@") != std::string::npos))
+            return grpc::Status::OK;
+        return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, std::string(call) + ": " + (peer.empty() ? std::string("an unnamed peer") : peer) +
+                                                                      " is not a shard of this launch");
+    }
+
     struct Record {
         v1::RankRecord record;
         Clock::time_point created;
@@ -1066,6 +1114,8 @@ private:
     int m_threads;
     int m_admittedThreads;
     std::vector<std::string> m_modelsRoots;
+    std::string m_owner;     // the launching master's certificate name ("" = anyone with the key: tests)
+    std::string m_launchTag; // the launch id's prefix in every shard name of this launch
     std::unique_ptr<SliceCache> m_sliceCache;
     std::mutex m_mutex; // configure, load, connect
     ModelConfig m_config;

@@ -13,6 +13,7 @@ struct ShardOptions {
     std::string name;                    // its certificate name, for logs ("shard 2 1f3a...@<worker id>")
     std::vector<std::string> modelsRoots; // the only folders LoadLocalWeights may read
     int threads = 1;
+    std::string owner;                   // the certificate name of the master that launched it (from the daemon)
     std::string cacheDir;                // the daemon's slice cache ("" = none)
     uint64_t cacheBytes = 0;
     int reportFd = -1;
