@@ -71,6 +71,11 @@ void SessionMetrics::add(StepRecord record)
     if (m_records.size() >= kMaxSteps)
         m_records.pop_front();
     m_records.push_back(std::move(record));
+    // Each all-reduce's span is only for the timeline of recent tokens: older steps keep their totals. (Two
+    // all-reduces per layer on every rank would otherwise grow to hundreds of MB over a long session.)
+    if (m_records.size() > kStepsWithSpans)
+        for (auto& r : m_records[m_records.size() - kStepsWithSpans - 1].ranks)
+            std::vector<std::pair<int64_t, int64_t>>().swap(r.allReduceSpans);
 }
 
 std::vector<StepRecord> SessionMetrics::records() const

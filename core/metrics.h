@@ -78,6 +78,7 @@ public:
 
 private:
     static constexpr size_t kMaxSteps = 100000;
+    static constexpr size_t kStepsWithSpans = 4096; // all-reduce spans are kept for the most recent steps only
 
     mutable std::mutex m_mutex;
     std::deque<StepRecord> m_records; // oldest first, at most kMaxSteps

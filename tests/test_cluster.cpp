@@ -434,4 +434,26 @@ TEST(ClusterSampling, Bf16SampledAnswersRepeatWithTheSeed)
     EXPECT_NE(a, c);
 }
 
+// --context sets each shard's KV cache length: the ring ends the answer when it is full, exactly where one
+// process with that context would.
+TEST(ClusterContext, ContextLengthEndsTheAnswerWhenFull)
+{
+    const std::string model = test::largeMarginModel("kv2", 4, 2, 160);
+    const std::string dir = test::makeTempDir("context");
+    std::string out, err;
+    ASSERT_EQ(test::runCommand(test::cliBin() + " run --model " + model + " --local tp=1,pp=2 --prompt 'Once upon a time' --temperature 0 "
+                                   "--dtype f32 --max-tokens 100 --ignore-eos --context 24 --trace " + dir + "/trace.jsonl",
+                               &out, &err),
+              0)
+        << err;
+    EXPECT_NE(err.find("context 24"), std::string::npos) << err;
+    EXPECT_NE(err.find("stopped by context full"), std::string::npos) << err;
+    auto steps = test::readTrace(dir + "/trace.jsonl");
+    ASSERT_FALSE(steps.empty());
+    EXPECT_EQ(static_cast<int64_t>(steps.size()), 25 - steps[0].nInput) << "every position of the context used, none past it";
+    EXPECT_EQ(steps.back().pos, 23);
+    EXPECT_NE(test::runCommand(test::cliBin() + " run --model " + model + " --local tp=1,pp=1 --prompt hi --context 0", &out, &err), 0);
+    EXPECT_NE(err.find("--context"), std::string::npos) << err;
+}
+
 } // namespace

@@ -469,3 +469,26 @@ TEST(ChromeTrace, EmptyRecordsGiveAnEmptyTrace)
 }
 
 } // namespace
+
+// All-reduce spans are for the timeline of recent steps: older records keep their totals but drop the spans.
+TEST(SessionMetrics, KeepsAllReduceSpansOnlyForRecentSteps)
+{
+    together::SessionMetrics m;
+    for (uint64_t i = 0; i < 5000; ++i) {
+        together::StepRecord s;
+        s.step = i;
+        together::RankStepRecord r;
+        r.allReduces = 2;
+        r.allReduceMs = 1.5;
+        r.allReduceSpans = {{1, 2}, {3, 4}};
+        s.ranks.push_back(r);
+        m.add(s);
+    }
+    auto all = m.records();
+    ASSERT_EQ(all.size(), 5000u);
+    EXPECT_TRUE(all.front().ranks[0].allReduceSpans.empty());
+    EXPECT_EQ(all.front().ranks[0].allReduceMs, 1.5);
+    EXPECT_EQ(all.back().ranks[0].allReduceSpans.size(), 2u);
+    EXPECT_EQ(all[5000 - 4096].ranks[0].allReduceSpans.size(), 2u);
+    EXPECT_TRUE(all[5000 - 4097].ranks[0].allReduceSpans.empty());
+}
