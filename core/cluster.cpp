@@ -119,10 +119,16 @@ const char* phaseName(RankProgress::Phase p)
 std::string describeProgress(const RankProgress& p)
 {
     std::string s = "stage " + std::to_string(p.stage) + " rank " + std::to_string(p.rank) + " on " + p.worker + ": " + phaseName(p.phase);
-    if (p.phase == RankProgress::Phase::Transferring)
-        s += " " + mib(p.bytesDone) + " of " + mib(p.bytesTotal) + " MiB (" + mib(static_cast<uint64_t>(p.bytesPerSecond)) + " MiB/s)";
-    else if (p.phase == RankProgress::Phase::Loading && p.layersTotal)
-        s += " layer " + std::to_string(p.layersDone) + " of " + std::to_string(p.layersTotal);
+    if (p.phase == RankProgress::Phase::Transferring && p.bytesDone == 0)
+        s += " " + mib(p.bytesTotal) + " MiB";
+    else if (p.phase == RankProgress::Phase::Transferring) {
+        s += " " + mib(p.bytesDone) + " of " + mib(p.bytesTotal) + " MiB (" + mib(static_cast<uint64_t>(p.bytesPerSecond)) + " MiB/s";
+        if (p.bytesPerSecond > 0 && p.bytesTotal > p.bytesDone)
+            s += ", " + std::to_string(static_cast<long long>(std::ceil(static_cast<double>(p.bytesTotal - p.bytesDone) / p.bytesPerSecond))) +
+                 " s left";
+        s += ")";
+    } else if (p.phase == RankProgress::Phase::Loading && p.layersTotal)
+        s += " (" + std::to_string(p.layersDone) + " of " + std::to_string(p.layersTotal) + " layers done)";
     else if (p.phase == RankProgress::Phase::FromCache)
         s += " (the worker kept this slice: no transfer)";
     return s;
@@ -458,6 +464,7 @@ void Cluster::launch(const Plan& plan, const std::string& modelDir, const std::s
                  mib(sent) + " MiB of weights streamed");
     });
     hashes.save();
+    m_cb.log("tensor hashes: " + std::to_string(hashes.hits()) + " remembered, " + std::to_string(hashes.misses()) + " computed");
 
     // Tensor-parallel groups (gloo rendezvous through the stage's rank 0) and the ring's pipes, all at once:
     // a group's ranks must join together.
@@ -585,8 +592,26 @@ std::string Cluster::generate(const RingRequest& request, const std::function<bo
             fail("shard " + first[i]->name() + ": " + s.error_message());
     });
 
-    bool stopping = false;
-    uint32_t taken = 0;
+    std::atomic<bool> stopping{false};
+    std::atomic<uint32_t> taken{0};
+    {
+        std::lock_guard lock(m_mutex);
+        m_generating = true;
+        m_lastProgress = Clock::now();
+        m_stopNow = [&] {
+            if (!stopping.exchange(true))
+                send(taken, true);
+        };
+    }
+    struct Idle {
+        Cluster& c;
+        ~Idle()
+        {
+            std::lock_guard lock(c.m_mutex);
+            c.m_stopNow = nullptr;
+            c.m_generating = false;
+        }
+    } idle{*this};
     std::string end;
     v1::ObserveEvent ev;
     while (end.empty()) {
@@ -607,17 +632,19 @@ std::string Cluster::generate(const RingRequest& request, const std::function<bo
             t.inputTokens = static_cast<int>(ev.token().input_tokens());
             for (int i = 0; i < ev.token().top_ids_size() && i < ev.token().top_logits_size(); ++i)
                 t.top.emplace_back(ev.token().top_ids(i), ev.token().top_logits(i));
-            if (t.index == 0) {
+            {
                 std::lock_guard lock(m_mutex);
-                m_prefill[generation].second = std::chrono::duration<double, std::milli>(Clock::now() - started).count();
+                m_lastProgress = Clock::now();
+                if (t.index == 0)
+                    m_prefill[generation].second = std::chrono::duration<double, std::milli>(Clock::now() - started).count();
             }
             ++taken;
             const bool more = onToken(t);
             if (!ev.end().empty())
                 end = ev.end();
             else if (!more) {
-                stopping = true;
-                send(taken, true);
+                if (!stopping.exchange(true))
+                    send(taken, true);
             } else {
                 send(taken, false);
             }
@@ -693,6 +720,24 @@ void Cluster::statusLoop(size_t index)
     }
 }
 
+void Cluster::checkMoving()
+{
+    std::string activities;
+    {
+        std::lock_guard lock(m_mutex);
+        if (!m_generating)
+            return;
+        for (auto& x : m_ranks) {
+            if (x->activity.rfind("computing", 0) == 0 || x->activity.rfind("sending", 0) == 0)
+                m_lastProgress = Clock::now();
+            activities += (activities.empty() ? "" : "; ") + x->name() + ": " + x->activity;
+        }
+        if (Clock::now() - m_lastProgress < std::chrono::milliseconds(kStuckMs))
+            return;
+    }
+    setFatal("the ring stopped moving: no token for " + std::to_string(kStuckMs / 1000) + " s while no rank computes (" + activities + ")", "");
+}
+
 void Cluster::syncRecords()
 {
     if (m_ranks.empty() || !m_launched)
@@ -755,6 +800,7 @@ void Cluster::pollOnce(Rank& r)
             }
             if (loading)
                 report(r);
+            checkMoving();
             // End-to-end time and the token come with the last stage's rank 0 record.
             if (!records.empty())
                 addRecords(std::move(records));
@@ -798,6 +844,13 @@ void Cluster::fail(const std::string& rpcError)
 }
 
 void Cluster::cancel(const std::string& why) { setFatal(why, ""); }
+
+void Cluster::requestStop()
+{
+    std::lock_guard lock(m_mutex);
+    if (m_stopNow)
+        m_stopNow();
+}
 
 void Cluster::setFatal(const std::string& message, const std::string& worker)
 {

@@ -9,6 +9,7 @@
 #include "core/sampler.h"
 
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
@@ -74,6 +75,9 @@ public:
     Cluster(std::shared_ptr<const Credentials> credentials, Callbacks callbacks);
     static constexpr uint32_t kLeaseMs = 5000;
     static constexpr int kStallMs = 3000;
+    // A generation during which no token arrives and no rank computes for this long has stopped moving
+    // (a lost message, a peer that broke the protocol): it fails rather than hangs.
+    static constexpr int kStuckMs = 15000;
     ~Cluster(); // stops the launch's shards
 
     // Hello to every worker, start one shard per rank, give each its slice (from the worker's slice cache, its
@@ -85,6 +89,8 @@ public:
     std::string generate(const RingRequest& request, const std::function<bool(const RingToken&)>& onToken);
     // Fails whatever is in flight (launch or generation) with `why`, from any thread.
     void cancel(const std::string& why);
+    // Ends the generation in flight now, as if onToken had returned false (from any thread; no-op when idle).
+    void requestStop();
     // Stops the shards (frees the workers' memory; their slice caches stay).
     void stop();
     // Fetches the step records still on the ranks (the end of a generation), so metrics are complete.
@@ -128,6 +134,7 @@ private:
     void heartbeatLoop();
     void statusLoop(size_t rank);
     void pollOnce(Rank& r);
+    void checkMoving();
     void setFatal(const std::string& message, const std::string& worker);
     std::string fatal();
     [[noreturn]] void fail(const std::string& rpcError);
@@ -159,6 +166,9 @@ private:
     std::map<std::string, ClockOffset> m_offsets;
     std::map<std::pair<uint64_t, uint64_t>, Pending> m_partial; // (generation, step) -> ranks so far
     std::map<uint64_t, std::pair<uint64_t, double>> m_prefill; // generation -> (chunks, master-measured prefill ms)
+    std::function<void()> m_stopNow;                          // set while a generation runs
+    bool m_generating = false;
+    std::chrono::steady_clock::time_point m_lastProgress;      // a token arrived or a rank computed
 };
 
 } // namespace together

@@ -141,8 +141,14 @@ void Controller::generate(GenerateRequest request)
 
 void Controller::stop()
 {
-    std::lock_guard lock(m_mutex);
-    m_stop = true;
+    std::shared_ptr<Cluster> c;
+    {
+        std::lock_guard lock(m_mutex);
+        m_stop = true;
+        c = m_cluster;
+    }
+    if (c)
+        c->requestStop(); // at once, even while no token arrives (a long prefill, a stalled ring)
 }
 
 void Controller::cancel()

@@ -27,7 +27,8 @@ namespace {
 
 constexpr char kMagic[8] = {'T', 'G', 'S', 'L', 'I', 'C', 'E', '1'};
 constexpr uint64_t kPrefixBytes = 16;           // magic + header length
-constexpr uint64_t kMaxHeaderBytes = 64u << 20; // far above any real slice's header; caps a hostile length
+constexpr uint64_t kMaxHeaderBytes = 8u << 20; // far above any real slice's header; caps a hostile length
+constexpr int kMaxHeaderDepth = 4;
 constexpr size_t kMaxRank = 8;
 constexpr const char* kEntrySuffix = ".slice";
 constexpr const char* kTempPrefix = "tmp-";
@@ -271,7 +272,8 @@ bool earlier(const timespec& a, const timespec& b)
 // Reads and checks one entry through `fd`; nullopt for anything wrong with it. Every length is checked
 // against the file's size before it is allocated or read.
 std::optional<std::vector<CachedTensor>> readEntry(int fd, const struct stat& st, const std::string& key,
-                                                   const std::map<std::string, std::string>& expected)
+                                                   const std::map<std::string, std::string>& expected,
+                                                   const std::map<std::string, std::vector<int64_t>>& shapes)
 {
     using nlohmann::json;
     if (!S_ISREG(st.st_mode) || st.st_size < static_cast<off_t>(kPrefixBytes))
@@ -288,7 +290,16 @@ std::optional<std::vector<CachedTensor>> readEntry(int fd, const struct stat& st
     std::string headerText(headerBytes, '\0');
     if (!readAllAt(fd, headerText.data(), headerText.size(), kPrefixBytes))
         return std::nullopt;
-    const json header = json::parse(headerText, nullptr, false);
+    // A real header is two levels deep (an object of tensor objects with shape arrays): deeper nesting is
+    // refused while parsing, before it can balloon into a tree.
+    const json header = json::parse(
+        headerText,
+        [](int depth, json::parse_event_t, json&) {
+            if (depth > kMaxHeaderDepth)
+                throw Error("slice cache header nested too deep");
+            return true;
+        },
+        false);
     if (header.is_discarded() || !header.is_object())
         return std::nullopt;
     const auto keyIt = header.find("key");
@@ -324,6 +335,11 @@ std::optional<std::vector<CachedTensor>> readEntry(int fd, const struct stat& st
             if (!d.is_number_unsigned() || d.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
                 return std::nullopt;
             c.shape.push_back(static_cast<int64_t>(d.get<uint64_t>()));
+        }
+        if (!shapes.empty()) {
+            const auto want = shapes.find(c.name);
+            if (want == shapes.end() || want->second != c.shape)
+                return std::nullopt;
         }
         uint64_t bytes = 0;
         if (!tensorBytes(c.shape, elem, bytes) || size->get<uint64_t>() != bytes ||
@@ -506,8 +522,8 @@ void SliceCache::evictLocked()
     }
 }
 
-std::optional<std::vector<CachedTensor>> SliceCache::load(const std::string& key,
-                                                          const std::map<std::string, std::string>& expected)
+std::optional<std::vector<CachedTensor>> SliceCache::load(const std::string& key, const std::map<std::string, std::string>& expected,
+                                                          const std::map<std::string, std::vector<int64_t>>& shapes)
 {
     if (m_maxBytes == 0)
         return std::nullopt;
@@ -519,9 +535,9 @@ std::optional<std::vector<CachedTensor>> SliceCache::load(const std::string& key
     std::optional<std::vector<CachedTensor>> tensors;
     if (fd.valid() && ::fstat(fd.get(), &st) == 0) {
         try {
-            tensors = readEntry(fd.get(), st, key, expected);
-        } catch (const nlohmann::json::exception&) {
-        } catch (const Error&) {
+            tensors = readEntry(fd.get(), st, key, expected, shapes);
+        } catch (const std::exception&) { // malformed JSON, too deep, or more than the memory holds
+            tensors.reset();
         }
     } else if (errno == ENOENT) {
         return std::nullopt; // a plain miss

@@ -56,9 +56,11 @@ public:
     // The slice if present and intact: each tensor's bytes hashed again and compared with its stored hash and
     // with `expected` (name -> 32-byte sha256; the set of names must match exactly). Any mismatch, truncation
     // or malformed file: the entry is deleted and nullopt returned (never throws for a bad entry; throws
-    // Error only for a malformed key). A hit marks the entry most recently used.
-    std::optional<std::vector<CachedTensor>> load(const std::string& key,
-                                                  const std::map<std::string, std::string>& expected);
+    // Error only for a malformed key). A hit marks the entry most recently used. `shapes` (name -> shape), when
+    // given, is what the caller's slice must be: an entry claiming other shapes is refused before anything is
+    // allocated (a sparse file can claim any size at no disk cost).
+    std::optional<std::vector<CachedTensor>> load(const std::string& key, const std::map<std::string, std::string>& expected,
+                                                  const std::map<std::string, std::vector<int64_t>>& shapes = {});
 
     uint64_t totalBytes() const; // bytes of all entries on disk
     uint64_t maxBytes() const { return m_maxBytes; }

@@ -456,4 +456,55 @@ TEST(ClusterContext, ContextLengthEndsTheAnswerWhenFull)
     EXPECT_NE(err.find("--context"), std::string::npos) << err;
 }
 
+// Failover where the model does not fit on the workers left: it stops with the reason and keeps the text.
+TEST(ClusterFailover, WhenNothingFitsItStopsWithTheReasonAndKeepsTheText)
+{
+    const std::string dir = test::makeTempDir("failover-nofit");
+    RandomModelSpec s;
+    s.hiddenSize = 1024;
+    s.intermediateSize = 2816;
+    s.numLayers = 4;
+    s.numHeads = 16;
+    s.numKvHeads = 4;
+    writeRandomModel(dir + "/model", s); // ~200 MB in f32: half of it fits a worker's 0.4 GiB, all of it not
+    ClusterKey::generate().writeFile(dir + "/key");
+    LocalDaemons daemons(2, dir + "/key", {"--max-memory", "0.4"});
+    json plan = {{"stages",
+                  {{{"layers", {0, 1}}, {"ranks", {{{"worker", daemons.addresses()[0]}}}}},
+                   {{"layers", {2, 3}}, {"ranks", {{{"worker", daemons.addresses()[1]}}}}}}}};
+    std::ofstream(dir + "/plan.json") << plan.dump();
+    const std::string outFile = dir + "/out.txt", errFile = dir + "/err.txt", traceFile = dir + "/trace.jsonl";
+    std::vector<std::string> args = {test::cliBin(), "run", "--model", dir + "/model", "--plan", dir + "/plan.json", "--key-file", dir + "/key",
+                                     "--prompt", "Once upon a time", "--temperature", "0", "--max-tokens", "400", "--ignore-eos", "--dtype",
+                                     "f32", "--context", "512", "--failover", "--trace", traceFile};
+    std::vector<char*> argv;
+    for (auto& a : args)
+        argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, outFile.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen(&fa, 2, errFile.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    pid_t master = -1;
+    ASSERT_EQ(posix_spawn(&master, argv[0], &fa, nullptr, argv.data(), environ), 0);
+    posix_spawn_file_actions_destroy(&fa);
+    auto lines = [&] {
+        std::ifstream in(traceFile);
+        return std::count(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>(), '\n');
+    };
+    ASSERT_TRUE(test::waitFor([&] { return lines() >= 5; }, std::chrono::seconds(60))) << "generation did not start";
+    ::kill(daemons.processes()[1].pid, SIGKILL);
+    const size_t printedAtKill = fs::file_size(outFile);
+    int status = 0;
+    ASSERT_TRUE(test::waitFor([&] { return ::waitpid(master, &status, WNOHANG) == master; }, std::chrono::seconds(120)))
+        << "the master hung after a worker died";
+    std::ifstream ef(errFile);
+    const std::string errText((std::istreambuf_iterator<char>(ef)), std::istreambuf_iterator<char>());
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0) << errText;
+    EXPECT_NE(errText.find("failover failed"), std::string::npos) << errText;
+    EXPECT_NE(errText.find("needs about"), std::string::npos) << "the reason is not given\n" << errText;
+    EXPECT_GE(fs::file_size(outFile), printedAtKill) << "text was lost";
+    EXPECT_GT(printedAtKill, 0u);
+}
+
 } // namespace

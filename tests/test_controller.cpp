@@ -173,6 +173,11 @@ TEST(ControllerLaunch, ProgressWhileStreamingCancelLeavesNoShardRelaunchComesFro
         EXPECT_FALSE(transferred) << "rank " << rank << " streamed its weights again";
     }
     EXPECT_EQ(t.controller->weightSources(), (std::vector<std::string>{"from cache", "from cache"}));
+    // Nor did the master read the checkpoint again to hash it: the hashes were remembered by file.
+    bool remembered = false;
+    for (auto& e : ofKind(events, ControllerEvent::Kind::Notice))
+        remembered = remembered || (e.text.find("tensor hashes:") == 0 && e.text.find(", 0 computed") != std::string::npos);
+    EXPECT_TRUE(remembered) << "the relaunch hashed the weights again";
     t.controller->generate(greedy(prompt, 12));
     t.controller->wait();
     ended = ofKind(t.events.take(), ControllerEvent::Kind::Ended);

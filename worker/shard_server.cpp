@@ -154,6 +154,7 @@ struct Work {
     std::vector<int64_t> tokens;
     std::string hidden;
     uint32_t rows = 0;
+    uint64_t queuedBytes = 0; // what it counts against the queue's limit (pipes only)
 };
 
 class ShardService;
@@ -391,7 +392,10 @@ public:
             if (expected.size() != m_slices.size())
                 return grpc::Status::OK;
             setActivity("reading weights from the slice cache");
-            auto found = m_sliceCache->load(SliceCache::key(m_configJson, sliceDescription(), ordered), expected);
+            std::map<std::string, std::vector<int64_t>> shapes;
+            for (auto& [name, slice] : m_slices)
+                shapes[name] = slice.shape();
+            auto found = m_sliceCache->load(SliceCache::key(m_configJson, sliceDescription(), ordered), expected, shapes);
             if (!found)
                 return grpc::Status::OK;
             uint64_t bytes = 0;
@@ -547,8 +551,8 @@ public:
         if (n < 1 || n > m_contextLimit || req->start_pos() < 0 || req->start_pos() > m_contextLimit - n)
             return fail(grpc::StatusCode::INVALID_ARGUMENT, "start: " + std::to_string(n) + " tokens at position " + std::to_string(req->start_pos()) +
                                                                 " do not fit the context of " + std::to_string(m_contextLimit));
-        if (h.eos_ids_size() > 64 || h.top_logits() > 64)
-            return fail(grpc::StatusCode::INVALID_ARGUMENT, "start: too many EOS ids or top logits asked");
+        if (std::string bad = checkHeader(h); !bad.empty())
+            return fail(grpc::StatusCode::INVALID_ARGUMENT, "start: " + bad);
         for (int32_t id : req->tokens())
             if (id < 0 || id >= m_config.vocabSize)
                 return fail(grpc::StatusCode::INVALID_ARGUMENT, "start: token id " + std::to_string(id) + " is outside the vocabulary");
@@ -594,6 +598,10 @@ public:
             v1::ObserveRequest r;
             while (stream->Read(&r)) {
                 std::lock_guard lock(m_observeMutex);
+                // Only the running generation or the next one (the master may stop a generation whose prompt
+                // has not reached this stage yet): a far-future number must not stop or stall later answers.
+                if (r.generation() == 0 || r.generation() > m_seenGeneration + 1)
+                    continue;
                 if (r.stop())
                     m_stopGeneration = std::max(m_stopGeneration, r.generation());
                 if (r.generation() > m_ackGeneration || (r.generation() == m_ackGeneration && r.acknowledged() > m_acked)) {
@@ -620,8 +628,15 @@ public:
                 lock.lock();
             }
         }
+        bool replaced;
+        {
+            std::lock_guard lock(m_observeMutex);
+            replaced = m_observer != me;
+        }
         ctx->TryCancel();
         reader.join();
+        if (replaced)
+            return grpc::Status(grpc::StatusCode::ABORTED, m_me + ": another master connection took over this shard's token stream");
         return grpc::Status::OK;
     }
 
@@ -645,8 +660,9 @@ public:
             if (m.has_header())
                 w.header = m.header();
             // Everything a peer sends is checked against this shard's limits before it is used.
-            std::string bad;
-            if (m.start_pos() < 0 || m.start_pos() >= m_contextLimit)
+            std::string bad = m.has_header() ? checkHeader(m.header()) : std::string();
+            if (!bad.empty()) {
+            } else if (m.start_pos() < 0 || m.start_pos() >= m_contextLimit)
                 bad = "position " + std::to_string(m.start_pos()) + " is outside the context of " + std::to_string(m_contextLimit);
             else if (m_spec.firstStage) {
                 if (m.tokens_size() != 1 || !m.hidden().empty())
@@ -667,7 +683,9 @@ public:
                 }
             }
             if (!bad.empty()) {
-                setError(m_me + ": a malformed pipeline message: " + bad);
+                // The sender is at fault, not this rank: reported as a peer failure, so the master does not
+                // blame (or fail over away from) the rank that refused it.
+                setError(m_me + ": a malformed pipeline message from " + peerIdentity(*ctx) + ": " + bad, true);
                 return fail(grpc::StatusCode::INVALID_ARGUMENT, m_me + ": " + bad);
             }
             v1::PipeAck ack;
@@ -675,11 +693,17 @@ public:
             ack.set_step(m.step());
             stream->Write(ack);
             {
-                std::lock_guard lock(m_queueMutex);
-                if (m_queue.size() >= 1024) {
-                    setError(m_me + ": too many steps queued (the previous stage runs ahead)");
-                    return fail(grpc::StatusCode::RESOURCE_EXHAUSTED, m_me + ": too many steps queued");
-                }
+                // Backpressure: while the queue is full (in steps or bytes) this pipe stops reading, and gRPC's
+                // flow control holds the sender; a peer cannot make this rank hold more than the limit.
+                std::unique_lock lock(m_queueMutex);
+                const uint64_t size = w.hidden.size() + w.tokens.size() * 8 + 1024;
+                m_queueCv.wait(lock, [&] {
+                    return m_shutdown || m_queue.empty() || (m_queue.size() < kMaxQueuedSteps && m_queuedBytes + size <= kMaxQueuedBytes);
+                });
+                if (m_shutdown)
+                    return grpc::Status::OK;
+                m_queuedBytes += size;
+                w.queuedBytes = size;
                 m_queue.push_back(std::move(w));
             }
             m_queueCv.notify_all();
@@ -710,8 +734,12 @@ public:
         if (req->key().size() > 1024 || req->value().size() > (1 << 20))
             return fail(grpc::StatusCode::INVALID_ARGUMENT, "store: key or value too large");
         std::lock_guard lock(m_kvMutex);
-        if (m_kv.size() > 10000)
-            return fail(grpc::StatusCode::RESOURCE_EXHAUSTED, "store: too many keys");
+        // gloo's rendezvous stores one address record per rank and pair: kilobytes. Bound the whole store.
+        const auto old = m_kv.find(req->key());
+        const uint64_t bytes = m_kvBytes - (old == m_kv.end() ? 0 : old->first.size() + old->second.size()) + req->key().size() + req->value().size();
+        if (m_kv.size() > 10000 || bytes > kMaxStoreBytes)
+            return fail(grpc::StatusCode::RESOURCE_EXHAUSTED, "store: too many keys or bytes");
+        m_kvBytes = bytes;
         m_kv[req->key()] = req->value();
         m_kvChanged.notify_all();
         return grpc::Status::OK;
@@ -724,7 +752,7 @@ public:
         if (req->keys_size() > 1024)
             return fail(grpc::StatusCode::INVALID_ARGUMENT, "store: too many keys asked");
         std::unique_lock lock(m_kvMutex);
-        auto deadline = Clock::now() + std::chrono::milliseconds(std::min<uint32_t>(req->timeout_ms(), 600000));
+        auto deadline = Clock::now() + std::chrono::milliseconds(std::min<uint32_t>(req->timeout_ms(), 120000));
         auto ready = [&] {
             for (auto& k : req->keys())
                 if (!m_kv.count(k))
@@ -765,6 +793,23 @@ private:
         int pendingAcks = 0;
         bool complete = true;
     };
+
+    // The limits of a generation's header, wherever it comes from (the master's Start, a previous stage's pipe).
+    static std::string checkHeader(const v1::GenerationHeader& h)
+    {
+        if (h.generation() == 0)
+            return "generation 0 is not a generation";
+        if (h.eos_ids_size() > 64)
+            return std::to_string(h.eos_ids_size()) + " EOS ids (at most 64)";
+        if (h.top_logits() > 64)
+            return std::to_string(h.top_logits()) + " top logits asked (at most 64)";
+        if (h.window() > 1024)
+            return "a window of " + std::to_string(h.window()) + " tokens (at most 1024)";
+        const double t = h.sampling().temperature(), p = h.sampling().top_p();
+        if (!(t >= 0 && t <= 100) || !(p >= 0 && p <= 1) || h.sampling().top_k() < 0)
+            return "sampling settings out of range";
+        return {};
+    }
 
     grpc::Status canLoad()
     {
@@ -901,7 +946,9 @@ private:
                     return;
                 w = std::move(m_queue.front());
                 m_queue.pop_front();
+                m_queuedBytes -= w.queuedBytes;
             }
+            m_queueCv.notify_all(); // a pipe waiting for room
             if (!error().empty())
                 continue; // a failed rank computes nothing more; the master stops the launch
             try {
@@ -933,6 +980,10 @@ private:
             if (w.generation <= m_generation)
                 throw Error("generation " + std::to_string(w.generation) + " arrived after generation " + std::to_string(m_generation));
             m_generation = w.generation;
+            {
+                std::lock_guard lock(m_observeMutex);
+                m_seenGeneration = w.generation;
+            }
             m_header = *w.header;
             m_promptStart = w.startPos;
             m_nextStep = 0;
@@ -1153,6 +1204,9 @@ private:
     std::mutex m_queueMutex;
     std::condition_variable m_queueCv;
     std::deque<Work> m_queue;
+    uint64_t m_queuedBytes = 0;
+    static constexpr size_t kMaxQueuedSteps = 1024;
+    static constexpr uint64_t kMaxQueuedBytes = 256u << 20;
     bool m_shutdown = false;
     uint64_t m_lastStarted = 0;
 
@@ -1160,6 +1214,7 @@ private:
     std::condition_variable m_observeCv;
     std::deque<v1::ObserveEvent> m_events;
     uint64_t m_observer = 0;
+    uint64_t m_seenGeneration = 0; // the last generation whose header reached the runner
     uint64_t m_stopGeneration = 0;
     uint64_t m_ackGeneration = 0;
     uint64_t m_acked = 0;
@@ -1176,6 +1231,8 @@ private:
     std::mutex m_kvMutex;
     std::condition_variable m_kvChanged;
     std::map<std::string, std::string> m_kv;
+    uint64_t m_kvBytes = 0;
+    static constexpr uint64_t kMaxStoreBytes = 8 << 20;
 };
 
 OutPipe::OutPipe(const Credentials& credentials, std::string address, ShardService& owner)
