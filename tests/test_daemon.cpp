@@ -178,6 +178,59 @@ TEST(Daemon, ALaunchWhoseLeaseIsNotRenewedIsStopped)
 
 // Acceptance: a master killed with SIGKILL mid-answer: its shards are gone within 10 s and the daemons serve
 // the next launch.
+// Another master (another app on the LAN with the same key) can neither stop a launch it did not start nor
+// keep it alive by renewing its lease; the owner can do both.
+TEST(Daemon, OnlyTheLaunchingMasterStopsOrRenewsItsLaunch)
+{
+    Fixture f("daemon-owner");
+    test::Daemon d(f.dir + "/key", f.dir + "/state");
+    auto stub = f.stub(d.address());
+    grpc::ClientContext ctx;
+    v1::LaunchShardRequest req;
+    req.set_launch_id("owned");
+    req.set_bind_host("127.0.0.1");
+    req.set_threads(1);
+    req.set_lease_ms(30000);
+    v1::LaunchShardReply rep;
+    ASSERT_TRUE(stub->LaunchShard(&ctx, req, &rep).ok());
+    const pid_t shard = static_cast<pid_t>(rep.pid());
+
+    Credentials other(f.key, "master other@elsewhere");
+    auto otherStub = v1::WorkerControl::NewStub(openChannel(other, d.address()));
+    {
+        grpc::ClientContext c;
+        v1::StopShardsRequest sreq;
+        sreq.set_launch_id("owned");
+        v1::StopShardsReply srep;
+        grpc::Status s = otherStub->StopShards(&c, sreq, &srep);
+        EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
+        EXPECT_NE(s.error_message().find("master test@host"), std::string::npos) << s.error_message();
+    }
+    {
+        grpc::ClientContext c;
+        v1::HealthRequest hreq;
+        hreq.set_launch_id("owned");
+        v1::HealthReply hrep;
+        EXPECT_EQ(otherStub->Health(&c, hreq, &hrep).error_code(), grpc::StatusCode::PERMISSION_DENIED);
+    }
+    EXPECT_TRUE(test::alive(shard));
+    {
+        grpc::ClientContext c;
+        v1::HealthRequest hreq;
+        hreq.set_launch_id("owned");
+        v1::HealthReply hrep;
+        ASSERT_TRUE(stub->Health(&c, hreq, &hrep).ok());
+        EXPECT_EQ(hrep.shards_size(), 1);
+    }
+    grpc::ClientContext c;
+    v1::StopShardsRequest sreq;
+    sreq.set_launch_id("owned");
+    v1::StopShardsReply srep;
+    ASSERT_TRUE(stub->StopShards(&c, sreq, &srep).ok());
+    EXPECT_EQ(srep.stopped(), 1u);
+    EXPECT_TRUE(test::waitFor([&] { return !test::alive(shard); }, std::chrono::seconds(10)));
+}
+
 TEST(Daemon, AMasterKilledMidAnswerLeavesNoShardAndTheNextLaunchRuns)
 {
     Fixture f("daemon-masterkill");

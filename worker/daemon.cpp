@@ -166,16 +166,31 @@ public:
         return grpc::Status::OK;
     }
 
+    // A launch is steered by the master that started it (its certificate name). As for shards, this keeps
+    // honest masters apart; a key holder can mint any name.
+    grpc::Status ownerOnly(const grpc::ServerContext& ctx, const std::string& launchId, const char* call)
+    {
+        const std::string owner = m_shards.owner(launchId), peer = peerIdentity(ctx);
+        if (owner.empty() || owner == peer)
+            return grpc::Status::OK;
+        return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, std::string(call) + ": launch " + launchId + " belongs to " + owner + ", not to " + peer);
+    }
+
     grpc::Status StopShards(grpc::ServerContext* ctx, const v1::StopShardsRequest* req, v1::StopShardsReply* rep) override
     {
         if (!validLaunchId(req->launch_id()))
             return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "stop: give the launch id to stop");
+        if (grpc::Status s = ownerOnly(*ctx, req->launch_id(), "stop"); !s.ok())
+            return s;
         rep->set_stopped(m_shards.stop(req->launch_id(), "stopped by " + peerIdentity(*ctx)));
         return grpc::Status::OK;
     }
 
-    grpc::Status Health(grpc::ServerContext*, const v1::HealthRequest* req, v1::HealthReply* rep) override
+    grpc::Status Health(grpc::ServerContext* ctx, const v1::HealthRequest* req, v1::HealthReply* rep) override
     {
+        // Only the launch's own master renews its lease (another one would keep a dead master's shards alive).
+        if (grpc::Status s = ownerOnly(*ctx, req->launch_id(), "health"); !s.ok())
+            return s;
         std::string ended;
         for (auto& s : m_shards.renew(req->launch_id(), &ended)) {
             auto* st = rep->add_shards();

@@ -276,6 +276,13 @@ void ShardProcesses::endLocked(const std::string& launchId, const std::string& w
     m_launches.erase(it);
 }
 
+std::string ShardProcesses::owner(const std::string& launchId)
+{
+    std::lock_guard lock(m_mutex);
+    auto it = m_launches.find(launchId);
+    return it == m_launches.end() ? std::string() : it->second.master;
+}
+
 std::vector<ShardProcesses::Status> ShardProcesses::renew(const std::string& launchId, std::string* ended)
 {
     std::lock_guard lock(m_mutex);

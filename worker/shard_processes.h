@@ -79,6 +79,8 @@ public:
     uint32_t stop(const std::string& launchId, const std::string& why);
     // Renews the lease and returns the shards' states; `ended` gets why the launch ended when it did.
     std::vector<Status> renew(const std::string& launchId, std::string* ended);
+    // The certificate name of the master that started the launch ("" when there is no such launch).
+    std::string owner(const std::string& launchId);
     std::vector<LaunchInfo> launches() const;
     const Options& options() const { return m_options; }
 
