@@ -245,17 +245,6 @@ struct CliSink {
     }
 };
 
-void printSpeed(const GenerationResult& r, const std::string& setup, uint64_t seed)
-{
-    const double prefillTps = r.prefillSeconds > 0 ? static_cast<double>(r.promptTokens) / r.prefillSeconds : 0;
-    const double decodeTps = r.decodeSeconds > 0 ? static_cast<double>(r.decodeSteps) / r.decodeSeconds : 0;
-    std::fprintf(stderr,
-                 "together: %zu tokens generated, stopped by %s | prompt %lld tokens at %.1f tokens/s | decode %.2f tokens/s | %s, "
-                 "seed %llu\n",
-                 r.tokens.size(), stopReasonText(r.reason), static_cast<long long>(r.promptTokens), prefillTps, decodeTps, setup.c_str(),
-                 static_cast<unsigned long long>(seed));
-}
-
 // Where the time of a token went, from the records the ranks measured (p50 over decode steps).
 void printLinks(Controller& c)
 {
@@ -405,7 +394,7 @@ int runCluster(const std::vector<std::string>& rest)
             writeOutputs();
             throw Error(sink.failure);
         }
-        printSpeed(sink.result, setup, seed);
+        printSpeedLine(sink.result, setup, seed);
         return sink.result;
     };
     if (!interactive) {

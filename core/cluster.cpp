@@ -3,6 +3,7 @@
 
 #include "core/error.h"
 #include "core/hash_cache.h"
+#include "core/hex.h"
 #include "core/protocol.h"
 #include "core/rpc.h"
 #include "core/safetensors.h"
@@ -32,19 +33,6 @@ int64_t wallMicros()
 }
 
 std::string hostOf(const std::string& address) { return address.substr(0, address.rfind(':')); }
-
-std::string randomHex(size_t bytes)
-{
-    std::random_device rd;
-    std::string s;
-    static const char* d = "0123456789abcdef";
-    for (size_t i = 0; i < bytes; ++i) {
-        unsigned v = rd() & 0xff;
-        s += d[v >> 4];
-        s += d[v & 15];
-    }
-    return s;
-}
 
 std::string sha256Of(const TensorView& v)
 {

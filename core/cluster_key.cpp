@@ -2,6 +2,7 @@
 #include "core/cluster_key.h"
 
 #include "core/error.h"
+#include "core/hex.h"
 #include "core/user_dirs.h"
 
 #include <openssl/evp.h>
@@ -165,13 +166,7 @@ std::string ClusterKey::fingerprint() const
     unsigned int len = 0;
     HMAC(EVP_sha256(), m_bytes.data(), static_cast<int>(m_bytes.size()), reinterpret_cast<const unsigned char*>(label.data()),
          label.size(), out, &len);
-    static const char* d = "0123456789abcdef";
-    std::string s;
-    for (int i = 0; i < 8; ++i) {
-        s += d[out[i] >> 4];
-        s += d[out[i] & 15];
-    }
-    return s;
+    return toHex(std::string_view(reinterpret_cast<const char*>(out), 8));
 }
 
 ClusterKey ClusterKey::fromFile(const std::string& path)

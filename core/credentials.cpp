@@ -3,6 +3,7 @@
 
 #include "core/error.h"
 #include "core/host_info.h"
+#include "core/hex.h"
 
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/security/server_credentials.h>
@@ -141,15 +142,7 @@ Credentials::Credentials(const ClusterKey& key, const std::string& identity)
 
 std::string newMasterIdentity()
 {
-    unsigned char b[4];
-    check(RAND_bytes(b, sizeof b) == 1, "random id");
-    static const char* d = "0123456789abcdef";
-    std::string id = "master ";
-    for (unsigned char c : b) {
-        id += d[c >> 4];
-        id += d[c & 15];
-    }
-    return (id + "@" + hostName()).substr(0, 64);
+    return ("master " + randomHex(4) + "@" + hostName()).substr(0, 64);
 }
 
 std::shared_ptr<grpc::ServerCredentials> Credentials::serverCredentials() const

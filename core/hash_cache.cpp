@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "core/hash_cache.h"
 
+#include "core/hex.h"
+
 #include "core/unicode.h"
 #include "core/user_dirs.h"
 
@@ -23,35 +25,6 @@ namespace together {
 namespace {
 
 constexpr off_t kMaxFileBytes = 64 << 20; // a bigger file is not ours: it is ignored rather than read
-
-std::string toHex(const std::string& raw)
-{
-    static const char digits[] = "0123456789abcdef";
-    std::string out;
-    out.reserve(raw.size() * 2);
-    for (unsigned char c : raw) {
-        out += digits[c >> 4];
-        out += digits[c & 15];
-    }
-    return out;
-}
-
-std::optional<std::string> fromHex(const std::string& hex)
-{
-    const auto value = [](char c) {
-        return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-    };
-    if (hex.size() % 2)
-        return std::nullopt;
-    std::string out;
-    for (size_t i = 0; i < hex.size(); i += 2) {
-        const int hi = value(hex[i]), lo = value(hex[i + 1]);
-        if (hi < 0 || lo < 0)
-            return std::nullopt;
-        out += static_cast<char>(hi * 16 + lo);
-    }
-    return out;
-}
 
 int64_t wallClockNs()
 {

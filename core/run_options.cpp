@@ -125,14 +125,19 @@ GenerationResult runAndReport(TokenStepper& stepper, const Tokenizer& tokenizer,
     if (::isatty(STDOUT_FILENO)) // end the line for a person; scripts get exactly the generated text
         std::fputc('\n', stdout);
     std::fflush(stdout);
+    printSpeedLine(r, setup, options.sampling.seed);
+    return r;
+}
+
+void printSpeedLine(const GenerationResult& r, const std::string& setup, uint64_t seed)
+{
     const double prefillTps = r.prefillSeconds > 0 ? static_cast<double>(r.promptTokens) / r.prefillSeconds : 0;
     const double decodeTps = r.decodeSeconds > 0 ? static_cast<double>(r.decodeSteps) / r.decodeSeconds : 0;
     std::fprintf(stderr,
                  "together: %zu tokens generated, stopped by %s | prompt %lld tokens at %.1f tokens/s | decode %.2f tokens/s | %s, "
                  "seed %llu\n",
                  r.tokens.size(), stopReasonText(r.reason), static_cast<long long>(r.promptTokens), prefillTps, decodeTps, setup.c_str(),
-                 static_cast<unsigned long long>(options.sampling.seed));
-    return r;
+                 static_cast<unsigned long long>(seed));
 }
 
 std::string defaultModelDir() { return cacheDir() + "/default-model"; }

@@ -33,6 +33,8 @@ std::string defaultDtypeName();
 // Runs one generation, streaming the text to stdout and writing the trace; prints the speed line to stderr.
 GenerationResult runAndReport(TokenStepper& stepper, const Tokenizer& tokenizer, const std::vector<int>& ids, int64_t startPos,
                               const RunOptions& options, std::ostream* trace, const std::string& setup);
+// The speed line at the end of a run (stderr): tokens, stop reason, prompt and decode tokens/s, setup, seed.
+void printSpeedLine(const GenerationResult& result, const std::string& setup, uint64_t seed);
 // Reads flags. Without --model, the built-in default model is written (once) and used, with a notice on
 // stderr that its output is noise. Fills unset sampling settings from the model's generation_config.json (greedy when it says
 // do_sample false) and the EOS ids from the config files. Throws Error naming a bad value.

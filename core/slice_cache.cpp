@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "core/slice_cache.h"
 
+#include "core/hex.h"
+
 #include "core/error.h"
 #include "core/user_dirs.h"
 
@@ -119,42 +121,6 @@ std::string sha256(const std::vector<std::byte>& bytes)
     return h.digest();
 }
 
-std::string toHex(const std::string& raw)
-{
-    static const char digits[] = "0123456789abcdef";
-    std::string out;
-    out.reserve(raw.size() * 2);
-    for (unsigned char c : raw) {
-        out += digits[c >> 4];
-        out += digits[c & 15];
-    }
-    return out;
-}
-
-int hexValue(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
-// Lower-case hex to raw bytes; nullopt for anything else.
-std::optional<std::string> fromHex(const std::string& hex)
-{
-    if (hex.size() % 2)
-        return std::nullopt;
-    std::string out;
-    out.reserve(hex.size() / 2);
-    for (size_t i = 0; i < hex.size(); i += 2) {
-        const int hi = hexValue(hex[i]), lo = hexValue(hex[i + 1]);
-        if (hi < 0 || lo < 0)
-            return std::nullopt;
-        out += static_cast<char>(hi * 16 + lo);
-    }
-    return out;
-}
 
 size_t dtypeBytes(const std::string& dtype)
 {
@@ -381,7 +347,7 @@ SliceCache::SliceCache(std::string dir, uint64_t maxBytes)
 
 bool SliceCache::isValidKey(const std::string& key)
 {
-    return key.size() == 64 && std::all_of(key.begin(), key.end(), [](char c) { return hexValue(c) >= 0; });
+    return key.size() == 64 && fromHex(key).has_value();
 }
 
 std::string SliceCache::key(const std::string& modelIdentity, const std::string& sliceDescription,

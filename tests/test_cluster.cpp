@@ -35,6 +35,30 @@ namespace fs = std::filesystem;
 namespace {
 
 
+// Starts `args` (argv[0] a path) with stdout and stderr to files; -1 when it cannot start.
+pid_t spawnWithOutput(std::vector<std::string> args, const std::string& outFile, const std::string& errFile)
+{
+    std::vector<char*> argv;
+    for (auto& a : args)
+        argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, outFile.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen(&fa, 2, errFile.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    pid_t pid = -1;
+    if (posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ) != 0)
+        pid = -1;
+    posix_spawn_file_actions_destroy(&fa);
+    return pid;
+}
+
+long lineCount(const std::string& file)
+{
+    std::ifstream in(file);
+    return static_cast<long>(std::count(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>(), '\n'));
+}
+
 struct Layout {
     std::string name;
     std::string model; // "stories" or a random-model tag
@@ -219,23 +243,11 @@ TEST_P(WorkerDies, MasterNamesItKeepsTheTextAndLeavesNoProcess)
     const KillCase& k = GetParam();
     std::vector<std::string> args = {test::cliBin(), "run", "--model", dir + "/model", "--local", k.local, "--prompt", "Once upon a time",
                                      "--temperature", "0", "--max-tokens", "6000", "--ignore-eos", "--dtype", "f32", "--trace", traceFile};
-    std::vector<char*> argv;
-    for (auto& a : args)
-        argv.push_back(a.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, outFile.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_addopen(&fa, 2, errFile.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    pid_t master = -1;
-    ASSERT_EQ(posix_spawn(&master, argv[0], &fa, nullptr, argv.data(), environ), 0);
-    posix_spawn_file_actions_destroy(&fa);
+    const pid_t master = spawnWithOutput(args, outFile, errFile);
+    ASSERT_GT(master, 0);
 
     // Wait for generation to be well under way (trace lines), then kill one worker process of stage 1.
-    auto steps = [&] {
-        std::ifstream in(traceFile);
-        return std::count(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>(), '\n');
-    };
+    auto steps = [&] { return lineCount(traceFile); };
     auto start = std::chrono::steady_clock::now();
     while (steps() < 20 && std::chrono::steady_clock::now() - start < std::chrono::seconds(60))
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -289,8 +301,9 @@ TEST_P(WorkerDies, MasterNamesItKeepsTheTextAndLeavesNoProcess)
     std::ifstream ef(errFile);
     std::string err((std::istreambuf_iterator<char>(ef)), std::istreambuf_iterator<char>());
     EXPECT_NE(err.find("error: worker 127.0.0.1:"), std::string::npos) << err;
-    if (k.signal == SIGKILL)
+    if (k.signal == SIGKILL) {
         EXPECT_TRUE(err.find("killed by signal 9") != std::string::npos || err.find("not responding") != std::string::npos) << err;
+    }
     EXPECT_GE(fs::file_size(outFile), printedAtKill); // what was printed stays printed
     // Nothing left behind.
     bool anyAlive = true;
@@ -335,21 +348,9 @@ TEST(ClusterFailover, AnswerCompletesOnTheWorkersLeftAndEqualsOneProcess)
     std::vector<std::string> args = {test::cliBin(), "run", "--model", model, "--plan", dir + "/plan.json", "--key-file", dir + "/key",
                                      "--prompt", "Once upon a time", "--temperature", "0", "--max-tokens", std::to_string(tokens),
                                      "--ignore-eos", "--dtype", "f32", "--failover", "--trace", traceFile, "--window", "1"};
-    std::vector<char*> argv;
-    for (auto& a : args)
-        argv.push_back(a.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, outFile.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_addopen(&fa, 2, errFile.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    pid_t master = -1;
-    ASSERT_EQ(posix_spawn(&master, argv[0], &fa, nullptr, argv.data(), environ), 0);
-    posix_spawn_file_actions_destroy(&fa);
-    auto lines = [&] {
-        std::ifstream in(traceFile);
-        return std::count(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>(), '\n');
-    };
+    const pid_t master = spawnWithOutput(args, outFile, errFile);
+    ASSERT_GT(master, 0);
+    auto lines = [&] { return lineCount(traceFile); };
     ASSERT_TRUE(test::waitFor([&] { return lines() >= 20; }, std::chrono::seconds(60))) << "generation did not start";
     // The middle stage's machine goes away: its daemon and, with it, its shard.
     ::kill(daemons.processes()[1].pid, SIGKILL);
@@ -477,21 +478,9 @@ TEST(ClusterFailover, WhenNothingFitsItStopsWithTheReasonAndKeepsTheText)
     std::vector<std::string> args = {test::cliBin(), "run", "--model", dir + "/model", "--plan", dir + "/plan.json", "--key-file", dir + "/key",
                                      "--prompt", "Once upon a time", "--temperature", "0", "--max-tokens", "400", "--ignore-eos", "--dtype",
                                      "f32", "--context", "512", "--failover", "--trace", traceFile};
-    std::vector<char*> argv;
-    for (auto& a : args)
-        argv.push_back(a.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, outFile.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_addopen(&fa, 2, errFile.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    pid_t master = -1;
-    ASSERT_EQ(posix_spawn(&master, argv[0], &fa, nullptr, argv.data(), environ), 0);
-    posix_spawn_file_actions_destroy(&fa);
-    auto lines = [&] {
-        std::ifstream in(traceFile);
-        return std::count(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>(), '\n');
-    };
+    const pid_t master = spawnWithOutput(args, outFile, errFile);
+    ASSERT_GT(master, 0);
+    auto lines = [&] { return lineCount(traceFile); };
     ASSERT_TRUE(test::waitFor([&] { return lines() >= 5; }, std::chrono::seconds(60))) << "generation did not start";
     ::kill(daemons.processes()[1].pid, SIGKILL);
     const size_t printedAtKill = fs::file_size(outFile);

@@ -940,7 +940,9 @@ private:
             {
                 std::unique_lock lock(m_queueMutex);
                 if (m_queue.empty())
-                    setActivity(m_spec.firstStage ? "idle" : "waiting for stage " + std::to_string(m_stage - 1));
+                    setActivity(!m_spec.firstStage ? "waiting for stage " + std::to_string(m_stage - 1)
+                                : m_generation == 0 ? std::string("idle")
+                                                    : "waiting for a token from the last stage, or a new prompt");
                 m_queueCv.wait(lock, [&] { return m_shutdown || !m_queue.empty(); });
                 if (m_shutdown)
                     return;
