@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // together-cli: the headless front end. Links core only (no Qt, no libtorch).
 #include "app/cluster_bench.h"
+#include "app/predict_command.h"
 #include "app/workers_command.h"
 #include "core/chat.h"
 #include "core/cli_args.h"
@@ -61,6 +62,10 @@ const char* kUsage =
     "  together-cli bench-cluster [--tokens N] [--dtype bf16|f32] [--model DIR]\n"
     "      Decode speed of TP1, TP2, PP2 and TP1 with 2 threads side by side on local workers, with\n"
     "      all-reduce and hop times and each shard's peak memory (TinyLlama-1.1B shape by default).\n"
+    "  together-cli predict --model DIR (--plan plan.json | --auto) --machines FILE [--dtype bf16|f32] [--context N]\n"
+    "      The cost model: a placement's predicted ms/token split into compute, all-reduces and links, and the same\n"
+    "      with every link a named profile (loopback, 10 GbE, 2.5 GbE, 1 GbE, Wi-Fi 5); --auto finds the placement with\n"
+    "      the lowest prediction that fits memory and says why. FILE holds each worker's measured speeds (see README).\n"
     "  together-cli keygen [--out FILE | --save]\n"
     "      Makes a new cluster key and prints it (14 groups of 4 letters and digits, typeable). --out writes it to\n"
     "      FILE (mode 0600); --save to this user's key file, which `run`, `workers` and `together-worker serve`\n"
@@ -464,6 +469,8 @@ int main(int argc, char** argv)
         }
         if (cmd == "run")
             return runCluster(rest);
+        if (cmd == "predict")
+            return runPredict(rest);
         if (cmd == "bench-cluster")
             return runClusterBench(rest);
         if (cmd == "keygen") {

@@ -109,6 +109,41 @@ int64_t shardBytes(const ModelConfig& c, const ShardSpec& s, DType dtype)
     return total;
 }
 
+std::vector<Collective> shardCollectives(const ModelConfig& c, const ShardSpec& s, int64_t rows)
+{
+    std::vector<Collective> out;
+    if (s.tpSize <= 1)
+        return out;
+    for (int64_t l = s.firstLayer; l <= s.lastLayer; ++l) {
+        out.push_back({"attention output", rows * c.hiddenSize});
+        out.push_back({"mlp output", rows * c.hiddenSize});
+    }
+    if (s.lastStage)
+        out.push_back({"logits", c.vocabSize});
+    return out;
+}
+
+int64_t decodeBytesPerToken(const ModelConfig& c, const ShardSpec& s, DType dtype)
+{
+    const int64_t elem = static_cast<int64_t>(dtypeSize(dtype));
+    const ShardDims d = shardDims(c, s.tpRank, s.tpSize);
+    int64_t total = 0;
+    for (auto& t : shardTensors(c, s)) {
+        int64_t n = 1;
+        for (auto x : t.shape())
+            n *= x;
+        if (t.name != "model.embed_tokens.weight") {
+            total += n * elem;
+            continue;
+        }
+        if (s.holdsEmbedding())
+            total += c.hiddenSize * elem; // one row per token
+        if (s.holdsHead() && c.tieWordEmbeddings)
+            total += d.vocab * c.hiddenSize * elem; // the tied head's slice
+    }
+    return total;
+}
+
 ShardMemoryEstimate estimateShardMemory(const ModelConfig& c, const ShardSpec& s, DType dtype, int64_t contextLimit)
 {
     ShardMemoryEstimate m;

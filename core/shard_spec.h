@@ -62,6 +62,20 @@ std::vector<TensorSlice> shardTensors(const ModelConfig& c, const ShardSpec& s);
 // Bytes of the shard's slices at the given storage dtype.
 int64_t shardBytes(const ModelConfig& c, const ShardSpec& s, DType dtype);
 
+// The all-reduces one forward step of a shard makes, in order, each with its float count (every rank of the
+// stage's group contributes that many floats): after each layer's attention output and MLP output (rows x
+// hidden), and on the last stage one over the vocabulary (the logits of the last row). None without tensor
+// parallelism. The engine's calls are checked against this (tests/test_sharding), so the cost model that
+// uses it stays right when the engine changes.
+struct Collective {
+    const char* what; // "attention output", "mlp output", "logits"
+    int64_t floats;
+};
+std::vector<Collective> shardCollectives(const ModelConfig& c, const ShardSpec& s, int64_t rows);
+// Bytes of weights one decode step of the shard reads: every matrix and norm of its layers once, one row of
+// the embedding, and its slice of the head (with f32 norms when `dtype` is f32; see LlamaModel).
+int64_t decodeBytesPerToken(const ModelConfig& c, const ShardSpec& s, DType dtype);
+
 // What a shard process needs, about: its weights at the run's dtype, its KV cache grown to `contextLimit`
 // positions (f32 keys and values of its KV heads in each of its layers), and the runtime's own memory
 // (libtorch, gRPC, buffers; measured: a shard of a tiny model peaks near kShardRuntimeBytes).

@@ -119,3 +119,31 @@ TEST(Cli, ChatTemplateRendersMessagesFile)
 }
 
 } // namespace
+
+// The cost model from the command line: machine profiles from a file, the auto placement with its reasons,
+// a hand plan with its what-if table, and a clear error for a bad profile.
+TEST(Cli, PredictPlacesAndExplains)
+{
+    const std::string dir = test::makeTempDir("predict");
+    const std::string model = test::smallModel("predict");
+    std::ofstream(dir + "/machines.json") << R"({"machines": [
+        {"worker": "10.0.0.5:7600", "host": "desk", "threads": 2, "free_memory_gib": 12, "read_gbps": [13, 26], "matvec_gbps": {"bf16": [4, 8], "f32": [10, 20]}},
+        {"worker": "10.0.0.6:7600", "host": "laptop", "threads": 2, "free_memory_gib": 12, "read_gbps": [10, 18], "matvec_gbps": {"bf16": [3, 6], "f32": [8, 14]}}],
+        "default_link": "Wi-Fi 5"})";
+    std::string out, err;
+    ASSERT_EQ(test::runCommand(test::cliBin() + " predict --model " + model + " --auto --machines " + dir + "/machines.json", &out, &err), 0) << err;
+    EXPECT_NE(out.find("on 10.0.0.5:7600"), std::string::npos) << out; // the faster machine
+    EXPECT_NE(out.find("Predicted"), std::string::npos) << out;
+    EXPECT_NE(out.find("| Wi-Fi 5 |"), std::string::npos) << out;
+    EXPECT_NE(out.find("\"stages\""), std::string::npos) << out;
+    std::ofstream(dir + "/plan.json") << R"({"stages": [{"layers": [0, 1], "ranks": [{"worker": "10.0.0.5:7600"}]},
+        {"layers": [2, 3], "ranks": [{"worker": "10.0.0.6:7600"}]}]})";
+    ASSERT_EQ(test::runCommand(test::cliBin() + " predict --model " + model + " --plan " + dir + "/plan.json --machines " + dir + "/machines.json",
+                               &out, &err),
+              0)
+        << err;
+    EXPECT_NE(out.find("| 1 | 2-3 | 10.0.0.6:7600 |"), std::string::npos) << out;
+    std::ofstream(dir + "/bad.json") << R"({"machines": [{"worker": "x:1", "free_memory_gib": 1, "read_gbps": [2, 1], "matvec_gbps": {"f32": [1, 2]}}]})";
+    EXPECT_NE(test::runCommand(test::cliBin() + " predict --model " + model + " --auto --machines " + dir + "/bad.json", &out, &err), 0);
+    EXPECT_NE(err.find("bad.json: machines[0].read_gbps"), std::string::npos) << err;
+}

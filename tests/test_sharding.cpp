@@ -63,7 +63,12 @@ public:
         : m_group(g)
     {
     }
-    void allReduceSum(float* data, size_t count) override { m_group.allReduce(data, count); }
+    void allReduceSum(float* data, size_t count) override
+    {
+        calls.push_back(static_cast<int64_t>(count));
+        m_group.allReduce(data, count);
+    }
+    std::vector<int64_t> calls; // float counts of the all-reduces since the test last cleared it
 
 private:
     ThreadGroup& m_group;
@@ -136,6 +141,10 @@ TEST_P(Sharded, LogitsMatchTheWholeModel)
     for (auto& [name, t] : st.tensors())
         checkpointBytes += static_cast<int64_t>(t.nbytes);
     EXPECT_GE(sliceBytes, checkpointBytes);
+    // What a decode step reads, as the cost model computes it, is what the engine holds for one token.
+    for (auto& ranks : stages)
+        for (auto& rk : ranks)
+            EXPECT_EQ(decodeBytesPerToken(c, rk.model->shard(), DType::F32), rk.model->weightBytesPerToken()) << cs.name;
 
     std::vector<std::vector<int>> steps = {{1, 17, 42, 99, 7, 300}, {12}, {5}, {250}};
     KvCache wholeCache = whole.newCache();
@@ -160,6 +169,14 @@ TEST_P(Sharded, LogitsMatchTheWholeModel)
                 t.join();
             for (auto& e : errors)
                 ASSERT_EQ(e, "");
+            // The engine's all-reduces are exactly those the shard spec (and so the cost model) counts.
+            for (auto& rk : ranks) {
+                std::vector<int64_t> expected;
+                for (auto& x : shardCollectives(c, rk.model->shard(), static_cast<int64_t>(tokens.size())))
+                    expected.push_back(x.floats);
+                EXPECT_EQ(rk.comm->calls, expected) << cs.name;
+                rk.comm->calls.clear();
+            }
             if (ranks[0].model->shard().lastStage) {
                 logits = outs[0];
                 for (size_t r = 1; r < outs.size(); ++r)

@@ -185,8 +185,10 @@ KvCache LlamaModel::newCache(int64_t limit) const
 int64_t LlamaModel::weightBytesPerToken() const
 {
     int64_t total = 0;
+    auto bytes = [](const at::Tensor& t) { return t.defined() ? static_cast<int64_t>(t.nbytes()) : int64_t(0); };
     for (auto& L : m_layers)
-        total += (L.wqkv.nbytes() + L.wo.nbytes() + L.wGateUp.nbytes() + L.wDown.nbytes() + L.inputNorm.nbytes() + L.postNorm.nbytes());
+        total += bytes(L.wqkv) + bytes(L.bqkv) + bytes(L.qNorm) + bytes(L.kNorm) + bytes(L.wo) + bytes(L.wGateUp) + bytes(L.wDown) +
+                 bytes(L.inputNorm) + bytes(L.postNorm);
     if (m_lmHead.defined())
         total += m_lmHead.nbytes() + m_finalNorm.nbytes();
     if (m_embed.defined() && m_spec.holdsEmbedding())
