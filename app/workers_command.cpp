@@ -38,6 +38,8 @@ nlohmann::json toJson(const DiscoveredWorker& w)
     j["max_threads"] = w.maxThreads;
     j["max_memory_bytes"] = w.maxMemoryBytes;
     j["read_gbps"] = w.readGbps ? nlohmann::json(*w.readGbps) : nlohmann::json(nullptr);
+    j["calibrating"] = w.calibrating;
+    j["decode_gbps"] = w.decodeGbps;
     j["protocol"] = w.protocol;
     j["rtt_ms"] = w.rttMs >= 0 ? nlohmann::json(w.rttMs) : nlohmann::json(nullptr);
     j["key_fingerprint"] = w.keyFingerprint;
@@ -57,10 +59,16 @@ std::string textLine(const DiscoveredWorker& w)
     std::string donated = w.maxThreads ? std::to_string(w.maxThreads) + " threads, " +
                                              (w.maxMemoryBytes ? formatBytes(w.maxMemoryBytes) : std::string("free memory"))
                                        : "-";
-    char line[512];
-    std::snprintf(line, sizeof line, "%-16s %-22s %-11s %5s  %-26s %-26s %-9s %s", w.host.empty() ? "?" : w.host.c_str(),
+    std::string speed = w.calibrating ? "calibrating" : "-";
+    if (w.readGbps) {
+        char b[64];
+        std::snprintf(b, sizeof b, "%.1f GB/s", *w.readGbps);
+        speed = b;
+    }
+    char line[600];
+    std::snprintf(line, sizeof line, "%-16s %-22s %-11s %5s  %-26s %-26s %-9s %-12s %s", w.host.empty() ? "?" : w.host.c_str(),
                   w.address.empty() ? "-" : w.address.c_str(), workerStateName(w.state), w.cores ? std::to_string(w.cores).c_str() : "-",
-                  memory.c_str(), donated.c_str(), rtt, w.reason.c_str());
+                  memory.c_str(), donated.c_str(), rtt, speed.c_str(), w.reason.c_str());
     return line;
 }
 
@@ -130,7 +138,8 @@ int runWorkers(const std::vector<std::string>& args)
         for (auto& w : workers)
             std::printf("%s\n", toJson(w).dump().c_str());
     } else {
-        std::printf("%-16s %-22s %-11s %5s  %-26s %-26s %-9s %s\n", "HOST", "ADDRESS", "STATE", "CORES", "MEMORY", "DONATED", "RTT", "REASON");
+        std::printf("%-16s %-22s %-11s %5s  %-26s %-26s %-9s %-12s %s\n", "HOST", "ADDRESS", "STATE", "CORES", "MEMORY", "DONATED", "RTT", "READ",
+                    "REASON");
         for (auto& w : workers)
             std::printf("%s\n", textLine(w).c_str());
     }

@@ -436,6 +436,14 @@ void Discovery::check(Entry& entry)
             w.softwareVersion = h.software_version();
             w.cpuFlags.assign(h.cpu_flags().begin(), h.cpu_flags().end());
             w.rttMs = best->rttMs;
+            w.calibrating = h.calibrating();
+            w.readGbps.reset();
+            w.decodeGbps.clear();
+            if (h.has_calibration() && h.calibration().error().empty() && h.calibration().read_gbps_all() > 0) {
+                w.readGbps = h.calibration().read_gbps_all();
+                for (auto& m : h.calibration().matvec())
+                    w.decodeGbps[m.dtype().substr(0, 16)] = m.gbps_all();
+            }
             std::string others;
             uint32_t threads = 0;
             for (auto& l : h.launches())

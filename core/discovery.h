@@ -47,7 +47,9 @@ struct DiscoveredWorker {
     std::string softwareVersion;
     std::vector<std::string> cpuFlags;
     double rttMs = -1;            // Hello round trip on `address`; -1 until measured
-    std::optional<double> readGbps; // measured by calibration (a later issue); empty until then
+    std::optional<double> readGbps; // all donated threads, measured by the daemon's calibration; empty until then
+    bool calibrating = false;       // the daemon is still measuring
+    std::map<std::string, double> decodeGbps; // dtype -> the engine's one-row matvec, all donated threads (GB/s)
     bool manual = false;          // added by address (broadcast does not reach it), remembered
 };
 

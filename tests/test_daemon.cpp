@@ -18,6 +18,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <thread>
 
 #include <fcntl.h>
@@ -229,6 +230,55 @@ TEST(Daemon, OnlyTheLaunchingMasterStopsOrRenewsItsLaunch)
     ASSERT_TRUE(stub->StopShards(&c, sreq, &srep).ok());
     EXPECT_EQ(srep.stopped(), 1u);
     EXPECT_TRUE(test::waitFor([&] { return !test::alive(shard); }, std::chrono::seconds(10)));
+}
+
+// Each daemon measures its machine's speed at start, in the background, and says so in Hello until done;
+// daemons of one machine starting together measure one at a time (the second reuses the first's result),
+// and --recalibrate measures again.
+TEST(Daemon, MeasuresTheMachineOnceAndCachesIt)
+{
+    Fixture f("daemon-calibration");
+    const std::string cache = f.dir + "/cache";
+    ::setenv("TOGETHER_CACHE_DIR", cache.c_str(), 1); // the daemons inherit it
+    auto calibration = [&](test::Daemon& d) {
+        auto stub = f.stub(d.address());
+        v1::HelloReply rep;
+        EXPECT_TRUE(test::waitFor(
+            [&] {
+                rep.Clear();
+                return hello(*stub, &rep).ok() && !rep.calibrating();
+            },
+            std::chrono::seconds(120)))
+            << "still calibrating";
+        return rep.calibration();
+    };
+    {
+        test::Daemon a(f.dir + "/key", f.dir + "/state-a");
+        test::Daemon b(f.dir + "/key", f.dir + "/state-b");
+        const v1::MachineCalibration ca = calibration(a), cb = calibration(b);
+        EXPECT_EQ(ca.error(), "");
+        EXPECT_EQ(cb.error(), "");
+        EXPECT_NE(ca.from_cache(), cb.from_cache()) << "two daemons of one machine must not both measure (nor neither)";
+        for (const auto* c : {&ca, &cb}) {
+            EXPECT_GT(c->read_gbps_1(), 0);
+            EXPECT_GE(c->read_gbps_all(), c->read_gbps_1() * 0.5);
+            EXPECT_GT(c->gemm_gflops(), 0);
+            EXPECT_FALSE(c->cpu_model().empty());
+            std::set<std::string> dtypes;
+            for (auto& m : c->matvec()) {
+                dtypes.insert(m.dtype());
+                EXPECT_GT(m.gbps_1(), 0) << m.dtype();
+                EXPECT_GE(m.gbps_all(), m.gbps_1()) << m.dtype();
+            }
+            EXPECT_EQ(dtypes, (std::set<std::string>{"bf16", "f32"}));
+        }
+        EXPECT_TRUE(std::filesystem::exists(cache + "/calibration.json"));
+    }
+    {
+        test::Daemon c(f.dir + "/key", f.dir + "/state-c", {"--recalibrate"});
+        EXPECT_FALSE(calibration(c).from_cache()) << "--recalibrate used the cache";
+    }
+    ::unsetenv("TOGETHER_CACHE_DIR");
 }
 
 TEST(Daemon, AMasterKilledMidAnswerLeavesNoShardAndTheNextLaunchRuns)

@@ -164,7 +164,7 @@ TEST(Discovery, WorkersAddedByAddressAreCheckedOverTls)
     EXPECT_GT(g.memoryFreeBytes, 0u);
     EXPECT_GE(g.rttMs, 0);
     EXPECT_TRUE(g.manual);
-    EXPECT_FALSE(g.readGbps.has_value());
+    EXPECT_EQ(g.readGbps.has_value(), !g.calibrating); // its speed, once the daemon has measured it
 
     DiscoveredWorker f = find(d, foreign.address());
     EXPECT_EQ(f.state, WorkerState::Refused);
@@ -203,8 +203,21 @@ TEST(Discovery, WorkersCommandListsRememberedWorkersAsJson)
     EXPECT_EQ(j["reason"], "");
     for (const char* field : {"host", "cores", "memory_total_bytes", "memory_free_bytes", "protocol", "id"})
         EXPECT_TRUE(j.contains(field)) << field;
-    EXPECT_TRUE(j["read_gbps"].is_null());
+    EXPECT_EQ(j["read_gbps"].is_null(), j["calibrating"].get<bool>());
     EXPECT_EQ(j["protocol"], kProtocolVersion);
+    // Once the daemon has measured its machine, the listing shows its speed.
+    ASSERT_TRUE(test::waitFor(
+        [&] {
+            if (test::runCommand(env + test::cliBin() + " workers --no-broadcast --wait 0 --json", &out, &err) != 0)
+                return false;
+            j = nlohmann::json::parse(out.substr(0, out.find('\n')));
+            return !j["calibrating"].get<bool>();
+        },
+        std::chrono::seconds(120)))
+        << out;
+    ASSERT_TRUE(j["read_gbps"].is_number()) << j.dump();
+    EXPECT_GT(j["read_gbps"].get<double>(), 0);
+    EXPECT_GT(j["decode_gbps"]["bf16"].get<double>(), 0) << j.dump();
     // Remembered: the next run lists it without --add; --forget drops it.
     ASSERT_EQ(test::runCommand(env + test::cliBin() + " workers --no-broadcast --wait 0", &out, &err), 0) << err;
     EXPECT_NE(out.find(d.address()), std::string::npos) << out;

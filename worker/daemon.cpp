@@ -12,6 +12,7 @@
 #include "core/service_log.h"
 #include "core/user_dirs.h"
 #include "proto/together.grpc.pb.h"
+#include "worker/calibration.h"
 #include "worker/shard_processes.h"
 
 #include <openssl/rand.h>
@@ -23,10 +24,13 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
+#include <optional>
 #include <thread>
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 namespace fs = std::filesystem;
@@ -112,6 +116,17 @@ public:
     }
 
     void setPort(int port) { m_port = port; }
+    void setCalibrating(bool on)
+    {
+        std::lock_guard lock(m_calibrationMutex);
+        m_calibrating = on;
+    }
+    void setCalibration(const v1::MachineCalibration& c)
+    {
+        std::lock_guard lock(m_calibrationMutex);
+        m_calibration = c;
+        m_calibrating = false;
+    }
 
     grpc::Status Hello(grpc::ServerContext*, const v1::HelloRequest* req, v1::HelloReply* rep) override
     {
@@ -140,6 +155,12 @@ public:
         }
         for (auto& a : machineAddresses(m_listenHost))
             rep->add_addresses(a);
+        {
+            std::lock_guard lock(m_calibrationMutex);
+            rep->set_calibrating(m_calibrating);
+            if (m_calibration)
+                *rep->mutable_calibration() = *m_calibration;
+        }
         rep->set_grpc_port(static_cast<uint32_t>(m_port));
         return grpc::Status::OK;
     }
@@ -219,6 +240,9 @@ private:
     std::string m_workerId;
     std::string m_listenHost;
     std::atomic<int> m_port{0};
+    std::mutex m_calibrationMutex;
+    bool m_calibrating = true;
+    std::optional<v1::MachineCalibration> m_calibration;
     ShardProcesses& m_shards;
     ServiceLog& m_log;
 };
@@ -393,8 +417,70 @@ int runDaemon(const DaemonOptions& o)
             }
         });
 
+        // This machine's speed for the cost model, measured in a child process (the daemon's own memory and
+        // threads stay as they are), one daemon of the machine at a time, cached across restarts.
+        std::atomic<pid_t> calibrating{-1};
+        std::thread calibration([&] {
+            v1::MachineCalibration result;
+            try {
+                std::vector<std::string> args = {"calibrate", "--threads", std::to_string(so.maxThreads)};
+                if (o.recalibrate)
+                    args.push_back("--recalibrate");
+                ChildProcess child = spawnWithReport(so.workerExecutable, args);
+                calibrating = child.pid;
+                std::string line;
+                try {
+                    line = readReportLine(child, 120000);
+                } catch (...) {
+                    ::kill(child.pid, SIGKILL);
+                    ::waitpid(child.pid, nullptr, 0);
+                    ::close(child.reportFd);
+                    throw;
+                }
+                ::close(child.reportFd);
+                ::waitpid(child.pid, nullptr, 0);
+                calibrating = -1;
+                if (line.rfind("calibration ", 0) != 0)
+                    throw Error("unexpected line from the calibration: " + line);
+                const Calibration c = calibrationFromJson(line.substr(12));
+                result.set_read_gbps_1(c.readGBps1);
+                result.set_read_gbps_all(c.readGBpsAll);
+                for (auto& [dtype, v] : c.matvecGBps) {
+                    auto* x = result.add_matvec();
+                    x->set_dtype(dtype);
+                    x->set_gbps_1(v.first);
+                    x->set_gbps_all(v.second);
+                }
+                result.set_gemm_gflops(c.gemmGFlops);
+                result.set_cpu_model(c.cpuModel);
+                result.set_kernel_path(c.kernelPath);
+                result.set_from_cache(c.fromCache);
+                result.set_threads(static_cast<uint32_t>(c.threads));
+                char b[200];
+                std::snprintf(b, sizeof b, "read %.1f GB/s (1 thread), %.1f GB/s (%d); decode bf16 %.1f GB/s, f32 %.1f GB/s", c.readGBps1,
+                              c.readGBpsAll, c.threads, c.matvecGBps.count("bf16") ? c.matvecGBps.at("bf16").second : 0.0,
+                              c.matvecGBps.count("f32") ? c.matvecGBps.at("f32").second : 0.0);
+                log.write(std::string("calibration") + (c.fromCache ? " (cached)" : " (measured in " + std::to_string(c.seconds).substr(0, 4) + " s)") +
+                          ": " + b);
+            } catch (const std::exception& e) {
+                result.set_error(e.what());
+                log.write(std::string("calibration failed: ") + e.what());
+            }
+            service.setCalibration(result);
+        });
+        struct JoinCalibration {
+            std::thread& t;
+            ~JoinCalibration()
+            {
+                if (t.joinable())
+                    t.join();
+            }
+        } joinCalibration{calibration};
+
         int sig = 0;
         sigwait(&waitFor, &sig);
+        if (const pid_t p = calibrating.load(); p > 0)
+            ::kill(p, SIGKILL); // stopping: no need to finish measuring
         stopping = true;
         watchdog.join();
         log.write(std::string("stopping (") + (sig == SIGTERM ? "SIGTERM" : sig == SIGINT ? "SIGINT" : "SIGHUP") + "): stopping every shard");

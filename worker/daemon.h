@@ -16,6 +16,7 @@ struct DaemonOptions {
     std::vector<std::string> modelsRoots; // local model folders a plan may ask shards to read; none by default
     double maxMemoryGiB = 0;             // donated memory; 0 = whatever is free
     int maxThreads = 0;                  // donated threads; 0 = every core
+    bool recalibrate = false;            // measure this machine's speed again instead of using the cached result
     double cacheGiB = 4;                 // disk for slices received from masters (relaunches skip the transfer); 0 = none
     uint16_t discoveryPort = kDefaultDiscoveryPort;
     std::string discoveryInterfaces;     // "" = every non-loopback interface, "none" = no discovery

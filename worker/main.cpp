@@ -10,6 +10,7 @@
 #include "core/safetensors.h"
 #include "core/tokenizer.h"
 #include "worker/bench.h"
+#include "worker/calibration.h"
 #include "worker/daemon.h"
 #include "worker/shard_processes.h"
 #include "worker/shard_server.h"
@@ -39,7 +40,7 @@ const char* kUsage =
     "      written to the cache folder and used (its output is noise).\n"
     "  together-worker serve [--key-file FILE] [--listen ADDR:PORT] [--ports LO-HI] [--max-memory GiB]\n"
     "                        [--max-threads N] [--models-root DIR]... [--discovery-port P]\n"
-    "                        [--discovery-interfaces IF,IF|none] [--state-dir DIR] [--cache-size GiB]\n"
+    "                        [--discovery-interfaces IF,IF|none] [--state-dir DIR] [--cache-size GiB] [--recalibrate]\n"
     "      Runs the worker daemon (default 0.0.0.0:7600: all interfaces; shard ports 7610-7650). Only peers\n"
     "      holding the cluster key get past its TLS handshake. Without --key-file it uses the stored key, or asks\n"
     "      for it once on the terminal and stores it (mode 0600). It announces itself on the LAN (UDP 7601) and\n"
@@ -47,6 +48,10 @@ const char* kUsage =
     "      --models-root: folders of this machine a plan may ask it to load a model from (none by default).\n"
     "      --cache-size: disk kept for weight slices received from masters, so relaunching the same placement\n"
     "      skips the transfer (default 4 GiB, in the state folder; 0 turns it off; oldest evicted first).\n"
+    "      At start it measures this machine's speed for the cost model in the background (a few seconds, one\n"
+    "      daemon of a machine at a time; cached for this CPU and software; --recalibrate measures again).\n"
+    "  together-worker calibrate [--threads N] [--recalibrate]\n"
+    "      Prints this machine's read bandwidth and the engine's decode (matvec) and prefill speeds as JSON.\n"
     "  together-worker install-service [serve's flags] [--unit-dir DIR] [--no-enable]\n"
     "      Writes and enables a systemd user unit running `serve` with those flags at every boot (and enables\n"
     "      linger). uninstall-service [--unit-dir DIR] removes it.\n"
@@ -86,7 +91,7 @@ int runGenerate(const std::vector<std::string>& rest)
 std::vector<CliArgs::Spec> serveFlagSpecs()
 {
     return {{"listen"}, {"key-file"}, {"ports"}, {"max-memory"}, {"max-threads"}, {"models-root", true, true}, {"discovery-port"},
-            {"discovery-interfaces"}, {"state-dir"}, {"cache-size"}, {"local", false}, {"report-fd"}, {"parent-pid"}};
+            {"discovery-interfaces"}, {"state-dir"}, {"cache-size"}, {"recalibrate", false}, {"local", false}, {"report-fd"}, {"parent-pid"}};
 }
 
 DaemonOptions parseServe(const CliArgs& a)
@@ -103,6 +108,7 @@ DaemonOptions parseServe(const CliArgs& a)
     o.maxMemoryGiB = a.getDouble("max-memory", 0);
     if (a.has("max-memory") && !(o.maxMemoryGiB > 0))
         throw Error("--max-memory takes a number of GiB above 0");
+    o.recalibrate = a.has("recalibrate");
     o.cacheGiB = a.getDouble("cache-size", o.cacheGiB);
     if (o.cacheGiB < 0)
         throw Error("--cache-size takes a number of GiB (0 turns the slice cache off)");
@@ -178,6 +184,8 @@ int main(int argc, char** argv)
             std::fprintf(stderr, "together-worker: removed the %s user unit\n", kServiceUnitName);
             return 0;
         }
+        if (cmd == "calibrate") // started by a daemon; also by hand
+            return runCalibrate(rest);
         if (cmd == "shard") { // started by a daemon, not by hand
             CliArgs a(rest, {{"host"}, {"ports"}, {"key-file"}, {"threads"}, {"name"}, {"models-root", true, true}, {"report-fd"}, {"parent-pid"},
                              {"cache-dir"}, {"cache-bytes"}, {"owner"}});

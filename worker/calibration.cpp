@@ -1,0 +1,256 @@
+// SPDX-License-Identifier: MIT
+#include "worker/calibration.h"
+
+#include "core/cli_args.h"
+#include "core/error.h"
+#include "core/host_info.h"
+#include "core/process.h"
+#include "core/protocol.h"
+#include "core/user_dirs.h"
+#include "worker/llama_model.h"
+
+#include <ATen/ATen.h>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <thread>
+#include <vector>
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+namespace together {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using json = nlohmann::json;
+
+double seconds(Clock::time_point a) { return std::chrono::duration<double>(Clock::now() - a).count(); }
+
+std::string cpuModel()
+{
+    std::ifstream in("/proc/cpuinfo");
+    for (std::string line; std::getline(in, line);)
+        if (line.rfind("model name", 0) == 0) {
+            const auto colon = line.find(':');
+            return colon == std::string::npos ? line : line.substr(line.find_first_not_of(' ', colon + 1));
+        }
+    return "unknown CPU";
+}
+
+std::string kernelPath()
+{
+    std::string s;
+    for (auto& f : cpuFlags())
+        s += (s.empty() ? "" : ",") + f;
+    for (const char* v : {"ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"})
+        if (const char* e = std::getenv(v))
+            s += std::string(";") + v + "=" + e;
+    return s.empty() ? "baseline" : s;
+}
+
+// Best of a few passes summing a buffer far larger than the caches, split over `threads` threads.
+double readBandwidth(int threads)
+{
+    const size_t n = (256u << 20) / sizeof(uint64_t); // 256 MiB
+    static std::vector<uint64_t> buffer;
+    if (buffer.size() != n) {
+        buffer.assign(n, 1);
+    }
+    double best = 0;
+    for (int pass = 0; pass < 3; ++pass) {
+        std::vector<uint64_t> sums(static_cast<size_t>(threads), 0);
+        const auto t0 = Clock::now();
+        std::vector<std::thread> workers;
+        for (int t = 0; t < threads; ++t)
+            workers.emplace_back([&, t] {
+                const size_t begin = n * static_cast<size_t>(t) / static_cast<size_t>(threads), end = n * static_cast<size_t>(t + 1) / static_cast<size_t>(threads);
+                uint64_t a = 0, b = 0, c = 0, d = 0;
+                for (size_t i = begin; i + 4 <= end; i += 4) {
+                    a += buffer[i];
+                    b += buffer[i + 1];
+                    c += buffer[i + 2];
+                    d += buffer[i + 3];
+                }
+                sums[static_cast<size_t>(t)] = a + b + c + d;
+            });
+        for (auto& w : workers)
+            w.join();
+        const double s = seconds(t0);
+        volatile uint64_t sink = 0;
+        for (auto x : sums)
+            sink = sink + x;
+        (void)sink;
+        best = std::max(best, static_cast<double>(n * sizeof(uint64_t)) / s / 1e9);
+    }
+    return best;
+}
+
+// The engine's decode kernel: at::mv over a weight matrix far larger than the caches, in weight GB/s.
+double matvecRate(at::ScalarType type, int threads)
+{
+    setComputeThreads(threads);
+    const int64_t rows = 4096, cols = 8192; // 128 MiB in f32, 64 MiB in bf16
+    at::Tensor w = at::randn({rows, cols}, at::kFloat).to(type);
+    at::Tensor x = at::randn({cols}, at::kFloat).to(type);
+    double best = 0;
+    for (int pass = 0; pass < 4; ++pass) {
+        const auto t0 = Clock::now();
+        at::Tensor y = at::mv(w, x);
+        (void)y.sum().item<float>();
+        const double s = seconds(t0);
+        if (pass > 0)
+            best = std::max(best, static_cast<double>(w.nbytes()) / s / 1e9);
+    }
+    return best;
+}
+
+double gemmRate(int threads)
+{
+    setComputeThreads(threads);
+    const int64_t m = 256, k = 2048, n = 2048;
+    at::Tensor a = at::randn({m, k}, at::kFloat), b = at::randn({k, n}, at::kFloat);
+    double best = 0;
+    for (int pass = 0; pass < 3; ++pass) {
+        const auto t0 = Clock::now();
+        at::Tensor c = at::mm(a, b);
+        (void)c.sum().item<float>();
+        const double s = seconds(t0);
+        if (pass > 0)
+            best = std::max(best, 2.0 * m * k * n / s / 1e9);
+    }
+    return best;
+}
+
+// Holds an flock on the cache folder's lock file: calibrations on one machine run one at a time.
+class MachineLock {
+public:
+    explicit MachineLock(const std::string& path)
+    {
+        m_fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (m_fd < 0)
+            throw Error("cannot open " + path);
+        while (::flock(m_fd, LOCK_EX) != 0)
+            if (errno != EINTR)
+                throw Error("cannot lock " + path);
+    }
+    ~MachineLock() { ::close(m_fd); }
+
+private:
+    int m_fd = -1;
+};
+
+} // namespace
+
+std::string calibrationKey(int threads)
+{
+    return cpuModel() + "|" + kSoftwareVersion + "|" + kernelPath() + "|threads=" + std::to_string(threads);
+}
+
+Calibration measureCalibration(int threads)
+{
+    const auto t0 = Clock::now();
+    Calibration c;
+    c.threads = std::max(1, threads);
+    c.cpuModel = cpuModel();
+    c.kernelPath = kernelPath();
+    c.readGBps1 = readBandwidth(1);
+    c.readGBpsAll = c.threads > 1 ? readBandwidth(c.threads) : c.readGBps1;
+    c.matvecGBps["f32"] = {matvecRate(at::kFloat, 1), c.threads > 1 ? matvecRate(at::kFloat, c.threads) : 0};
+    c.matvecGBps["bf16"] = {matvecRate(at::kBFloat16, 1), c.threads > 1 ? matvecRate(at::kBFloat16, c.threads) : 0};
+    for (auto& [dtype, v] : c.matvecGBps)
+        if (v.second < v.first)
+            v.second = v.first;
+    c.gemmGFlops = gemmRate(c.threads);
+    c.seconds = seconds(t0);
+    return c;
+}
+
+std::string calibrationToJson(const Calibration& c)
+{
+    json j = {{"read_gbps", {c.readGBps1, c.readGBpsAll}}, {"gemm_gflops", c.gemmGFlops}, {"threads", c.threads}, {"cpu_model", c.cpuModel},
+              {"kernel_path", c.kernelPath}, {"from_cache", c.fromCache}, {"seconds", c.seconds}};
+    for (auto& [dtype, v] : c.matvecGBps)
+        j["matvec_gbps"][dtype] = {v.first, v.second};
+    return j.dump();
+}
+
+Calibration calibrationFromJson(const std::string& text)
+{
+    try {
+        const json j = json::parse(text);
+        Calibration c;
+        c.readGBps1 = j.at("read_gbps").at(0).get<double>();
+        c.readGBpsAll = j.at("read_gbps").at(1).get<double>();
+        c.gemmGFlops = j.at("gemm_gflops").get<double>();
+        c.threads = j.at("threads").get<int>();
+        c.cpuModel = j.at("cpu_model").get<std::string>();
+        c.kernelPath = j.at("kernel_path").get<std::string>();
+        c.fromCache = j.value("from_cache", false);
+        c.seconds = j.value("seconds", 0.0);
+        for (auto& [dtype, v] : j.at("matvec_gbps").items())
+            c.matvecGBps[dtype] = {v.at(0).get<double>(), v.at(1).get<double>()};
+        return c;
+    } catch (const json::exception& e) {
+        throw Error(std::string("malformed calibration: ") + e.what());
+    }
+}
+
+int runCalibrate(const std::vector<std::string>& args)
+{
+    CliArgs a(args, {{"threads"}, {"recalibrate", false}, {"report-fd"}, {"parent-pid"}});
+    dieWithParent(a.getInt("parent-pid", 0));
+    const int threads = std::max(1, a.getInt("threads", static_cast<int>(coreCount())));
+    const int reportFd = a.getInt("report-fd", -1);
+    const std::string dir = cacheDir();
+    makePrivateDirs(dir);
+    const std::string key = calibrationKey(threads);
+    Calibration c;
+    bool have = false;
+    {
+        MachineLock lock(dir + "/calibration.lock");
+        json cache = json::object();
+        try {
+            cache = json::parse(readTextFile(dir + "/calibration.json"));
+            if (!cache.is_object())
+                cache = json::object();
+        } catch (const std::exception&) {
+            cache = json::object(); // missing or corrupt: measure
+        }
+        if (!a.has("recalibrate") && cache.contains(key)) {
+            try {
+                c = calibrationFromJson(cache[key].dump());
+                c.fromCache = true;
+                have = true;
+            } catch (const Error&) {
+            }
+        }
+        if (!have) {
+            c = measureCalibration(threads);
+            json entry = json::parse(calibrationToJson(c));
+            entry.erase("from_cache");
+            cache[key] = entry;
+            const std::string tmp = dir + "/calibration.json.tmp";
+            {
+                std::ofstream out(tmp, std::ios::trunc);
+                out << cache.dump(1) << "\n";
+            }
+            std::rename(tmp.c_str(), (dir + "/calibration.json").c_str());
+        }
+    }
+    const std::string line = calibrationToJson(c);
+    if (reportFd >= 0)
+        writeReport(reportFd, "calibration " + line);
+    else
+        std::printf("%s\n", line.c_str());
+    return 0;
+}
+
+} // namespace together
