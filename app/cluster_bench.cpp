@@ -47,7 +47,10 @@ Result measure(const std::string& modelDir, const Placement& p, int tokens, cons
     LocalDaemons daemons(static_cast<size_t>(p.tp * p.pp), keyFile);
     ModelConfig config = ModelConfig::fromDirectory(modelDir);
     Plan plan = Plan::even(config, p.tp, p.pp, daemons.addresses(), p.threads);
-    Cluster cluster(std::make_shared<const Credentials>(key, newMasterIdentity()), Cluster::Callbacks{});
+    SessionMetrics metrics;
+    Cluster::Callbacks callbacks;
+    callbacks.step = [&metrics](const StepRecord& s) { metrics.add(s); };
+    Cluster cluster(std::make_shared<const Credentials>(key, newMasterIdentity()), callbacks);
     cluster.launch(plan, modelDir, dtype, 4096);
     RingRequest warm;
     warm.tokens = {1, 2, 3, 4, 5, 6, 7, 8};
@@ -70,7 +73,7 @@ Result measure(const std::string& modelDir, const Placement& p, int tokens, cons
     // From the ranks' own records of the measured generation's decode steps.
     double ar = 0, links = 0;
     int steps = 0;
-    for (auto& s : cluster.metrics().generation(2)) {
+    for (auto& s : metrics.generation(2)) {
         if (s.step == 0)
             continue;
         ++steps;

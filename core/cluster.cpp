@@ -687,11 +687,9 @@ void Cluster::addRecords(std::vector<Incoming> records)
         while (m_partial.size() > 4096)
             m_partial.erase(m_partial.begin());
     }
-    for (auto& s : complete) {
-        m_metrics.add(s);
-        if (m_cb.step)
+    if (m_cb.step)
+        for (auto& s : complete)
             m_cb.step(s);
-    }
 }
 
 void Cluster::statusLoop(size_t index)

@@ -102,7 +102,6 @@ public:
     int64_t contextLimit() const { return m_contextLimit; }
     // The daemon address of the worker whose fault ended the launch, if one did.
     std::string failedWorker();
-    SessionMetrics& metrics() { return m_metrics; }
     std::map<std::string, ClockOffset> clockOffsets();
     struct ShardMemory {
         std::string name;        // "host:port (stage s rank r)"
@@ -154,7 +153,6 @@ private:
     std::vector<std::unique_ptr<Rank>> m_ranks; // stage-major
     std::atomic<bool> m_launched{false};
     uint64_t m_generation = 0;
-    SessionMetrics m_metrics;
 
     std::mutex m_mutex;
     std::string m_fatal;

@@ -98,6 +98,23 @@ std::string readReportLine(const ChildProcess& child, int timeoutMs)
     return line;
 }
 
+std::string readReportLineOrKill(ChildProcess& child, int timeoutMs)
+{
+    std::string line;
+    try {
+        line = readReportLine(child, timeoutMs);
+    } catch (...) {
+        ::kill(child.pid, SIGKILL);
+        ::waitpid(child.pid, nullptr, 0);
+        ::close(child.reportFd);
+        child.reportFd = -1;
+        throw;
+    }
+    ::close(child.reportFd);
+    child.reportFd = -1;
+    return line;
+}
+
 void dieWithParent(pid_t expectedParent)
 {
     if (expectedParent <= 0)

@@ -22,6 +22,8 @@ struct ChildProcess {
 ChildProcess spawnWithReport(const std::string& exe, std::vector<std::string> args, bool captureStderr = false);
 // Reads the child's ready line; throws Error on timeout, on an "error:" line, or when the child exits first.
 std::string readReportLine(const ChildProcess& child, int timeoutMs);
+// The same, then closes the report pipe; when there is no good line, the child is killed and reaped first.
+std::string readReportLineOrKill(ChildProcess& child, int timeoutMs);
 // Child side: when `expectedParent` > 0, die with the parent (SIGKILL when it goes) and exit now if it is
 // already gone. A process started by hand (no parent pid given) outlives the shell that started it.
 void dieWithParent(pid_t expectedParent);

@@ -428,16 +428,7 @@ int runDaemon(const DaemonOptions& o)
                     args.push_back("--recalibrate");
                 ChildProcess child = spawnWithReport(so.workerExecutable, args);
                 calibrating = child.pid;
-                std::string line;
-                try {
-                    line = readReportLine(child, 120000);
-                } catch (...) {
-                    ::kill(child.pid, SIGKILL);
-                    ::waitpid(child.pid, nullptr, 0);
-                    ::close(child.reportFd);
-                    throw;
-                }
-                ::close(child.reportFd);
+                const std::string line = readReportLineOrKill(child, 120000);
                 ::waitpid(child.pid, nullptr, 0);
                 calibrating = -1;
                 if (line.rfind("calibration ", 0) != 0)
@@ -463,6 +454,7 @@ int runDaemon(const DaemonOptions& o)
                 log.write(std::string("calibration") + (c.fromCache ? " (cached)" : " (measured in " + std::to_string(c.seconds).substr(0, 4) + " s)") +
                           ": " + b);
             } catch (const std::exception& e) {
+                calibrating = -1; // reaped: its pid may be reused
                 result.set_error(e.what());
                 log.write(std::string("calibration failed: ") + e.what());
             }

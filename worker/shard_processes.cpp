@@ -195,15 +195,7 @@ ShardProcesses::Started ShardProcesses::launch(const Request& req)
             std::lock_guard lock(m_mutex);
             m_readers.push_back(std::move(reader));
         }
-        try {
-            line = readReportLine(child, 60000);
-        } catch (...) {
-            ::kill(child.pid, SIGKILL);
-            ::waitpid(child.pid, nullptr, 0);
-            ::close(child.reportFd);
-            throw;
-        }
-        ::close(child.reportFd);
+        line = readReportLineOrKill(child, 60000);
         if (line.rfind("listening ", 0) != 0) {
             ::kill(child.pid, SIGKILL);
             ::waitpid(child.pid, nullptr, 0);
