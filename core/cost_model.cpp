@@ -110,6 +110,42 @@ LinkProfile LinkTable::between(const std::string& a, const std::string& b) const
 
 void LinkTable::set(const std::string& a, const std::string& b, LinkProfile link) { pairs[std::minmax(a, b)] = link; }
 
+LinkProfile LinkTable::forAllReduce(const std::string& a, const std::string& b) const
+{
+    if (a == b)
+        return kLoopback;
+    auto it = allReducePairs.find(std::minmax(a, b));
+    return it == allReducePairs.end() ? between(a, b) : it->second;
+}
+
+void LinkTable::setAllReduce(const std::string& a, const std::string& b, LinkProfile link) { allReducePairs[std::minmax(a, b)] = link; }
+
+LinkProfile fitLink(const std::vector<std::pair<double, double>>& samples)
+{
+    if (samples.empty())
+        throw Error("no link samples to fit");
+    const double n = static_cast<double>(samples.size());
+    double sx = 0, sy = 0, sxx = 0, sxy = 0;
+    for (auto& [x, y] : samples) {
+        sx += x;
+        sy += y;
+        sxx += x * x;
+        sxy += x * y;
+    }
+    const double det = n * sxx - sx * sx;
+    double slope = det > 0 ? (n * sxy - sx * sy) / det : 0; // ms per byte
+    double intercept = (sy - slope * sx) / n;
+    const auto largest = *std::max_element(samples.begin(), samples.end());
+    if (!(slope > 0)) { // flat: the largest payload's time is all throughput
+        slope = largest.second / std::max(1.0, largest.first);
+        intercept = std::min_element(samples.begin(), samples.end())->second;
+    }
+    LinkProfile l;
+    l.alphaUs = std::max(1.0, intercept * 1000.0 / 2.0);
+    l.betaMBps = 1.0 / (slope * 1000.0);
+    return l;
+}
+
 double Prediction::computeMs() const
 {
     double s = 0;
@@ -181,7 +217,7 @@ Prediction predict(const ModelConfig& config, const Plan& plan, const std::strin
         LinkProfile worst{0, std::numeric_limits<double>::infinity()};
         for (int a = 0; a < tp; ++a)
             for (int b = a + 1; b < tp; ++b) {
-                const LinkProfile l = links.between(st.ranks[static_cast<size_t>(a)].worker, st.ranks[static_cast<size_t>(b)].worker);
+                const LinkProfile l = links.forAllReduce(st.ranks[static_cast<size_t>(a)].worker, st.ranks[static_cast<size_t>(b)].worker);
                 worst.alphaUs = std::max(worst.alphaUs, l.alphaUs);
                 worst.betaMBps = std::min(worst.betaMBps, l.betaMBps);
             }

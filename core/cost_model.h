@@ -47,13 +47,23 @@ const std::vector<NamedLink>& namedLinks(); // loopback, 10 GbE, 2.5 GbE, 1 GbE,
 LinkProfile namedLink(const std::string& name);
 
 // Links between workers, by address pair (either order); `fallback` for pairs not measured (and for ranks on
-// one worker: loopback).
+// one worker: loopback). Two transports per pair: the pipeline's gRPC stream (`pairs`) and the tensor-parallel
+// all-reduce over gloo (`allReducePairs`, in the same terms: one round's latency and the throughput, so that a
+// two-rank all-reduce of B bytes takes 2 alpha + B / beta); a pair without an all-reduce measurement uses its
+// stream's.
 struct LinkTable {
     LinkProfile fallback{1000, 100};
     std::map<std::pair<std::string, std::string>, LinkProfile> pairs;
+    std::map<std::pair<std::string, std::string>, LinkProfile> allReducePairs;
     LinkProfile between(const std::string& a, const std::string& b) const;
+    LinkProfile forAllReduce(const std::string& a, const std::string& b) const;
     void set(const std::string& a, const std::string& b, LinkProfile link);
+    void setAllReduce(const std::string& a, const std::string& b, LinkProfile link);
 };
+
+// Fits samples of (bytes, round-trip or two-rank all-reduce ms) to time = 2 alpha + bytes / beta by least
+// squares (alpha, one way, at least 1 us; a flat or noisy slope gives the throughput of the largest sample).
+LinkProfile fitLink(const std::vector<std::pair<double, double>>& bytesAndMs);
 
 // Where a token's time goes, predicted.
 struct Prediction {

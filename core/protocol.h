@@ -7,8 +7,8 @@
 namespace together {
 
 // Bump on any incompatible change to proto/together.proto; daemons refuse other versions in Hello.
-constexpr uint32_t kProtocolVersion = 3;
-constexpr const char* kSoftwareVersion = "together 0.3.0";
+constexpr uint32_t kProtocolVersion = 4;
+constexpr const char* kSoftwareVersion = "together 0.4.0";
 // gRPC message limit both ends set; payloads are chunked well below it.
 constexpr int kMaxMessageBytes = 16 << 20;
 // Weight chunks and prefill hidden-state chunks stay under this.

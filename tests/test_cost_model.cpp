@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdio>
 
 using namespace together;
@@ -229,3 +230,26 @@ TEST(AutoPlacement, OneMachineThatHoldsItAllIsNotSplit)
 }
 
 } // namespace
+
+TEST(CostModel, FitLinkRecoversLatencyAndThroughput)
+{
+    // time = 2 alpha + bytes / beta with alpha 150 us, beta 117 MB/s (1 GbE).
+    std::vector<std::pair<double, double>> samples;
+    for (double b : {1024.0, 16384.0, 262144.0, 1048576.0, 4194304.0})
+        samples.emplace_back(b, 0.300 + b / 117e3);
+    const LinkProfile l = fitLink(samples);
+    EXPECT_NEAR(l.alphaUs, 150, 1);
+    EXPECT_NEAR(l.betaMBps, 117, 0.5);
+    // A flat (noisy) slope still gives a finite throughput from the largest sample.
+    const LinkProfile flat = fitLink({{1024, 1.0}, {4096, 0.9}});
+    EXPECT_GT(flat.betaMBps, 0);
+    EXPECT_TRUE(std::isfinite(flat.betaMBps));
+    // A pair's measured all-reduce is used for tensor-parallel groups; its stream for the pipeline.
+    LinkTable t;
+    t.set("a:1", "b:1", {100, 100});
+    t.setAllReduce("b:1", "a:1", {200, 50});
+    EXPECT_EQ(t.forAllReduce("a:1", "b:1").alphaUs, 200);
+    EXPECT_EQ(t.between("a:1", "b:1").alphaUs, 100);
+    t.allReducePairs.clear();
+    EXPECT_EQ(t.forAllReduce("a:1", "b:1").alphaUs, 100);
+}

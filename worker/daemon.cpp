@@ -13,6 +13,8 @@
 #include "core/user_dirs.h"
 #include "proto/together.grpc.pb.h"
 #include "worker/calibration.h"
+#include "worker/kv_store.h"
+#include "worker/link_probe.h"
 #include "worker/shard_processes.h"
 
 #include <openssl/rand.h>
@@ -107,11 +109,14 @@ std::vector<std::string> machineAddresses(const std::string& listenHost)
 
 class DaemonService final : public v1::WorkerControl::Service {
 public:
-    DaemonService(std::string workerId, std::string listenHost, ShardProcesses& shards, ServiceLog& log)
-        : m_workerId(std::move(workerId))
+    DaemonService(const Credentials& credentials, std::string workerId, std::string listenHost, ShardProcesses& shards, ServiceLog& log,
+                  KvStoreService& store)
+        : m_credentials(credentials)
+        , m_workerId(std::move(workerId))
         , m_listenHost(std::move(listenHost))
         , m_shards(shards)
         , m_log(log)
+        , m_store(store)
     {
     }
 
@@ -236,7 +241,57 @@ public:
         return grpc::Status::OK;
     }
 
+    // ---- link probes: one at a time per daemon (a probe measuring while another runs would measure both) ----
+
+    grpc::Status ProbeLink(grpc::ServerContext* ctx, const v1::ProbeLinkRequest* req, v1::ProbeLinkReply* rep) override
+    {
+        if (std::string bad = checkProbeRequest(*req); !bad.empty())
+            return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, bad);
+        std::unique_lock lock(m_probeMutex, std::defer_lock);
+        if (!lock.try_lock_for(std::chrono::seconds(10)))
+            return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "probe: this worker is busy with another probe");
+        try {
+            *rep = probeLink(m_credentials, *req, m_store);
+        } catch (const std::exception& e) {
+            return grpc::Status(grpc::StatusCode::UNAVAILABLE, e.what());
+        }
+        m_log.write("probed the link to " + req->target_address() + " for " + peerIdentity(*ctx) +
+                    (rep->error().empty() ? std::string() : " (" + rep->error() + ")"));
+        return grpc::Status::OK;
+    }
+
+    grpc::Status ProbeEcho(grpc::ServerContext*, grpc::ServerReaderWriter<v1::ProbeAck, v1::ProbePayload>* stream) override
+    {
+        // Payloads up to 4 MiB, at most 200 of them: a probe, not a pipe.
+        v1::ProbePayload m;
+        for (int n = 0; n < 200 && stream->Read(&m); ++n) {
+            if (m.data().size() > (4u << 20))
+                return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "probe: payload over 4 MiB");
+            v1::ProbeAck ack;
+            ack.set_bytes(static_cast<uint32_t>(m.data().size()));
+            if (!stream->Write(ack))
+                break;
+        }
+        return grpc::Status::OK;
+    }
+
+    grpc::Status ProbeAllReduce(grpc::ServerContext*, const v1::ProbeAllReduceRequest* req, v1::ProbeAllReduceReply*) override
+    {
+        if (std::string bad = checkProbeRequest(*req); !bad.empty())
+            return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, bad);
+        std::unique_lock lock(m_probeMutex, std::defer_lock);
+        if (!lock.try_lock_for(std::chrono::seconds(10)))
+            return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "probe: this worker is busy with another probe");
+        try {
+            answerAllReduceProbe(m_credentials, *req);
+        } catch (const std::exception& e) {
+            return grpc::Status(grpc::StatusCode::UNAVAILABLE, std::string("all-reduce probe: ") + e.what());
+        }
+        return grpc::Status::OK;
+    }
+
 private:
+    const Credentials& m_credentials;
     std::string m_workerId;
     std::string m_listenHost;
     std::atomic<int> m_port{0};
@@ -245,6 +300,8 @@ private:
     std::optional<v1::MachineCalibration> m_calibration;
     ShardProcesses& m_shards;
     ServiceLog& m_log;
+    KvStoreService& m_store;
+    std::timed_mutex m_probeMutex;
 };
 
 std::string firewallAdvice(int port, const std::string& ports, uint16_t discoveryPort, bool discovery)
@@ -340,8 +397,11 @@ int runDaemon(const DaemonOptions& o)
         grpc::ServerBuilder builder;
         int port = 0;
         const std::string host = hostOf(o.listen);
-        DaemonService service(workerId, host, shards, log);
+        // gloo rendezvous for link probes this daemon runs (any key holder; bounded, keys per probe).
+        KvStoreService store([](const grpc::ServerContext&) { return grpc::Status::OK; });
+        DaemonService service(credentials, workerId, host, shards, log, store);
         builder.RegisterService(&service);
+        builder.RegisterService(&store);
         auto server = startServer(builder, credentials, o.listen, &port);
         if (!server)
             throw Error("cannot listen on " + o.listen + " (another worker already uses the port, or it is not an address of this machine)");

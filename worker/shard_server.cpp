@@ -14,6 +14,7 @@
 #include "core/user_dirs.h"
 #include "proto/together.grpc.pb.h"
 #include "worker/gloo_comm.h"
+#include "worker/kv_store.h"
 #include "worker/llama_model.h"
 #include "worker/shard_processes.h"
 
@@ -186,7 +187,7 @@ private:
     std::thread m_reader;
 };
 
-class ShardService final : public v1::Shard::Service, public v1::KvStore::Service {
+class ShardService final : public v1::Shard::Service {
 public:
     ShardService(const Credentials& credentials, const ShardOptions& options)
         : m_credentials(credentials)
@@ -725,48 +726,6 @@ public:
             }
     }
 
-    // ---- KvStore: gloo rendezvous for this stage (used when this shard is rank 0) ----
-
-    grpc::Status Set(grpc::ServerContext* ctx, const v1::KvSetRequest* req, v1::KvSetReply*) override
-    {
-        if (grpc::Status s = fromLaunchPeer(*ctx, "store"); !s.ok())
-            return s;
-        if (req->key().size() > 1024 || req->value().size() > (1 << 20))
-            return fail(grpc::StatusCode::INVALID_ARGUMENT, "store: key or value too large");
-        std::lock_guard lock(m_kvMutex);
-        // gloo's rendezvous stores one address record per rank and pair: kilobytes. Bound the whole store.
-        const auto old = m_kv.find(req->key());
-        const uint64_t bytes = m_kvBytes - (old == m_kv.end() ? 0 : old->first.size() + old->second.size()) + req->key().size() + req->value().size();
-        if (m_kv.size() > 10000 || bytes > kMaxStoreBytes)
-            return fail(grpc::StatusCode::RESOURCE_EXHAUSTED, "store: too many keys or bytes");
-        m_kvBytes = bytes;
-        m_kv[req->key()] = req->value();
-        m_kvChanged.notify_all();
-        return grpc::Status::OK;
-    }
-
-    grpc::Status Get(grpc::ServerContext* ctx, const v1::KvGetRequest* req, v1::KvGetReply* rep) override
-    {
-        if (grpc::Status s = fromLaunchPeer(*ctx, "store"); !s.ok())
-            return s;
-        if (req->keys_size() > 1024)
-            return fail(grpc::StatusCode::INVALID_ARGUMENT, "store: too many keys asked");
-        std::unique_lock lock(m_kvMutex);
-        auto deadline = Clock::now() + std::chrono::milliseconds(std::min<uint32_t>(req->timeout_ms(), 120000));
-        auto ready = [&] {
-            for (auto& k : req->keys())
-                if (!m_kv.count(k))
-                    return false;
-            return true;
-        };
-        if (!m_kvChanged.wait_until(lock, deadline, ready))
-            return fail(grpc::StatusCode::DEADLINE_EXCEEDED, "store: keys not set in time (a tensor-parallel peer did not join)");
-        for (auto& k : req->keys())
-            rep->add_values(m_kv[k]);
-        return grpc::Status::OK;
-    }
-
-private:
     // Calls that steer this shard come from the master that launched it (the daemon names it); the ring's
     // pipes and the rendezvous store from shards of the same launch. Every key holder can mint any name, so
     // this keeps launches of honest masters apart (a second app, a stale master), not a malicious key holder.
@@ -787,6 +746,7 @@ private:
                                                                       " is not a shard of this launch");
     }
 
+private:
     struct Record {
         v1::RankRecord record;
         Clock::time_point created;
@@ -1230,11 +1190,6 @@ private:
     std::deque<Record> m_records;
     uint64_t m_recordSequence = 0;
 
-    std::mutex m_kvMutex;
-    std::condition_variable m_kvChanged;
-    std::map<std::string, std::string> m_kv;
-    uint64_t m_kvBytes = 0;
-    static constexpr uint64_t kMaxStoreBytes = 8 << 20;
 };
 
 OutPipe::OutPipe(const Credentials& credentials, std::string address, ShardService& owner)
@@ -1290,6 +1245,8 @@ int runShard(const ShardOptions& o)
     try {
         const Credentials credentials(ClusterKey::fromFile(o.keyFile), o.name.empty() ? std::string("shard") : o.name.substr(0, 64));
         ShardService service(credentials, o);
+        // gloo rendezvous for this stage (used when this shard is rank 0), for shards of the same launch.
+        KvStoreService store([&service](const grpc::ServerContext& ctx) { return service.fromLaunchPeer(ctx, "store"); });
         // The first free port of the range (several shards of one machine share it).
         auto [lo, hi] = parsePortRange(o.ports);
         std::unique_ptr<grpc::Server> server;
@@ -1297,7 +1254,7 @@ int runShard(const ShardOptions& o)
         for (uint32_t p = lo; p <= hi && !server; ++p) {
             grpc::ServerBuilder builder;
             builder.RegisterService(static_cast<v1::Shard::Service*>(&service));
-            builder.RegisterService(static_cast<v1::KvStore::Service*>(&service));
+            builder.RegisterService(&store);
             server = startServer(builder, credentials, o.host + ":" + std::to_string(p), &port);
         }
         if (!server)
