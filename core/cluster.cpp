@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "core/cluster.h"
 
+#include "core/cost_model.h"
 #include "core/error.h"
 #include "core/hash_cache.h"
 #include "core/hex.h"
@@ -153,6 +154,8 @@ struct Cluster::Worker {
     std::unique_ptr<v1::WorkerControl::Stub> stub;
     int failures = 0;
     uint32_t cores = 1;
+    std::string hostname;
+    uint64_t freeMemoryBytes = 0, maxMemoryBytes = 0;
 };
 
 struct Cluster::Rank {
@@ -195,8 +198,9 @@ void Cluster::report(Rank& r)
         m_cb.progress(p);
 }
 
-void Cluster::launch(const Plan& plan, const std::string& modelDir, const std::string& dtype, int64_t contextLimit)
+void Cluster::launch(const Plan& plan, const std::string& modelDir, const std::string& dtype, int64_t contextLimit, bool beyondFreeMemory)
 {
+    m_beyondFreeMemory = beyondFreeMemory;
     if (!m_launchId.empty())
         throw Error("this cluster is already launched: stop it first");
     {
@@ -261,9 +265,30 @@ void Cluster::launch(const Plan& plan, const std::string& modelDir, const std::s
         if (!s.ok())
             fail("worker " + describeRpcError(s, w.address));
         w.cores = std::max<uint32_t>(1, rep.cores());
+        w.hostname = rep.hostname();
+        w.freeMemoryBytes = rep.free_memory_bytes();
+        w.maxMemoryBytes = rep.max_memory_bytes();
         m_cb.log("worker " + w.address + ": " + rep.hostname() + ", " + std::to_string(rep.cores()) + " cores, " +
                  std::to_string(rep.free_memory_bytes() >> 20) + " MiB free");
     });
+
+    // Does it fit? Per worker against what it donates, per host against what is free (its daemons share it).
+    {
+        std::vector<MachineProfile> machines;
+        for (auto& w : m_workers) {
+            MachineProfile m;
+            m.worker = w->address;
+            m.host = w->hostname.empty() ? w->address : w->hostname;
+            m.freeMemoryBytes = w->freeMemoryBytes;
+            m.donatedMemoryBytes = w->maxMemoryBytes;
+            machines.push_back(m);
+        }
+        const std::string tooBig = checkMemory(m_config, plan, dtype == "bf16" ? DType::BF16 : DType::F32, m_contextLimit, machines);
+        if (!tooBig.empty() && !m_beyondFreeMemory)
+            fail("the placement does not fit in memory: " + tooBig + " (launch anyway with --force)");
+        if (!tooBig.empty())
+            m_cb.log("launching anyway (forced): " + tooBig);
+    }
 
     // One shard per rank; each is watched from the moment it exists.
     m_heartbeat = std::thread([this] { heartbeatLoop(); });
@@ -278,6 +303,7 @@ void Cluster::launch(const Plan& plan, const std::string& modelDir, const std::s
         req.set_memory_bytes(static_cast<uint64_t>(
             estimateShardMemory(m_config, plan.shardSpec(r.stage, r.rank), dtype == "bf16" ? DType::BF16 : DType::F32, m_contextLimit).total()));
         req.set_lease_ms(kLeaseMs);
+        req.set_beyond_free_memory(m_beyondFreeMemory);
         v1::LaunchShardReply rep;
         grpc::Status s = r.worker->stub->LaunchShard(&call.ctx, req, &rep);
         if (!s.ok())

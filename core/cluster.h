@@ -82,7 +82,9 @@ public:
 
     // Hello to every worker, start one shard per rank, give each its slice (from the worker's slice cache, its
     // own model folder, or streamed), join the tensor-parallel groups and the ring. contextLimit 0: the model's.
-    void launch(const Plan& plan, const std::string& modelDir, const std::string& dtype, int64_t contextLimit);
+    // A placement that needs more memory than a worker has free (or donates) is refused, naming the numbers,
+    // unless `beyondFreeMemory` (the user forced it; the daemons still hold to what they donate).
+    void launch(const Plan& plan, const std::string& modelDir, const std::string& dtype, int64_t contextLimit, bool beyondFreeMemory = false);
     // One generation through the ring. `onToken` sees each token in order; returning false stops the ring
     // (Stop: the shards finish the step in flight and keep their caches). Returns how it ended: "eos",
     // "max tokens", "context full" or "stopped". Throws Error naming the worker when a rank fails.
@@ -152,6 +154,7 @@ private:
     std::vector<std::unique_ptr<Worker>> m_workers;
     std::vector<std::unique_ptr<Rank>> m_ranks; // stage-major
     std::atomic<bool> m_launched{false};
+    bool m_beyondFreeMemory = false;
     uint64_t m_generation = 0;
 
     std::mutex m_mutex;

@@ -227,7 +227,7 @@ void Controller::doLaunch(const LaunchRequest& request)
         m_cluster = c;
     }
     try {
-        c->launch(request.plan, request.modelDir, request.dtype, request.contextLength);
+        c->launch(request.plan, request.modelDir, request.dtype, request.contextLength, request.force);
         m_launch = request;
         ControllerEvent e;
         e.kind = ControllerEvent::Kind::Launched;
@@ -379,7 +379,7 @@ void Controller::doGenerate(const GenerateRequest& request)
                 m_cluster = fresh;
             }
             try {
-                fresh->launch(next.plan, next.modelDir, next.dtype, next.contextLength);
+                fresh->launch(next.plan, next.modelDir, next.dtype, next.contextLength, next.force);
             } catch (const std::exception& lex) {
                 fresh->stop();
                 failWith(why + "; failover failed: " + lex.what());

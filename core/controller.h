@@ -47,6 +47,7 @@ struct LaunchRequest {
     std::string dtype = "f32";
     int64_t contextLength = 0; // KV cache positions per rank; 0: the model's own limit
     bool failover = false;     // after a worker dies or stalls, place the model over the rest and continue
+    bool force = false;        // launch even when the placement needs more memory than is free
 };
 
 struct GenerateRequest {

@@ -2,6 +2,7 @@
 #include "core/shard_spec.h"
 
 #include "core/error.h"
+#include "core/protocol.h"
 
 #include <algorithm>
 #include <cstring>
@@ -144,13 +145,61 @@ int64_t decodeBytesPerToken(const ModelConfig& c, const ShardSpec& s, DType dtyp
     return total;
 }
 
+namespace {
+
+// The dtype the checkpoint stores (config.json's torch_dtype): what the master streams and the shard holds
+// until the engine has converted each tensor. Unknown: assumed to be the run's.
+DType checkpointDType(const ModelConfig& c, DType run)
+{
+    if (c.torchDtype == "bfloat16")
+        return DType::BF16;
+    if (c.torchDtype == "float16")
+        return DType::F16;
+    if (c.torchDtype == "float32")
+        return DType::F32;
+    return run;
+}
+
+} // namespace
+
 ShardMemoryEstimate estimateShardMemory(const ModelConfig& c, const ShardSpec& s, DType dtype, int64_t contextLimit)
 {
     ShardMemoryEstimate m;
+    const ShardDims d = shardDims(c, s.tpRank, s.tpSize);
+    const int64_t elem = static_cast<int64_t>(dtypeSize(dtype));
+    const int64_t context = std::max<int64_t>(1, contextLimit);
     m.weightBytes = shardBytes(c, s, dtype);
     const int64_t layers = s.lastLayer - s.firstLayer + 1;
-    m.kvCacheBytes = 2 * layers * shardDims(c, s.tpRank, s.tpSize).kvHeads * std::max<int64_t>(1, contextLimit) * c.headDim * 4;
-    m.runtimeBytes = kShardRuntimeBytes;
+    m.kvCacheBytes = 2 * layers * d.kvHeads * context * c.headDim * 4;
+
+    // Loading: the streamed (or slice-cached) slice is held whole at the checkpoint's dtype, then the engine
+    // converts it tensor by tensor, freeing each received tensor once its copy exists, and concatenates q/k/v
+    // and gate/up (the pieces and the fused copy coexist). The peak is at the start (all received bytes plus
+    // the first, largest converted tensor) when the conversion does not grow the weights, near the end (all
+    // converted weights plus a fused copy) when it does (a bf16 checkpoint run in f32). A worker that reads its
+    // own copy of the model holds one received tensor at a time: less than this.
+    int64_t largest = 0;
+    for (auto& t : shardTensors(c, s)) {
+        int64_t n = 1;
+        for (auto x : t.shape())
+            n *= x;
+        largest = std::max(largest, n * elem);
+    }
+    const int64_t fused = std::max((d.qHeads + 2 * d.kvHeads) * c.headDim, 2 * d.intermediate) * c.hiddenSize * elem;
+    const int64_t loading = std::max(shardBytes(c, s, checkpointDType(c, dtype)) + std::max(largest, fused), m.weightBytes + fused);
+
+    // Running: the weights, the KV cache grown to the context, and the activations of a prefill chunk (the
+    // master feeds prompts in chunks of kChunkBytes of f32 hidden state; the chunk that ends the context
+    // attends over every position): two [q heads, rows, context] f32 tensors at once (the scores, then the
+    // masked scores or the softmax beside them), and per row about 24 hidden-sized and 8 intermediate-sized f32
+    // vectors (norms, q/k/v and their rotary temporaries, bf16 copies of the inputs, gate/up and the product;
+    // fitted to the measured peaks, tests/test_memory_estimate).
+    const int64_t rows = std::min(context, std::max<int64_t>(1, static_cast<int64_t>(kChunkBytes) / (c.hiddenSize * 4)));
+    const int64_t activations = 4 * rows * (2 * d.qHeads * context + 24 * c.hiddenSize + 8 * d.intermediate);
+    const int64_t running = m.weightBytes + m.kvCacheBytes + activations;
+
+    // The two phases do not overlap (the KV cache is allocated as the generation grows): the larger one counts.
+    m.runtimeBytes = kShardRuntimeBytes + std::max(loading, running) - m.weightBytes - m.kvCacheBytes;
     return m;
 }
 

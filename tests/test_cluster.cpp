@@ -467,9 +467,9 @@ TEST(ClusterFailover, WhenNothingFitsItStopsWithTheReasonAndKeepsTheText)
     s.numLayers = 4;
     s.numHeads = 16;
     s.numKvHeads = 4;
-    writeRandomModel(dir + "/model", s); // ~200 MB in f32: half of it fits a worker's 0.4 GiB, all of it not
+    writeRandomModel(dir + "/model", s); // ~200 MB in f32: half of it fits a worker's 0.45 GiB (with the runtime), all of it not
     ClusterKey::generate().writeFile(dir + "/key");
-    LocalDaemons daemons(2, dir + "/key", {"--max-memory", "0.4"});
+    LocalDaemons daemons(2, dir + "/key", {"--max-memory", "0.45"});
     json plan = {{"stages",
                   {{{"layers", {0, 1}}, {"ranks", {{{"worker", daemons.addresses()[0]}}}}},
                    {{"layers", {2, 3}}, {"ranks", {{{"worker", daemons.addresses()[1]}}}}}}}};

@@ -405,6 +405,16 @@ TEST(Daemon, LaunchesStayWithinWhatTheMachineDonates)
                                        "/key --prompt hi --max-tokens 2 --dtype f32",
                                    &out, &err),
                   0);
+        // The master refuses first, with the numbers, before any shard starts.
+        EXPECT_NE(err.find("does not fit in memory: needs about"), std::string::npos) << err;
+        EXPECT_NE(err.find("GiB donated)"), std::string::npos) << err;
+        EXPECT_NE(err.find("--force"), std::string::npos) << err;
+        EXPECT_TRUE(d.shards().empty());
+        // Forced, the daemon still holds to what it donates.
+        EXPECT_NE(test::runCommand(test::cliBin() + " run --model " + model + " --plan " + f.dir + "/plan.json --key-file " + f.dir +
+                                       "/key --prompt hi --max-tokens 2 --dtype f32 --force",
+                                   &out, &err),
+                  0);
         EXPECT_NE(err.find("donates 102 MiB (serve --max-memory)"), std::string::npos) << err;
         EXPECT_NE(err.find("needs about"), std::string::npos) << err;
     }

@@ -180,6 +180,7 @@ public:
         r.bindHost = req->bind_host();
         r.threads = std::max<uint32_t>(1, req->threads());
         r.memoryBytes = req->memory_bytes();
+        r.beyondFreeMemory = req->beyond_free_memory();
         r.master = peerIdentity(*ctx);
         r.lease = std::chrono::milliseconds(std::clamp<uint32_t>(req->lease_ms() ? req->lease_ms() : 5000, 1000, 30000));
         try {

@@ -113,7 +113,7 @@ ShardProcesses::Started ShardProcesses::launch(const Request& req)
         const uint64_t pending = reserved > resident ? reserved - resident : 0;
         const uint64_t available = memoryAvailableBytes();
         const uint64_t free = available > pending ? available - pending : 0;
-        if (req.memoryBytes > free)
+        if (req.memoryBytes > free && !req.beyondFreeMemory)
             throw Error("needs about " + formatBytes(req.memoryBytes) + ", " + hostName() + " has " + formatBytes(free) + " free" +
                         (m_options.maxMemoryBytes ? " (" + formatBytes(m_options.maxMemoryBytes) + " donated)" : std::string()));
         Launch& l = m_launches[req.launchId];

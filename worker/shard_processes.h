@@ -50,6 +50,7 @@ public:
         std::string bindHost;
         uint32_t threads = 1;
         uint64_t memoryBytes = 0;
+        bool beyondFreeMemory = false; // forced by the user: only the donated limit holds
         std::string master; // the caller's certificate name
         std::chrono::milliseconds lease{5000};
     };
