@@ -124,17 +124,21 @@ LinkProfile fitLink(const std::vector<std::pair<double, double>>& samples)
 {
     if (samples.empty())
         throw Error("no link samples to fit");
-    const double n = static_cast<double>(samples.size());
-    double sx = 0, sy = 0, sxx = 0, sxy = 0;
+    // Weighted by 1/time^2: the fit minimises relative error, so the small payloads (a few microseconds) set the
+    // latency and the large ones (milliseconds) the throughput; plain least squares lets the noise of a 4 MiB
+    // transfer swamp the latency.
+    double sw = 0, sx = 0, sy = 0, sxx = 0, sxy = 0;
     for (auto& [x, y] : samples) {
-        sx += x;
-        sy += y;
-        sxx += x * x;
-        sxy += x * y;
+        const double w = 1.0 / std::max(1e-6, y * y);
+        sw += w;
+        sx += w * x;
+        sy += w * y;
+        sxx += w * x * x;
+        sxy += w * x * y;
     }
-    const double det = n * sxx - sx * sx;
-    double slope = det > 0 ? (n * sxy - sx * sy) / det : 0; // ms per byte
-    double intercept = (sy - slope * sx) / n;
+    const double det = sw * sxx - sx * sx;
+    double slope = det > 0 ? (sw * sxy - sx * sy) / det : 0; // ms per byte
+    double intercept = (sy - slope * sx) / sw;
     const auto largest = *std::max_element(samples.begin(), samples.end());
     if (!(slope > 0)) { // flat: the largest payload's time is all throughput
         slope = largest.second / std::max(1.0, largest.first);
@@ -396,8 +400,12 @@ AutoPlacement autoPlace(const ModelConfig& config, const std::string& dtype, int
                 st.firstLayer = first;
                 st.lastLayer = first + (*layers)[s] - 1;
                 first = st.lastLayer + 1;
+                // Ranks of one group on one host run at once: they split its threads (no oversubscription).
+                std::map<std::string, uint32_t> onHost;
                 for (auto* m : groups[s])
-                    st.ranks.push_back({m->worker, static_cast<int>(std::max<uint32_t>(1, m->threads)), ""});
+                    ++onHost[m->host];
+                for (auto* m : groups[s])
+                    st.ranks.push_back({m->worker, static_cast<int>(std::max<uint32_t>(1, m->threads / onHost[m->host])), ""});
                 maxTp = std::max(maxTp, static_cast<int>(groups[s].size()));
                 cand.plan.stages.push_back(st);
             }

@@ -240,6 +240,11 @@ TEST(CostModel, FitLinkRecoversLatencyAndThroughput)
     const LinkProfile l = fitLink(samples);
     EXPECT_NEAR(l.alphaUs, 150, 1);
     EXPECT_NEAR(l.betaMBps, 117, 0.5);
+    // A noisy large transfer (+8%) must not swamp the latency the small payloads show.
+    samples.back().second *= 1.08;
+    const LinkProfile noisy = fitLink(samples);
+    EXPECT_NEAR(noisy.alphaUs, 150, 30);
+    EXPECT_NEAR(noisy.betaMBps, 117, 117 * 0.1);
     // A flat (noisy) slope still gives a finite throughput from the largest sample.
     const LinkProfile flat = fitLink({{1024, 1.0}, {4096, 0.9}});
     EXPECT_GT(flat.betaMBps, 0);
