@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: MIT
 // together-cli: the headless front end. Links core only (no Qt, no libtorch).
 #include "app/cluster_bench.h"
+#include "app/placements.h"
 #include "app/predict_command.h"
+#include "app/verify_command.h"
 #include "app/workers_command.h"
 #include "core/chat.h"
 #include "core/cli_args.h"
@@ -49,23 +51,40 @@ const char* kUsage =
     "      and why. Waits S seconds (default 2); --watch prints every change until S runs out or Ctrl-C.\n"
     "  together-cli worker-log HOST:PORT [--lines N] [--follow] [--key-file K]\n"
     "      A worker daemon's recent log (its own lines and its shards').\n"
-    "  together-cli run --model DIR (--plan plan.json | --local tp=T,pp=P) --prompt TEXT [--chat] [--interactive]\n"
+    "  together-cli run --model DIR (--plan plan.json | --local tp=T,pp=P | --auto) --prompt TEXT [--chat] [--interactive]\n"
     "                   [--key-file F] [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]\n"
     "                   [--stop TEXT]... [--dtype bf16|f32] [--threads N] [--trace FILE] [--context N] [--failover]\n"
-    "                   [--timeline FILE] [--metrics FILE] [--window N]\n"
+    "                   [--timeline FILE] [--metrics FILE] [--window N] [--force] [--predict] [--save-plan F]\n"
+    "                   [--local-workers N] [--add HOST:PORT]... [--wait S] [--no-broadcast]\n"
     "      Runs the model across worker daemons, as a ring: each stage streams to the next and the last sends the\n"
     "      token straight back to the first. --local starts one daemon per rank on this machine (loopback, fresh\n"
-    "      key) and stops them afterwards. --interactive reads one user message per line from stdin. --context: KV\n"
-    "      cache positions (default the model's). --failover: when a worker dies or stalls, place the model on the\n"
+    "      key) and stops them afterwards. --auto finds the workers (as `workers` does; or starts --local-workers N\n"
+    "      here), measures them and their links, and runs the placement with the lowest predicted ms/token that fits\n"
+    "      memory, printing it and why (--save-plan writes it as a plan file). --predict: the same survey for a\n"
+    "      given placement, and its prediction against the measured ms/token. A placement that needs more memory\n"
+    "      than the workers have free is refused with the numbers; --force launches it anyway (a worker still holds\n"
+    "      to what it donates). --interactive reads one user message per line from stdin. --context: KV cache\n"
+    "      positions (default the model's). --failover: when a worker dies or stalls, place the model on the\n"
     "      workers left and continue the answer. --timeline: a Chrome trace (Perfetto) of every rank's compute and\n"
     "      links. --metrics: per-link p50/p95 as JSON. --window: tokens the shards may run ahead (default 4).\n"
-    "  together-cli bench-cluster [--tokens N] [--dtype bf16|f32] [--model DIR]\n"
-    "      Decode speed of TP1, TP2, PP2 and TP1 with 2 threads side by side on local workers, with\n"
-    "      all-reduce and hop times and each shard's peak memory (TinyLlama-1.1B shape by default).\n"
+    "  together-cli bench [--model DIR]... [--local tp=T,pp=P | --plan F | --auto]... [--out PREFIX] [--tokens N]\n"
+    "                     [--prompt-tokens N] [--dtype bf16|f32] [--threads N] [--context N] [--seed-table] [--force]\n"
+    "                     [--key-file K] [--local-workers N] [--add HOST:PORT]... [--wait S] [--no-broadcast]\n"
+    "      Runs each placement of each model in turn and writes PREFIX.md and PREFIX.csv (without --out, the\n"
+    "      Markdown to stdout): a row per placement with TP, PP, machines, dtype, threads, prefill tok/s, decode\n"
+    "      tok/s, time to first token, ms/token split into compute, all-reduce and links, scaling efficiency vs the\n"
+    "      first row, the cost model's predicted ms/token and its error, and the largest shard's peak memory against\n"
+    "      its estimate. --seed-table adds the original together-LLM table (columns models, rows TP sizes). Without\n"
+    "      --model: TinyLlama-1.1B's shape with random weights; without placements: TP1, TP2 and PP2 on local\n"
+    "      workers. `bench-cluster` is the old name.\n"
     "  together-cli predict --model DIR (--plan plan.json | --auto) --machines FILE [--dtype bf16|f32] [--context N]\n"
     "      The cost model: a placement's predicted ms/token split into compute, all-reduces and links, and the same\n"
     "      with every link a named profile (loopback, 10 GbE, 2.5 GbE, 1 GbE, Wi-Fi 5); --auto finds the placement with\n"
     "      the lowest prediction that fits memory and says why. FILE holds each worker's measured speeds (see README).\n"
+    "  together-cli verify --model DIR (--local tp=T,pp=P | --plan F | --auto) [--steps N] [--prompt TEXT] [--dtype D]\n"
+    "      Runs the placement and the whole model on one of its machines for N greedy steps (default 32) and says\n"
+    "      whether the token ids agree and the largest logit difference; exits 1 when they differ. When no machine\n"
+    "      holds the whole model, each tensor-parallel stage is compared with its layers on one machine.\n"
     "  together-cli keygen [--out FILE | --save]\n"
     "      Makes a new cluster key and prints it (14 groups of 4 letters and digits, typeable). --out writes it to\n"
     "      FILE (mode 0600); --save to this user's key file, which `run`, `workers` and `together-worker serve`\n"
@@ -263,19 +282,38 @@ void printLinks(Controller& c)
                      fixed(l.p95Ms, 3).c_str(), fixed(l.bytesPerStep, 0).c_str());
 }
 
+// The prediction for a placement, on stderr, for a person choosing one.
+void printChosen(const ChosenPlacement& chosen, bool showPlan)
+{
+    if (showPlan)
+        std::fprintf(stderr, "together: placement: %s\n", describePlan(chosen.plan).c_str());
+    if (!chosen.explanation.empty())
+        std::fprintf(stderr, "together: %s\n", chosen.explanation.c_str());
+    if (chosen.prediction) {
+        const Prediction& p = *chosen.prediction;
+        std::fprintf(stderr, "together: predicted %s ms/token (%s tokens/s) = compute %s + all-reduce %s + links %s\n", fixed(p.msPerToken).c_str(),
+                     fixed(p.tokensPerSecond).c_str(), fixed(p.computeMs()).c_str(), fixed(p.allReduceMs()).c_str(), fixed(p.linkMs()).c_str());
+    } else if (!chosen.note.empty()) {
+        std::fprintf(stderr, "together: %s\n", chosen.note.c_str());
+    }
+}
+
 int runCluster(const std::vector<std::string>& rest)
 {
     auto specs = runFlagSpecs();
-    for (const char* f : {"plan", "local", "key-file", "context", "timeline", "metrics", "window"})
+    for (auto& f : placementFlagSpecs())
+        specs.push_back(f);
+    for (const char* f : {"context", "timeline", "metrics", "window"})
         specs.push_back({f});
     specs.push_back({"interactive", false});
     specs.push_back({"failover", false});
+    specs.push_back({"predict", false});
+    specs.push_back({"save-plan"});
     CliArgs a(rest, specs);
     const bool interactive = a.has("interactive");
     if (interactive && !a.has("chat"))
         throw Error("--interactive needs --chat (each line is a user message in the model's chat template)");
-    if (a.has("plan") == a.has("local"))
-        throw Error("give exactly one of --plan plan.json or --local tp=T,pp=P");
+    const PlacementSource source = placementSources(rest, false).front();
     RunOptions o = parseRunOptions(a, !interactive);
     ModelConfig config = ModelConfig::fromDirectory(o.modelDir);
     auto tokenizer = std::make_shared<const Tokenizer>(Tokenizer::fromDirectory(o.modelDir));
@@ -285,36 +323,41 @@ int runCluster(const std::vector<std::string>& rest)
     const int window = a.getInt("window", 4);
     if (window < 0 || window > 1024)
         throw Error("--window takes 0 (no limit) to 1024 tokens");
+    std::string dtype = !o.dtype.empty() ? o.dtype : defaultDtypeName();
+    if (source.kind == PlacementSource::Kind::PlanFile && o.dtype.empty()) {
+        const Plan p = Plan::fromJson(readTextFile(source.spec), source.spec);
+        if (!p.dtype.empty())
+            dtype = p.dtype;
+    }
+    if (dtype != "bf16" && dtype != "f32")
+        throw Error("--dtype must be bf16 or f32");
 
     std::signal(SIGINT, onInterrupt);
     std::signal(SIGPIPE, SIG_IGN);
     TempDir tmp;
-    std::unique_ptr<LocalDaemons> local;
-    std::string keyFile = a.get("key-file");
-    Plan plan;
-    if (a.has("local")) {
-        int tp = 1, pp = 1;
-        std::string spec = a.get("local");
-        if (std::sscanf(spec.c_str(), "tp=%d,pp=%d", &tp, &pp) != 2 && std::sscanf(spec.c_str(), "pp=%d,tp=%d", &pp, &tp) != 2)
-            throw Error("--local takes tp=T,pp=P, e.g. --local tp=2,pp=1");
-        if (tp < 1 || pp < 1 || tp * pp > 64)
-            throw Error("--local: tp and pp must be at least 1 and tp*pp at most 64");
-        if (keyFile.empty()) {
-            keyFile = tmp.path + "/cluster.key";
-            ClusterKey::generate().writeFile(keyFile);
-        }
-        const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-        const int threads = o.threads > 0 ? o.threads : std::max(1, cores / (tp * pp));
-        local = std::make_unique<LocalDaemons>(static_cast<size_t>(tp * pp), keyFile);
-        plan = Plan::even(config, tp, pp, local->addresses(), threads);
-    } else {
-        plan = Plan::fromJson(readTextFile(a.get("plan")), a.get("plan"));
-        keyFile = masterKeyFile(keyFile);
+    PlacementContext pc;
+    pc.config = config;
+    pc.dtype = dtype;
+    pc.context = context;
+    pc.threads = o.threads;
+    pc.keyFile = a.get("key-file");
+    pc.tempDir = tmp.path;
+    pc.args = &a;
+    pc.predict = a.has("predict");
+    pc.progress = [](const std::string& line) { std::fprintf(stderr, "together: %s\n", line.c_str()); };
+    ChosenPlacement chosen = choosePlacement(source, pc);
+    printChosen(chosen, source.kind == PlacementSource::Kind::Auto);
+    const Plan plan = chosen.plan;
+    const std::string keyFile = chosen.keyFile;
+    if (a.has("save-plan")) {
+        Plan saved = plan;
+        saved.dtype = dtype;
+        std::ofstream f(a.get("save-plan"), std::ios::trunc);
+        f << saved.toJson() << "\n";
+        if (!f)
+            throw Error("cannot write the plan to " + a.get("save-plan"));
+        std::fprintf(stderr, "together: wrote the placement to %s (run it again with --plan)\n", a.get("save-plan").c_str());
     }
-    plan.validate(config);
-    std::string dtype = !o.dtype.empty() ? o.dtype : !plan.dtype.empty() ? plan.dtype : defaultDtypeName();
-    if (dtype != "bf16" && dtype != "f32")
-        throw Error("--dtype must be bf16 or f32");
 
     std::ofstream traceOut;
     if (!o.traceFile.empty()) {
@@ -354,6 +397,7 @@ int runCluster(const std::vector<std::string>& rest)
     launch.dtype = dtype;
     launch.contextLength = context;
     launch.failover = a.has("failover");
+    launch.force = a.has("force");
     controller.launch(launch);
     controller.wait();
     if (sink.launchFailed)
@@ -382,6 +426,11 @@ int runCluster(const std::vector<std::string>& rest)
             std::ofstream(a.get("metrics"), std::ios::trunc) << j.dump(1) << "\n";
         }
         printLinks(controller);
+        if (chosen.prediction && controller.totals().steps > 0) {
+            const double measured = controller.totals().endToEndMs;
+            std::fprintf(stderr, "together: predicted %s ms/token, measured %s (%+.0f%%)\n", fixed(chosen.prediction->msPerToken).c_str(),
+                         fixed(measured).c_str(), 100.0 * (chosen.prediction->msPerToken - measured) / measured);
+        }
     };
     auto runTurn = [&](const std::vector<int>& ids, uint64_t seed) {
         GenerateRequest g;
@@ -471,8 +520,10 @@ int main(int argc, char** argv)
             return runCluster(rest);
         if (cmd == "predict")
             return runPredict(rest);
-        if (cmd == "bench-cluster")
-            return runClusterBench(rest);
+        if (cmd == "verify")
+            return runVerify(rest);
+        if (cmd == "bench" || cmd == "bench-cluster")
+            return runBench(rest);
         if (cmd == "keygen") {
             CliArgs a(rest, {{"out"}, {"save", false}});
             if (a.has("out") && a.has("save"))

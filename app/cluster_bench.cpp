@@ -1,19 +1,27 @@
 // SPDX-License-Identifier: MIT
 #include "app/cluster_bench.h"
 
-#include "core/cluster_key.h"
-#include "core/credentials.h"
+#include "app/placements.h"
 #include "core/cli_args.h"
 #include "core/cluster.h"
 #include "core/error.h"
+#include "core/host_info.h"
+#include "core/metrics.h"
 #include "core/process.h"
 #include "core/random_model.h"
 #include "core/run_options.h"
+#include "core/shard_spec.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
+#include <fstream>
 #include <map>
+#include <set>
+#include <sstream>
 #include <thread>
 
 #include <unistd.h>
@@ -24,112 +32,452 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct Placement {
-    std::string name;
-    int tp, pp, threads;
+struct Row {
+    std::string model;
+    std::string placement;   // the source ("local tp=2,pp=1", a plan file, "auto")
+    std::string layout;      // what ran: describePlan
+    int tp = 1, pp = 1, machines = 1;
+    std::string dtype, threads;
+    int promptTokens = 0, decodeTokens = 0;
+    double prefillTps = 0, decodeTps = 0, ttftMs = 0;
+    double msPerToken = 0, computeMs = 0, allReduceMs = 0, linksMs = 0;
+    double efficiency = 0;   // (decode tok/s / first row's) / (machines / first row's machines)
+    double predictedMs = 0, errorPct = 0;
+    bool predicted = false;
+    double peakRssMiB = 0, estimateMiB = 0; // the largest shard's
 };
 
-struct Result {
-    double tokensPerSecond = 0;
-    double allReduceMsPerToken = 0; // per stage, its slowest rank's time inside all-reduces, summed
-    double hopMsPerToken = 0;       // the ring's links (half the round trip of each message and its acknowledgement)
-    std::vector<Cluster::ShardMemory> memory;
-};
-
-Result measure(const std::string& modelDir, const Placement& p, int tokens, const std::string& dtype)
+// "TinyLlama-1.1B" from a Hugging Face cache snapshot (models--ORG--NAME/snapshots/HASH), else the folder's name.
+std::string modelName(const std::string& dir)
 {
-    std::string keyDir = (fs::temp_directory_path() / ("together-bench-" + std::to_string(::getpid()))).string();
-    fs::create_directories(keyDir);
-    std::string keyFile = keyDir + "/key";
-    fs::remove(keyFile);
-    const ClusterKey key = ClusterKey::generate();
-    key.writeFile(keyFile);
-    LocalDaemons daemons(static_cast<size_t>(p.tp * p.pp), keyFile);
-    ModelConfig config = ModelConfig::fromDirectory(modelDir);
-    Plan plan = Plan::even(config, p.tp, p.pp, daemons.addresses(), p.threads);
+    const fs::path p = fs::weakly_canonical(fs::path(dir));
+    for (auto it = p.begin(); it != p.end(); ++it) {
+        const std::string part = it->string();
+        if (part.rfind("models--", 0) == 0)
+            return part.substr(part.rfind("--") + 2);
+    }
+    std::string name = p.filename().string();
+    return name.empty() ? p.parent_path().filename().string() : name;
+}
+
+std::string fmt(double v, int digits)
+{
+    char b[64];
+    std::snprintf(b, sizeof b, "%.*f", digits, v);
+    return b;
+}
+
+// The original together-LLM table's cells: "4.2 tokens/s", or "1 token / 10 s" below one token a second.
+std::string seedCell(double tokensPerSecond)
+{
+    if (!(tokensPerSecond > 0))
+        return "-";
+    if (tokensPerSecond >= 1)
+        return fmt(tokensPerSecond, tokensPerSecond >= 100 ? 0 : 1) + " tokens/s";
+    const double seconds = 1.0 / tokensPerSecond;
+    return "1 token / " + fmt(seconds, seconds >= 10 ? 0 : 1) + " s";
+}
+
+std::string csvField(const std::string& s)
+{
+    if (s.find_first_of(",\"\n") == std::string::npos)
+        return s;
+    std::string out = "\"";
+    for (char c : s)
+        out += c == '"' ? std::string("\"\"") : std::string(1, c);
+    return out + "\"";
+}
+
+std::string mdField(std::string s)
+{
+    for (size_t i = 0; (i = s.find('|', i)) != std::string::npos; i += 2)
+        s.replace(i, 1, "\\|");
+    return s;
+}
+
+const std::vector<std::string> kColumns = {
+    "model",          "placement",       "TP",        "PP",          "machines",     "dtype",           "threads",
+    "prefill tok/s",  "decode tok/s",    "TTFT ms",   "ms/token",    "compute ms",   "all-reduce ms",   "links ms",
+    "scaling efficiency %", "predicted ms/token", "prediction error %", "peak RSS MiB", "estimated MiB", "layout"};
+
+std::vector<std::string> cells(const Row& r)
+{
+    return {r.model,
+            r.placement,
+            std::to_string(r.tp),
+            std::to_string(r.pp),
+            std::to_string(r.machines),
+            r.dtype,
+            r.threads,
+            fmt(r.prefillTps, 1),
+            fmt(r.decodeTps, 2),
+            fmt(r.ttftMs, 1),
+            fmt(r.msPerToken, 2),
+            fmt(r.computeMs, 2),
+            fmt(r.allReduceMs, 2),
+            fmt(r.linksMs, 2),
+            fmt(r.efficiency, 0),
+            r.predicted ? fmt(r.predictedMs, 2) : "n/a",
+            r.predicted ? (r.errorPct >= 0 ? "+" : "") + fmt(r.errorPct, 1) : "n/a",
+            fmt(r.peakRssMiB, 0),
+            fmt(r.estimateMiB, 0),
+            r.layout};
+}
+
+struct Options {
+    int promptTokens = 128;
+    int decodeTokens = 64;
+    int64_t context = 0;
+    std::string dtype;
+    bool force = false;
+};
+
+// The measured generation's decode steps: the p50 of each part of a token's time.
+void splitSteps(const std::vector<StepRecord>& steps, Row& r)
+{
+    std::vector<double> e2e, compute, ar, links;
+    for (auto& s : steps) {
+        if (s.step == 0)
+            continue;
+        std::map<int, double> stageCompute, stageAr;
+        for (auto& x : s.ranks) {
+            stageCompute[x.stage] = std::max(stageCompute[x.stage], x.computeMs);
+            stageAr[x.stage] = std::max(stageAr[x.stage], x.allReduceMs);
+        }
+        double c = 0, a = 0;
+        for (auto& [stage, ms] : stageCompute)
+            c += ms;
+        for (auto& [stage, ms] : stageAr)
+            a += ms;
+        e2e.push_back(s.endToEndMs);
+        compute.push_back(c + s.samplingMs());
+        ar.push_back(a);
+        links.push_back(std::max(0.0, s.endToEndMs - c - a - s.samplingMs()));
+    }
+    if (e2e.empty())
+        throw Error("the shards reported no decode steps");
+    r.msPerToken = percentile(e2e, 50);
+    r.computeMs = percentile(compute, 50);
+    r.allReduceMs = percentile(ar, 50);
+    r.linksMs = percentile(links, 50);
+}
+
+Row measure(const std::string& modelDir, const PlacementSource& source, const CliArgs& args, const Options& o, const std::string& tempDir,
+            const std::string& tag)
+{
+    auto say = [&](const std::string& line) { std::fprintf(stderr, "together: %s %s\n", tag.c_str(), line.c_str()); };
+    const ModelConfig config = ModelConfig::fromDirectory(modelDir);
+    std::string dtype = o.dtype;
+    if (source.kind == PlacementSource::Kind::PlanFile && dtype.empty()) {
+        const Plan p = Plan::fromJson(readTextFile(source.spec), source.spec);
+        dtype = p.dtype;
+    }
+    if (dtype.empty())
+        dtype = defaultDtypeName();
+    if (dtype != "bf16" && dtype != "f32")
+        throw Error("--dtype must be bf16 or f32");
+    const int64_t context = std::min<int64_t>(config.contextLimit(), o.context > 0 ? o.context : std::max<int64_t>(1024, o.promptTokens + o.decodeTokens + 16));
+    if (o.promptTokens + o.decodeTokens + 16 > context)
+        throw Error("the prompt and the decode tokens need " + std::to_string(o.promptTokens + o.decodeTokens + 16) +
+                    " positions; the context is " + std::to_string(context) + " (--context, --prompt-tokens, --tokens)");
+
+    PlacementContext pc;
+    pc.config = config;
+    pc.dtype = dtype;
+    pc.context = context;
+    pc.threads = args.getInt("threads", 0);
+    pc.keyFile = args.get("key-file");
+    pc.tempDir = tempDir;
+    pc.args = &args;
+    pc.predict = true;
+    pc.progress = say;
+    say("placing");
+    ChosenPlacement chosen = choosePlacement(source, pc);
+    if (!chosen.explanation.empty())
+        say(chosen.explanation);
+    if (!chosen.note.empty())
+        say(chosen.note);
+
+    Row r;
+    r.model = modelName(modelDir);
+    r.placement = chosen.label;
+    r.layout = describePlan(chosen.plan);
+    r.dtype = dtype;
+    r.pp = static_cast<int>(chosen.plan.stages.size());
+    std::set<std::string> workers;
+    std::vector<int> threads;
+    for (auto& st : chosen.plan.stages) {
+        r.tp = std::max(r.tp, static_cast<int>(st.ranks.size()));
+        for (auto& rk : st.ranks) {
+            workers.insert(rk.worker);
+            threads.push_back(rk.threads);
+        }
+    }
+    r.machines = static_cast<int>(workers.size());
+    if (std::all_of(threads.begin(), threads.end(), [&](int t) { return t == threads.front(); }))
+        r.threads = std::to_string(threads.front());
+    else
+        for (size_t i = 0; i < threads.size(); ++i)
+            r.threads += (i ? "/" : "") + std::to_string(threads[i]);
+    for (size_t s = 0; s < chosen.plan.stages.size(); ++s)
+        for (size_t k = 0; k < chosen.plan.stages[s].ranks.size(); ++k)
+            r.estimateMiB = std::max(r.estimateMiB, static_cast<double>(estimateShardMemory(config, chosen.plan.shardSpec(s, static_cast<int>(k)),
+                                                                                            dtype == "bf16" ? DType::BF16 : DType::F32, context)
+                                                                            .total()) /
+                                                        1048576.0);
+    r.promptTokens = o.promptTokens;
+    r.decodeTokens = o.decodeTokens;
+
     SessionMetrics metrics;
     Cluster::Callbacks callbacks;
     callbacks.step = [&metrics](const StepRecord& s) { metrics.add(s); };
-    Cluster cluster(std::make_shared<const Credentials>(key, newMasterIdentity()), callbacks);
-    cluster.launch(plan, modelDir, dtype, 4096);
+    std::map<size_t, RankProgress::Phase> phases;
+    std::mutex sayMutex;
+    callbacks.progress = [&](const RankProgress& p) {
+        std::lock_guard lock(sayMutex);
+        auto it = phases.find(p.index);
+        if (it != phases.end() && it->second == p.phase)
+            return;
+        phases[p.index] = p.phase;
+        say(describeProgress(p));
+    };
+    Cluster cluster(chosen.credentials, callbacks);
+    struct StopOnExit {
+        Cluster& c;
+        ~StopOnExit() { c.stop(); }
+    } stopOnExit{cluster};
+    cluster.launch(chosen.plan, modelDir, dtype, context, o.force);
+
+    // Warm-up (first-touch of weights and caches), then the measured generation: a prompt of random ids and
+    // `decodeTokens` greedy tokens, never stopped by an end-of-sequence token.
     RingRequest warm;
-    warm.tokens = {1, 2, 3, 4, 5, 6, 7, 8};
+    for (int i = 0; i < 8; ++i)
+        warm.tokens.push_back(1 + (i * 7919) % static_cast<int>(std::max<int64_t>(1, config.vocabSize - 1)));
     warm.sampling.temperature = 0;
     warm.maxTokens = 2;
-    cluster.generate(warm, [](const RingToken&) { return true; }); // warm-up
+    say("warming up");
+    cluster.generate(warm, [](const RingToken&) { return true; });
     RingRequest run = warm;
-    run.tokens = {1, 10, 20, 30, 40, 50, 60, 70};
-    run.maxTokens = static_cast<uint32_t>(tokens + 1);
+    run.tokens.clear();
+    for (int i = 0; i < o.promptTokens; ++i)
+        run.tokens.push_back(1 + (i * 104729 + 17) % static_cast<int>(std::max<int64_t>(1, config.vocabSize - 1)));
+    run.maxTokens = static_cast<uint32_t>(o.decodeTokens + 1);
     run.window = 0;
+    say("prefill of " + std::to_string(o.promptTokens) + " tokens, then " + std::to_string(o.decodeTokens) + " decode steps");
+    const bool tty = ::isatty(STDERR_FILENO);
+    const auto start = std::chrono::steady_clock::now();
     std::chrono::steady_clock::time_point first, last;
+    uint64_t seen = 0;
     cluster.generate(run, [&](const RingToken& t) {
-        (t.index == 0 ? first : last) = std::chrono::steady_clock::now();
+        const auto now = std::chrono::steady_clock::now();
+        (t.index == 0 ? first : last) = now;
+        seen = t.index + 1;
+        if (tty && t.index % 8 == 0)
+            std::fprintf(stderr, "\rtogether: %s %llu/%d tokens", tag.c_str(), static_cast<unsigned long long>(t.index), o.decodeTokens);
         return true;
     });
+    if (tty)
+        std::fprintf(stderr, "\r\033[K");
+    if (seen < static_cast<uint64_t>(o.decodeTokens + 1))
+        throw Error("the generation ended after " + std::to_string(seen) + " of " + std::to_string(o.decodeTokens + 1) + " tokens");
     cluster.syncRecords();
-    Result r;
+    r.ttftMs = std::chrono::duration<double, std::milli>(first - start).count();
+    r.prefillTps = r.ttftMs > 0 ? o.promptTokens / (r.ttftMs / 1000.0) : 0;
     const double secs = std::chrono::duration<double>(last - first).count();
-    r.tokensPerSecond = secs > 0 ? tokens / secs : 0;
-    // From the ranks' own records of the measured generation's decode steps.
-    double ar = 0, links = 0;
-    int steps = 0;
-    for (auto& s : metrics.generation(2)) {
-        if (s.step == 0)
-            continue;
-        ++steps;
-        std::map<int, double> stageAr;
-        for (auto& x : s.ranks) {
-            stageAr[x.stage] = std::max(stageAr[x.stage], x.allReduceMs);
-            if (x.linkMs > 0)
-                links += x.linkMs;
-        }
-        for (auto& [stage, ms] : stageAr)
-            ar += ms;
+    r.decodeTps = secs > 0 ? o.decodeTokens / secs : 0;
+    uint64_t generation = 0;
+    for (auto& s : metrics.records())
+        generation = std::max(generation, s.generation);
+    splitSteps(metrics.generation(generation), r);
+    if (chosen.prediction) {
+        r.predicted = true;
+        r.predictedMs = chosen.prediction->msPerToken;
+        r.errorPct = 100.0 * (r.predictedMs - r.msPerToken) / r.msPerToken;
     }
-    r.allReduceMsPerToken = steps ? ar / steps : 0;
-    r.hopMsPerToken = steps ? links / steps : 0;
     std::this_thread::sleep_for(std::chrono::milliseconds(700)); // one more heartbeat for peak RSS
-    r.memory = cluster.shardMemory();
-    cluster.stop();
-    fs::remove_all(keyDir);
+    for (auto& m : cluster.shardMemory())
+        r.peakRssMiB = std::max(r.peakRssMiB, static_cast<double>(m.peakRssBytes) / 1048576.0);
+    say("done: decode " + fmt(r.decodeTps, 2) + " tokens/s, " + fmt(r.msPerToken, 2) + " ms/token" +
+        (r.predicted ? " (predicted " + fmt(r.predictedMs, 2) + ")" : ""));
     return r;
+}
+
+std::string hostCpu()
+{
+    std::ifstream f("/proc/cpuinfo");
+    std::string line;
+    while (std::getline(f, line))
+        if (line.rfind("model name", 0) == 0 && line.find(':') != std::string::npos)
+            return line.substr(line.find(':') + 2);
+    return "unknown CPU";
+}
+
+std::string markdown(const std::vector<Row>& rows, const std::vector<std::string>& failures, const Options& o, bool seedTable,
+                     const std::vector<std::string>& models)
+{
+    std::ostringstream md;
+    const std::time_t now = std::time(nullptr);
+    char date[32];
+    std::strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
+    md << "# together bench\n\n"
+       << date << " on " << hostName() << " (" << hostCpu() << ", " << std::thread::hardware_concurrency() << " CPUs). Each row: a prompt of "
+       << o.promptTokens << " tokens, then " << o.decodeTokens << " greedy decode steps, after a warm-up.\n\n";
+    md << "|";
+    for (auto& c : kColumns)
+        md << " " << c << " |";
+    md << "\n|";
+    for (size_t i = 0; i < kColumns.size(); ++i)
+        md << (i < 2 || i == 5 || i == 6 || i + 1 == kColumns.size() ? "---|" : "---:|");
+    md << "\n";
+    for (auto& r : rows) {
+        md << "|";
+        for (auto& c : cells(r))
+            md << " " << mdField(c) << " |";
+        md << "\n";
+    }
+    md << "\nTTFT: from sending the prompt to the first token (prefill tok/s = prompt / TTFT). ms/token and its parts are p50s over "
+          "the decode steps, from the ranks' own records: compute (each stage's slowest rank, and sampling), all-reduce (each "
+          "tensor-parallel group's slowest rank), links (the rest: pipeline hops, the token's way back to stage 0, scheduling). "
+          "Scaling efficiency: the decode speed-up over the first row divided by the ratio of machines. Prediction error: "
+          "(predicted - measured) / measured. Peak RSS and the estimate: the largest shard.\n";
+    if (!failures.empty()) {
+        md << "\nNot measured:\n\n";
+        for (auto& f : failures)
+            md << "- " << f << "\n";
+    }
+    if (seedTable) {
+        // The original together-LLM table: columns models, rows TP sizes ("base" = one machine), each cell the
+        // fastest decode of that TP size.
+        std::set<int> tps;
+        for (auto& r : rows)
+            tps.insert(r.tp);
+        md << "\n## In the layout of the original together-LLM table\n\n| TP |";
+        for (auto& m : models)
+            md << " " << mdField(m) << " |";
+        md << "\n|---|";
+        for (size_t i = 0; i < models.size(); ++i)
+            md << "---|";
+        md << "\n";
+        for (int tp : tps) {
+            md << "| " << (tp == 1 ? std::string("base") : std::to_string(tp)) << " |";
+            for (auto& m : models) {
+                double best = 0;
+                for (auto& r : rows)
+                    if (r.tp == tp && r.model == m)
+                        best = std::max(best, r.decodeTps);
+                md << " " << seedCell(best) << " |";
+            }
+            md << "\n";
+        }
+        md << "\nEach cell: the fastest decode among the placements of that tensor-parallel size (any number of pipeline stages); "
+              "\"-\": not run. The original's only filled cell was TP 2, LLaMA3-8B: \"1 token / 10 s\".\n";
+    }
+    return md.str();
+}
+
+std::string csv(const std::vector<Row>& rows)
+{
+    std::ostringstream out;
+    for (size_t i = 0; i < kColumns.size(); ++i)
+        out << (i ? "," : "") << csvField(kColumns[i]);
+    out << "\n";
+    for (auto& r : rows) {
+        auto c = cells(r);
+        for (size_t i = 0; i < c.size(); ++i)
+            out << (i ? "," : "") << csvField(c[i]);
+        out << "\n";
+    }
+    return out.str();
+}
+
+void writeFile(const std::string& path, const std::string& text)
+{
+    std::ofstream f(path, std::ios::trunc);
+    f << text;
+    f.close();
+    if (!f)
+        throw Error("cannot write " + path);
 }
 
 } // namespace
 
-int runClusterBench(const std::vector<std::string>& rest)
+int runBench(const std::vector<std::string>& rawArgs)
 {
-    CliArgs args(rest, {{"cache"}, {"tokens"}, {"dtype"}, {"layers"}, {"model"}});
-    const int tokens = args.getInt("tokens", 64);
-    const std::string dtype = args.get("dtype", "bf16");
-    std::string dir = args.get("model");
-    if (dir.empty())
-        dir = ensureBenchModel(args.get("cache", fs::path(defaultModelDir()).parent_path().string()), args.getInt("layers", 22));
-    const std::vector<Placement> placements = {
-        {"TP1 (1 process x 1 thread)", 1, 1, 1},
-        {"TP2 (2 processes x 1 thread)", 2, 1, 1},
-        {"PP2 (2 processes x 1 thread)", 1, 2, 1},
-        {"TP1 (1 process x 2 threads)", 1, 1, 2},
-    };
-    std::printf("| placement | decode tok/s (%d) | vs TP1 | all-reduce ms/token | links ms/token |\n", tokens);
-    std::printf("|---|---|---|---|---|\n");
-    double base = 0;
-    std::vector<std::pair<std::string, std::vector<Cluster::ShardMemory>>> memory;
-    for (auto& p : placements) {
-        Result r = measure(dir, p, tokens, dtype);
-        if (base == 0)
-            base = r.tokensPerSecond;
-        std::printf("| %s | %.2f | %.2fx | %.2f | %.2f |\n", p.name.c_str(), r.tokensPerSecond, r.tokensPerSecond / base,
-                    r.allReduceMsPerToken, r.hopMsPerToken);
-        std::fflush(stdout);
-        memory.emplace_back(p.name, r.memory);
+    auto specs = placementFlagSpecs();
+    for (const char* f : {"tokens", "prompt-tokens", "dtype", "threads", "context", "out", "cache", "layers"})
+        specs.push_back({f});
+    specs.push_back({"model", true, true});
+    specs.push_back({"seed-table", false});
+    CliArgs args(rawArgs, specs);
+    Options o;
+    o.decodeTokens = args.getInt("tokens", 64);
+    o.promptTokens = args.getInt("prompt-tokens", 128);
+    if (o.decodeTokens < 2 || o.decodeTokens > 100000)
+        throw Error("--tokens takes 2 to 100000 decode steps");
+    if (o.promptTokens < 1 || o.promptTokens > 1000000)
+        throw Error("--prompt-tokens takes at least 1 token");
+    o.context = args.getInt("context", 0);
+    if (args.has("context") && o.context < 1)
+        throw Error("--context takes a number of positions of at least 1");
+    o.dtype = args.get("dtype");
+    o.force = args.has("force");
+
+    std::vector<std::string> models = args.all("model");
+    if (models.empty()) {
+        models.push_back(ensureBenchModel(args.get("cache", fs::path(defaultModelDir()).parent_path().string()), args.getInt("layers", 22)));
+        std::fprintf(stderr, "together: no --model given; using the benchmark model in %s (TinyLlama-1.1B's shape, random weights)\n",
+                     models.front().c_str());
     }
-    std::printf("\n| placement | shard | peak RSS | weights slice (%s) |\n|---|---|---|---|\n", dtype.c_str());
-    for (auto& [name, shards] : memory)
-        for (auto& m : shards)
-            std::printf("| %s | %s | %.0f MiB | %.0f MiB |\n", name.c_str(), m.name.substr(m.name.find('(')).c_str(),
-                        m.peakRssBytes / 1048576.0, m.sliceBytes / 1048576.0);
-    return 0;
+    const bool anyPlacement = std::any_of(rawArgs.begin(), rawArgs.end(), [](const std::string& s) { return s == "--local" || s == "--plan" || s == "--auto"; });
+    std::vector<PlacementSource> sources;
+    if (!anyPlacement) // the old bench-cluster's comparison
+        sources = {{PlacementSource::Kind::Local, "tp=1,pp=1"}, {PlacementSource::Kind::Local, "tp=2,pp=1"}, {PlacementSource::Kind::Local, "tp=1,pp=2"}};
+    else
+        sources = placementSources(rawArgs, true);
+
+    std::string tmpl = (fs::temp_directory_path() / "together-bench-XXXXXX").string();
+    if (!::mkdtemp(tmpl.data()))
+        throw Error("cannot create a temporary folder");
+    struct RemoveDir {
+        std::string path;
+        ~RemoveDir()
+        {
+            std::error_code ec;
+            fs::remove_all(path, ec);
+        }
+    } removeDir{tmpl};
+
+    std::vector<Row> rows;
+    std::vector<std::string> failures, names;
+    const size_t total = models.size() * sources.size();
+    size_t index = 0;
+    for (auto& model : models) {
+        names.push_back(modelName(model));
+        for (auto& source : sources) {
+            const std::string tag = "[" + std::to_string(++index) + "/" + std::to_string(total) + " " + names.back() + ", " + source.label() + "]";
+            try {
+                rows.push_back(measure(model, source, args, o, tmpl, tag));
+            } catch (const std::exception& e) {
+                std::fprintf(stderr, "together: %s failed: %s\n", tag.c_str(), e.what());
+                failures.push_back(names.back() + ", " + source.label() + ": " + e.what());
+            }
+            if (!rows.empty()) {
+                const Row& base = rows.front();
+                Row& r = rows.back();
+                r.efficiency = base.decodeTps > 0 ? 100.0 * (r.decodeTps / base.decodeTps) / (static_cast<double>(r.machines) / base.machines) : 0;
+            }
+        }
+    }
+    const std::string md = markdown(rows, failures, o, args.has("seed-table"), names);
+    if (args.has("out")) {
+        const std::string prefix = args.get("out");
+        writeFile(prefix + ".md", md);
+        writeFile(prefix + ".csv", csv(rows));
+        std::fprintf(stderr, "together: wrote %s.md and %s.csv\n", prefix.c_str(), prefix.c_str());
+    } else {
+        std::fputs(md.c_str(), stdout);
+    }
+    return failures.empty() ? 0 : 1;
 }
 
 } // namespace together

@@ -3,12 +3,19 @@
 // (the harness's user-space proxy in front of each shard), next to the compute time. Not a test: it prints a
 // table for docs/BENCHMARKS.md.
 //
-//   build/bin/bench_links [--delay-ms 1] [--tokens 48] [--stages 3]
+//   build/bin/bench_links [--delay-ms 1] [--mbps 100] [--tokens 48] [--stages 3]
+//
+// It also prints the cost model's prediction for the same pipeline: the daemons' own calibrations and their
+// loopback links as the survey measures them, each link then given the proxy's delay and bandwidth cap.
 //
 // Per decode token: "step" is 1000 / the master's decode tokens/s; "compute" the sum over stages of the
 // shards' own compute time (from --trace); "communication" the rest (links, serialisation, sampling).
 #include "core/cli_args.h"
 #include "core/cluster_key.h"
+#include "core/credentials.h"
+#include "core/model_config.h"
+#include "core/plan.h"
+#include "core/survey.h"
 #include "core/error.h"
 #include "core/random_model.h"
 #include "tests/tcp_proxy.h"
@@ -47,8 +54,9 @@ uint16_t freePort()
 int main(int argc, char** argv)
 {
     try {
-        CliArgs a(std::vector<std::string>(argv + 1, argv + argc), {{"delay-ms"}, {"tokens"}, {"stages"}});
+        CliArgs a(std::vector<std::string>(argv + 1, argv + argc), {{"delay-ms"}, {"tokens"}, {"stages"}, {"mbps"}});
         const int delay = a.getInt("delay-ms", 1), tokens = a.getInt("tokens", 48), stages = a.getInt("stages", 3);
+        const double mbps = a.getDouble("mbps", 0); // megabits per second per direction; 0: no cap
         const std::string dir = test::makeTempDir("bench-links");
         RandomModelSpec s;
         s.hiddenSize = 512;
@@ -69,6 +77,7 @@ int main(int argc, char** argv)
             const std::string shard = "127.0.0.1:" + std::to_string(ports.back());
             proxies.push_back(std::make_unique<test::TcpProxy>(shard));
             proxies.back()->setDelay(std::chrono::milliseconds(delay));
+            proxies.back()->setBandwidth(static_cast<uint64_t>(mbps * 1e6 / 8));
             via += (via.empty() ? "" : ",") + shard + "=" + proxies.back()->address();
         }
         ::setenv("TOGETHER_TEST_DIAL_VIA", via.c_str(), 1); // the daemons, their shards and the master
@@ -95,10 +104,33 @@ int main(int argc, char** argv)
         const auto metrics = nlohmann::json::parse(readTextFile(dir + "/metrics.json"));
         const double computePerToken = metrics["totals"]["compute_ms"].get<double>();
         const double step = 1000.0 / tps;
-        std::printf("| PP%d, %d ms one-way per link | %.2f | %.2f | %.2f |\n", stages, delay, step, computePerToken, step - computePerToken);
+        std::printf("| PP%d, %d ms one-way per link%s | %.2f | %.2f | %.2f |\n", stages, delay,
+                    mbps > 0 ? (", " + std::to_string(static_cast<int>(mbps)) + " Mbit/s").c_str() : "", step, computePerToken, step - computePerToken);
         for (auto& l : metrics["links"])
             std::printf("|   %s | p50 %.3f ms | p95 %.3f ms | |\n", l["name"].get<std::string>().c_str(), l["p50_ms"].get<double>(),
                         l["p95_ms"].get<double>());
+
+        // The prediction: calibrations and loopback links from the survey, every link slowed as the proxy does.
+        std::vector<std::string> addresses;
+        for (auto& d : daemons)
+            addresses.push_back(d->address());
+        const Credentials credentials(ClusterKey::fromFile(dir + "/key"), newMasterIdentity());
+        SurveyOptions so;
+        so.allReduce = false;
+        const Survey survey = surveyWorkers(credentials, addresses, so);
+        LinkTable links;
+        for (auto& l : survey.links) {
+            LinkProfile p = l.stream;
+            p.alphaUs += delay * 1000.0;
+            if (mbps > 0)
+                p.betaMBps = 1.0 / (1.0 / p.betaMBps + 1.0 / (mbps / 8));
+            links.set(l.a, l.b, p);
+        }
+        const ModelConfig config = ModelConfig::fromDirectory(dir + "/model");
+        const Plan p = Plan::fromJson(plan.dump(), "plan");
+        const Prediction pred = predict(config, p, "f32", survey.machines, links, 64);
+        std::printf("| predicted | %.2f | %.2f | %.2f | (error %+.1f%%)\n", pred.msPerToken, pred.computeMs() + pred.samplingMs, pred.linkMs(),
+                    100.0 * (pred.msPerToken - step) / step);
         return 0;
     } catch (const std::exception& e) {
         std::fprintf(stderr, "bench_links: error: %s\n", e.what());

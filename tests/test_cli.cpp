@@ -1,12 +1,19 @@
 // SPDX-License-Identifier: MIT
 // The command-line contract scripts rely on: together-worker generate and together-cli tokenize /
-// chat-template, their output, and their errors.
+// chat-template, predict, bench and verify, their output, and their errors.
+#include "core/cluster_key.h"
+#include "core/error.h"
+#include "core/model_config.h"
+#include "core/plan.h"
+#include "core/process.h"
 #include "core/random_model.h"
+#include "core/shard_spec.h"
 #include "tests/test_support.h"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -146,4 +153,168 @@ TEST(Cli, PredictPlacesAndExplains)
     std::ofstream(dir + "/bad.json") << R"({"machines": [{"worker": "x:1", "free_memory_gib": 1, "read_gbps": [2, 1], "matvec_gbps": {"f32": [1, 2]}}]})";
     EXPECT_NE(test::runCommand(test::cliBin() + " predict --model " + model + " --auto --machines " + dir + "/bad.json", &out, &err), 0);
     EXPECT_NE(err.find("bad.json: machines[0].read_gbps"), std::string::npos) << err;
+}
+
+namespace {
+
+// One CSV line into fields (RFC 4180 quoting).
+std::vector<std::string> csvFields(const std::string& line)
+{
+    std::vector<std::string> out(1);
+    bool quoted = false;
+    for (size_t i = 0; i < line.size(); ++i) {
+        const char c = line[i];
+        if (quoted && c == '"' && i + 1 < line.size() && line[i + 1] == '"')
+            out.back() += '"', ++i;
+        else if (c == '"')
+            quoted = !quoted;
+        else if (c == ',' && !quoted)
+            out.emplace_back();
+        else
+            out.back() += c;
+    }
+    return out;
+}
+
+} // namespace
+
+// `bench` on a local cluster: both files, a row per placement with every cell filled (a prediction too), and
+// the original together-LLM table's layout.
+TEST(Cli, BenchWritesMarkdownAndCsvWithEveryCellFilled)
+{
+    const std::string dir = test::makeTempDir("bench");
+    const std::string model = test::smallModel("bench-model");
+    std::string out, err;
+    ASSERT_EQ(test::runCommand(test::cliBin() + " bench --model " + model + " --local tp=1,pp=1 --local tp=2,pp=1 --out " + dir +
+                                   "/run --tokens 4 --prompt-tokens 8 --context 64 --dtype f32 --seed-table",
+                               &out, &err),
+              0)
+        << err;
+    EXPECT_NE(err.find("[1/2 "), std::string::npos) << err; // progress while it runs
+    EXPECT_NE(err.find("[2/2 "), std::string::npos) << err;
+    std::ifstream csv(dir + "/run.csv");
+    ASSERT_TRUE(csv) << "no run.csv";
+    std::string line;
+    ASSERT_TRUE(std::getline(csv, line));
+    const std::vector<std::string> header = csvFields(line);
+    const std::vector<std::string> want = {"placement", "TP", "PP", "machines", "dtype", "threads", "prefill tok/s", "decode tok/s", "TTFT ms", "ms/token",
+                                           "compute ms", "all-reduce ms", "links ms", "scaling efficiency %", "predicted ms/token", "prediction error %"};
+    for (auto& w : want)
+        EXPECT_NE(std::find(header.begin(), header.end(), w), header.end()) << "no column " << w << " in " << line;
+    std::vector<std::vector<std::string>> rows;
+    while (std::getline(csv, line))
+        rows.push_back(csvFields(line));
+    ASSERT_EQ(rows.size(), 2u);
+    for (auto& r : rows) {
+        ASSERT_EQ(r.size(), header.size());
+        for (size_t i = 0; i < r.size(); ++i)
+            EXPECT_TRUE(!r[i].empty() && r[i] != "n/a") << header[i] << " is empty in " << r[1];
+    }
+    auto col = [&](const std::string& name) { return static_cast<size_t>(std::find(header.begin(), header.end(), name) - header.begin()); };
+    EXPECT_EQ(rows[0][col("placement")], "local tp=1,pp=1");
+    EXPECT_EQ(rows[1][col("TP")], "2");
+    EXPECT_EQ(rows[0][col("scaling efficiency %")], "100");
+    EXPECT_GT(std::stod(rows[1][col("decode tok/s")]), 0);
+    EXPECT_GT(std::stod(rows[1][col("predicted ms/token")]), 0);
+    EXPECT_GT(std::stod(rows[1][col("all-reduce ms")]), 0); // TP 2 all-reduces; TP 1 does not
+    EXPECT_EQ(std::stod(rows[0][col("all-reduce ms")]), 0);
+
+    std::ifstream mdFile(dir + "/run.md");
+    ASSERT_TRUE(mdFile) << "no run.md";
+    std::stringstream md;
+    md << mdFile.rdbuf();
+    EXPECT_NE(md.str().find("| model | placement | TP | PP |"), std::string::npos) << md.str();
+    EXPECT_NE(md.str().find("| local tp=2,pp=1 | 2 | 1 | 2 |"), std::string::npos) << md.str();
+    EXPECT_NE(md.str().find("| TP | " + fs::path(model).filename().string() + " |"), std::string::npos) << md.str();
+    EXPECT_NE(md.str().find("| base | "), std::string::npos) << md.str();
+    EXPECT_NE(md.str().find("| 2 | "), std::string::npos) << md.str();
+    EXPECT_NE(md.str().find("tokens/s |"), std::string::npos) << md.str();
+
+    // A bad placement is named, not run.
+    EXPECT_NE(test::runCommand(test::cliBin() + " bench --model " + model + " --local tp=two --out " + dir + "/bad", &out, &err), 0);
+    EXPECT_NE(err.find("--local takes tp=T,pp=P"), std::string::npos) << err;
+}
+
+// `verify`: a TP x PP placement against the whole model on one of its machines gives the same greedy ids and
+// logits; when no machine can hold the whole model, each stage's group against the stage on one machine.
+TEST(Cli, VerifyComparesAPlacementWithOneMachine)
+{
+    const std::string dir = test::makeTempDir("verify");
+    const std::string model = test::smallModel("verify-model");
+    std::string out, err;
+    ASSERT_EQ(test::runCommand(test::cliBin() + " verify --model " + model + " --local tp=2,pp=2 --steps 6 --dtype f32", &out, &err), 0) << out << err;
+    EXPECT_NE(out.find("reference: the whole model on one machine"), std::string::npos) << out;
+    EXPECT_NE(out.find("token ids: all 6 agree"), std::string::npos) << out;
+    EXPECT_NE(out.find("largest logit difference: "), std::string::npos) << out;
+    EXPECT_NE(out.find("verdict: the placement gives the same tokens"), std::string::npos) << out;
+
+    // Workers that each donate enough for a stage but not for the whole model.
+    RandomModelSpec s;
+    s.hiddenSize = 1024;
+    s.intermediateSize = 2816;
+    s.numLayers = 4;
+    s.numHeads = 16;
+    s.numKvHeads = 4;
+    writeRandomModel(dir + "/big", s);
+    const ModelConfig config = ModelConfig::fromDirectory(dir + "/big");
+    const double whole = static_cast<double>(estimateShardMemory(config, ShardSpec::whole(config), DType::F32, 256).total());
+    const double stage = static_cast<double>(estimateShardMemory(config, {0, 1, 0, 1, true, false}, DType::F32, 256).total());
+    ASSERT_LT(stage * 1.1, whole);
+    ClusterKey::generate().writeFile(dir + "/key");
+    LocalDaemons daemons(4, dir + "/key", {"--max-memory", std::to_string((stage * 1.05) / double(1ull << 30))});
+    const auto& w = daemons.addresses();
+    json plan = {{"stages",
+                  {{{"layers", {0, 1}}, {"ranks", {{{"worker", w[0]}}, {{"worker", w[1]}}}}},
+                   {{"layers", {2, 3}}, {"ranks", {{{"worker", w[2]}}, {{"worker", w[3]}}}}}}}};
+    std::ofstream(dir + "/plan.json") << plan.dump();
+    ASSERT_EQ(test::runCommand(test::cliBin() + " verify --model " + dir + "/big --plan " + dir + "/plan.json --key-file " + dir +
+                                   "/key --steps 4 --dtype f32 --context 256",
+                               &out, &err),
+              0)
+        << out << err;
+    EXPECT_NE(err.find("no machine holds the whole model"), std::string::npos) << err;
+    EXPECT_NE(err.find("needs about"), std::string::npos) << err;
+    EXPECT_NE(out.find("reference: each stage on one machine"), std::string::npos) << out;
+    EXPECT_NE(out.find("token ids: all 4 agree"), std::string::npos) << out;
+
+    // A pipeline alone has nothing smaller to compare against: verify says so.
+    json pp = {{"stages", {{{"layers", {0, 1}}, {"ranks", {{{"worker", w[0]}}}}}, {{"layers", {2, 3}}, {"ranks", {{{"worker", w[1]}}}}}}}};
+    std::ofstream(dir + "/pp.json") << pp.dump();
+    EXPECT_NE(test::runCommand(test::cliBin() + " verify --model " + dir + "/big --plan " + dir + "/pp.json --key-file " + dir +
+                                   "/key --steps 2 --dtype f32 --context 256",
+                               &out, &err),
+              0);
+    EXPECT_NE(err.find("no tensor-parallel stage"), std::string::npos) << err;
+}
+
+// `run --auto`: finds the workers it is given (no broadcast), surveys them, prints the placement, why, and the
+// prediction, runs it and compares; a set of workers the model cannot fit is refused with the numbers.
+TEST(Cli, RunAutoPlacesOnTheWorkersFoundAndExplains)
+{
+    const std::string dir = test::makeTempDir("run-auto");
+    const std::string model = test::smallModel("run-auto-model");
+    ClusterKey::generate().writeFile(dir + "/key");
+    LocalDaemons daemons(2, dir + "/key");
+    const std::string env = "TOGETHER_CONFIG_DIR=" + dir + "/config ";
+    std::string out, err;
+    ASSERT_EQ(test::runCommand(env + test::cliBin() + " run --model " + model + " --auto --no-broadcast --add " + daemons.addresses()[0] + " --add " +
+                                   daemons.addresses()[1] + " --wait 0.5 --key-file " + dir + "/key --prompt hi --max-tokens 4 --temperature 0 " +
+                                   "--dtype f32 --context 256 --save-plan " + dir + "/auto.json",
+                               &out, &err),
+              0)
+        << err;
+    EXPECT_NE(err.find("placement: layers 0-3 on 127.0.0.1:"), std::string::npos) << err;
+    EXPECT_NE(err.find("Predicted"), std::string::npos) << err; // the explanation
+    EXPECT_NE(err.find("ms/token, measured"), std::string::npos) << err;
+    EXPECT_FALSE(out.empty());
+    const Plan saved = Plan::fromJson(readTextFile(dir + "/auto.json"), "auto.json");
+    saved.validate(ModelConfig::fromDirectory(model), daemons.addresses());
+    EXPECT_EQ(saved.dtype, "f32");
+
+    LocalDaemons small(2, dir + "/key", {"--max-memory", "0.05"});
+    EXPECT_NE(test::runCommand("TOGETHER_CONFIG_DIR=" + dir + "/config2 " + test::cliBin() + " run --model " + model + " --auto --no-broadcast --add " + small.addresses()[0] + " --add " +
+                                   small.addresses()[1] + " --wait 0.5 --key-file " + dir + "/key --prompt hi --max-tokens 4 --dtype f32",
+                               &out, &err),
+              0);
+    EXPECT_NE(err.find("no placement fits: the model needs about"), std::string::npos) << err;
 }
