@@ -49,7 +49,7 @@ LinkProfile linkOf(const json& j, const std::string& where)
 
 // {"machines": [{"worker": "10.0.0.5:7600", "host": "desk", "threads": 4, "free_memory_gib": 12,
 //                "donated_memory_gib": 0, "read_gbps": [13.7, 26.8], "matvec_gbps": {"bf16": [4.4, 8.6]},
-//                "gemm_gflops": 150}, ...],
+//                "gemm_gflops": 150, "layer_overhead_us": [120, 180]}, ...],
 //  "links": [{"a": "10.0.0.5:7600", "b": "10.0.0.6:7600", "alpha_us": 150, "beta_mbps": 117}],
 //  "default_link": "1 GbE"}
 void readMachines(const std::string& file, std::vector<MachineProfile>& machines, LinkTable& links)
@@ -81,6 +81,13 @@ void readMachines(const std::string& file, std::vector<MachineProfile>& machines
         for (auto& [dtype, v] : m["matvec_gbps"].items())
             p.matvecGBps[dtype] = pairOf(v, where + ".matvec_gbps." + dtype);
         p.gemmGFlops = number(m, "gemm_gflops", where, 0);
+        if (m.contains("layer_overhead_us")) {
+            const json& o = m["layer_overhead_us"];
+            if (!o.is_array() || o.size() != 2 || !o[0].is_number() || !o[1].is_number() || !(o[0].get<double>() >= 0) || !(o[1].get<double>() >= 0))
+                throw Error(where + ".layer_overhead_us: give [one thread, all threads] in microseconds, e.g. [120, 180]");
+            p.layerOverheadMs1 = o[0].get<double>() / 1000.0;
+            p.layerOverheadMsAll = o[1].get<double>() / 1000.0;
+        }
         machines.push_back(p);
     }
     if (j.contains("default_link"))

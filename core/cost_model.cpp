@@ -204,7 +204,9 @@ Prediction predict(const ModelConfig& config, const Plan& plan, const std::strin
             const double share = std::min(1.0, hostCap[m.host] / std::max(1.0, hostDemand[m.host]));
             const ShardSpec spec = plan.shardSpec(si, r);
             const double bytes = static_cast<double>(decodeBytesPerToken(config, spec, dt)) + kvReadBytes(config, spec, positions);
-            const double ms = bytes / (rates[static_cast<size_t>(r)] * share) * 1000.0;
+            const int threads = st.ranks[static_cast<size_t>(r)].threads;
+            const double overheadMs = (threads <= 1 ? m.layerOverheadMs1 : m.layerOverheadMsAll) * static_cast<double>(st.lastLayer - st.firstLayer + 1);
+            const double ms = bytes / (rates[static_cast<size_t>(r)] * share) * 1000.0 + overheadMs;
             if (ms > out.computeMs) {
                 out.computeMs = ms;
                 out.slowestRank = m.worker + " (stage " + std::to_string(si) + " rank " + std::to_string(r) + ")";

@@ -26,6 +26,9 @@ struct MachineProfile {
     // with one thread and with every donated thread.
     std::map<std::string, std::pair<double, double>> matvecGBps;
     double gemmGFlops = 0;       // the engine's prefill matrix products, all donated threads (0: unknown)
+    // A decoder layer's fixed cost per decode step beyond its bytes (dispatch, thread fork/join), one thread
+    // and every donated thread, ms (0: unknown).
+    double layerOverheadMs1 = 0, layerOverheadMsAll = 0;
 
     uint64_t usableMemoryBytes() const { return donatedMemoryBytes ? std::min(freeMemoryBytes, donatedMemoryBytes) : freeMemoryBytes; }
 };

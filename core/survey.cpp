@@ -97,6 +97,10 @@ MachineProfile profileFromHello(const std::string& address, const v1::HelloReply
         if (d.gbps_1() > 0)
             m.matvecGBps[d.dtype().substr(0, 16)] = {d.gbps_1(), std::max(d.gbps_all(), d.gbps_1())};
     m.gemmGFlops = c.gemm_gflops();
+    if (c.layer_overhead_us_1() >= 0 && c.layer_overhead_us_1() < 1e6 && c.layer_overhead_us_all() >= 0 && c.layer_overhead_us_all() < 1e6) {
+        m.layerOverheadMs1 = c.layer_overhead_us_1() / 1000.0;
+        m.layerOverheadMsAll = c.layer_overhead_us_all() / 1000.0;
+    }
     if (m.readGBps1 <= 0 || m.matvecGBps.empty())
         throw Error("worker " + address + " reported no usable speeds");
     return m;

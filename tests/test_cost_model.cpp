@@ -81,6 +81,19 @@ TEST(CostModel, OneMachineByHand)
     EXPECT_NEAR(p.tokensPerSecond, 1000 / p.msPerToken, 1e-9);
 }
 
+// A layer's fixed cost (dispatch, fork/join) adds per layer of the stage, at the rank's thread count.
+TEST(CostModel, LayerOverheadAddsPerLayerAtTheRanksThreads)
+{
+    std::vector<MachineProfile> m = {machine("a:1", "a", 1, 2, 2), machine("b:1", "b", 1, 2, 2)};
+    m[0].layerOverheadMs1 = 0.25;
+    m[0].layerOverheadMsAll = 0.5;
+    const double base = predict(tiny(), plan({{{0, 1}, {"b:1"}}}), "f32", m, LinkTable{}, 100).stages[0].computeMs;
+    Plan one = plan({{{0, 1}, {"a:1"}}});
+    EXPECT_NEAR(predict(tiny(), one, "f32", m, LinkTable{}, 100).stages[0].computeMs, base + 2 * 0.25, 1e-9);
+    one.stages[0].ranks[0].threads = 2; // twice the bandwidth, the all-thread overhead
+    EXPECT_NEAR(predict(tiny(), one, "f32", m, LinkTable{}, 100).stages[0].computeMs, base / 2 + 2 * 0.5, 1e-9);
+}
+
 TEST(CostModel, PipelineByHand)
 {
     std::vector<MachineProfile> m = {machine("a:1", "a", 1, 2), machine("b:1", "b", 2, 4)};

@@ -15,6 +15,7 @@ struct Calibration {
     double readGBps1 = 0, readGBpsAll = 0;
     std::map<std::string, std::pair<double, double>> matvecGBps; // dtype -> (one thread, all threads), weight GB/s
     double gemmGFlops = 0;                                        // all threads, f32
+    double layerOverheadUs1 = 0, layerOverheadUsAll = 0;          // a decoder layer's fixed cost per decode step
     int threads = 1;
     std::string cpuModel;
     std::string kernelPath; // what decides which kernels run: the CPU's vector features and oneDNN's ISA cap

@@ -504,6 +504,8 @@ int runDaemon(const DaemonOptions& o)
                     x->set_gbps_all(v.second);
                 }
                 result.set_gemm_gflops(c.gemmGFlops);
+                result.set_layer_overhead_us_1(c.layerOverheadUs1);
+                result.set_layer_overhead_us_all(c.layerOverheadUsAll);
                 result.set_cpu_model(c.cpuModel);
                 result.set_kernel_path(c.kernelPath);
                 result.set_from_cache(c.fromCache);
