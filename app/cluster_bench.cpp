@@ -139,16 +139,20 @@ void splitSteps(const std::vector<StepRecord>& steps, Row& r)
     for (auto& s : steps) {
         if (s.step == 0)
             continue;
-        std::map<int, double> stageCompute, stageAr;
+        // Per stage, the rank that took longest (its layers and all-reduces together) sets the stage's time;
+        // its own split is the stage's split (the slowest compute and the slowest all-reduce are different
+        // ranks: the rank that computes longest waits least in the all-reduce).
+        std::map<int, const RankStepRecord*> slowest;
         for (auto& x : s.ranks) {
-            stageCompute[x.stage] = std::max(stageCompute[x.stage], x.computeMs);
-            stageAr[x.stage] = std::max(stageAr[x.stage], x.allReduceMs);
+            auto& w = slowest[x.stage];
+            if (!w || x.computeMs + x.allReduceMs > w->computeMs + w->allReduceMs)
+                w = &x;
         }
         double c = 0, a = 0;
-        for (auto& [stage, ms] : stageCompute)
-            c += ms;
-        for (auto& [stage, ms] : stageAr)
-            a += ms;
+        for (auto& [stage, x] : slowest) {
+            c += x->computeMs;
+            a += x->allReduceMs;
+        }
         e2e.push_back(s.endToEndMs);
         compute.push_back(c + s.samplingMs());
         ar.push_back(a);
@@ -336,8 +340,8 @@ std::string markdown(const std::vector<Row>& rows, const std::vector<std::string
         md << "\n";
     }
     md << "\nTTFT: from sending the prompt to the first token (prefill tok/s = prompt / TTFT). ms/token and its parts are p50s over "
-          "the decode steps, from the ranks' own records: compute (each stage's slowest rank, and sampling), all-reduce (each "
-          "tensor-parallel group's slowest rank), links (the rest: pipeline hops, the token's way back to stage 0, scheduling). "
+          "the decode steps, from the ranks' own records: each stage's slowest rank (layers and all-reduces together) splits "
+          "into compute (with sampling) and all-reduce (transfer and waiting for the other ranks), links (the rest: pipeline hops, the token's way back to stage 0, scheduling). "
           "Scaling efficiency: the decode speed-up over the first row divided by the ratio of machines. Prediction error: "
           "(predicted - measured) / measured. Peak RSS and the estimate: the largest shard.\n";
     if (!failures.empty()) {

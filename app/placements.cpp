@@ -175,6 +175,11 @@ ChosenPlacement choosePlacement(const PlacementSource& source, const PlacementCo
         if (c.progress)
             c.progress("surveying " + std::to_string(workers.size()) + " worker(s): calibrations and links");
         out.survey = surveyWorkers(*out.credentials, workers, so);
+        if (c.progress && workers.size() > 1) {
+            char line[128];
+            std::snprintf(line, sizeof line, "probed %zu pair(s) of links in %.1f s", out.survey->links.size(), out.survey->probeSeconds);
+            c.progress(line);
+        }
         AutoPlacement ap = autoPlace(c.config, c.dtype, context, out.survey->machines, out.survey->table());
         out.plan = ap.plan;
         if (c.threads > 0)
