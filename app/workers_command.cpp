@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/host_info.h"
 #include "core/rpc.h"
+#include "core/survey.h"
 #include "proto/together.grpc.pb.h"
 
 #include <nlohmann/json.hpp>
@@ -86,7 +87,7 @@ std::string masterKeyFile(const std::string& given)
 
 int runWorkers(const std::vector<std::string>& args)
 {
-    CliArgs a(args, {{"key-file"}, {"wait"}, {"json", false}, {"watch", false}, {"add", true, true}, {"forget", true, true}, {"discovery-port"},
+    CliArgs a(args, {{"key-file"}, {"wait"}, {"json", false}, {"watch", false}, {"probe", false}, {"add", true, true}, {"forget", true, true}, {"discovery-port"},
                      {"discovery-interfaces"}, {"no-broadcast", false}});
     for (auto& f : a.all("forget"))
         forgetWorker(f);
@@ -146,6 +147,31 @@ int runWorkers(const std::vector<std::string>& args)
     if (workers.empty())
         std::fprintf(stderr, "together: no workers found. Start `together-worker serve` on each machine with this cluster key, "
                              "or add one that broadcast cannot reach with --add HOST:PORT.\n");
+    if (a.has("probe")) {
+        // Every pair of the ready workers, over the pipeline's stream and the all-reduce, as placement sees them.
+        std::vector<std::string> ready;
+        for (auto& w : workers)
+            if (w.state == WorkerState::Ready && !w.address.empty())
+                ready.push_back(w.address);
+        if (ready.size() < 2) {
+            std::fprintf(stderr, "together: --probe needs at least two ready workers (found %zu)\n", ready.size());
+            return workers.empty() ? 0 : 1;
+        }
+        SurveyOptions so;
+        so.progress = [](const std::string& line) { std::fprintf(stderr, "together: %s\n", line.c_str()); };
+        const auto links = probeLinks(*credentials, ready, so);
+        if (json) {
+            for (auto& l : links)
+                std::printf("%s\n", nlohmann::json({{"a", l.a}, {"b", l.b}, {"stream_alpha_us", l.stream.alphaUs}, {"stream_beta_mbps", l.stream.betaMBps},
+                                                     {"all_reduce_alpha_us", l.hasAllReduce ? nlohmann::json(l.allReduce.alphaUs) : nlohmann::json(nullptr)},
+                                                     {"all_reduce_beta_mbps", l.hasAllReduce ? nlohmann::json(l.allReduce.betaMBps) : nlohmann::json(nullptr)},
+                                                     {"error", l.error}})
+                                            .dump()
+                                            .c_str());
+        } else {
+            std::printf("\n%s", formatLinks(links).c_str());
+        }
+    }
     return 0;
 }
 

@@ -318,3 +318,35 @@ TEST(Cli, RunAutoPlacesOnTheWorkersFoundAndExplains)
               0);
     EXPECT_NE(err.find("no placement fits: the model needs about"), std::string::npos) << err;
 }
+
+// `workers --probe`: the ready workers' links, both transports, as a table (and as JSON lines).
+TEST(Cli, WorkersProbeMeasuresEveryPair)
+{
+    const std::string dir = test::makeTempDir("workers-probe");
+    ClusterKey::generate().writeFile(dir + "/key");
+    LocalDaemons daemons(3, dir + "/key");
+    const std::string base = "TOGETHER_CONFIG_DIR=" + dir + "/config " + test::cliBin() + " workers --no-broadcast --wait 0.5 --key-file " + dir +
+                             "/key --probe --add " + daemons.addresses()[0] + " --add " + daemons.addresses()[1] + " --add " + daemons.addresses()[2];
+    std::string out, err;
+    ASSERT_EQ(test::runCommand(base, &out, &err), 0) << err;
+    EXPECT_NE(out.find("| link | stream alpha us | stream MB/s | all-reduce alpha us |"), std::string::npos) << out;
+    for (int a = 0; a < 3; ++a)
+        for (int b = a + 1; b < 3; ++b) {
+            const auto& x = daemons.addresses()[static_cast<size_t>(a)];
+            const auto& y = daemons.addresses()[static_cast<size_t>(b)];
+            EXPECT_TRUE(out.find("| " + x + " - " + y + " |") != std::string::npos || out.find("| " + y + " - " + x + " |") != std::string::npos)
+                << x << " and " << y << " not probed:\n" << out;
+        }
+    ASSERT_EQ(test::runCommand(base + " --json", &out, &err), 0) << err;
+    size_t probed = 0;
+    std::istringstream lines(out);
+    for (std::string line; std::getline(lines, line);) {
+        const json j = json::parse(line);
+        if (j.contains("stream_alpha_us")) {
+            ++probed;
+            EXPECT_GT(j["stream_beta_mbps"].get<double>(), 0) << line;
+            EXPECT_TRUE(j["all_reduce_beta_mbps"].is_number()) << line;
+        }
+    }
+    EXPECT_EQ(probed, 3u) << out;
+}
