@@ -9,6 +9,8 @@
 #include "core/cli_args.h"
 #include "core/cluster.h"
 #include "core/controller.h"
+#include "core/host_info.h"
+#include "core/model_catalog.h"
 #include "core/cluster_key.h"
 #include "core/credentials.h"
 #include "core/error.h"
@@ -50,6 +52,10 @@ const char* kUsage =
     "      workers added by address (remembered), each with its state: ready, busy, refused, unreachable or gone\n"
     "      and why. Waits S seconds (default 2); --watch prints every change until S runs out or Ctrl-C. --probe\n"
     "      then measures every pair of ready workers' links (pipeline stream and all-reduce: latency, MB/s).\n"
+    "  together-cli models [--model DIR]... [--hub DIR] [--dtype D] [--json]\n"
+    "      The models in the Hugging Face cache (--hub, default $HF_HUB_CACHE or ~/.cache/huggingface/hub) and the\n"
+    "      folders given: name, architecture, size, parameters, dtype, chat or base, and whether together can run\n"
+    "      it or why not (unsupported architecture, quantized checkpoint, .bin weights only, no tokenizer.json).\n"
     "  together-cli worker-log HOST:PORT [--lines N] [--follow] [--key-file K]\n"
     "      A worker daemon's recent log (its own lines and its shards').\n"
     "  together-cli run --model DIR (--plan plan.json | --local tp=T,pp=P | --auto) --prompt TEXT [--chat] [--interactive]\n"
@@ -540,6 +546,32 @@ int main(int argc, char** argv)
                          file.empty() ? "This key is not saved: run again with --save (or --out FILE) to keep one."
                                       : ("Wrote the key to " + file + " (mode 0600).").c_str(),
                          key.fingerprint().c_str());
+            return 0;
+        }
+        if (cmd == "models") {
+            CliArgs a(rest, {{"hub"}, {"model", true, true}, {"dtype"}, {"json", false}});
+            std::vector<ModelEntry> list;
+            for (auto& d : a.all("model"))
+                list.push_back(describeModelFolder(d, a.get("dtype")));
+            const std::string hub = a.get("hub", huggingFaceHubDir());
+            for (auto& e : scanHuggingFaceCache(hub, a.get("dtype")))
+                list.push_back(e);
+            for (auto& e : list) {
+                if (a.has("json")) {
+                    nlohmann::json j = {{"path", e.path}, {"name", e.name}, {"architecture", e.architecture}, {"weight_bytes", e.weightBytes},
+                                        {"parameters", e.parameters}, {"dtype", e.dtype}, {"chat_template", e.hasChatTemplate},
+                                        {"needed_bytes", e.neededBytes}, {"runnable", e.runnable}, {"reason", e.reason}};
+                    std::printf("%s\n", j.dump().c_str());
+                } else {
+                    const double p = static_cast<double>(e.parameters);
+                    const std::string params = p >= 1e9 ? fixed(p / 1e9) + "B" : p >= 1e6 ? fixed(p / 1e6, 1) + "M" : fixed(p / 1e3, 0) + "K";
+                    std::printf("%-40s %-20s %10s %7s %-5s %-4s %s\n    %s\n", e.name.c_str(), e.architecture.empty() ? "?" : e.architecture.c_str(),
+                                formatBytes(e.weightBytes).c_str(), params.c_str(), e.dtype.empty() ? "?" : e.dtype.c_str(),
+                                e.hasChatTemplate ? "chat" : "base", e.runnable ? "can run" : ("cannot run: " + e.reason).c_str(), e.path.c_str());
+                }
+            }
+            if (list.empty())
+                std::fprintf(stderr, "together: no models in %s; give a folder with --model DIR\n", hub.c_str());
             return 0;
         }
         if (cmd == "workers")

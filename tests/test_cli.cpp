@@ -3,6 +3,7 @@
 // chat-template, predict, bench and verify, their output, and their errors.
 #include "core/cluster_key.h"
 #include "core/error.h"
+#include "core/model_catalog.h"
 #include "core/model_config.h"
 #include "core/plan.h"
 #include "core/process.h"
@@ -16,6 +17,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 using namespace together;
@@ -349,4 +351,57 @@ TEST(Cli, WorkersProbeMeasuresEveryPair)
         }
     }
     EXPECT_EQ(probed, 3u) << out;
+}
+
+// `models`: a Hugging Face cache's models with what they are and whether together can run them, and why not.
+TEST(Cli, ModelsListsTheHuggingFaceCacheWithWhyNot)
+{
+    const std::string hub = test::makeTempDir("hf-hub");
+    auto snapshot = [&](const std::string& repo) { return hub + "/models--" + repo + "/snapshots/0123abcd"; };
+    RandomModelSpec s;
+    s.hiddenSize = 64;
+    s.intermediateSize = 128;
+    s.numLayers = 2;
+    s.numHeads = 4;
+    s.numKvHeads = 2;
+    writeRandomModel(snapshot("org--Good-1B"), s);
+    writeRandomModel(snapshot("org--Quant-1B"), s);
+    {
+        json c = json::parse(readTextFile(snapshot("org--Quant-1B") + "/config.json"));
+        c["quantization_config"] = {{"quant_method", "gptq"}, {"bits", 4}};
+        std::ofstream(snapshot("org--Quant-1B") + "/config.json") << c.dump();
+    }
+    writeRandomModel(snapshot("org--Bin-1B"), s);
+    fs::rename(snapshot("org--Bin-1B") + "/model.safetensors", snapshot("org--Bin-1B") + "/pytorch_model.bin");
+    fs::create_directories(snapshot("org--Bert"));
+    std::ofstream(snapshot("org--Bert") + "/config.json") << R"({"architectures": ["BertModel"], "hidden_size": 64})";
+
+    std::string out, err;
+    ASSERT_EQ(test::runCommand(test::cliBin() + " models --json --hub " + hub, &out, &err), 0) << err;
+    std::map<std::string, json> byName;
+    std::istringstream lines(out);
+    for (std::string line; std::getline(lines, line);) {
+        const json j = json::parse(line);
+        byName[j["name"].get<std::string>()] = j;
+    }
+    ASSERT_EQ(byName.size(), 4u) << out;
+    const json& good = byName["org/Good-1B"];
+    EXPECT_TRUE(good["runnable"].get<bool>()) << good.dump();
+    EXPECT_EQ(good["architecture"], "LlamaForCausalLM");
+    EXPECT_EQ(good["dtype"], "f32");
+    EXPECT_GT(good["parameters"].get<uint64_t>(), 0u);
+    EXPECT_GT(good["weight_bytes"].get<uint64_t>(), 0u);
+    EXPECT_FALSE(byName["org/Quant-1B"]["runnable"].get<bool>());
+    EXPECT_NE(byName["org/Quant-1B"]["reason"].get<std::string>().find("quantized checkpoint (gptq"), std::string::npos) << byName["org/Quant-1B"];
+    EXPECT_NE(byName["org/Bin-1B"]["reason"].get<std::string>().find("PyTorch .bin"), std::string::npos) << byName["org/Bin-1B"];
+    EXPECT_NE(byName["org/Bert"]["reason"].get<std::string>().find("BertModel is not supported"), std::string::npos) << byName["org/Bert"];
+
+    // The human listing says the same; a model bigger than the machines' memory is named with the numbers.
+    ASSERT_EQ(test::runCommand(test::cliBin() + " models --hub " + hub, &out, &err), 0) << err;
+    EXPECT_NE(out.find("org/Good-1B"), std::string::npos) << out;
+    EXPECT_NE(out.find("can run"), std::string::npos) << out;
+    EXPECT_NE(out.find("cannot run: "), std::string::npos) << out;
+    const ModelEntry tooBig = describeModelFolder(snapshot("org--Good-1B"), "f32", 1 << 20);
+    EXPECT_FALSE(tooBig.runnable);
+    EXPECT_NE(tooBig.reason.find("too big for the machines: needs about"), std::string::npos) << tooBig.reason;
 }
