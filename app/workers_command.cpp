@@ -175,6 +175,30 @@ int runWorkers(const std::vector<std::string>& args)
     return 0;
 }
 
+std::vector<WorkerLogLine> fetchWorkerLog(const Credentials& credentials, const std::string& address, uint32_t maxLines, uint64_t after)
+{
+    auto stub = v1::WorkerControl::NewStub(openChannel(credentials, address));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::RecentLogRequest req;
+    req.set_after_sequence(after);
+    req.set_max_lines(maxLines);
+    v1::RecentLogReply rep;
+    grpc::Status s = stub->RecentLog(&ctx, req, &rep);
+    if (!s.ok())
+        throw Error(describeRpcError(s, address));
+    std::vector<WorkerLogLine> out;
+    for (auto& l : rep.lines()) {
+        std::time_t t = static_cast<std::time_t>(l.unix_ms() / 1000);
+        std::tm tm {};
+        ::localtime_r(&t, &tm);
+        char stamp[32];
+        std::strftime(stamp, sizeof stamp, "%H:%M:%S", &tm);
+        out.push_back({l.sequence(), std::string(stamp) + " " + l.text()});
+    }
+    return out;
+}
+
 int runWorkerLog(const std::vector<std::string>& args)
 {
     if (args.empty() || args[0].rfind("--", 0) == 0)
@@ -183,27 +207,12 @@ int runWorkerLog(const std::vector<std::string>& args)
     CliArgs a(std::vector<std::string>(args.begin() + 1, args.end()), {{"key-file"}, {"lines"}, {"follow", false}});
     address = normalizeWorkerAddress(address);
     Credentials credentials(ClusterKey::fromFile(masterKeyFile(a.get("key-file"))), newMasterIdentity());
-    auto stub = v1::WorkerControl::NewStub(openChannel(credentials, address));
     uint64_t after = 0;
     uint32_t lines = static_cast<uint32_t>(std::clamp(a.getInt("lines", 50), 1, 1000));
     while (true) {
-        grpc::ClientContext ctx;
-        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-        v1::RecentLogRequest req;
-        req.set_after_sequence(after);
-        req.set_max_lines(lines);
-        v1::RecentLogReply rep;
-        grpc::Status s = stub->RecentLog(&ctx, req, &rep);
-        if (!s.ok())
-            throw Error(describeRpcError(s, address));
-        for (auto& l : rep.lines()) {
-            std::time_t t = static_cast<std::time_t>(l.unix_ms() / 1000);
-            std::tm tm {};
-            ::localtime_r(&t, &tm);
-            char stamp[32];
-            std::strftime(stamp, sizeof stamp, "%H:%M:%S", &tm);
-            std::printf("%s %s\n", stamp, l.text().c_str());
-            after = l.sequence();
+        for (auto& l : fetchWorkerLog(credentials, address, lines, after)) {
+            std::printf("%s\n", l.text.c_str());
+            after = l.sequence;
         }
         std::fflush(stdout);
         if (!a.has("follow"))

@@ -1,0 +1,403 @@
+// SPDX-License-Identifier: MIT
+#include "app/gui/app_session.h"
+
+#include "app/workers_command.h"
+#include "core/cluster_key.h"
+#include "core/credentials.h"
+#include "core/error.h"
+#include "core/safetensors.h"
+#include "core/shard_spec.h"
+#include "core/survey.h"
+#include "core/tokenizer.h"
+
+#include <QMetaObject>
+
+#include <filesystem>
+#include <set>
+
+#include <unistd.h>
+
+namespace together::gui {
+
+namespace {
+std::string tempFolder()
+{
+    std::string tmpl = (std::filesystem::temp_directory_path() / "together-app-XXXXXX").string();
+    if (!::mkdtemp(tmpl.data()))
+        throw Error("cannot create a temporary folder in " + std::filesystem::temp_directory_path().string());
+    return tmpl;
+}
+} // namespace
+
+AppSession::AppSession(QObject* parent)
+    : QObject(parent)
+{
+    qRegisterMetaType<together::DiscoveredWorker>();
+    qRegisterMetaType<together::ControllerEvent>();
+    m_pool.setMaxThreadCount(4);
+}
+
+AppSession::~AppSession()
+{
+    // Order: nothing may post to this object once it is gone, so the sources of callbacks stop first.
+    m_controller.reset(); // cancels what runs and stops the shards
+    m_discovery.reset();
+    m_pool.waitForDone();
+    m_local.reset();
+    if (!m_tempDir.empty()) {
+        std::error_code ec;
+        std::filesystem::remove_all(m_tempDir, ec);
+    }
+}
+
+void AppSession::post(std::function<void()> onGuiThread)
+{
+    QMetaObject::invokeMethod(this, std::move(onGuiThread), Qt::QueuedConnection);
+}
+
+void AppSession::background(std::function<void()> work)
+{
+    m_pool.start(std::move(work));
+}
+
+// ---- the key ----
+
+void AppSession::useKeyFile(const QString& path)
+{
+    const std::string file = path.isEmpty() ? defaultKeyFile() : path.toStdString();
+    if (!std::filesystem::exists(file)) {
+        ClusterKey::generate().writeFile(file);
+        Q_EMIT status("made a new cluster key in " + QString::fromStdString(file));
+    }
+    m_credentials = std::make_shared<const Credentials>(ClusterKey::fromFile(file), newMasterIdentity());
+    m_keyFile = QString::fromStdString(file);
+    Q_EMIT keyChanged();
+}
+
+QString AppSession::keyText() const
+{
+    return m_keyFile.isEmpty() ? QString() : QString::fromStdString(ClusterKey::fromFile(m_keyFile.toStdString()).text());
+}
+
+QString AppSession::keyFingerprint() const
+{
+    return m_keyFile.isEmpty() ? QString() : QString::fromStdString(ClusterKey::fromFile(m_keyFile.toStdString()).fingerprint());
+}
+
+void AppSession::replaceKey()
+{
+    const std::string file = m_keyFile.toStdString();
+    std::error_code ec;
+    std::filesystem::rename(file, file + ".old", ec);
+    if (ec)
+        throw Error("cannot move the old key aside (" + file + ".old): " + ec.message());
+    ClusterKey::generate().writeFile(file);
+    dropController();
+    m_credentials = std::make_shared<const Credentials>(ClusterKey::fromFile(file), newMasterIdentity());
+    // Workers under the old key now refuse this master; local workers are restarted with the new one.
+    const bool hadLocal = m_local != nullptr;
+    const int localCount = hadLocal ? static_cast<int>(m_local->addresses().size()) : 0;
+    m_discovery.reset();
+    if (hadLocal) {
+        background([old = std::move(m_local)]() mutable { old.reset(); }); // stopped off the GUI thread
+    }
+    startDiscovery(m_broadcast);
+    if (hadLocal)
+        startLocalWorkers(localCount);
+    if (hasModel())
+        makeController();
+    Q_EMIT keyChanged();
+}
+
+// ---- workers ----
+
+void AppSession::startDiscovery(bool broadcast)
+{
+    m_broadcast = broadcast;
+    Discovery::Options o;
+    o.broadcast = broadcast;
+    o.manual = rememberedWorkers();
+    if (m_local)
+        for (auto& a : m_local->addresses())
+            o.manual.push_back(a);
+    m_discovery = std::make_unique<Discovery>(m_credentials, o, [this](const DiscoveredWorker& w) {
+        post([this, w] { Q_EMIT workerUpdated(w); });
+    });
+}
+
+void AppSession::startLocalWorkers(int count)
+{
+    if (count < 1 || count > 12) {
+        Q_EMIT localWorkersFailed("local workers: 1 to 12");
+        return;
+    }
+    Q_EMIT status(QString("starting %1 local worker(s)…").arg(count));
+    const std::string keyFile = m_keyFile.toStdString();
+    background([this, count, keyFile] {
+        try {
+            auto daemons = std::make_shared<LocalDaemons>(static_cast<size_t>(count), keyFile);
+            post([this, daemons, count] {
+                m_local = daemons;
+                for (auto& a : daemons->addresses())
+                    if (m_discovery)
+                        m_discovery->add(a);
+                Q_EMIT status(QString("%1 local worker(s) started").arg(count));
+                Q_EMIT localWorkersStarted(count);
+            });
+        } catch (const std::exception& e) {
+            const QString why = e.what();
+            post([this, why] { Q_EMIT localWorkersFailed(why); });
+        }
+    });
+}
+
+std::vector<std::string> AppSession::localWorkers() const { return m_local ? m_local->addresses() : std::vector<std::string>{}; }
+
+pid_t AppSession::localWorkerPid(const std::string& address) const
+{
+    if (!m_local)
+        return -1;
+    for (size_t i = 0; i < m_local->addresses().size(); ++i)
+        if (m_local->addresses()[i] == address)
+            return m_local->processes()[i].pid;
+    return -1;
+}
+
+void AppSession::addWorker(const QString& address)
+{
+    const std::string a = normalizeWorkerAddress(address.trimmed().toStdString());
+    if (!m_discovery)
+        throw Error("discovery is not running");
+    m_discovery->add(a);
+    rememberWorker(a);
+}
+
+std::vector<DiscoveredWorker> AppSession::workers() const { return m_discovery ? m_discovery->workers() : std::vector<DiscoveredWorker>{}; }
+
+std::vector<std::string> AppSession::readyWorkers() const
+{
+    std::vector<std::string> out;
+    for (auto& w : workers())
+        if (w.state == WorkerState::Ready)
+            out.push_back(w.address);
+    return out;
+}
+
+void AppSession::fetchLog(const QString& address)
+{
+    auto credentials = m_credentials;
+    const std::string a = address.toStdString();
+    background([this, credentials, a, address] {
+        QString text;
+        try {
+            for (auto& l : fetchWorkerLog(*credentials, a, 200))
+                text += QString::fromStdString(l.text) + "\n";
+            if (text.isEmpty())
+                text = "(the log is empty)";
+        } catch (const std::exception& e) {
+            text = QString("cannot read the log: ") + e.what();
+        }
+        post([this, address, text] { Q_EMIT workerLog(address, text); });
+    });
+}
+
+// ---- the model ----
+
+void AppSession::openModel(const QString& dir)
+{
+    const std::string d = dir.toStdString();
+    const uint64_t epoch = ++m_modelEpoch;
+    Q_EMIT status("reading " + dir + "…");
+    background([this, d, dir, epoch] {
+        try {
+            ModelConfig config = ModelConfig::fromDirectory(d);
+            auto tokenizer = std::make_shared<const Tokenizer>(Tokenizer::fromDirectory(d));
+            post([this, config, tokenizer, dir, epoch] {
+                if (epoch != m_modelEpoch)
+                    return; // another model was opened since
+                dropController();
+                m_config = config;
+                m_tokenizer = tokenizer;
+                m_modelDir = dir;
+                m_hasChatTemplate = !tokenizer->chatTemplate().empty();
+                m_plan = {};
+                m_prediction.reset();
+                makeController();
+                Q_EMIT modelOpened(dir);
+                Q_EMIT planChanged();
+            });
+        } catch (const std::exception& e) {
+            const QString why = e.what();
+            post([this, dir, why] { Q_EMIT modelFailed(dir, why); });
+        }
+    });
+}
+
+void AppSession::makeController()
+{
+    const uint64_t epoch = ++m_controllerEpoch;
+    m_launched = false;
+    m_controller = std::make_unique<Controller>(m_credentials, m_tokenizer, [this, epoch](const ControllerEvent& e) {
+        post([this, epoch, e] {
+            if (epoch != m_controllerEpoch)
+                return;
+            if (e.kind == ControllerEvent::Kind::Launched)
+                m_launched = true;
+            else if (e.kind == ControllerEvent::Kind::LaunchFailed || e.kind == ControllerEvent::Kind::Unloaded)
+                m_launched = false;
+            else if (e.kind == ControllerEvent::Kind::Failed && m_controller)
+                m_launched = m_controller->launched();
+            Q_EMIT controllerEvent(e);
+        });
+    });
+}
+
+void AppSession::dropController()
+{
+    if (!m_controller)
+        return;
+    ++m_controllerEpoch; // its late events are dropped
+    m_launched = false;
+    m_controller->cancel();
+    std::shared_ptr<Controller> old(m_controller.release());
+    background([old = std::move(old)]() mutable { old.reset(); }); // stopping its shards waits on the network
+}
+
+// ---- the placement ----
+
+void AppSession::proposePlacement(const QString& dtype, int64_t context)
+{
+    if (!hasModel()) {
+        Q_EMIT placementFailed("open a model first");
+        return;
+    }
+    const std::vector<std::string> ready = readyWorkers();
+    if (ready.empty()) {
+        Q_EMIT placementFailed("no worker is ready yet");
+        return;
+    }
+    Q_EMIT status(QString("measuring %1 worker(s) and their links for a placement…").arg(ready.size()));
+    auto credentials = m_credentials;
+    const ModelConfig config = m_config;
+    const std::string dt = dtype.toStdString();
+    const uint64_t epoch = m_modelEpoch;
+    background([this, credentials, config, dt, context, ready, epoch] {
+        try {
+            SurveyOptions so;
+            Survey survey = surveyWorkers(*credentials, ready, so);
+            const int64_t ctx = context > 0 ? std::min(context, config.contextLimit()) : config.contextLimit();
+            AutoPlacement ap = autoPlace(config, dt, ctx, survey.machines, survey.table());
+            post([this, ap, survey, epoch] {
+                if (epoch != m_modelEpoch)
+                    return;
+                m_profiles = survey.machines;
+                m_links = survey.table();
+                m_plan = ap.plan;
+                m_prediction = ap.prediction;
+                Q_EMIT planChanged();
+                Q_EMIT placementProposed(QString::fromStdString(ap.explanation));
+            });
+        } catch (const std::exception& e) {
+            const QString why = e.what();
+            post([this, why] { Q_EMIT placementFailed(why); });
+        }
+    });
+}
+
+void AppSession::setPlan(const Plan& plan, const QString& why)
+{
+    m_plan = plan;
+    m_prediction.reset();
+    if (!m_profiles.empty()) {
+        try {
+            m_prediction = predict(m_config, plan, plan.dtype.empty() ? "f32" : plan.dtype, m_profiles, m_links);
+        } catch (const std::exception&) {
+        }
+    }
+    Q_EMIT planChanged();
+    if (!why.isEmpty())
+        Q_EMIT status(why);
+}
+
+std::map<std::string, uint64_t> AppSession::plannedBytes(const QString& dtype, int64_t context) const
+{
+    std::map<std::string, uint64_t> out;
+    if (!hasModel() || m_plan.stages.empty())
+        return out;
+    const int64_t ctx = context > 0 ? std::min(context, m_config.contextLimit()) : m_config.contextLimit();
+    try {
+        const DType dt = parseDType(dtype.toStdString(), "the dtype");
+        for (size_t s = 0; s < m_plan.stages.size(); ++s)
+            for (size_t r = 0; r < m_plan.stages[s].ranks.size(); ++r)
+                out[m_plan.stages[s].ranks[r].worker] +=
+                    static_cast<uint64_t>(estimateShardMemory(m_config, m_plan.shardSpec(s, static_cast<int>(r)), dt, ctx).total());
+    } catch (const std::exception&) {
+        out.clear();
+    }
+    return out;
+}
+
+QString AppSession::memoryShortfall(const QString& dtype, int64_t context) const
+{
+    const auto planned = plannedBytes(dtype, context);
+    for (auto& w : workers()) {
+        auto it = planned.find(w.address);
+        if (it == planned.end())
+            continue;
+        const uint64_t usable = w.maxMemoryBytes ? std::min(w.memoryFreeBytes, w.maxMemoryBytes) : w.memoryFreeBytes;
+        if (it->second > usable) {
+            auto gib = [](double b) { return QString::number(b / (1024.0 * 1024 * 1024), 'f', 1); };
+            QString s = QString("The placement needs about %1 GiB on %2, which has %3 GiB free")
+                            .arg(gib(it->second), QString::fromStdString(w.address), gib(w.memoryFreeBytes));
+            if (w.maxMemoryBytes)
+                s += QString(" (%1 GiB donated)").arg(gib(w.maxMemoryBytes));
+            return s + ".";
+        }
+    }
+    return {};
+}
+
+// ---- the controller ----
+
+void AppSession::launch(const QString& dtype, int64_t context, bool force)
+{
+    if (!m_controller)
+        throw Error("open a model first");
+    if (m_plan.stages.empty())
+        throw Error("there is no placement yet");
+    LaunchRequest r;
+    r.plan = m_plan;
+    r.modelDir = m_modelDir.toStdString();
+    r.dtype = dtype.toStdString();
+    r.contextLength = context;
+    r.force = force;
+    m_launched = false;
+    m_controller->launch(r);
+}
+
+void AppSession::generate(const GenerateRequest& request)
+{
+    if (!m_controller)
+        throw Error("open a model first");
+    m_controller->generate(request);
+}
+
+void AppSession::stop()
+{
+    if (m_controller)
+        m_controller->stop();
+}
+
+void AppSession::cancel()
+{
+    if (m_controller)
+        m_controller->cancel();
+}
+
+void AppSession::unload()
+{
+    if (m_controller)
+        m_controller->unload();
+}
+
+} // namespace together::gui

@@ -1,0 +1,133 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include "core/controller.h"
+#include "core/cost_model.h"
+#include "core/discovery.h"
+#include "core/model_config.h"
+#include "core/plan.h"
+#include "core/process.h"
+
+#include <QMetaType>
+#include <QObject>
+#include <QString>
+#include <QThreadPool>
+
+#include <map>
+#include <memory>
+#include <optional>
+
+namespace together {
+class Tokenizer;
+class Credentials;
+}
+
+namespace together::gui {
+
+// What the app knows and drives, without widgets: the cluster key, local worker daemons, discovery, the model,
+// the placement and the controller. Everything that waits (starting daemons, Hellos, surveys, reading a model,
+// the controller's work) runs on other threads; results come back as signals on the GUI thread, so a slot may
+// touch widgets. Tests drive it directly, and through the widgets.
+class AppSession : public QObject {
+    Q_OBJECT
+public:
+    explicit AppSession(QObject* parent = nullptr);
+    ~AppSession() override; // stops the shards and the local daemons (on this thread: the app is closing)
+
+    // The cluster key file ($config/cluster.key unless given), made (0600) when it does not exist yet.
+    // Throws Error naming the file when it cannot be read.
+    void useKeyFile(const QString& path);
+    QString keyFile() const { return m_keyFile; }
+    QString keyText() const;
+    QString keyFingerprint() const;
+    // A new key in the same file (the old one kept beside it as FILE.old). Workers need it typed again.
+    void replaceKey();
+
+    // Workers. Discovery listens for beacons unless `broadcast` is false (local workers only).
+    void startDiscovery(bool broadcast);
+    void startLocalWorkers(int count); // async: localWorkersStarted or failure
+    std::vector<std::string> localWorkers() const;
+    pid_t localWorkerPid(const std::string& address) const;
+    void addWorker(const QString& address); // throws Error on a malformed address; remembered unless local
+    std::vector<DiscoveredWorker> workers() const;
+    std::vector<std::string> readyWorkers() const;
+    void fetchLog(const QString& address); // async: workerLog
+
+    // The model: config and tokenizer read on another thread.
+    void openModel(const QString& dir); // async: modelOpened or modelFailed
+    bool hasModel() const { return m_tokenizer != nullptr; }
+    QString modelDir() const { return m_modelDir; }
+    const ModelConfig& config() const { return m_config; }
+    std::shared_ptr<const Tokenizer> tokenizer() const { return m_tokenizer; }
+    bool modelHasChatTemplate() const { return m_hasChatTemplate; }
+
+    // The placement: proposed by the cost model over the ready workers, or set.
+    void proposePlacement(const QString& dtype, int64_t context); // async: placementProposed or placementFailed
+    void setPlan(const Plan& plan, const QString& why = {});
+    const Plan& plan() const { return m_plan; }
+    bool hasPlan() const { return !m_plan.stages.empty(); }
+    const std::optional<Prediction>& prediction() const { return m_prediction; }
+    // Memory each worker of the plan would need at `dtype` and `context` (weights, KV cache, runtime).
+    std::map<std::string, uint64_t> plannedBytes(const QString& dtype, int64_t context) const;
+    // "" or the first worker that would not have the memory, with the numbers.
+    QString memoryShortfall(const QString& dtype, int64_t context) const;
+
+    // The controller (after a model is open). Events arrive as controllerEvent on the GUI thread.
+    void launch(const QString& dtype, int64_t context, bool force);
+    void generate(const GenerateRequest& request);
+    void stop();
+    void cancel();
+    void unload();
+    bool launched() const { return m_launched; }
+    Controller* controller() { return m_controller.get(); }
+    std::shared_ptr<const Credentials> credentials() const { return m_credentials; }
+
+Q_SIGNALS:
+    void status(const QString& text);
+    void workerUpdated(const together::DiscoveredWorker& worker);
+    void localWorkersStarted(int count);
+    void localWorkersFailed(const QString& why);
+    void workerLog(const QString& address, const QString& text);
+    void modelOpened(const QString& dir);
+    void modelFailed(const QString& dir, const QString& why);
+    void placementProposed(const QString& explanation);
+    void placementFailed(const QString& why);
+    void planChanged();
+    void controllerEvent(const together::ControllerEvent& event);
+    void keyChanged();
+
+private:
+    // Runs `work` on the pool; `done` (if any) then runs on the GUI thread with its result.
+    void background(std::function<void()> work);
+    void post(std::function<void()> onGuiThread);
+    void makeController();
+    void dropController();
+
+    QThreadPool m_pool;
+    QString m_keyFile;
+    std::shared_ptr<const Credentials> m_credentials;
+    std::string m_tempDir;
+    std::shared_ptr<LocalDaemons> m_local;
+    std::unique_ptr<Discovery> m_discovery;
+    bool m_broadcast = false;
+
+    QString m_modelDir;
+    ModelConfig m_config;
+    std::shared_ptr<const Tokenizer> m_tokenizer;
+    bool m_hasChatTemplate = false;
+    uint64_t m_modelEpoch = 0;
+
+    Plan m_plan;
+    std::optional<Prediction> m_prediction;
+    std::vector<MachineProfile> m_profiles; // from the last survey
+    LinkTable m_links;
+
+    std::unique_ptr<Controller> m_controller;
+    uint64_t m_controllerEpoch = 0;
+    bool m_launched = false;
+};
+
+} // namespace together::gui
+
+Q_DECLARE_METATYPE(together::DiscoveredWorker)
+Q_DECLARE_METATYPE(together::ControllerEvent)

@@ -1,0 +1,77 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include "core/controller.h"
+
+#include <QWidget>
+
+#include <vector>
+
+class QComboBox;
+class QLabel;
+class QMessageBox;
+class QProgressBar;
+class QPushButton;
+class QSpinBox;
+class QVBoxLayout;
+
+namespace together::gui {
+
+class AppSession;
+
+// The Placement pane (this release: the model, the proposed placement with its prediction and reasons, and the
+// launch): one Launch button with dtype and context length, a progress bar per rank through the phases,
+// cancel and unload, and the memory warning with "Launch anyway".
+class LaunchPane : public QWidget {
+    Q_OBJECT
+public:
+    LaunchPane(AppSession& session, QWidget* parent = nullptr);
+
+    QString dtype() const;
+    int64_t context() const;
+    void setDtype(const QString& dtype);
+    void setContext(int64_t context);
+    void onControllerEvent(const ControllerEvent& e);
+    void refresh(); // model, plan and buttons from the session
+    void setExplanation(const QString& text);
+    void setProposing(bool on);
+
+    QPushButton* launchButton() { return m_launch; }
+    QPushButton* cancelButton() { return m_cancel; }
+    QPushButton* unloadButton() { return m_unload; }
+    QMessageBox* memoryWarning() { return m_warning; } // while one is shown
+    std::vector<QProgressBar*> progressBars() const { return m_bars; }
+    QString statusText() const;
+
+    void launch(bool force = false);
+
+Q_SIGNALS:
+    void openModelRequested();
+    void browseModelsRequested();
+    void proposeRequested();
+
+private:
+    void warnMemory(const QString& numbers);
+    void setStatus(const QString& text, bool error = false);
+
+    AppSession& m_session;
+    QLabel* m_model;
+    QLabel* m_plan;
+    QLabel* m_prediction;
+    QLabel* m_explanation;
+    QComboBox* m_dtype;
+    QSpinBox* m_context;
+    QPushButton* m_propose;
+    QPushButton* m_launch;
+    QPushButton* m_cancel;
+    QPushButton* m_unload;
+    QLabel* m_status;
+    QVBoxLayout* m_progressLayout;
+    std::vector<QProgressBar*> m_bars;
+    std::vector<QLabel*> m_barLabels;
+    QMessageBox* m_warning = nullptr;
+    bool m_launching = false;
+    bool m_proposing = false;
+};
+
+} // namespace together::gui

@@ -1,0 +1,110 @@
+// SPDX-License-Identifier: MIT
+// together: the desktop app. Without a display it says so and runs the headless main job instead
+// (together-cli run on the same options).
+#include "app/gui/main_window.h"
+#include "core/process.h"
+
+#include <QApplication>
+#include <QCommandLineParser>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+namespace {
+
+bool haveDisplay()
+{
+    const char* platform = std::getenv("QT_QPA_PLATFORM");
+    if (platform && *platform)
+        return true; // the user chose a platform (offscreen, xcb, wayland)
+    const char* x = std::getenv("DISPLAY");
+    const char* w = std::getenv("WAYLAND_DISPLAY");
+    return (x && *x) || (w && *w);
+}
+
+// The headless main job: together-cli run, automatic placement over local workers.
+int runHeadless(int argc, char** argv)
+{
+    std::string model, key, plan;
+    std::string workers = "2";
+    for (int i = 1; i + 1 < argc; ++i) {
+        const std::string a = argv[i];
+        if (a == "--model")
+            model = argv[++i];
+        else if (a == "--local-workers")
+            workers = argv[++i];
+        else if (a == "--key-file")
+            key = argv[++i];
+        else if (a == "--plan")
+            plan = argv[++i];
+    }
+    std::vector<std::string> args = {together::selfExecutableDir() + "/together-cli", "run"};
+    if (!plan.empty())
+        args.insert(args.end(), {"--plan", plan});
+    else
+        args.insert(args.end(), {"--auto", "--local-workers", workers});
+    if (!model.empty())
+        args.insert(args.end(), {"--model", model});
+    if (!key.empty())
+        args.insert(args.end(), {"--key-file", key});
+    args.insert(args.end(), {"--prompt", "Once upon a time", "--max-tokens", "48"});
+    std::string shown;
+    for (auto& a : args)
+        shown += (shown.empty() ? "" : " ") + a;
+    std::fprintf(stderr, "together: no display (neither DISPLAY nor WAYLAND_DISPLAY is set), so the window cannot open.\n"
+                         "together: running the headless main job instead: %s\n", shown.c_str());
+    std::vector<char*> cargs;
+    for (auto& a : args)
+        cargs.push_back(a.data());
+    cargs.push_back(nullptr);
+    ::execv(cargs[0], cargs.data());
+    std::perror("together: cannot start together-cli");
+    return 1;
+}
+
+} // namespace
+
+int main(int argc, char** argv)
+{
+    if (!haveDisplay())
+        return runHeadless(argc, argv);
+    QApplication app(argc, argv);
+    QApplication::setOrganizationName("together");
+    QApplication::setApplicationName("together");
+    QApplication::setApplicationVersion("0.3.0");
+    QCommandLineParser p;
+    p.setApplicationDescription("Turn the computers in your home into one LLM inference cluster.");
+    p.addHelpOption();
+    p.addVersionOption();
+    QCommandLineOption model("model", "The model folder (Hugging Face layout).", "DIR");
+    QCommandLineOption local("local-workers", "Start N worker daemons on this machine, each standing for a machine.", "N");
+    QCommandLineOption key("key-file", "The cluster key file (default: the one the CLI uses).", "FILE");
+    QCommandLineOption plan("plan", "A placement (plan JSON, as together-cli reads).", "FILE");
+    QCommandLineOption dtype("dtype", "bf16 or f32.", "D");
+    p.addOptions({model, local, key, plan, dtype});
+    p.process(app);
+    together::gui::StartOptions o;
+    o.model = p.value(model);
+    if (p.isSet(local)) {
+        bool ok = false;
+        o.localWorkers = p.value(local).toInt(&ok);
+        if (!ok || o.localWorkers < 1 || o.localWorkers > 12) {
+            std::fprintf(stderr, "together: --local-workers takes 1 to 12\n");
+            return 2;
+        }
+    }
+    o.keyFile = p.value(key);
+    o.plan = p.value(plan);
+    o.dtype = p.value(dtype);
+    if (!o.dtype.isEmpty() && o.dtype != "bf16" && o.dtype != "f32") {
+        std::fprintf(stderr, "together: --dtype must be bf16 or f32\n");
+        return 2;
+    }
+    together::gui::MainWindow w(o);
+    w.show();
+    return app.exec();
+}

@@ -1,0 +1,340 @@
+// SPDX-License-Identifier: MIT
+#include "app/gui/main_window.h"
+
+#include "app/gui/app_session.h"
+#include "app/gui/chat_pane.h"
+#include "app/gui/key_dialog.h"
+#include "app/gui/launch_pane.h"
+#include "app/gui/machines_pane.h"
+#include "app/gui/models_dialog.h"
+#include "app/gui/theme.h"
+#include "core/cluster_key.h"
+#include "core/error.h"
+#include "core/run_options.h"
+#include "core/tokenizer.h"
+
+#include <QAction>
+#include <QCloseEvent>
+#include <QDockWidget>
+#include <QDoubleSpinBox>
+#include <QSpinBox>
+#include <QFileDialog>
+#include <QFileInfo>
+#include <QLabel>
+#include <QMessageBox>
+#include <QSettings>
+#include <QStatusBar>
+#include <QTimer>
+#include <QToolBar>
+#include <QVBoxLayout>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+namespace together::gui {
+
+namespace {
+bool sameFolder(const QString& a, const QString& b)
+{
+    std::error_code ec1, ec2;
+    auto x = std::filesystem::weakly_canonical(a.toStdString(), ec1);
+    auto y = std::filesystem::weakly_canonical(b.toStdString(), ec2);
+    return !ec1 && !ec2 && x == y;
+}
+
+QLabel* placeholder(const QString& text)
+{
+    auto* l = new QLabel(text);
+    l->setAlignment(Qt::AlignCenter);
+    l->setWordWrap(true);
+    l->setStyleSheet("color:#777");
+    return l;
+}
+} // namespace
+
+MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
+    : QMainWindow(parent)
+    , m_options(options)
+    , m_session(new AppSession(this))
+{
+    setWindowTitle("together");
+    setObjectName("mainWindow");
+    setDockOptions(QMainWindow::AnimatedDocks | QMainWindow::AllowTabbedDocks | QMainWindow::AllowNestedDocks);
+    QSettings settings;
+
+    // The chat in the middle, under the banner.
+    auto* centre = new QWidget;
+    centre->setAccessibleName("Chat");
+    centre->setObjectName("chatPane");
+    auto* cl = new QVBoxLayout(centre);
+    cl->setContentsMargins(4, 4, 4, 4);
+    m_banner = new QLabel("Random weights: output is noise. Open a real model folder (Models… or Open model folder…) for text that means something.");
+    m_banner->setAccessibleName("Random weights: output is noise");
+    m_banner->setWordWrap(true);
+    m_banner->setStyleSheet("background:#fff3c4; color:#5a4300; padding:6px; border:1px solid #e0c060; border-radius:4px");
+    m_banner->hide();
+    cl->addWidget(m_banner);
+    m_chat = new ChatPane(*m_session, ConversationStore::defaultPath());
+    cl->addWidget(m_chat);
+    setCentralWidget(centre);
+
+    m_machines = new MachinesPane(*m_session);
+    m_launch = new LaunchPane(*m_session);
+    dock("Machines", m_machines, Qt::LeftDockWidgetArea);
+    dock("Placement", m_launch, Qt::LeftDockWidgetArea);
+    auto* charts = dock("Charts", placeholder("Live charts (tokens/s, each link's latency, time per token) come with the placement board."),
+                        Qt::BottomDockWidgetArea);
+    auto* perf = dock("Performance", placeholder("This session's runs and benches, with CSV and Markdown export, come with the placement board."),
+                      Qt::BottomDockWidgetArea);
+    tabifyDockWidget(charts, perf);
+    charts->raise();
+
+    auto* tools = addToolBar("Main");
+    tools->setObjectName("mainToolBar");
+    QAction* openAct = tools->addAction("Open model folder…", this, [this] {
+        const QString dir = QFileDialog::getExistingDirectory(this, "Open model folder", QSettings().value("lastModel").toString());
+        if (!dir.isEmpty())
+            openModel(dir);
+    });
+    openAct->setShortcut(QKeySequence::Open);
+    tools->addAction("Models…", this, &MainWindow::browseModels);
+    tools->addAction("Cluster key…", this, &MainWindow::showKeyDialog);
+    tools->addSeparator();
+    tools->addAction("New chat", m_chat, &ChatPane::newChat);
+
+    connect(m_launch, &LaunchPane::openModelRequested, openAct, &QAction::trigger);
+    connect(m_launch, &LaunchPane::browseModelsRequested, this, &MainWindow::browseModels);
+    connect(m_launch, &LaunchPane::proposeRequested, this, [this] {
+        m_proposing = true;
+        m_launch->setProposing(true);
+        m_session->proposePlacement(m_launch->dtype(), m_launch->context());
+    });
+
+    connect(m_session, &AppSession::status, this, [this](const QString& s) { statusBar()->showMessage(s, 8000); });
+    connect(m_session, &AppSession::modelOpened, this, &MainWindow::onModelOpened);
+    connect(m_session, &AppSession::modelFailed, this, [this](const QString& dir, const QString& why) {
+        statusBar()->showMessage("cannot open " + dir + ": " + why);
+        QMessageBox::warning(this, "Open model", "Cannot open " + dir + ":\n" + why);
+    });
+    connect(m_session, &AppSession::planChanged, this, [this] {
+        m_launch->refresh();
+        m_machines->model().setPlanned(m_session->plannedBytes(m_launch->dtype(), m_launch->context()));
+    });
+    connect(m_session, &AppSession::placementProposed, this, [this](const QString& why) {
+        m_proposing = false;
+        m_launch->setProposing(false);
+        m_launch->setExplanation(why);
+    });
+    connect(m_session, &AppSession::placementFailed, this, [this](const QString& why) {
+        m_proposing = false;
+        m_launch->setProposing(false);
+        m_launch->setExplanation("No placement: " + why);
+    });
+    connect(m_session, &AppSession::localWorkersFailed, this, [this](const QString& why) {
+        statusBar()->showMessage("local workers: " + why);
+        QMessageBox::warning(this, "Local workers", "Cannot start the local workers:\n" + why);
+    });
+    m_proposeTimer = new QTimer(this);
+    m_proposeTimer->setSingleShot(true);
+    m_proposeTimer->setInterval(800);
+    connect(m_proposeTimer, &QTimer::timeout, this, &MainWindow::maybePropose);
+    connect(m_session, &AppSession::workerUpdated, this, [this] {
+        if (!m_session->hasPlan())
+            m_proposeTimer->start();
+        m_machines->model().setPlanned(m_session->plannedBytes(m_launch->dtype(), m_launch->context()));
+    });
+    connect(m_session, &AppSession::controllerEvent, this, [this](const ControllerEvent& e) {
+        m_launch->onControllerEvent(e);
+        m_chat->onControllerEvent(e);
+        if (e.kind == ControllerEvent::Kind::Launched) {
+            m_machines->model().clearFaults();
+            m_chat->setLaunched(true);
+        } else if (e.kind == ControllerEvent::Kind::LaunchFailed || e.kind == ControllerEvent::Kind::Unloaded ||
+                   e.kind == ControllerEvent::Kind::Failed) {
+            m_chat->setLaunched(m_session->launched());
+        }
+        if (e.kind == ControllerEvent::Kind::Failed || e.kind == ControllerEvent::Kind::LaunchFailed) {
+            // The machine the message names turns red with the reason.
+            auto& model = m_machines->model();
+            for (int row = 0; row < model.rowCount(); ++row) {
+                const std::string& a = model.worker(row)->address;
+                if (!a.empty() && e.text.find(a) != std::string::npos)
+                    model.setFault(a, QString::fromStdString(e.text));
+            }
+        }
+    });
+
+    // Settings and the restored layout.
+    m_launch->setDtype(options.dtype.isEmpty() ? settings.value("dtype", QString::fromStdString(defaultDtypeName())).toString() : options.dtype);
+    m_launch->setContext(settings.value("context", 4096).toInt());
+    m_chat->temperatureBox()->setValue(settings.value("temperature", 0.8).toDouble());
+    m_chat->maxTokensBox()->setValue(settings.value("maxTokens", 256).toInt());
+    resize(1280, 800);
+    restoreGeometry(settings.value("geometry").toByteArray());
+    restoreState(settings.value("windowState").toByteArray());
+
+    // The key, the workers, the model.
+    try {
+        m_session->useKeyFile(!options.keyFile.isEmpty() ? options.keyFile : settings.value("keyFile").toString());
+    } catch (const std::exception& e) {
+        QMessageBox::critical(this, "Cluster key", e.what());
+        m_session->useKeyFile(QString::fromStdString(defaultKeyFile()));
+    }
+    settings.setValue("keyFile", m_session->keyFile());
+    m_session->startDiscovery(options.localWorkers == 0);
+    if (options.localWorkers > 0)
+        m_session->startLocalWorkers(options.localWorkers);
+    else
+        QTimer::singleShot(4000, this, [this] { m_machines->offerLocalWorkers(true); });
+
+    QString model = options.model;
+    if (model.isEmpty()) {
+        const QString last = settings.value("lastModel").toString();
+        if (!last.isEmpty() && QFileInfo(last + "/config.json").exists())
+            model = last;
+    }
+    if (!model.isEmpty()) {
+        openModel(model);
+    } else {
+        // The built-in random model (written once, on another thread).
+        statusBar()->showMessage("writing the built-in random model…");
+        auto* s = m_session;
+        std::thread([s] {
+            try {
+                const QString dir = QString::fromStdString(ensureDefaultModel());
+                QMetaObject::invokeMethod(s, [s, dir] { s->openModel(dir); }, Qt::QueuedConnection);
+            } catch (const std::exception& e) {
+                const QString why = e.what();
+                QMetaObject::invokeMethod(s, [s, why] { Q_EMIT s->modelFailed("the built-in model", why); }, Qt::QueuedConnection);
+            }
+        }).detach();
+    }
+}
+
+MainWindow::~MainWindow() = default;
+
+QDockWidget* MainWindow::dock(const QString& name, QWidget* content, Qt::DockWidgetArea area)
+{
+    auto* d = new QDockWidget(name, this);
+    d->setObjectName(name.toLower() + "Dock");
+    d->setAccessibleName(name);
+    content->setAccessibleName(name);
+    d->setWidget(content);
+    d->setFeatures(QDockWidget::DockWidgetMovable | QDockWidget::DockWidgetFloatable | QDockWidget::DockWidgetClosable);
+    addDockWidget(area, d);
+    return d;
+}
+
+void MainWindow::openModel(const QString& dir) { m_session->openModel(dir); }
+
+void MainWindow::onModelOpened(const QString& dir)
+{
+    QSettings settings;
+    settings.setValue("lastModel", dir);
+    QStringList recent = settings.value("recentModels").toStringList();
+    recent.removeAll(dir);
+    recent.prepend(dir);
+    while (recent.size() > 10)
+        recent.removeLast();
+    settings.setValue("recentModels", recent);
+    m_banner->setVisible(sameFolder(dir, QString::fromStdString(defaultModelDir())));
+    m_chat->modelChanged(m_session->modelHasChatTemplate());
+    m_launch->refresh();
+    statusBar()->showMessage("opened " + dir, 5000);
+    setWindowTitle("together — " + QFileInfo(dir).fileName());
+    if (!m_options.plan.isEmpty() && !m_planLoaded)
+        loadPlanFile();
+    else
+        maybePropose();
+}
+
+void MainWindow::loadPlanFile()
+{
+    m_planLoaded = true;
+    try {
+        std::ifstream f(m_options.plan.toStdString());
+        if (!f)
+            throw Error("cannot read " + m_options.plan.toStdString());
+        std::stringstream ss;
+        ss << f.rdbuf();
+        Plan p = Plan::fromJson(ss.str(), m_options.plan.toStdString());
+        p.validate(m_session->config());
+        if (!p.dtype.empty())
+            m_launch->setDtype(QString::fromStdString(p.dtype));
+        m_session->setPlan(p, "placement from " + m_options.plan);
+        m_launch->setExplanation("From " + m_options.plan + ".");
+    } catch (const std::exception& e) {
+        m_launch->setExplanation(QString("The plan file does not work: ") + e.what());
+    }
+}
+
+void MainWindow::maybePropose()
+{
+    if (!m_session->hasModel() || m_session->hasPlan() || m_proposing || m_session->launched())
+        return;
+    if (!m_options.plan.isEmpty())
+        return;
+    const auto ready = m_session->readyWorkers();
+    if (ready.empty())
+        return;
+    if (m_options.localWorkers > 0) {
+        const auto local = m_session->localWorkers();
+        if (local.size() < static_cast<size_t>(m_options.localWorkers))
+            return;
+        for (auto& a : local)
+            if (std::find(ready.begin(), ready.end(), a) == ready.end())
+                return;
+    }
+    m_proposing = true;
+    m_launch->setProposing(true);
+    m_session->proposePlacement(m_launch->dtype(), m_launch->context());
+}
+
+uint64_t MainWindow::availableBytes() const
+{
+    uint64_t total = 0;
+    for (auto& w : m_session->workers())
+        if (w.state == WorkerState::Ready)
+            total += w.maxMemoryBytes ? std::min(w.memoryFreeBytes, w.maxMemoryBytes) : w.memoryFreeBytes;
+    return total;
+}
+
+void MainWindow::browseModels()
+{
+    auto* d = new ModelsDialog(QSettings().value("recentModels").toStringList(), m_launch->dtype(), availableBytes(), this);
+    d->setAttribute(Qt::WA_DeleteOnClose);
+    connect(d, &QDialog::accepted, this, [this, d] {
+        if (!d->chosen().isEmpty())
+            openModel(d->chosen());
+    });
+    d->open();
+}
+
+void MainWindow::showKeyDialog()
+{
+    auto* d = new KeyDialog(*m_session, this);
+    d->setAttribute(Qt::WA_DeleteOnClose);
+    d->open();
+}
+
+void MainWindow::saveSettings()
+{
+    QSettings settings;
+    settings.setValue("geometry", saveGeometry());
+    settings.setValue("windowState", saveState());
+    settings.setValue("dtype", m_launch->dtype());
+    settings.setValue("context", static_cast<qlonglong>(m_launch->context()));
+    settings.setValue("temperature", m_chat->temperatureBox()->value());
+    settings.setValue("maxTokens", m_chat->maxTokensBox()->value());
+    settings.setValue("keyFile", m_session->keyFile());
+}
+
+void MainWindow::closeEvent(QCloseEvent* event)
+{
+    saveSettings();
+    m_chat->save();
+    QMainWindow::closeEvent(event);
+}
+
+} // namespace together::gui

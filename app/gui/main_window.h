@@ -1,0 +1,65 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <QMainWindow>
+#include <QString>
+
+class QDockWidget;
+class QLabel;
+class QTimer;
+
+namespace together::gui {
+
+class AppSession;
+class ChatPane;
+class LaunchPane;
+class MachinesPane;
+
+struct StartOptions {
+    QString model;        // --model DIR ("" = the last used, else the built-in random model)
+    int localWorkers = 0; // --local-workers N: daemons on this machine, each standing for a machine
+    QString keyFile;      // --key-file K ("" = the one in settings, else $config/cluster.key)
+    QString plan;         // --plan F (else a proposal from the cost model)
+    QString dtype;        // --dtype ("" = settings)
+};
+
+// The app's window: Machines and Placement on the left, the Chat in the middle, Charts and Performance below.
+// Window layout, dock state and options persist with QSettings.
+class MainWindow : public QMainWindow {
+    Q_OBJECT
+public:
+    explicit MainWindow(const StartOptions& options, QWidget* parent = nullptr);
+    ~MainWindow() override;
+
+    AppSession& session() { return *m_session; }
+    ChatPane& chat() { return *m_chat; }
+    LaunchPane& launchPane() { return *m_launch; }
+    MachinesPane& machines() { return *m_machines; }
+    QLabel* banner() { return m_banner; }
+    void openModel(const QString& dir);
+    void showKeyDialog();
+    void browseModels();
+
+protected:
+    void closeEvent(QCloseEvent* event) override;
+
+private:
+    QDockWidget* dock(const QString& name, QWidget* content, Qt::DockWidgetArea area);
+    void onModelOpened(const QString& dir);
+    void maybePropose();
+    void saveSettings();
+    void loadPlanFile();
+    uint64_t availableBytes() const;
+
+    StartOptions m_options;
+    AppSession* m_session;
+    MachinesPane* m_machines;
+    LaunchPane* m_launch;
+    ChatPane* m_chat;
+    QLabel* m_banner;
+    QTimer* m_proposeTimer;
+    bool m_proposing = false;
+    bool m_planLoaded = false;
+};
+
+} // namespace together::gui

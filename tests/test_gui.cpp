@@ -1,0 +1,374 @@
+// SPDX-License-Identifier: MIT
+// The app, driven through its real widgets (offscreen): two local workers and stories260K, launch, Complete
+// mode at temperature 0 gives the reference continuation; stop mid-answer and continue; a worker killed
+// mid-answer turns its row red and the chat says so with the text kept; a restart restores the conversation.
+// The GUI thread's longest stall during a launch and a generation is measured (and bounded). Each test saves
+// a screenshot under the build folder.
+#include "app/gui/app_session.h"
+#include "app/gui/chat_pane.h"
+#include "app/gui/launch_pane.h"
+#include "app/gui/machines_pane.h"
+#include "app/gui/main_window.h"
+#include "core/model_config.h"
+#include "core/tokenizer.h"
+#include "tests/test_support.h"
+
+#include <QApplication>
+#include <QCheckBox>
+#include <QDoubleSpinBox>
+#include <QElapsedTimer>
+#include <QLabel>
+#include <QPlainTextEdit>
+#include <QPushButton>
+#include <QSettings>
+#include <QSpinBox>
+#include <QTableView>
+#include <QTest>
+#include <QTextBrowser>
+#include <QTimer>
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+
+using namespace together;
+using namespace together::gui;
+using nlohmann::json;
+
+namespace {
+
+std::string screenshotDir()
+{
+    const std::string d = std::string(TOGETHER_BIN_DIR) + "/../gui-screenshots";
+    std::filesystem::create_directories(d);
+    return d;
+}
+
+void screenshot(QWidget& w, const std::string& name)
+{
+    QApplication::processEvents();
+    const std::string path = screenshotDir() + "/" + name + ".png";
+    EXPECT_TRUE(w.grab().save(QString::fromStdString(path))) << path;
+}
+
+// Runs the event loop until `cond` holds or `ms` pass.
+bool waitUntil(const std::function<bool()>& cond, int ms)
+{
+    QElapsedTimer t;
+    t.start();
+    while (!cond()) {
+        if (t.elapsed() > ms)
+            return false;
+        QTest::qWait(20);
+    }
+    return true;
+}
+
+// How late a 5 ms timer fires on the GUI thread: the event loop's stalls.
+struct StallMeter {
+    QTimer timer;
+    QElapsedTimer clock;
+    qint64 last = 0;
+    std::vector<double> lateMs;
+    StallMeter()
+    {
+        timer.setInterval(5);
+        timer.setTimerType(Qt::PreciseTimer);
+        QObject::connect(&timer, &QTimer::timeout, [this] {
+            const qint64 now = clock.nsecsElapsed();
+            lateMs.push_back(std::max(0.0, (now - last) / 1e6 - 5.0));
+            last = now;
+        });
+        clock.start();
+        timer.start();
+    }
+    double max() const { return lateMs.empty() ? 0 : *std::max_element(lateMs.begin(), lateMs.end()); }
+    double p99() const
+    {
+        if (lateMs.empty())
+            return 0;
+        auto v = lateMs;
+        std::sort(v.begin(), v.end());
+        return v[static_cast<size_t>(0.99 * (v.size() - 1))];
+    }
+};
+
+struct App {
+    std::unique_ptr<MainWindow> window;
+    explicit App(const StartOptions& o)
+    {
+        window = std::make_unique<MainWindow>(o);
+        window->resize(1280, 800);
+        window->show();
+    }
+    AppSession& session() { return window->session(); }
+    ChatPane& chat() { return window->chat(); }
+
+    // Waits for the local workers, the model and the proposed placement.
+    void waitForPlan()
+    {
+        ASSERT_TRUE(waitUntil([&] { return session().hasPlan() && session().hasModel(); }, 90000))
+            << "no placement: " << window->launchPane().statusText().toStdString();
+    }
+    void launch()
+    {
+        ASSERT_TRUE(window->launchPane().launchButton()->isEnabled());
+        QTest::mouseClick(window->launchPane().launchButton(), Qt::LeftButton);
+        ASSERT_TRUE(waitUntil([&] { return session().launched(); }, 120000)) << window->launchPane().statusText().toStdString();
+        ASSERT_TRUE(chat().sendButton()->isEnabled());
+    }
+    // Complete mode, greedy, `maxTokens`; types `prompt` into the Message field and presses Enter.
+    void complete(const std::string& prompt, int maxTokens)
+    {
+        if (!chat().completeBox()->isChecked())
+            QTest::mouseClick(chat().completeBox(), Qt::LeftButton);
+        ASSERT_TRUE(chat().completeBox()->isChecked());
+        chat().temperatureBox()->setValue(0);
+        chat().maxTokensBox()->setValue(maxTokens);
+        chat().input()->setFocus();
+        QTest::keyClicks(chat().input(), QString::fromStdString(prompt));
+        QTest::keyClick(chat().input(), Qt::Key_Return);
+    }
+    bool waitAnswer(int ms = 60000)
+    {
+        return waitUntil([&] { return !chat().generating(); }, ms);
+    }
+    const ChatMessage& lastAnswer()
+    {
+        const auto& m = chat().conversation().messages;
+        for (auto it = m.rbegin(); it != m.rend(); ++it)
+            if (it->role == ChatMessage::Role::Assistant)
+                return *it;
+        throw std::runtime_error("no answer");
+    }
+};
+
+StartOptions storiesOptions()
+{
+    StartOptions o;
+    o.model = QString::fromStdString(test::stories260KDir() + "/hf");
+    o.localWorkers = 2;
+    o.dtype = "f32";
+    return o;
+}
+
+#define SKIP_WITHOUT_STORIES()                                                                                      \
+    if (test::stories260KDir().empty())                                                                             \
+    GTEST_SKIP() << "../shared/refmodels/stories260K is absent"
+
+// The app's conversation file and settings live in the test's own config folder (see main()).
+
+TEST(Gui, CompleteModeGivesTheReferenceContinuationWithoutStallingTheGuiThread)
+{
+    SKIP_WITHOUT_STORIES();
+    json ref = test::storiesReference();
+    const auto& c = ref["cases"][0];
+    const std::string expected = c["generated_text"];
+    const int tokens = static_cast<int>(c["generated_ids"].size());
+
+    StallMeter stalls;
+    App app(storiesOptions());
+    app.waitForPlan();
+    screenshot(*app.window, "01-proposed");
+    EXPECT_FALSE(app.window->banner()->isVisible()) << "a real model has no random-weights banner";
+    EXPECT_EQ(app.window->machines().model().rowCount(), 2);
+    ASSERT_NO_FATAL_FAILURE(app.launch());
+    screenshot(*app.window, "02-launched");
+    EXPECT_TRUE(app.chat().completeBox()->isChecked()) << "stories260K has no chat template: Complete is the default";
+    ASSERT_NO_FATAL_FAILURE(app.complete(c["prompt"], tokens));
+    ASSERT_TRUE(app.waitAnswer());
+    screenshot(*app.window, "03-answered");
+    const ChatMessage& answer = app.lastAnswer();
+    EXPECT_EQ(answer.text.toStdString(), expected);
+    EXPECT_EQ(answer.tokens, tokens);
+    EXPECT_GT(answer.tokensPerSecond, 0);
+    EXPECT_GE(answer.ttftMs, 0);
+    EXPECT_NE(app.chat().transcriptText().toStdString().find(expected), std::string::npos)
+        << "the transcript shows: " << app.chat().transcriptText().toStdString();
+    EXPECT_NE(app.chat().transcriptText().toStdString().find("tokens/s"), std::string::npos) << "speed kept under the reply";
+
+    std::printf("[ gui      ] event loop during start, launch and generation: longest stall %.1f ms, p99 %.1f ms over %zu ticks\n",
+                stalls.max(), stalls.p99(), stalls.lateMs.size());
+    EXPECT_LT(stalls.max(), 250.0) << "the GUI thread waited";
+
+    // The same generation through the CLI on the same workers and placement (after unloading here), for speed.
+    const double appTps = answer.tokensPerSecond;
+    const std::string plan = test::makeTempDir("gui-plan") + "/plan.json";
+    std::ofstream(plan) << app.session().plan().toJson();
+    QTest::mouseClick(app.window->launchPane().unloadButton(), Qt::LeftButton);
+    ASSERT_TRUE(waitUntil([&] { return !app.session().launched() && app.window->launchPane().launchButton()->isEnabled(); }, 30000));
+    std::string out, err;
+    const std::string cmd = test::cliBin() + " run --plan " + plan + " --key-file " + app.session().keyFile().toStdString() + " --model " +
+                            test::stories260KDir() + "/hf --dtype f32 --temperature 0 --max-tokens " + std::to_string(tokens) +
+                            " --prompt '" + c["prompt"].get<std::string>() + "'";
+    ASSERT_EQ(test::runCommand(cmd, &out, &err), 0) << err;
+    EXPECT_EQ(out, expected);
+    double cliTps = 0;
+    if (auto at = err.find("| decode "); at != std::string::npos) // the speed line: "... | decode N tokens/s | ..."
+        cliTps = std::atof(err.c_str() + at + 9);
+    std::printf("[ gui      ] decode tokens/s: app %.1f, CLI %.1f (app/CLI %.2f)\n", appTps, cliTps, cliTps > 0 ? appTps / cliTps : 0.0);
+}
+
+TEST(Gui, StopMidAnswerThenContinueGivesTheSameText)
+{
+    SKIP_WITHOUT_STORIES();
+    json ref = test::storiesReference();
+    const auto& c = ref["cases"][0];
+    const std::string expected = c["generated_text"];
+    const int tokens = static_cast<int>(c["generated_ids"].size());
+    App app(storiesOptions());
+    app.waitForPlan();
+    ASSERT_NO_FATAL_FAILURE(app.launch());
+    app.chat().newChat();
+
+    int seen = 0;
+    auto conn = QObject::connect(&app.session(), &AppSession::controllerEvent, [&](const ControllerEvent& e) {
+        if (e.kind == ControllerEvent::Kind::Token && e.token.token >= 0 && ++seen == 3)
+            QTest::mouseClick(app.chat().stopButton(), Qt::LeftButton);
+    });
+    ASSERT_NO_FATAL_FAILURE(app.complete(c["prompt"], tokens));
+    ASSERT_TRUE(app.waitAnswer());
+    QObject::disconnect(conn);
+    screenshot(*app.window, "04-stopped");
+    {
+        const ChatMessage& a = app.lastAnswer();
+        EXPECT_EQ(a.end.toStdString(), "stopped");
+        ASSERT_GE(a.tokens, 3);
+        ASSERT_LT(a.tokens, tokens) << "the answer ended before Stop landed";
+        EXPECT_EQ(expected.rfind(a.text.toStdString(), 0), 0u) << "the stopped answer is a prefix of the reference";
+    }
+    ASSERT_TRUE(app.chat().continueButton()->isEnabled());
+    QTest::mouseClick(app.chat().continueButton(), Qt::LeftButton);
+    ASSERT_TRUE(app.waitAnswer());
+    screenshot(*app.window, "05-continued");
+    const ChatMessage& a = app.lastAnswer();
+    EXPECT_EQ(a.text.toStdString(), expected);
+    EXPECT_EQ(a.tokens, tokens);
+}
+
+TEST(Gui, AWorkerKilledMidAnswerTurnsRedAndTheChatKeepsTheText)
+{
+    SKIP_WITHOUT_STORIES();
+    json ref = test::storiesReference();
+    const auto& c = ref["cases"][0];
+    const std::string expected = c["generated_text"];
+    App app(storiesOptions());
+    app.waitForPlan();
+    ASSERT_NO_FATAL_FAILURE(app.launch());
+    app.chat().newChat();
+    const std::string victim = app.session().plan().stages.back().ranks.back().worker;
+    const pid_t pid = app.session().localWorkerPid(victim);
+    ASSERT_GT(pid, 0);
+
+    int seen = 0;
+    auto conn = QObject::connect(&app.session(), &AppSession::controllerEvent, [&](const ControllerEvent& e) {
+        if (e.kind == ControllerEvent::Kind::Token && e.token.token >= 0 && ++seen == 3) {
+            ::kill(pid, SIGKILL);
+            // The person goes on typing their next message while the answer fails.
+            QTest::keyClicks(app.chat().input(), "and then?");
+        }
+    });
+    ASSERT_NO_FATAL_FAILURE(app.complete(c["prompt"], static_cast<int>(c["generated_ids"].size())));
+    ASSERT_TRUE(app.waitAnswer(60000)) << "the failure was not noticed";
+    QObject::disconnect(conn);
+    auto& model = app.window->machines().model();
+    const int row = model.rowOf(victim);
+    ASSERT_GE(row, 0);
+    ASSERT_TRUE(waitUntil([&] { return model.status(row) == Status::Error; }, 10000)) << model.stateText(row).toStdString();
+    screenshot(*app.window, "06-worker-killed");
+    const auto& msgs = app.chat().conversation().messages;
+    ASSERT_GE(msgs.size(), 3u);
+    EXPECT_EQ(msgs.back().role, ChatMessage::Role::Notice);
+    EXPECT_TRUE(msgs.back().error);
+    EXPECT_NE(msgs.back().text.toStdString().find(victim), std::string::npos) << msgs.back().text.toStdString();
+    const ChatMessage& a = app.lastAnswer();
+    EXPECT_EQ(a.end.toStdString(), "failed");
+    EXPECT_GE(a.tokens, 3) << "the tokens received are kept";
+    EXPECT_EQ(expected.rfind(a.text.toStdString(), 0), 0u) << a.text.toStdString();
+    EXPECT_EQ(msgs[msgs.size() - 3].text.toStdString(), c["prompt"].get<std::string>()) << "the prompt is kept";
+    EXPECT_EQ(app.chat().input()->toPlainText().toStdString(), "and then?") << "what the person was typing is kept";
+    EXPECT_NE(app.chat().transcriptText().toStdString().find(victim), std::string::npos);
+    EXPECT_NE(model.stateText(row).toStdString().find("error"), std::string::npos);
+    EXPECT_FALSE(app.chat().sendButton()->isEnabled()) << "nothing to send to until a relaunch";
+}
+
+TEST(Gui, ARestartRestoresTheConversationAndTheSettings)
+{
+    const std::string model = test::writeTinyModel("gui-restart");
+    std::vector<ChatMessage> before;
+    {
+        StartOptions o;
+        o.model = QString::fromStdString(model);
+        o.localWorkers = 1;
+        o.dtype = "f32";
+        App app(o);
+        app.waitForPlan();
+        ASSERT_NO_FATAL_FAILURE(app.launch());
+        app.chat().newChat();
+        if (app.chat().completeBox()->isChecked())
+            QTest::mouseClick(app.chat().completeBox(), Qt::LeftButton); // the tiny model has a chat template
+        app.chat().temperatureBox()->setValue(0.5);
+        app.chat().maxTokensBox()->setValue(12);
+        QTest::keyClicks(app.chat().input(), "Hello there");
+        QTest::mouseClick(app.chat().sendButton(), Qt::LeftButton);
+        ASSERT_TRUE(app.waitAnswer());
+        before = app.chat().conversation().messages;
+        ASSERT_EQ(before.size(), 2u);
+        EXPECT_EQ(before[1].tokens, app.lastAnswer().tokens);
+        app.window->close();
+    }
+    StartOptions o;
+    o.model = QString::fromStdString(model);
+    o.localWorkers = 1;
+    App again(o);
+    const auto& after = again.chat().conversation().messages;
+    ASSERT_EQ(after.size(), before.size());
+    for (size_t i = 0; i < after.size(); ++i) {
+        EXPECT_EQ(after[i].text, before[i].text);
+        EXPECT_EQ(after[i].ids, before[i].ids);
+    }
+    EXPECT_DOUBLE_EQ(again.chat().temperatureBox()->value(), 0.5);
+    EXPECT_EQ(again.chat().maxTokensBox()->value(), 12);
+    EXPECT_NE(again.chat().transcriptText().indexOf("Hello there"), -1);
+    screenshot(*again.window, "07-restored");
+}
+
+TEST(Gui, TheBuiltInModelShowsTheRandomWeightsBannerAndTheKeyPaneShowsTheKey)
+{
+    QSettings().remove("lastModel"); // a first start: no model used yet
+    StartOptions o;
+    o.localWorkers = 1;
+    App app(o);
+    ASSERT_TRUE(waitUntil([&] { return app.session().hasModel(); }, 60000));
+    EXPECT_TRUE(app.window->banner()->isVisible());
+    EXPECT_EQ(app.window->banner()->accessibleName().toStdString(), "Random weights: output is noise");
+    EXPECT_FALSE(app.session().keyText().isEmpty());
+    EXPECT_EQ(std::filesystem::status(app.session().keyFile().toStdString()).permissions() & std::filesystem::perms::group_all,
+              std::filesystem::perms::none);
+    app.window->showKeyDialog();
+    QApplication::processEvents();
+    screenshot(*app.window, "08-builtin-model");
+}
+
+} // namespace
+
+int main(int argc, char** argv)
+{
+    // Settings, the key and conversations go to a private folder, not the user's.
+    const std::string home = together::test::makeTempDir("gui-home");
+    ::setenv("XDG_CONFIG_HOME", (home + "/config").c_str(), 1);
+    ::setenv("TOGETHER_CONFIG_DIR", (home + "/config/together").c_str(), 1);
+    ::setenv("TOGETHER_STATE_DIR", (home + "/state").c_str(), 1);
+    ::setenv("HF_HUB_CACHE", (home + "/hub").c_str(), 1);
+    if (!std::getenv("QT_QPA_PLATFORM"))
+        ::setenv("QT_QPA_PLATFORM", "offscreen", 1);
+    std::signal(SIGPIPE, SIG_IGN);
+    ::testing::InitGoogleTest(&argc, argv);
+    QApplication app(argc, argv);
+    QApplication::setOrganizationName("together");
+    QApplication::setApplicationName("together");
+    return RUN_ALL_TESTS();
+}
