@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# Builds and runs the main job on the built-in default: a local cluster of worker processes on this machine
-# (two tensor-parallel ranks, each standing for a machine, on loopback with a fresh cluster key) generating
-# with a small random-weight Llama that the project writes to ~/.cache/together/default-model.
-# Extra arguments go to `together-cli run` (e.g. --model DIR --local tp=1,pp=2 --prompt "...").
+# Builds and opens the app on the built-in default: two worker daemons started on this machine (each standing
+# for a machine, on loopback, never broadcasting), the last model used or the built-in random-weight Llama
+# (written once to ~/.cache/together/default-model; the app says its output is noise), and a placement the
+# cost model proposes. Without a display the app says so and runs the headless main job instead
+# (together-cli run --auto --local-workers 2). Extra arguments go to the app (e.g. --model DIR, --plan F).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${TOGETHER_BUILD_DIR:-build}
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$build"
-if [ "$#" -eq 0 ]; then
-  set -- --local tp=2,pp=1 --prompt "Once upon a time" --max-tokens 48
+has_local=0
+for a in "$@"; do
+  case "$a" in --local-workers|--plan) has_local=1 ;; esac
+done
+if [ "$has_local" -eq 0 ]; then
+  set -- --local-workers 2 "$@"
 fi
-exec "$build/bin/together-cli" run "$@"
+exec "$build/bin/together" "$@"

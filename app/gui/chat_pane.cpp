@@ -161,7 +161,7 @@ ChatPane::ChatPane(AppSession& session, const QString& storePath, QWidget* paren
 
     m_renderTimer = new QTimer(this);
     m_renderTimer->setSingleShot(true);
-    m_renderTimer->setInterval(30);
+    m_renderTimer->setInterval(100); // while tokens stream: the transcript is redrawn 10 times a second, not per token
     connect(m_renderTimer, &QTimer::timeout, this, &ChatPane::render);
     m_prefillTimer = new QTimer(this);
     m_prefillTimer->setInterval(100);
@@ -431,14 +431,6 @@ void ChatPane::onControllerEvent(const ControllerEvent& e)
             m_lastTokenMs = now;
         }
         answer.text += QString::fromStdString(e.text);
-        if (m_streamed > 1) {
-            const double tps = (m_streamed - 1) * 1000.0 / std::max(1e-3, m_lastTokenMs - m_firstTokenMs);
-            m_live->setText(QString("first token %1 ms · %2 tokens/s · %3 ms/token · %4 tokens")
-                                .arg(m_firstTokenMs, 0, 'f', 0)
-                                .arg(tps, 0, 'f', 1)
-                                .arg(1000.0 / tps, 0, 'f', 1)
-                                .arg(answer.tokens));
-        }
         scheduleRender();
         break;
     }
@@ -513,6 +505,14 @@ void ChatPane::scheduleRender()
 
 void ChatPane::render()
 {
+    if (m_generating && m_streamed > 1 && m_answer >= 0) {
+        const double tps = (m_streamed - 1) * 1000.0 / std::max(1e-3, m_lastTokenMs - m_firstTokenMs);
+        m_live->setText(QString("first token %1 ms · %2 tokens/s · %3 ms/token · %4 tokens")
+                            .arg(m_firstTokenMs, 0, 'f', 0)
+                            .arg(tps, 0, 'f', 1)
+                            .arg(1000.0 / tps, 0, 'f', 1)
+                            .arg(conversation().messages[static_cast<size_t>(m_answer)].tokens));
+    }
     const bool complete = conversation().complete;
     QString html = "<html><body style='font-size:11pt'>";
     const auto& msgs = conversation().messages;

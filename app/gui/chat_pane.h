@@ -51,6 +51,7 @@ public:
     QPushButton* sendButton() { return m_send; }
     QPushButton* stopButton() { return m_stop; }
     QPushButton* continueButton() { return m_continue; }
+    QPushButton* regenerateButton() { return m_regenerate; }
 
     void send();
     void stop();

@@ -109,6 +109,7 @@ LaunchPane::LaunchPane(AppSession& session, QWidget* parent)
     });
 
     auto* progress = new QGroupBox("Launch progress");
+    progress->setMinimumHeight(70);
     m_progressLayout = new QVBoxLayout(progress);
     layout->addWidget(progress);
     m_status = new QLabel;
@@ -151,8 +152,13 @@ void LaunchPane::refresh()
 {
     if (m_session.hasModel()) {
         const auto& c = m_session.config();
+        // A folder named like "hf" or a snapshot hash says little: its parent's name goes first.
+        QFileInfo dir(m_session.modelDir());
+        QString name = dir.fileName();
+        if (name.size() <= 3 || name.size() == 40)
+            name = QFileInfo(dir.path()).fileName() + "/" + name;
         m_model->setText(QString("<b>%1</b> — %2 layers, hidden %3, %4")
-                             .arg(QFileInfo(m_session.modelDir()).fileName().toHtmlEscaped())
+                             .arg(name.toHtmlEscaped())
                              .arg(c.numLayers)
                              .arg(c.hiddenSize)
                              .arg(QString::fromStdString(c.architecture).toHtmlEscaped()));

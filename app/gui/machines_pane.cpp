@@ -100,12 +100,12 @@ MachinesPane::MachinesPane(AppSession& session, QWidget* parent)
     m_table->verticalHeader()->hide();
     m_table->horizontalHeader()->setStretchLastSection(true);
     m_table->horizontalHeader()->setSectionResizeMode(QHeaderView::Interactive);
-    m_table->setColumnWidth(MachinesModel::Machine, 170);
-    m_table->setColumnWidth(MachinesModel::State, 150);
-    m_table->setColumnWidth(MachinesModel::Cores, 50);
-    m_table->setColumnWidth(MachinesModel::Memory, 230);
+    m_table->setColumnWidth(MachinesModel::Machine, 150);
+    m_table->setColumnWidth(MachinesModel::State, 110);
+    m_table->setColumnWidth(MachinesModel::Cores, 44);
+    m_table->setColumnWidth(MachinesModel::Memory, 250);
     m_table->setColumnWidth(MachinesModel::Donated, 150);
-    m_table->setColumnWidth(MachinesModel::Speed, 110);
+    m_table->setColumnWidth(MachinesModel::Speed, 100);
     m_table->setWordWrap(false);
     layout->addWidget(m_table, 1);
     // Ctrl+C copies the selected machine's address, state and reason.

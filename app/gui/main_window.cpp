@@ -22,6 +22,7 @@
 #include <QFileInfo>
 #include <QLabel>
 #include <QMessageBox>
+#include <QScrollArea>
 #include <QSettings>
 #include <QStatusBar>
 #include <QTimer>
@@ -81,14 +82,22 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
 
     m_machines = new MachinesPane(*m_session);
     m_launch = new LaunchPane(*m_session);
-    dock("Machines", m_machines, Qt::LeftDockWidgetArea);
-    dock("Placement", m_launch, Qt::LeftDockWidgetArea);
+    auto* machinesDock = dock("Machines", m_machines, Qt::LeftDockWidgetArea);
+    auto* scroll = new QScrollArea;
+    scroll->setWidget(m_launch);
+    scroll->setWidgetResizable(true);
+    scroll->setFrameShape(QFrame::NoFrame);
+    auto* placementDock = dock("Placement", scroll, Qt::LeftDockWidgetArea);
     auto* charts = dock("Charts", placeholder("Live charts (tokens/s, each link's latency, time per token) come with the placement board."),
                         Qt::BottomDockWidgetArea);
     auto* perf = dock("Performance", placeholder("This session's runs and benches, with CSV and Markdown export, come with the placement board."),
                       Qt::BottomDockWidgetArea);
     tabifyDockWidget(charts, perf);
     charts->raise();
+    // A first start: the machines and the placement get room; a saved layout (below) replaces this.
+    resizeDocks({machinesDock}, {600}, Qt::Horizontal);
+    resizeDocks({machinesDock, placementDock}, {300, 420}, Qt::Vertical);
+    resizeDocks({charts}, {110}, Qt::Vertical);
 
     auto* tools = addToolBar("Main");
     tools->setObjectName("mainToolBar");
