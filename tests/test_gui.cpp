@@ -6,9 +6,11 @@
 // a screenshot under the build folder.
 #include "app/gui/app_session.h"
 #include "app/gui/chat_pane.h"
+#include "app/gui/key_dialog.h"
 #include "app/gui/launch_pane.h"
 #include "app/gui/machines_pane.h"
 #include "app/gui/main_window.h"
+#include "app/gui/models_dialog.h"
 #include "core/controller.h"
 #include "core/model_config.h"
 #include "core/tokenizer.h"
@@ -18,7 +20,11 @@
 #include <QCheckBox>
 #include <QDoubleSpinBox>
 #include <QElapsedTimer>
+#include <QDialogButtonBox>
 #include <QLabel>
+#include <QMessageBox>
+#include <QTreeWidget>
+#include <QTreeWidgetItemIterator>
 #include <QPlainTextEdit>
 #include <QPushButton>
 #include <QSettings>
@@ -383,7 +389,95 @@ TEST(Gui, TheBuiltInModelShowsTheRandomWeightsBannerAndTheKeyPaneShowsTheKey)
               std::filesystem::perms::none);
     app.window->showKeyDialog();
     QApplication::processEvents();
+    auto* key = app.window->findChild<KeyDialog*>();
+    ASSERT_NE(key, nullptr);
+    EXPECT_EQ(key->shownKey(), app.session().keyText());
     screenshot(*app.window, "08-builtin-model");
+}
+
+TEST(Gui, APlacementBeyondTheMemoryWarnsWithTheNumbersAndLaunchAnywayTries)
+{
+    const std::string model = test::writeTinyModel("gui-memory");
+    StartOptions o;
+    o.model = QString::fromStdString(model);
+    o.localWorkers = 1;
+    o.dtype = "f32";
+    o.localWorkerArgs = {"--max-memory", "0.1"}; // donates 102 MiB: less than any shard needs
+    App app(o);
+    ASSERT_TRUE(waitUntil([&] { return app.session().hasModel() && app.session().readyWorkers().size() == 1; }, 60000));
+    // The cost model finds nothing that fits; a placement set by hand is then checked at Launch.
+    app.session().setPlan(Plan::even(app.session().config(), 1, 1, app.session().readyWorkers(), 1));
+    LaunchPane& pane = app.window->launchPane();
+    ASSERT_TRUE(waitUntil([&] { return pane.launchButton()->isEnabled(); }, 30000));
+    QTest::mouseClick(pane.launchButton(), Qt::LeftButton);
+    ASSERT_NE(pane.memoryWarning(), nullptr) << "no warning";
+    const std::string text = pane.memoryWarning()->text().toStdString();
+    EXPECT_NE(text.find("needs about"), std::string::npos) << text;
+    EXPECT_NE(text.find("GiB donated"), std::string::npos) << text;
+    screenshot(*pane.memoryWarning(), "09-memory-warning");
+    QPushButton* anyway = nullptr;
+    for (auto* b : pane.memoryWarning()->findChildren<QPushButton*>())
+        if (b->text() == "Launch anyway")
+            anyway = b;
+    ASSERT_NE(anyway, nullptr);
+    // Cancel first: nothing starts.
+    pane.memoryWarning()->button(QMessageBox::Cancel)->click();
+    ASSERT_TRUE(waitUntil([&] { return pane.memoryWarning() == nullptr; }, 5000));
+    EXPECT_NE(pane.statusText().toStdString().find("not launched"), std::string::npos) << pane.statusText().toStdString();
+    EXPECT_FALSE(app.session().launched());
+    // Then Launch anyway: the master skips its free-memory check; this worker still holds to what it donates.
+    QTest::mouseClick(pane.launchButton(), Qt::LeftButton);
+    ASSERT_NE(pane.memoryWarning(), nullptr);
+    for (auto* b : pane.memoryWarning()->findChildren<QPushButton*>())
+        if (b->text() == "Launch anyway")
+            b->click();
+    ASSERT_TRUE(waitUntil([&] { return pane.statusText().startsWith("launch failed"); }, 60000)) << pane.statusText().toStdString();
+    EXPECT_NE(pane.statusText().toStdString().find("donates"), std::string::npos) << pane.statusText().toStdString();
+    EXPECT_EQ(pane.memoryWarning(), nullptr) << "a forced launch that fails is not offered again";
+    EXPECT_FALSE(app.session().launched());
+}
+
+TEST(Gui, TheModelsListShowsTheHuggingFaceCacheAndWhyAModelCannotRun)
+{
+    // A hub cache with a runnable model and a quantized one.
+    const std::string hub = std::getenv("HF_HUB_CACHE");
+    const std::string good = hub + "/models--acme--Tiny-Chat/snapshots/0123456789abcdef0123456789abcdef01234567";
+    const std::string bad = hub + "/models--acme--Tiny-AWQ/snapshots/89abcdef0123456789abcdef0123456789abcdef";
+    for (auto* d : {&good, &bad}) {
+        std::filesystem::create_directories(*d);
+        std::filesystem::copy(test::writeTinyModel("gui-hub"), *d, std::filesystem::copy_options::recursive | std::filesystem::copy_options::overwrite_existing);
+    }
+    {
+        std::ifstream in(bad + "/config.json");
+        json cfg = json::parse(in);
+        cfg["quantization_config"] = {{"quant_method", "awq"}};
+        std::ofstream(bad + "/config.json") << cfg.dump();
+    }
+    StartOptions o;
+    o.localWorkers = 1;
+    App app(o);
+    app.window->browseModels();
+    ModelsDialog* d = app.window->findChild<ModelsDialog*>();
+    ASSERT_NE(d, nullptr);
+    ASSERT_TRUE(waitUntil([&] { return !d->scanning(); }, 30000));
+    QString all;
+    for (QTreeWidgetItemIterator it(d->list()); *it; ++it)
+        all += (*it)->text(0) + " | " + (*it)->text(2) + " | " + (*it)->text(3) + "\n";
+    EXPECT_NE(all.indexOf("acme/Tiny-Chat | LlamaForCausalLM | yes"), -1) << all.toStdString();
+    EXPECT_NE(all.indexOf("acme/Tiny-AWQ"), -1) << all.toStdString();
+    EXPECT_NE(all.indexOf("no: "), -1) << all.toStdString();
+    EXPECT_NE(all.indexOf("awq"), -1) << all.toStdString();
+    d->resize(980, 300);
+    QApplication::processEvents();
+    EXPECT_TRUE(d->grab().save(QString::fromStdString(screenshotDir() + "/10-models.png")));
+    // Opening the runnable one opens it in the app.
+    for (QTreeWidgetItemIterator it(d->list()); *it; ++it)
+        if ((*it)->text(0) == "acme/Tiny-Chat")
+            d->list()->setCurrentItem(*it);
+    for (auto* b : d->findChildren<QPushButton*>())
+        if (b->text() == "Open")
+            b->click();
+    ASSERT_TRUE(waitUntil([&] { return app.session().modelDir().toStdString() == good; }, 30000)) << app.session().modelDir().toStdString();
 }
 
 } // namespace

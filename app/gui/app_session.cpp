@@ -125,7 +125,7 @@ void AppSession::startDiscovery(bool broadcast)
     });
 }
 
-void AppSession::startLocalWorkers(int count)
+void AppSession::startLocalWorkers(int count, const std::vector<std::string>& daemonArgs)
 {
     if (count < 1 || count > 12) {
         Q_EMIT localWorkersFailed("local workers: 1 to 12");
@@ -133,9 +133,9 @@ void AppSession::startLocalWorkers(int count)
     }
     Q_EMIT status(QString("starting %1 local worker(s)…").arg(count));
     const std::string keyFile = m_keyFile.toStdString();
-    background([this, count, keyFile] {
+    background([this, count, keyFile, daemonArgs] {
         try {
-            auto daemons = std::make_shared<LocalDaemons>(static_cast<size_t>(count), keyFile);
+            auto daemons = std::make_shared<LocalDaemons>(static_cast<size_t>(count), keyFile, daemonArgs);
             post([this, daemons, count] {
                 m_local = daemons;
                 for (auto& a : daemons->addresses())
@@ -326,7 +326,7 @@ std::map<std::string, uint64_t> AppSession::plannedBytes(const QString& dtype, i
         return out;
     const int64_t ctx = context > 0 ? std::min(context, m_config.contextLimit()) : m_config.contextLimit();
     try {
-        const DType dt = parseDType(dtype.toStdString(), "the dtype");
+        const DType dt = parseDType(dtype.toUpper().toStdString(), "the dtype");
         for (size_t s = 0; s < m_plan.stages.size(); ++s)
             for (size_t r = 0; r < m_plan.stages[s].ranks.size(); ++r)
                 out[m_plan.stages[s].ranks[r].worker] +=

@@ -45,7 +45,7 @@ public:
 
     // Workers. Discovery listens for beacons unless `broadcast` is false (local workers only).
     void startDiscovery(bool broadcast);
-    void startLocalWorkers(int count); // async: localWorkersStarted or failure
+    void startLocalWorkers(int count, const std::vector<std::string>& daemonArgs = {}); // async: localWorkersStarted or failure
     std::vector<std::string> localWorkers() const;
     pid_t localWorkerPid(const std::string& address) const;
     void addWorker(const QString& address); // throws Error on a malformed address; remembered unless local

@@ -204,6 +204,7 @@ void LaunchPane::launch(bool force)
         return;
     }
     m_launching = true;
+    m_forced = force;
     setStatus(force ? "launching beyond the free memory…" : "launching…");
     refresh();
 }
@@ -296,7 +297,9 @@ void LaunchPane::onControllerEvent(const ControllerEvent& e)
         m_launching = false;
         setStatus("launch failed: " + QString::fromStdString(e.text), true);
         refresh();
-        if (e.text.find("needs about") != std::string::npos)
+        // The master's own check refused (free memory changed since): the same offer. A forced launch that a
+        // worker still refuses (it holds to what it donates) just says why.
+        if (!m_forced && e.text.find("needs about") != std::string::npos)
             warnMemory(QString::fromStdString(e.text));
         break;
     case ControllerEvent::Kind::Unloaded:

@@ -71,6 +71,7 @@ private:
     std::vector<QLabel*> m_barLabels;
     QMessageBox* m_warning = nullptr;
     bool m_launching = false;
+    bool m_forced = false; // the launch in flight was "Launch anyway"
     bool m_proposing = false;
 };
 

@@ -193,7 +193,7 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
     settings.setValue("keyFile", m_session->keyFile());
     m_session->startDiscovery(options.localWorkers == 0);
     if (options.localWorkers > 0)
-        m_session->startLocalWorkers(options.localWorkers);
+        m_session->startLocalWorkers(options.localWorkers, options.localWorkerArgs);
     else
         QTimer::singleShot(4000, this, [this] { m_machines->offerLocalWorkers(true); });
 

@@ -4,6 +4,9 @@
 #include <QMainWindow>
 #include <QString>
 
+#include <string>
+#include <vector>
+
 class QDockWidget;
 class QLabel;
 class QTimer;
@@ -21,6 +24,7 @@ struct StartOptions {
     QString keyFile;      // --key-file K ("" = the one in settings, else $config/cluster.key)
     QString plan;         // --plan F (else a proposal from the cost model)
     QString dtype;        // --dtype ("" = settings)
+    std::vector<std::string> localWorkerArgs; // given to each local daemon (tests: --max-memory)
 };
 
 // The app's window: Machines and Placement on the left, the Chat in the middle, Charts and Performance below.
