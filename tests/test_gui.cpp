@@ -21,7 +21,12 @@
 #include <QDoubleSpinBox>
 #include <QElapsedTimer>
 #include <QDialogButtonBox>
+#include <QBrush>
+#include <QClipboard>
 #include <QLabel>
+#include <QLineEdit>
+#include <QScrollBar>
+#include <QTextBlock>
 #include <QMessageBox>
 #include <QTreeWidget>
 #include <QTreeWidgetItemIterator>
@@ -478,6 +483,121 @@ TEST(Gui, TheModelsListShowsTheHuggingFaceCacheAndWhyAModelCannotRun)
         if (b->text() == "Open")
             b->click();
     ASSERT_TRUE(waitUntil([&] { return app.session().modelDir().toStdString() == good; }, 30000)) << app.session().modelDir().toStdString();
+}
+
+// Clicks the link `href` in the transcript where it is drawn, as a person would.
+bool clickLink(QTextBrowser* t, const QString& href)
+{
+    for (QTextBlock b = t->document()->begin(); b.isValid(); b = b.next())
+        for (auto it = b.begin(); !it.atEnd(); ++it) {
+            const QTextFragment f = it.fragment();
+            if (!f.isValid() || f.charFormat().anchorHref() != href)
+                continue;
+            QTextCursor c(t->document());
+            c.setPosition(f.position() + f.length() / 2);
+            t->ensureCursorVisible();
+            t->setTextCursor(c);
+            const QRect r = t->cursorRect(c);
+            QTest::mouseClick(t->viewport(), Qt::LeftButton, {}, r.center());
+            return true;
+        }
+    return false;
+}
+
+TEST(Gui, ChatActionsAndAutoScrollThatPausesWhenTheUserScrollsUp)
+{
+    const std::string model = test::writeTinyModel("gui-actions");
+    StartOptions o;
+    o.model = QString::fromStdString(model);
+    o.localWorkers = 1;
+    o.dtype = "f32";
+    App app(o);
+    app.waitForPlan();
+    ASSERT_NO_FATAL_FAILURE(app.launch());
+    app.chat().newChat();
+    ChatPane& chat = app.chat();
+    EXPECT_FALSE(chat.completeBox()->isChecked()) << "a model with a chat template starts in chat mode";
+    chat.temperatureBox()->setValue(0);
+    chat.maxTokensBox()->setValue(40);
+    for (const char* text : {"First question", "Second question", "Third question"}) {
+        QTest::keyClicks(chat.input(), text);
+        QTest::mouseClick(chat.sendButton(), Qt::LeftButton);
+        ASSERT_TRUE(app.waitAnswer());
+    }
+    ASSERT_EQ(chat.conversation().messages.size(), 6u);
+
+    // Copy puts the message on the clipboard; Delete removes it (clicked where the link is drawn).
+    ASSERT_TRUE(clickLink(chat.transcript(), "act:copy:0"));
+    EXPECT_EQ(QApplication::clipboard()->text().toStdString(), "First question");
+    ASSERT_TRUE(clickLink(chat.transcript(), "act:delete:1"));
+    ASSERT_EQ(chat.conversation().messages.size(), 5u);
+    EXPECT_EQ(chat.conversation().messages[1].text.toStdString(), "Second question");
+
+    // Auto-scroll: a long answer follows the bottom, unless the person scrolls up while it streams.
+    chat.maxTokensBox()->setValue(400);
+    chat.transcript()->resize(chat.transcript()->width(), 120); // a short view, so the answer overflows it
+    bool scrolled = false;
+    auto conn = QObject::connect(&app.session(), &AppSession::controllerEvent, [&](const ControllerEvent& e) {
+        if (e.kind == ControllerEvent::Kind::Token && !scrolled && chat.transcript()->verticalScrollBar()->maximum() > 0) {
+            chat.transcript()->verticalScrollBar()->setValue(0); // the person scrolls up to read
+            scrolled = true;
+        }
+    });
+    QTest::keyClicks(chat.input(), "Tell me a long story");
+    QTest::keyClick(chat.input(), Qt::Key_Return);
+    ASSERT_TRUE(app.waitAnswer());
+    QObject::disconnect(conn);
+    if (scrolled)
+        EXPECT_EQ(chat.transcript()->verticalScrollBar()->value(), 0) << "the view jumped back to the bottom";
+    else
+        std::printf("[ gui      ] the answer never overflowed the view; auto-scroll pause not exercised\n");
+    // Regenerate replaces the last answer (greedy: the same text).
+    const QString before = chat.conversation().messages.back().text;
+    QTest::mouseClick(chat.regenerateButton(), Qt::LeftButton);
+    ASSERT_TRUE(app.waitAnswer());
+    EXPECT_EQ(chat.conversation().messages.back().text, before);
+    EXPECT_EQ(chat.conversation().messages.size(), 7u);
+    screenshot(*app.window, "11-chat-actions");
+}
+
+TEST(Gui, AFirstStartWithoutWorkersOffersLocalOnesAndAddByAddressShowsWhyAWorkerIsUnreachable)
+{
+    const std::string model = test::writeTinyModel("gui-first");
+    StartOptions o;
+    o.model = QString::fromStdString(model);
+    o.broadcast = false; // no beacons outside a namespace: the LAN is empty here
+    App app(o);
+    QPushButton* start = nullptr;
+    for (auto* b : app.window->findChildren<QPushButton*>())
+        if (b->accessibleName() == "Start local workers")
+            start = b;
+    ASSERT_NE(start, nullptr);
+    ASSERT_TRUE(waitUntil([&] { return start->isVisible(); }, 15000)) << "no offer of local workers";
+    screenshot(*app.window, "12-first-start");
+    QTest::mouseClick(start, Qt::LeftButton);
+    ASSERT_TRUE(waitUntil([&] { return app.session().hasPlan(); }, 90000)) << "no placement over the local workers";
+    EXPECT_EQ(app.window->machines().model().rowCount(), 2);
+
+    QLineEdit* address = nullptr;
+    for (auto* e : app.window->machines().findChildren<QLineEdit*>())
+        if (e->accessibleName() == "Address")
+            address = e;
+    ASSERT_NE(address, nullptr);
+    QTest::keyClicks(address, "127.0.0.1:1");
+    QTest::keyClick(address, Qt::Key_Return);
+    auto& model3 = app.window->machines().model();
+    ASSERT_TRUE(waitUntil([&] { return model3.rowOf("127.0.0.1:1") >= 0 && model3.status(model3.rowOf("127.0.0.1:1")) == Status::Error; }, 20000));
+    const QString state = model3.stateText(model3.rowOf("127.0.0.1:1"));
+    EXPECT_TRUE(state.startsWith("unreachable")) << state.toStdString();
+    const QModelIndex stateCell = model3.index(model3.rowOf("127.0.0.1:1"), MachinesModel::State);
+    EXPECT_EQ(model3.data(stateCell, Qt::ForegroundRole).value<QBrush>().color(), statusColor(Status::Error));
+    EXPECT_NE(state.indexOf("7600") + state.indexOf(":1"), -2) << state.toStdString();
+    screenshot(app.window->machines(), "13a-unreachable-unselected");
+    // Selecting the row shows its state as text that can be copied.
+    app.window->machines().table()->selectRow(model3.rowOf("127.0.0.1:1"));
+    EXPECT_NE(app.window->machines().selectedDetails().indexOf("unreachable"), -1);
+    screenshot(*app.window, "13-unreachable");
+    forgetWorker("127.0.0.1:1");
 }
 
 } // namespace

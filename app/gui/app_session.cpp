@@ -133,10 +133,12 @@ void AppSession::startLocalWorkers(int count, const std::vector<std::string>& da
     }
     Q_EMIT status(QString("starting %1 local worker(s)…").arg(count));
     const std::string keyFile = m_keyFile.toStdString();
+    m_localStarting = true;
     background([this, count, keyFile, daemonArgs] {
         try {
             auto daemons = std::make_shared<LocalDaemons>(static_cast<size_t>(count), keyFile, daemonArgs);
             post([this, daemons, count] {
+                m_localStarting = false;
                 m_local = daemons;
                 for (auto& a : daemons->addresses())
                     if (m_discovery)
@@ -146,7 +148,10 @@ void AppSession::startLocalWorkers(int count, const std::vector<std::string>& da
             });
         } catch (const std::exception& e) {
             const QString why = e.what();
-            post([this, why] { Q_EMIT localWorkersFailed(why); });
+            post([this, why] {
+                m_localStarting = false;
+                Q_EMIT localWorkersFailed(why);
+            });
         }
     });
 }

@@ -47,6 +47,7 @@ public:
     void startDiscovery(bool broadcast);
     void startLocalWorkers(int count, const std::vector<std::string>& daemonArgs = {}); // async: localWorkersStarted or failure
     std::vector<std::string> localWorkers() const;
+    bool startingLocalWorkers() const { return m_localStarting; }
     pid_t localWorkerPid(const std::string& address) const;
     void addWorker(const QString& address); // throws Error on a malformed address; remembered unless local
     std::vector<DiscoveredWorker> workers() const;
@@ -110,6 +111,7 @@ private:
     std::shared_ptr<LocalDaemons> m_local;
     std::unique_ptr<Discovery> m_discovery;
     bool m_broadcast = false;
+    bool m_localStarting = false;
 
     QString m_modelDir;
     ModelConfig m_config;

@@ -85,7 +85,8 @@ int main(int argc, char** argv)
     QCommandLineOption key("key-file", "The cluster key file (default: the one the CLI uses).", "FILE");
     QCommandLineOption plan("plan", "A placement (plan JSON, as together-cli reads).", "FILE");
     QCommandLineOption dtype("dtype", "bf16 or f32.", "D");
-    p.addOptions({model, local, key, plan, dtype});
+    QCommandLineOption noBroadcast("no-broadcast", "Do not look for workers on the LAN; only those added by address.");
+    p.addOptions({model, local, key, plan, dtype, noBroadcast});
     p.process(app);
     together::gui::StartOptions o;
     o.model = p.value(model);
@@ -100,6 +101,7 @@ int main(int argc, char** argv)
     o.keyFile = p.value(key);
     o.plan = p.value(plan);
     o.dtype = p.value(dtype);
+    o.broadcast = !p.isSet(noBroadcast);
     if (!o.dtype.isEmpty() && o.dtype != "bf16" && o.dtype != "f32") {
         std::fprintf(stderr, "together: --dtype must be bf16 or f32\n");
         return 2;

@@ -148,6 +148,7 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
     m_proposeTimer->setSingleShot(true);
     m_proposeTimer->setInterval(800);
     connect(m_proposeTimer, &QTimer::timeout, this, &MainWindow::maybePropose);
+    connect(m_session, &AppSession::localWorkersStarted, m_proposeTimer, qOverload<>(&QTimer::start));
     connect(m_session, &AppSession::workerUpdated, this, [this] {
         if (!m_session->hasPlan())
             m_proposeTimer->start();
@@ -191,7 +192,7 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
         m_session->useKeyFile(QString::fromStdString(defaultKeyFile()));
     }
     settings.setValue("keyFile", m_session->keyFile());
-    m_session->startDiscovery(options.localWorkers == 0);
+    m_session->startDiscovery(options.localWorkers == 0 && options.broadcast);
     if (options.localWorkers > 0)
         m_session->startLocalWorkers(options.localWorkers, options.localWorkerArgs);
     else
@@ -287,14 +288,12 @@ void MainWindow::maybePropose()
     const auto ready = m_session->readyWorkers();
     if (ready.empty())
         return;
-    if (m_options.localWorkers > 0) {
-        const auto local = m_session->localWorkers();
-        if (local.size() < static_cast<size_t>(m_options.localWorkers))
+    // Local workers count as machines: the proposal waits until every one asked for has started and is ready.
+    if (m_session->startingLocalWorkers())
+        return;
+    for (auto& a : m_session->localWorkers())
+        if (std::find(ready.begin(), ready.end(), a) == ready.end())
             return;
-        for (auto& a : local)
-            if (std::find(ready.begin(), ready.end(), a) == ready.end())
-                return;
-    }
     m_proposing = true;
     m_launch->setProposing(true);
     m_session->proposePlacement(m_launch->dtype(), m_launch->context());

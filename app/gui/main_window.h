@@ -24,6 +24,7 @@ struct StartOptions {
     QString keyFile;      // --key-file K ("" = the one in settings, else $config/cluster.key)
     QString plan;         // --plan F (else a proposal from the cost model)
     QString dtype;        // --dtype ("" = settings)
+    bool broadcast = true; // --no-broadcast: only workers added by address (and local ones)
     std::vector<std::string> localWorkerArgs; // given to each local daemon (tests: --max-memory)
 };
 
