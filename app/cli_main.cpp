@@ -238,6 +238,7 @@ struct CliSink {
             return;
         }
         case ControllerEvent::Kind::Notice:
+        case ControllerEvent::Kind::Log:
         case ControllerEvent::Kind::Launched:
             std::fprintf(stderr, "together: %s\n", e.text.c_str());
             return;

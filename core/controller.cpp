@@ -53,6 +53,8 @@ const char* eventKindName(ControllerEvent::Kind k)
         return "failed";
     case ControllerEvent::Kind::Notice:
         return "notice";
+    case ControllerEvent::Kind::Log:
+        return "log";
     case ControllerEvent::Kind::Unloaded:
         return "unloaded";
     }
@@ -187,7 +189,7 @@ std::unique_ptr<Cluster> Controller::newCluster()
     Cluster::Callbacks cb;
     cb.log = [this](const std::string& m) {
         ControllerEvent e;
-        e.kind = ControllerEvent::Kind::Notice;
+        e.kind = ControllerEvent::Kind::Log;
         e.text = m;
         emit(e);
     };
@@ -357,6 +359,9 @@ void Controller::doGenerate(const GenerateRequest& request)
                 for (auto& r : st.ranks)
                     if (r.worker != dead && std::find(alive.begin(), alive.end(), r.worker) == alive.end())
                         alive.push_back(r.worker);
+            for (auto& w : m_launch.spareWorkers)
+                if (w != dead && std::find(alive.begin(), alive.end(), w) == alive.end())
+                    alive.push_back(w);
             c->stop();
             if (alive.empty()) {
                 failWith(why + "; no other worker is left to fail over to");

@@ -30,6 +30,7 @@ struct ControllerEvent {
         Ended,        // result: the answer, its stop reason and speed
         Failed,       // text: why, naming the worker; result: the answer so far (kept)
         Notice,       // text: something the user should know (failover)
+        Log,          // text: a line of the cluster's log (which worker, where weights came from)
         Unloaded,     // the shards are stopped
     };
     Kind kind = Kind::Notice;
@@ -47,6 +48,7 @@ struct LaunchRequest {
     std::string dtype = "f32";
     int64_t contextLength = 0; // KV cache positions per rank; 0: the model's own limit
     bool failover = false;     // after a worker dies or stalls, place the model over the rest and continue
+    std::vector<std::string> spareWorkers; // failover may also use these (ready workers outside the plan)
     bool force = false;        // launch even when the placement needs more memory than is free
 };
 

@@ -17,6 +17,9 @@ packages=(
   # tests: GoogleTest; node + npm fetch the pinned JS reference tokenizer/jinja packages; network namespaces
   # (ip), systemd-analyze for the worker's unit file, setsid
   libgtest-dev libgmock-dev nodejs npm xvfb iproute2 systemd util-linux
+  # the app's end-to-end test as a screen reader sees it: a D-Bus session, the accessibility bus and its
+  # Python client, real X mouse events
+  dbus at-spi2-core python3-pyatspi xdotool
 )
 
 if [ "$(id -u)" -ne 0 ]; then

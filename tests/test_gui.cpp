@@ -600,6 +600,64 @@ TEST(Gui, AFirstStartWithoutWorkersOffersLocalOnesAndAddByAddressShowsWhyAWorker
     forgetWorker("127.0.0.1:1");
 }
 
+TEST(Gui, WithFailOverAWorkerKilledMidAnswerLeavesANoticeAndTheAnswerGoesOnExactly)
+{
+    SKIP_WITHOUT_STORIES();
+    json ref = test::storiesReference();
+    const auto& c = ref["cases"][0];
+    const std::string expected = c["generated_text"];
+    const int tokens = static_cast<int>(c["generated_ids"].size());
+    App app(storiesOptions());
+    app.waitForPlan();
+    QTest::mouseClick(app.window->launchPane().failoverBox(), Qt::LeftButton);
+    ASSERT_TRUE(app.window->launchPane().failoverBox()->isChecked());
+    ASSERT_NO_FATAL_FAILURE(app.launch());
+    app.chat().newChat();
+    const std::string victim = app.session().plan().stages.front().ranks.front().worker;
+    const pid_t pid = app.session().localWorkerPid(victim);
+    ASSERT_GT(pid, 0);
+    int seen = 0;
+    auto conn = QObject::connect(&app.session(), &AppSession::controllerEvent, [&](const ControllerEvent& e) {
+        if (e.kind == ControllerEvent::Kind::Token && e.token.token >= 0 && ++seen == 3)
+            ::kill(pid, SIGKILL);
+    });
+    ASSERT_NO_FATAL_FAILURE(app.complete(c["prompt"], tokens));
+    ASSERT_TRUE(app.waitAnswer(120000));
+    QObject::disconnect(conn);
+    screenshot(*app.window, "14-failover");
+    const auto& msgs = app.chat().conversation().messages;
+    bool notice = false;
+    for (auto& m : msgs)
+        if (m.role == ChatMessage::Role::Notice && !m.error)
+            notice = true;
+    QString all;
+    for (auto& m : msgs)
+        all += m.text + "\n";
+    EXPECT_TRUE(notice) << "no failover notice in the chat:\n" << all.toStdString();
+    const ChatMessage& a = app.lastAnswer();
+    EXPECT_EQ(a.text.toStdString(), expected) << "the answer went on from where it was";
+    EXPECT_TRUE(app.session().launched());
+    auto& model = app.window->machines().model();
+    EXPECT_EQ(model.status(model.rowOf(victim)), Status::Error) << model.stateText(model.rowOf(victim)).toStdString();
+    EXPECT_EQ(app.session().plan().stages.front().ranks.front().worker.find(victim), std::string::npos) << "the placement shown is the new one";
+}
+
+TEST(Gui, LocalWorkersOutliveTheThreadThatStartedThem)
+{
+    // They are spawned on a pool thread and die with it (PR_SET_PDEATHSIG follows the thread): an idle pool
+    // thread that expired after 30 s took every local worker with it.
+    StartOptions o;
+    o.model = QString::fromStdString(test::writeTinyModel("gui-idle"));
+    o.localWorkers = 2;
+    App app(o);
+    ASSERT_TRUE(waitUntil([&] { return app.session().localWorkers().size() == 2; }, 60000));
+    QTest::qWait(40000); // longer than QThreadPool's default expiry
+    for (auto& a : app.session().localWorkers())
+        EXPECT_EQ(::kill(app.session().localWorkerPid(a), 0), 0) << a << " is gone";
+    for (auto& w : app.session().workers())
+        EXPECT_EQ(w.state, WorkerState::Ready) << w.address << ": " << w.reason;
+}
+
 } // namespace
 
 int main(int argc, char** argv)

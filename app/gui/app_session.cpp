@@ -35,6 +35,9 @@ AppSession::AppSession(QObject* parent)
     qRegisterMetaType<together::DiscoveredWorker>();
     qRegisterMetaType<together::ControllerEvent>();
     m_pool.setMaxThreadCount(4);
+    // Pool threads never expire: local daemons die with the thread that spawned them (PR_SET_PDEATHSIG
+    // follows the spawning thread, not the process), and an idle pool thread would otherwise end after 30 s.
+    m_pool.setExpiryTimeout(-1);
 }
 
 AppSession::~AppSession()
@@ -253,6 +256,13 @@ void AppSession::makeController()
             else if (e.kind == ControllerEvent::Kind::Failed && m_controller)
                 m_launched = m_controller->launched();
             Q_EMIT controllerEvent(e);
+            // After a failover the model runs on another placement: show that one.
+            if (e.kind == ControllerEvent::Kind::Notice && m_controller && e.text.rfind("failover: relaunched", 0) == 0) {
+                m_plan = m_controller->plan();
+                m_prediction.reset();
+                Q_EMIT planChanged();
+                Q_EMIT placementProposed("Failed over: " + QString::fromStdString(e.text.substr(10)) + ".");
+            }
         });
     });
 }
@@ -364,7 +374,7 @@ QString AppSession::memoryShortfall(const QString& dtype, int64_t context) const
 
 // ---- the controller ----
 
-void AppSession::launch(const QString& dtype, int64_t context, bool force)
+void AppSession::launch(const QString& dtype, int64_t context, bool force, bool failover)
 {
     if (!m_controller)
         throw Error("open a model first");
@@ -376,6 +386,13 @@ void AppSession::launch(const QString& dtype, int64_t context, bool force)
     r.dtype = dtype.toStdString();
     r.contextLength = context;
     r.force = force;
+    r.failover = failover;
+    if (failover) // any ready worker may take over, not only the placement's
+        for (auto& w : readyWorkers())
+            if (std::none_of(m_plan.stages.begin(), m_plan.stages.end(), [&](const PlanStage& st) {
+                    return std::any_of(st.ranks.begin(), st.ranks.end(), [&](const PlanRank& rk) { return rk.worker == w; });
+                }))
+                r.spareWorkers.push_back(w);
     m_launched = false;
     m_controller->launch(r);
 }

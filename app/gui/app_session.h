@@ -74,7 +74,7 @@ public:
     QString memoryShortfall(const QString& dtype, int64_t context) const;
 
     // The controller (after a model is open). Events arrive as controllerEvent on the GUI thread.
-    void launch(const QString& dtype, int64_t context, bool force);
+    void launch(const QString& dtype, int64_t context, bool force, bool failover = false);
     void generate(const GenerateRequest& request);
     void stop();
     void cancel();

@@ -133,7 +133,6 @@ ChatPane::ChatPane(AppSession& session, const QString& storePath, QWidget* paren
     m_prefill->hide();
     layout->addWidget(m_prefill);
     m_live = new QLabel;
-    m_live->setAccessibleName("Speed");
     m_live->setTextInteractionFlags(Qt::TextSelectableByMouse);
     layout->addWidget(m_live);
 
@@ -142,6 +141,7 @@ ChatPane::ChatPane(AppSession& session, const QString& storePath, QWidget* paren
     m_input->setObjectName("message");
     m_input->setAccessibleName("Message");
     m_input->setPlaceholderText("Message (Enter sends, Shift+Enter starts a new line)");
+    m_input->setAccessibleDescription("Enter sends, Shift+Enter starts a new line");
     m_input->setMaximumHeight(90);
     m_input->installEventFilter(this);
     bottom->addWidget(m_input, 1);
@@ -248,6 +248,7 @@ void ChatPane::modelChanged(bool hasChatTemplate)
     // Complete mode is the default for a model without a chat template; a conversation already going keeps its mode.
     if (conv().messages.empty())
         m_complete->setChecked(!hasChatTemplate);
+    render();
 }
 
 void ChatPane::setLaunched(bool launched)

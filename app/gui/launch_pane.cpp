@@ -5,6 +5,7 @@
 #include "app/gui/theme.h"
 #include "app/placements.h"
 
+#include <QCheckBox>
 #include <QComboBox>
 #include <QFileInfo>
 #include <QGroupBox>
@@ -26,7 +27,6 @@ LaunchPane::LaunchPane(AppSession& session, QWidget* parent)
 
     auto* modelRow = new QHBoxLayout;
     m_model = new QLabel("No model open");
-    m_model->setAccessibleName("Model");
     m_model->setTextInteractionFlags(Qt::TextSelectableByMouse);
     m_model->setWordWrap(true);
     auto* open = new QPushButton("Open model folder…");
@@ -41,19 +41,16 @@ LaunchPane::LaunchPane(AppSession& session, QWidget* parent)
     connect(browse, &QPushButton::clicked, this, &LaunchPane::browseModelsRequested);
 
     m_plan = new QLabel("No placement yet");
-    m_plan->setAccessibleName("Placement");
     m_plan->setWordWrap(true);
     m_plan->setTextInteractionFlags(Qt::TextSelectableByMouse);
     layout->addWidget(m_plan);
     m_prediction = new QLabel;
-    m_prediction->setAccessibleName("Prediction");
     QFont big = m_prediction->font();
     big.setPointSizeF(big.pointSizeF() * 1.4);
     big.setBold(true);
     m_prediction->setFont(big);
     layout->addWidget(m_prediction);
     m_explanation = new QLabel;
-    m_explanation->setAccessibleName("Why this placement");
     m_explanation->setWordWrap(true);
     m_explanation->setTextInteractionFlags(Qt::TextSelectableByMouse);
     m_explanation->setStyleSheet("color:#555");
@@ -79,6 +76,10 @@ LaunchPane::LaunchPane(AppSession& session, QWidget* parent)
     options->addWidget(m_dtype);
     options->addWidget(cl);
     options->addWidget(m_context);
+    m_failover = new QCheckBox("Fail over");
+    m_failover->setAccessibleName("Fail over");
+    m_failover->setToolTip("When a machine dies or stalls mid-answer, place the model over the others and go on");
+    options->addWidget(m_failover);
     options->addStretch(1);
     options->addWidget(m_propose);
     layout->addLayout(options);
@@ -113,7 +114,6 @@ LaunchPane::LaunchPane(AppSession& session, QWidget* parent)
     m_progressLayout = new QVBoxLayout(progress);
     layout->addWidget(progress);
     m_status = new QLabel;
-    m_status->setAccessibleName("Launch status");
     m_status->setWordWrap(true);
     m_status->setTextInteractionFlags(Qt::TextSelectableByMouse | Qt::TextSelectableByKeyboard);
     layout->addWidget(m_status);
@@ -182,6 +182,7 @@ void LaunchPane::refresh()
     m_propose->setEnabled(m_session.hasModel() && !busy && !m_session.launched());
     m_dtype->setEnabled(!m_session.launched() && !m_launching);
     m_context->setEnabled(!m_session.launched() && !m_launching);
+    m_failover->setEnabled(!m_session.launched() && !m_launching);
 }
 
 void LaunchPane::launch(bool force)
@@ -198,7 +199,7 @@ void LaunchPane::launch(bool force)
     m_bars.clear();
     m_barLabels.clear();
     try {
-        m_session.launch(dtype(), context(), force);
+        m_session.launch(dtype(), context(), force, m_failover->isChecked());
     } catch (const std::exception& e) {
         setStatus(e.what(), true);
         return;

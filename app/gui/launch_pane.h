@@ -7,6 +7,7 @@
 
 #include <vector>
 
+class QCheckBox;
 class QComboBox;
 class QLabel;
 class QMessageBox;
@@ -37,6 +38,7 @@ public:
     void setProposing(bool on);
 
     QPushButton* launchButton() { return m_launch; }
+    QCheckBox* failoverBox() { return m_failover; }
     QPushButton* cancelButton() { return m_cancel; }
     QPushButton* unloadButton() { return m_unload; }
     QMessageBox* memoryWarning() { return m_warning; } // while one is shown
@@ -61,6 +63,7 @@ private:
     QLabel* m_explanation;
     QComboBox* m_dtype;
     QSpinBox* m_context;
+    QCheckBox* m_failover;
     QPushButton* m_propose;
     QPushButton* m_launch;
     QPushButton* m_cancel;

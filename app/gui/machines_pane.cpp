@@ -114,7 +114,6 @@ MachinesPane::MachinesPane(AppSession& session, QWidget* parent)
 
     m_details = new QLabel("Select a machine to see its state and reason.");
     m_details->setObjectName("machineDetails");
-    m_details->setAccessibleName("Machine state");
     m_details->setTextInteractionFlags(Qt::TextSelectableByMouse | Qt::TextSelectableByKeyboard);
     m_details->setWordWrap(true);
     layout->addWidget(m_details);

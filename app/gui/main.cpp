@@ -6,6 +6,10 @@
 
 #include <QApplication>
 #include <QCommandLineParser>
+#include <QSocketNotifier>
+
+#include <csignal>
+#include <sys/socket.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -15,6 +19,13 @@
 #include <unistd.h>
 
 namespace {
+
+int g_signalPipe[2] = {-1, -1};
+void onTerminate(int)
+{
+    const char c = 1;
+    [[maybe_unused]] auto n = ::write(g_signalPipe[1], &c, 1);
+}
 
 bool haveDisplay()
 {
@@ -107,6 +118,18 @@ int main(int argc, char** argv)
         return 2;
     }
     together::gui::MainWindow w(o);
+    // SIGTERM and SIGINT close the window as the close button does: settings, layout and the conversation are
+    // saved, and the shards and local workers are stopped.
+    if (::socketpair(AF_UNIX, SOCK_STREAM, 0, g_signalPipe) == 0) {
+        auto* notifier = new QSocketNotifier(g_signalPipe[0], QSocketNotifier::Read, &app);
+        QObject::connect(notifier, &QSocketNotifier::activated, &w, [&w] {
+            char c;
+            [[maybe_unused]] auto n = ::read(g_signalPipe[0], &c, 1);
+            w.close();
+        });
+        std::signal(SIGTERM, onTerminate);
+        std::signal(SIGINT, onTerminate);
+    }
     w.show();
     return app.exec();
 }

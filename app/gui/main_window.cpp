@@ -22,6 +22,7 @@
 #include <QFileInfo>
 #include <QLabel>
 #include <QMessageBox>
+#include <QPlainTextEdit>
 #include <QScrollArea>
 #include <QSettings>
 #include <QStatusBar>
@@ -109,8 +110,6 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
     openAct->setShortcut(QKeySequence::Open);
     tools->addAction("Models…", this, &MainWindow::browseModels);
     tools->addAction("Cluster key…", this, &MainWindow::showKeyDialog);
-    tools->addSeparator();
-    tools->addAction("New chat", m_chat, &ChatPane::newChat);
 
     connect(m_launch, &LaunchPane::openModelRequested, openAct, &QAction::trigger);
     connect(m_launch, &LaunchPane::browseModelsRequested, this, &MainWindow::browseModels);
@@ -155,6 +154,8 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
         m_machines->model().setPlanned(m_session->plannedBytes(m_launch->dtype(), m_launch->context()));
     });
     connect(m_session, &AppSession::controllerEvent, this, [this](const ControllerEvent& e) {
+        if (e.kind == ControllerEvent::Kind::Log)
+            statusBar()->showMessage(QString::fromStdString(e.text), 8000);
         m_launch->onControllerEvent(e);
         m_chat->onControllerEvent(e);
         if (e.kind == ControllerEvent::Kind::Launched) {
@@ -164,7 +165,8 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
                    e.kind == ControllerEvent::Kind::Failed) {
             m_chat->setLaunched(m_session->launched());
         }
-        if (e.kind == ControllerEvent::Kind::Failed || e.kind == ControllerEvent::Kind::LaunchFailed) {
+        const bool failingOver = e.kind == ControllerEvent::Kind::Notice && e.text.find("failing over") != std::string::npos;
+        if (e.kind == ControllerEvent::Kind::Failed || e.kind == ControllerEvent::Kind::LaunchFailed || failingOver) {
             // The machine the message names turns red with the reason.
             auto& model = m_machines->model();
             for (int row = 0; row < model.rowCount(); ++row) {
@@ -183,6 +185,9 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
     resize(1280, 800);
     restoreGeometry(settings.value("geometry").toByteArray());
     restoreState(settings.value("windowState").toByteArray());
+
+    // A person starts by typing: the message field has the focus once the window shows.
+    QTimer::singleShot(0, this, [this] { m_chat->input()->setFocus(); });
 
     // The key, the workers, the model.
     try {
@@ -229,7 +234,6 @@ QDockWidget* MainWindow::dock(const QString& name, QWidget* content, Qt::DockWid
     auto* d = new QDockWidget(name, this);
     d->setObjectName(name.toLower() + "Dock");
     d->setAccessibleName(name);
-    content->setAccessibleName(name);
     d->setWidget(content);
     d->setFeatures(QDockWidget::DockWidgetMovable | QDockWidget::DockWidgetFloatable | QDockWidget::DockWidgetClosable);
     addDockWidget(area, d);

@@ -15,7 +15,8 @@ this machine, found on loopback only (no broadcast), so nothing leaves the machi
 caches and hub cache live in a fresh temporary folder.
 
 Exit status: 0 passed, 1 failed, 77 skipped (something the test needs is absent), 75 the X display could
-not be opened (the wrapper retries: two xvfb-run -a starting at once can pick the same display number).
+not be opened by the test or the app (the wrapper retries with a fresh Xvfb: two xvfb-run -a starting at
+once can pick the same display number).
 """
 
 import argparse
@@ -35,16 +36,28 @@ import zlib
 EXIT_SKIP = 77
 EXIT_NO_DISPLAY = 75
 
-try:
-    import pyatspi
-    from gi.repository import Atspi
-except Exception as e:  # noqa: BLE001 - any import problem means "cannot run here"
-    print(f"SKIP: python3-pyatspi is not importable by {sys.executable}: {e}", flush=True)
-    sys.exit(EXIT_SKIP)
+# Imported by import_pyatspi() once the X display is held (see hold_display): the import starts the accessibility bus.
+pyatspi = None
+Atspi = None
+
+
+def import_pyatspi():
+    global pyatspi, Atspi
+    try:
+        import pyatspi as _pyatspi
+        from gi.repository import Atspi as _Atspi
+    except Exception as e:  # noqa: BLE001 - any import problem means "cannot run here"
+        print(f"SKIP: python3-pyatspi is not importable by {sys.executable}: {e}", flush=True)
+        sys.exit(EXIT_SKIP)
+    pyatspi, Atspi = _pyatspi, _Atspi
 
 
 class Failure(Exception):
     pass
+
+
+class NoDisplay(Failure):
+    """The app could not connect to the X server: the wrapper starts a fresh one and tries again."""
 
 
 def log(msg):
@@ -144,8 +157,15 @@ def normalize(s):
     return re.sub(r"\s+", " ", s).strip()
 
 
+# The whole run stays within ctest's TIMEOUT (300 s), with room to stop the app and say why: a wait is cut short
+# when the budget would run out.
+BUDGET_END = time.monotonic() + 270
+
+
 def wait_for(what, timeout, predicate, interval=0.5):
     deadline = time.monotonic() + timeout
+    cut = deadline > BUDGET_END
+    deadline = min(deadline, BUDGET_END)
     start = time.monotonic()
     last_exc = None
     while True:
@@ -160,6 +180,9 @@ def wait_for(what, timeout, predicate, interval=0.5):
             last_exc = e
         if time.monotonic() >= deadline:
             extra = f" (last error: {last_exc})" if last_exc else ""
+            if cut:
+                raise Failure(f"timed out after {time.monotonic() - start:.0f} s, when the test's 270 s budget ran "
+                              f"out, waiting for: {what}{extra}")
             raise Failure(f"timed out after {timeout} s waiting for: {what}{extra}")
         time.sleep(interval)
 
@@ -193,18 +216,24 @@ def libx11():
     return x
 
 
-def display_usable():
+_held_display = None
+
+
+def hold_display():
+    """Open the display and keep the connection until we exit. Xvfb resets when its last client disconnects, and
+    a client connecting during the reset is refused ("could not connect to display"). at-spi-bus-launcher connects
+    to X (for the AT_SPI_BUS root property) and disconnects as the accessibility bus starts, right when the app
+    connects: without a connection held open, that race fails the app's start now and then.
+    Returns False if the display cannot be opened."""
+    global _held_display
     if not os.environ.get("DISPLAY"):
         return False
     try:
         x = libx11()
     except OSError:
         return True  # cannot tell without libX11; let the app try
-    d = x.XOpenDisplay(None)
-    if not d:
-        return False
-    x.XCloseDisplay(d)
-    return True
+    _held_display = x.XOpenDisplay(None)
+    return bool(_held_display)
 
 
 def png_bytes(width, height, rgb_rows):
@@ -241,7 +270,7 @@ def screenshot_xlib(path):
             rows.append(out)
         with open(path, "wb") as f:
             f.write(png_bytes(w, h, rows))
-        distinct = len(set(rows[h // 2][i:i + 3] for i in range(0, 3 * w, 3 * 7)))
+        distinct = len(set(bytes(rows[h // 2][i:i + 3]) for i in range(0, 3 * w, 3 * 7)))
         return f"{w}x{h} via libX11 XGetImage ({distinct} distinct colours sampled on the middle row)"
     finally:
         x.XCloseDisplay(d)
@@ -286,11 +315,12 @@ def our_children():
         try:
             with open(f"/proc/{pid}/stat") as f:
                 stat = f.read()
-            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+            fields = stat[stat.rindex(")") + 2:].split()
+            state, ppid = fields[0], int(fields[1])
             if ppid == me:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
                     cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-                out.append((int(pid), cmd))
+                out.append((int(pid), state, cmd))
         except (OSError, ValueError):
             pass
     return out
@@ -309,31 +339,41 @@ def stop_app(proc):
             proc.kill()
             proc.wait(timeout=15)
     log(f"the app exited with status {proc.returncode}")
-    # Stragglers re-parented to us (see become_subreaper): end them by id.
-    for pid, cmd in our_children():
-        log(f"ending leftover child {pid}: {cmd[:120]}")
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                    break
-            except ChildProcessError:
-                break
-            time.sleep(0.1)
-        else:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
+    # Worker daemons die with the app (PDEATHSIG) and, as we are a subreaper, become our children: reap them.
+    # Any still alive after a grace period gets SIGTERM, then SIGKILL, by its id.
+    deadline = time.monotonic() + 10
+    term_sent = set()
+    while True:
+        kids = our_children()
+        if not kids:
+            break
+        for pid, state, cmd in kids:
+            if state == "Z":
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
+                log(f"reaped orphan {pid} (a process of the app's, ended with it)")
+            elif time.monotonic() > deadline - 5 and pid not in term_sent:
+                log(f"a process outlived the app, SIGTERM to {pid}: {cmd[:120]}")
+                term_sent.add(pid)
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            elif time.monotonic() > deadline:
+                log(f"SIGKILL to {pid}: {cmd[:120]}")
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                except (ProcessLookupError, ChildProcessError):
+                    pass
+        time.sleep(0.1)
 
 
-def find_app(pid, timeout):
+def find_app(pid, timeout, alive):
     def look():
+        alive()
         desktop = pyatspi.Registry.getDesktop(0)
         for app in children(desktop):
             try:
@@ -347,13 +387,14 @@ def find_app(pid, timeout):
     try:
         app.setCacheMask(Atspi.Cache.NONE)
     except Exception as e:  # noqa: BLE001
-        log(f"note: cannot turn off libatspi's cache for the app ({e}); clearing it before reads instead")
+        log(f"note: cannot turn off libatspi's cache for the app ({e}); state reads may lag")
     return app
 
 
 # ---------------------------------------------------------------------------------------------------------
 # the test
 
+PANE_ROLES = {"frame", "panel", "filler", "scroll pane", "section", "grouping", "internal frame"}
 TEXTISH_ROLES = {"text", "entry", "document text", "document frame", "paragraph", "terminal", "password text"}
 
 
@@ -363,8 +404,9 @@ def check_tree(app):
     found = {}
     problems = []
 
-    def need(name, roles=None, interfaces_needed=(), label=None):
+    def need(name, roles=None, interfaces_needed=(), label=None, prefer=()):
         objs = find_all(app, name, roles)
+        objs.sort(key=lambda o: role(o) not in prefer)  # stable: breadth-first order among equals
         if not objs:
             everything = find_all(app, name)
             seen = ", ".join(sorted({role(o) for o in everything})) or "none"
@@ -382,8 +424,10 @@ def check_tree(app):
         found[label or name] = obj
         return obj
 
+    # A dock is a frame (its title bar's tab, when docks are tabbed together, is a page tab and the tab bar a page
+    # tab list named after the current tab): any role will do, a container is preferred.
     for pane in ("Machines", "Placement", "Chat", "Charts", "Performance"):
-        need(pane)
+        need(pane, prefer=PANE_ROLES)
     for button in ("Launch", "Stop", "Send"):
         need(button, {"push button"}, ("Action",))
     msg = need("Message", TEXTISH_ROLES, ("Text", "EditableText"))
@@ -403,7 +447,7 @@ def check_tree(app):
         need_in = find_all(chat, "New chat", {"push button"})
         if need_in:
             found["New chat"] = need_in[0]
-            print(f"  found {'New chat':26} role={role(need_in[0])!r:18} interfaces={sorted(interfaces(need_in[0]))}"
+            print(f"  found {'New chat'!r:26} role={role(need_in[0])!r:18} interfaces={sorted(interfaces(need_in[0]))}"
                   "  (the one inside 'Chat'; the toolbar has another)", flush=True)
     if "New chat" not in found:
         need("New chat", {"push button"}, ("Action", "Component"))
@@ -488,13 +532,17 @@ def run(args, tmp, screenshots):
     try:
         def alive():
             if proc.poll() is not None:
+                app_log.flush()
+                with open(app_log.name, errors="replace") as f:
+                    if "could not connect to display" in f.read():
+                        raise NoDisplay(f"the app could not connect to the X display {os.environ.get('DISPLAY')}")
                 raise Failure(f"the app exited early with status {proc.returncode}")
-        app = find_app(proc.pid, 30)
+        app = find_app(proc.pid, 30, alive)
         alive()
         log(f"app found: {app.name!r} (pid {app.get_process_id()}, toolkit {app.get_toolkit_name()} "
             f"{app.get_toolkit_version()})")
         # The tree fills in as the window is built: wait until the last of the panes is there.
-        wait_for("the main window's tree", 30, lambda: alive() or find_all(app, "Send", {"push button"}))
+        wait_for("the main window's tree", 15, lambda: alive() or find_all(app, "Send", {"push button"}))
         objs = check_tree(app)
 
         log("step 2: waiting for 'Launch' to be enabled (the placement over the 2 local workers)")
@@ -532,7 +580,7 @@ def run(args, tmp, screenshots):
             at = t.find(target)
             return t if at >= 0 and "tokens/s" in t[at + len(target):] and enabled(send) else None
         try:
-            text = wait_for("the Conversation holds the reference continuation, then 'tokens/s'", 120, answered_fully)
+            text = wait_for("the Conversation holds the reference continuation, then 'tokens/s'", 60, answered_fully)
         except Failure as e:
             raise Failure(f"{e}\n    the Conversation did not show the reference continuation followed by 'tokens/s'.\n"
                           f"    expected (whitespace-normalized): {target!r}\n"
@@ -588,22 +636,29 @@ def main():
     if not os.environ.get("DBUS_SESSION_BUS_ADDRESS"):
         print("FAIL: no session bus (run under dbus-run-session, see tests/gui/run_atspi_e2e.sh)", flush=True)
         return 1
-    if not display_usable():
+    if not hold_display():
         print(f"DISPLAY {os.environ.get('DISPLAY')!r} cannot be opened", flush=True)
         return EXIT_NO_DISPLAY
+    import_pyatspi()
 
     shots = os.path.abspath(args.screenshots or os.path.join(args.bin, os.pardir, "gui-screenshots"))
     screenshots = {k: os.path.join(shots, f) for k, f in
                    (("final", "atspi-e2e.png"), ("answer", "atspi-e2e-answer.png"), ("failure", "atspi-e2e-failure.png"))}
+    for stale in screenshots.values():  # a picture from an earlier run must not pass for this one's
+        if os.path.exists(stale):
+            os.remove(stale)
     become_subreaper()
     tmp = tempfile.mkdtemp(prefix="together-atspi-")
-    # SIGTERM (ctest's timeout) and SIGINT end the run through the finally blocks, which stop the app.
+    # SIGTERM and SIGINT end the run through the finally blocks, which stop the app.
     def on_signal(signum, _frame):
         raise Failure(f"interrupted by signal {signum}")
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
         clicked = run(args, tmp, screenshots)
+    except NoDisplay as e:
+        print(f"{e}", flush=True)
+        return EXIT_NO_DISPLAY
     except Failure as e:
         print(f"FAIL: {e}", flush=True)
         return 1
