@@ -23,6 +23,11 @@
 #include <QDialogButtonBox>
 #include <QBrush>
 #include <QClipboard>
+#include <QDir>
+#include <QFile>
+#include <QFileInfo>
+#include <QJsonArray>
+#include <QJsonObject>
 #include <QLabel>
 #include <QLineEdit>
 #include <QScrollBar>
@@ -288,9 +293,10 @@ TEST(Gui, StopMidAnswerThenContinueGivesTheSameText)
     QTest::mouseClick(app.chat().continueButton(), Qt::LeftButton);
     ASSERT_TRUE(app.waitAnswer());
     screenshot(*app.window, "05-continued");
+    // Continue gives the answer the whole budget again: the text goes on exactly where Stop left it.
     const ChatMessage& a = app.lastAnswer();
-    EXPECT_EQ(a.text.toStdString(), expected);
-    EXPECT_EQ(a.tokens, tokens);
+    EXPECT_EQ(a.text.toStdString().rfind(expected, 0), 0u) << a.text.toStdString();
+    EXPECT_GT(a.tokens, tokens);
 }
 
 TEST(Gui, AWorkerKilledMidAnswerTurnsRedAndTheChatKeepsTheText)
@@ -656,6 +662,51 @@ TEST(Gui, LocalWorkersOutliveTheThreadThatStartedThem)
         EXPECT_EQ(::kill(app.session().localWorkerPid(a), 0), 0) << a << " is gone";
     for (auto& w : app.session().workers())
         EXPECT_EQ(w.state, WorkerState::Ready) << w.address << ": " << w.reason;
+}
+
+TEST(Gui, AnUnreadableConversationsFileIsKeptAsideAndForeignTokenIdsAreNotFed)
+{
+    const std::string model = test::writeTinyModel("gui-hostile");
+    const QString path = ConversationStore::defaultPath();
+    {
+        QFile f(path);
+        ASSERT_TRUE(f.open(QIODevice::WriteOnly | QIODevice::Truncate));
+        f.write("{\"conversations\": [{\"messages\": [");
+    }
+    {
+        StartOptions o;
+        o.model = QString::fromStdString(model);
+        o.localWorkers = 1;
+        App app(o);
+        ASSERT_EQ(app.chat().conversation().messages.size(), 0u);
+        const QStringList aside = QFileInfo(path).dir().entryList({"conversations.json.unreadable-*"});
+        ASSERT_EQ(aside.size(), 1) << "the unreadable file was not kept";
+        QFile kept(QFileInfo(path).dir().filePath(aside.first()));
+        ASSERT_TRUE(kept.open(QIODevice::ReadOnly));
+        EXPECT_EQ(kept.readAll().toStdString(), "{\"conversations\": [{\"messages\": [");
+        QFile::remove(kept.fileName());
+        app.window->close();
+    }
+    // Ids that are not this model's tokens (another model's file, an edit) are not fed: the text is encoded.
+    auto tokenizer = Tokenizer::fromDirectory(model);
+    Conversation c;
+    c.complete = true;
+    ChatMessage user;
+    user.text = "Hello";
+    ChatMessage reply;
+    reply.role = ChatMessage::Role::Assistant;
+    reply.text = " world";
+    reply.ids = {-5, tokenizer.vocabSize() + 7};
+    c.messages = {user, reply};
+    auto ids = promptIds(c, tokenizer, true);
+    auto expected = tokenizer.encode("Hello", true);
+    auto tail = tokenizer.encode(" world", false);
+    expected.insert(expected.end(), tail.begin(), tail.end());
+    EXPECT_EQ(ids, expected);
+    for (int id : ids)
+        EXPECT_TRUE(id >= 0 && id < tokenizer.vocabSize());
+    const QJsonObject hostile{{"messages", QJsonArray{QJsonObject{{"role", "assistant"}, {"text", "x"}, {"ids", QJsonArray{1, "2", 3.5}}}}}};
+    EXPECT_TRUE(Conversation::fromJson(hostile).messages[0].ids.empty()) << "non-integer ids are dropped";
 }
 
 } // namespace

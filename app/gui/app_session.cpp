@@ -5,6 +5,7 @@
 #include "core/cluster_key.h"
 #include "core/credentials.h"
 #include "core/error.h"
+#include "core/run_options.h"
 #include "core/safetensors.h"
 #include "core/shard_spec.h"
 #include "core/survey.h"
@@ -68,35 +69,41 @@ void AppSession::background(std::function<void()> work)
 void AppSession::useKeyFile(const QString& path)
 {
     const std::string file = path.isEmpty() ? defaultKeyFile() : path.toStdString();
+    if (!path.isEmpty() && file != defaultKeyFile() && !std::filesystem::exists(file))
+        throw Error("the key file " + file + " does not exist (a mistyped path? only the default one is made when missing)");
     if (!std::filesystem::exists(file)) {
         ClusterKey::generate().writeFile(file);
         Q_EMIT status("made a new cluster key in " + QString::fromStdString(file));
     }
-    m_credentials = std::make_shared<const Credentials>(ClusterKey::fromFile(file), newMasterIdentity());
+    const ClusterKey key = ClusterKey::fromFile(file);
+    m_credentials = std::make_shared<const Credentials>(key, newMasterIdentity());
     m_keyFile = QString::fromStdString(file);
+    m_keyText = QString::fromStdString(key.text());
+    m_keyFingerprint = QString::fromStdString(key.fingerprint());
     Q_EMIT keyChanged();
-}
-
-QString AppSession::keyText() const
-{
-    return m_keyFile.isEmpty() ? QString() : QString::fromStdString(ClusterKey::fromFile(m_keyFile.toStdString()).text());
-}
-
-QString AppSession::keyFingerprint() const
-{
-    return m_keyFile.isEmpty() ? QString() : QString::fromStdString(ClusterKey::fromFile(m_keyFile.toStdString()).fingerprint());
 }
 
 void AppSession::replaceKey()
 {
+    // The new key is written beside the old one first; only then are the files swapped, so a failure at any
+    // point leaves a usable key file.
     const std::string file = m_keyFile.toStdString();
+    const std::string fresh = file + ".new";
     std::error_code ec;
-    std::filesystem::rename(file, file + ".old", ec);
+    std::filesystem::remove(fresh, ec);
+    ClusterKey::generate().writeFile(fresh);
+    const ClusterKey key = ClusterKey::fromFile(fresh);
+    std::filesystem::remove(file + ".old", ec);
+    std::filesystem::create_hard_link(file, file + ".old", ec);
     if (ec)
-        throw Error("cannot move the old key aside (" + file + ".old): " + ec.message());
-    ClusterKey::generate().writeFile(file);
+        throw Error("cannot keep the old key as " + file + ".old: " + ec.message());
+    std::filesystem::rename(fresh, file, ec);
+    if (ec)
+        throw Error("cannot replace " + file + ": " + ec.message());
     dropController();
-    m_credentials = std::make_shared<const Credentials>(ClusterKey::fromFile(file), newMasterIdentity());
+    m_credentials = std::make_shared<const Credentials>(key, newMasterIdentity());
+    m_keyText = QString::fromStdString(key.text());
+    m_keyFingerprint = QString::fromStdString(key.fingerprint());
     // Workers under the old key now refuse this master; local workers are restarted with the new one.
     const bool hadLocal = m_local != nullptr;
     const int localCount = hadLocal ? static_cast<int>(m_local->addresses().size()) : 0;
@@ -119,7 +126,11 @@ void AppSession::startDiscovery(bool broadcast)
     m_broadcast = broadcast;
     Discovery::Options o;
     o.broadcast = broadcast;
-    o.manual = rememberedWorkers();
+    try {
+        o.manual = rememberedWorkers();
+    } catch (const std::exception& e) {
+        Q_EMIT status(QString("the remembered workers cannot be read: ") + e.what());
+    }
     if (m_local)
         for (auto& a : m_local->addresses())
             o.manual.push_back(a);
@@ -220,7 +231,9 @@ void AppSession::openModel(const QString& dir)
         try {
             ModelConfig config = ModelConfig::fromDirectory(d);
             auto tokenizer = std::make_shared<const Tokenizer>(Tokenizer::fromDirectory(d));
-            post([this, config, tokenizer, dir, epoch] {
+            const GenerationDefaults defaults = GenerationDefaults::fromDirectory(d);
+            const std::vector<int64_t> eos = !defaults.eosTokenIds.empty() ? defaults.eosTokenIds : config.eosTokenIds;
+            post([this, config, tokenizer, dir, epoch, eos] {
                 if (epoch != m_modelEpoch)
                     return; // another model was opened since
                 dropController();
@@ -228,6 +241,7 @@ void AppSession::openModel(const QString& dir)
                 m_tokenizer = tokenizer;
                 m_modelDir = dir;
                 m_hasChatTemplate = !tokenizer->chatTemplate().empty();
+                m_eosIds = eos;
                 m_plan = {};
                 m_prediction.reset();
                 makeController();
@@ -237,6 +251,20 @@ void AppSession::openModel(const QString& dir)
         } catch (const std::exception& e) {
             const QString why = e.what();
             post([this, dir, why] { Q_EMIT modelFailed(dir, why); });
+        }
+    });
+}
+
+void AppSession::openDefaultModel()
+{
+    Q_EMIT status("writing the built-in random model…");
+    background([this] {
+        try {
+            const QString dir = QString::fromStdString(ensureDefaultModel());
+            post([this, dir] { openModel(dir); });
+        } catch (const std::exception& e) {
+            const QString why = e.what();
+            post([this, why] { Q_EMIT modelFailed("the built-in model", why); });
         }
     });
 }
@@ -273,6 +301,7 @@ void AppSession::dropController()
         return;
     ++m_controllerEpoch; // its late events are dropped
     m_launched = false;
+    Q_EMIT controllerReset();
     m_controller->cancel();
     std::shared_ptr<Controller> old(m_controller.release());
     background([old = std::move(old)]() mutable { old.reset(); }); // stopping its shards waits on the network
@@ -303,8 +332,10 @@ void AppSession::proposePlacement(const QString& dtype, int64_t context)
             const int64_t ctx = context > 0 ? std::min(context, config.contextLimit()) : config.contextLimit();
             AutoPlacement ap = autoPlace(config, dt, ctx, survey.machines, survey.table());
             post([this, ap, survey, epoch] {
-                if (epoch != m_modelEpoch)
+                if (epoch != m_modelEpoch) {
+                    Q_EMIT placementFailed("another model was opened meanwhile");
                     return;
+                }
                 m_profiles = survey.machines;
                 m_links = survey.table();
                 m_plan = ap.plan;

@@ -38,8 +38,8 @@ public:
     // Throws Error naming the file when it cannot be read.
     void useKeyFile(const QString& path);
     QString keyFile() const { return m_keyFile; }
-    QString keyText() const;
-    QString keyFingerprint() const;
+    QString keyText() const { return m_keyText; }
+    QString keyFingerprint() const { return m_keyFingerprint; }
     // A new key in the same file (the old one kept beside it as FILE.old). Workers need it typed again.
     void replaceKey();
 
@@ -56,11 +56,14 @@ public:
 
     // The model: config and tokenizer read on another thread.
     void openModel(const QString& dir); // async: modelOpened or modelFailed
+    void openDefaultModel();            // the built-in random model, written once (async)
     bool hasModel() const { return m_tokenizer != nullptr; }
     QString modelDir() const { return m_modelDir; }
     const ModelConfig& config() const { return m_config; }
     std::shared_ptr<const Tokenizer> tokenizer() const { return m_tokenizer; }
     bool modelHasChatTemplate() const { return m_hasChatTemplate; }
+    // The ids that end an answer (generation_config.json, else config.json).
+    const std::vector<int64_t>& eosIds() const { return m_eosIds; }
 
     // The placement: proposed by the cost model over the ready workers, or set.
     void proposePlacement(const QString& dtype, int64_t context); // async: placementProposed or placementFailed
@@ -96,6 +99,9 @@ Q_SIGNALS:
     void planChanged();
     void controllerEvent(const together::ControllerEvent& event);
     void keyChanged();
+    // The controller was replaced (another model, another key) with work possibly in flight: no event of the
+    // old one arrives any more, so whoever waits for one stops waiting.
+    void controllerReset();
 
 private:
     // Runs `work` on the pool; `done` (if any) then runs on the GUI thread with its result.
@@ -106,6 +112,7 @@ private:
 
     QThreadPool m_pool;
     QString m_keyFile;
+    QString m_keyText, m_keyFingerprint; // of the key in use (the file is read once)
     std::shared_ptr<const Credentials> m_credentials;
     std::string m_tempDir;
     std::shared_ptr<LocalDaemons> m_local;
@@ -117,6 +124,7 @@ private:
     ModelConfig m_config;
     std::shared_ptr<const Tokenizer> m_tokenizer;
     bool m_hasChatTemplate = false;
+    std::vector<int64_t> m_eosIds;
     uint64_t m_modelEpoch = 0;
 
     Plan m_plan;

@@ -192,6 +192,8 @@ ChatPane::ChatPane(AppSession& session, const QString& storePath, QWidget* paren
     });
 
     switchTo(m_store.current);
+    if (!m_store.problem.isEmpty())
+        m_live->setText(m_store.problem);
 }
 
 ChatPane::~ChatPane() { save(); }
@@ -199,7 +201,13 @@ ChatPane::~ChatPane() { save(); }
 Conversation& ChatPane::conv() { return m_store.conversations[static_cast<size_t>(m_store.current)]; }
 const Conversation& ChatPane::conversation() const { return m_store.conversations[static_cast<size_t>(m_store.current)]; }
 
-void ChatPane::save() const { m_store.save(m_storePath); }
+void ChatPane::save() const
+{
+    const QString error = m_store.save(m_storePath);
+    if (!error.isEmpty())
+        m_live->setText(QString("<span style='color:%1'>the conversations cannot be saved to %2: %3</span>")
+                            .arg(statusColor(Status::Error).name(), m_storePath.toHtmlEscaped(), error.toHtmlEscaped()));
+}
 
 QString ChatPane::transcriptText() const { return m_transcript->toPlainText(); }
 
@@ -269,7 +277,7 @@ void ChatPane::updateButtons()
         }
     m_send->setEnabled(m_launched && !m_generating);
     m_stop->setEnabled(m_generating);
-    m_continue->setEnabled(m_launched && !m_generating && lastAssistant && lastAssistant->end != "eos");
+    m_continue->setEnabled(m_launched && !m_generating && lastAssistant && lastAssistant->end != stopReasonText(StopReason::Eos));
     m_regenerate->setEnabled(m_launched && !m_generating && lastAssistant);
     m_chats->setEnabled(!m_generating);
     m_newChat->setEnabled(!m_generating);
@@ -352,22 +360,26 @@ void ChatPane::start(bool continueLast)
         c.systemPrompt = m_system->text();
         g.ids = promptIds(c, *m_session.tokenizer(), continueLast);
     } catch (const std::exception& e) {
-        ChatMessage n;
-        n.role = ChatMessage::Role::Notice;
-        n.error = true;
-        n.text = QString("cannot build the prompt: ") + e.what();
-        if (!continueLast)
-            conv().messages.pop_back();
-        conv().messages.push_back(n);
+        // Nothing is lost: a message just sent goes back into the box; the conversation is as it was.
+        auto& msgs = conv().messages;
+        if (!continueLast && answer.text.isEmpty()) {
+            msgs.pop_back();
+            if (!msgs.empty() && msgs.back().role == ChatMessage::Role::User && m_input->toPlainText().isEmpty()) {
+                m_input->setPlainText(msgs.back().text);
+                msgs.pop_back();
+            }
+        }
+        m_answer = -1;
+        m_live->setText(QString("<span style='color:%1'>cannot build the prompt: %2</span>")
+                            .arg(statusColor(Status::Error).name(), QString(e.what()).toHtmlEscaped()));
         render();
+        updateButtons();
+        save();
         return;
     }
-    const ModelConfig& config = m_session.config();
-    GenerationDefaults defaults = GenerationDefaults::fromDirectory(m_session.modelDir().toStdString());
-    g.params.eosIds = !defaults.eosTokenIds.empty() ? defaults.eosTokenIds : config.eosTokenIds;
+    g.params.eosIds = m_session.eosIds();
+    // Each Continue gets the whole budget again (as a fresh answer would).
     g.params.maxTokens = m_maxTokens->value();
-    if (continueLast)
-        g.params.maxTokens = std::max(1, m_maxTokens->value() - answer.tokens);
     g.sampling.temperature = m_temperature->value();
     g.sampling.topP = m_topP->value();
     g.sampling.topK = 0;
@@ -396,7 +408,13 @@ void ChatPane::start(bool continueLast)
         m_prefillTimer->start();
     }
     m_live->setText(QString("reading %1 token(s) of prompt…").arg(m_feeding));
-    m_session.generate(g);
+    try {
+        m_session.generate(g);
+    } catch (const std::exception& e) {
+        m_generating = false;
+        answer.end = "failed";
+        m_live->setText(QString("cannot generate: ") + e.what());
+    }
     updateButtons();
     render();
     save();
@@ -409,8 +427,26 @@ void ChatPane::stop()
         m_session.stop();
 }
 
+void ChatPane::controllerReset()
+{
+    m_held.clear();
+    m_launched = false;
+    if (m_generating && m_answer >= 0 && m_answer < static_cast<int>(conv().messages.size())) {
+        conv().messages[static_cast<size_t>(m_answer)].end = "interrupted";
+        ChatMessage n;
+        n.role = ChatMessage::Role::Notice;
+        n.text = "the model was closed (another model or key); the answer so far is kept";
+        conv().messages.push_back(n);
+        finishAnswer();
+    }
+    updateButtons();
+}
+
 void ChatPane::onControllerEvent(const ControllerEvent& e)
 {
+    // A fresh launch holds nothing of the conversation yet.
+    if (e.kind == ControllerEvent::Kind::Launched || e.kind == ControllerEvent::Kind::Unloaded || e.kind == ControllerEvent::Kind::LaunchFailed)
+        m_held.clear();
     if (!m_generating || m_answer < 0 || m_answer >= static_cast<int>(conv().messages.size()))
         return;
     ChatMessage& answer = conv().messages[static_cast<size_t>(m_answer)];
@@ -506,6 +542,11 @@ void ChatPane::scheduleRender()
 
 void ChatPane::render()
 {
+    // What streamed is saved as it comes (every 2 s), so a crash or a kill loses at most that much.
+    if (m_generating && (!m_saveClock.isValid() || m_saveClock.elapsed() > 2000)) {
+        save();
+        m_saveClock.start();
+    }
     if (m_generating && m_streamed > 1 && m_answer >= 0) {
         const double tps = (m_streamed - 1) * 1000.0 / std::max(1e-3, m_lastTokenMs - m_firstTokenMs);
         m_live->setText(QString("first token %1 ms · %2 tokens/s · %3 ms/token · %4 tokens")

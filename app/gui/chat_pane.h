@@ -36,6 +36,8 @@ public:
     void modelChanged(bool hasChatTemplate);
     void onControllerEvent(const ControllerEvent& e);
     void setLaunched(bool launched);
+    // The controller in flight was replaced (another model, another key): no event will end the answer.
+    void controllerReset();
 
     // For tests and the app's own wiring.
     const Conversation& conversation() const;
@@ -103,6 +105,7 @@ private:
     bool m_follow = true;    // auto-scroll: off while the user has scrolled up
     bool m_scrolling = false; // our own scroll moves
     QElapsedTimer m_clock;    // since the request
+    QElapsedTimer m_saveClock; // since the conversation was last saved while streaming
     double m_firstTokenMs = -1;
     double m_lastTokenMs = -1;
     int m_streamed = 0;

@@ -5,12 +5,15 @@
 #include "core/tokenizer.h"
 #include "core/user_dirs.h"
 
+#include <QDateTime>
 #include <QFile>
 #include <QJsonArray>
 #include <QJsonDocument>
 #include <QSaveFile>
 
 #include <nlohmann/json.hpp>
+
+#include <algorithm>
 
 namespace together::gui {
 
@@ -66,8 +69,14 @@ Conversation Conversation::fromJson(const QJsonObject& o)
         const QString role = m["role"].toString();
         msg.role = role == "user" ? ChatMessage::Role::User : role == "assistant" ? ChatMessage::Role::Assistant : ChatMessage::Role::Notice;
         msg.text = m["text"].toString();
-        for (const auto& id : m["ids"].toArray())
-            msg.ids.push_back(id.toInt());
+        for (const auto& id : m["ids"].toArray()) {
+            const double v = id.toDouble(-1);
+            if (!id.isDouble() || v < 0 || v > 1e9 || v != static_cast<double>(static_cast<int>(v))) {
+                msg.ids.clear(); // not token ids: the text is encoded again when needed
+                break;
+            }
+            msg.ids.push_back(static_cast<int>(v));
+        }
         msg.ttftMs = m["ttft_ms"].toDouble(-1);
         msg.tokensPerSecond = m["tokens_per_second"].toDouble();
         msg.msPerToken = m["ms_per_token"].toDouble();
@@ -101,10 +110,22 @@ std::vector<int> promptIds(const Conversation& c, const Tokenizer& tokenizer, bo
         last = turns.back();
         turns.pop_back();
     }
+    // Ids saved with a reply are fed only when every one is a token of this model (the file may come from
+    // another model, or be edited); otherwise the text is encoded again.
+    const int vocab = tokenizer.vocabSize();
+    auto validIds = [&](const std::vector<int>& ids) {
+        return !ids.empty() && std::all_of(ids.begin(), ids.end(), [&](int id) { return id >= 0 && id < vocab; });
+    };
+    // Typed text is plain text: a special token written in it (a role marker) is not one.
+    auto encodeTyped = [&](const QString& text, bool first) {
+        const std::string t = text.toStdString();
+        const std::vector<bool> plain(t.size(), false);
+        return tokenizer.encode(t, first, &plain);
+    };
     auto idsOf = [&](const ChatMessage& m, bool first) {
-        if (m.role == ChatMessage::Role::Assistant && !m.ids.empty())
+        if (m.role == ChatMessage::Role::Assistant && validIds(m.ids))
             return m.ids;
-        return tokenizer.encode(m.text.toStdString(), first);
+        return encodeTyped(m.text, first);
     };
     std::vector<int> ids;
     if (c.complete) {
@@ -130,7 +151,7 @@ std::vector<int> promptIds(const Conversation& c, const Tokenizer& tokenizer, bo
         *fallback = p.usedFallbackTemplate;
     ids = encodeChat(tokenizer, p);
     if (last) {
-        auto part = last->ids.empty() ? tokenizer.encode(last->text.toStdString(), false) : last->ids;
+        auto part = validIds(last->ids) ? last->ids : encodeTyped(last->text, false);
         ids.insert(ids.end(), part.begin(), part.end());
     }
     return ids;
@@ -140,11 +161,30 @@ ConversationStore ConversationStore::load(const QString& path)
 {
     ConversationStore s;
     QFile f(path);
-    if (f.open(QIODevice::ReadOnly)) {
-        const QJsonObject o = QJsonDocument::fromJson(f.readAll()).object();
-        for (const auto& c : o["conversations"].toArray())
-            s.conversations.push_back(Conversation::fromJson(c.toObject()));
-        s.current = o["current"].toInt();
+    if (f.exists()) {
+        QJsonParseError error{};
+        QJsonDocument doc;
+        if (f.open(QIODevice::ReadOnly)) {
+            if (f.size() > (256ll << 20))
+                error.error = QJsonParseError::DocumentTooLarge;
+            else
+                doc = QJsonDocument::fromJson(f.readAll(), &error);
+            f.close();
+        }
+        if (error.error != QJsonParseError::NoError || !doc.isObject() || !doc.object()["conversations"].isArray()) {
+            // Kept aside, never overwritten: the person may want it back.
+            const QString aside = path + ".unreadable-" + QDateTime::currentDateTime().toString("yyyyMMdd-HHmmss");
+            QFile::rename(path, aside);
+            s.problem = "The saved conversations could not be read (" +
+                        (error.error != QJsonParseError::NoError ? error.errorString() : QString("not a list of conversations")) +
+                        "); the file was kept as " + aside + ".";
+        } else {
+            const QJsonObject o = doc.object();
+            for (const auto& c : o["conversations"].toArray())
+                if (c.isObject())
+                    s.conversations.push_back(Conversation::fromJson(c.toObject()));
+            s.current = o["current"].toInt();
+        }
     }
     if (s.conversations.empty())
         s.conversations.emplace_back();
@@ -152,17 +192,19 @@ ConversationStore ConversationStore::load(const QString& path)
     return s;
 }
 
-void ConversationStore::save(const QString& path) const
+QString ConversationStore::save(const QString& path) const
 {
     QJsonArray all;
     for (auto& c : conversations)
         all.append(c.toJson());
     QSaveFile f(path);
     if (!f.open(QIODevice::WriteOnly))
-        return;
+        return f.errorString();
     f.write(QJsonDocument(QJsonObject{{"conversations", all}, {"current", current}}).toJson(QJsonDocument::Compact));
-    f.commit();
+    if (!f.commit())
+        return f.errorString();
     QFile::setPermissions(path, QFileDevice::ReadOwner | QFileDevice::WriteOwner);
+    return {};
 }
 
 QString ConversationStore::defaultPath()

@@ -51,8 +51,12 @@ std::vector<int> promptIds(const Conversation& c, const Tokenizer& tokenizer, bo
 struct ConversationStore {
     std::vector<Conversation> conversations;
     int current = 0;
-    static ConversationStore load(const QString& path); // a missing or unreadable file: one empty conversation
-    void save(const QString& path) const;
+    QString problem; // why the file could not be read ("" when it was, or was not there)
+    // A missing file: one empty conversation. An unreadable one is renamed aside (never overwritten) and
+    // `problem` says so.
+    static ConversationStore load(const QString& path);
+    QString save(const QString& path) const; // "" or why it could not be written
+
     static QString defaultPath(); // $config/conversations.json
 };
 

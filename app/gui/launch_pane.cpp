@@ -148,6 +148,18 @@ void LaunchPane::setProposing(bool on)
     refresh();
 }
 
+void LaunchPane::controllerReset()
+{
+    if (m_launching)
+        setStatus("the launch was abandoned: the model was closed");
+    m_launching = false;
+    for (auto* b : m_bars)
+        b->parentWidget()->deleteLater();
+    m_bars.clear();
+    m_barLabels.clear();
+    refresh();
+}
+
 void LaunchPane::refresh()
 {
     if (m_session.hasModel()) {

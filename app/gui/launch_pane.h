@@ -36,6 +36,7 @@ public:
     void refresh(); // model, plan and buttons from the session
     void setExplanation(const QString& text);
     void setProposing(bool on);
+    void controllerReset(); // the model was closed: no launch is in flight any more
 
     QPushButton* launchButton() { return m_launch; }
     QCheckBox* failoverBox() { return m_failover; }

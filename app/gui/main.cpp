@@ -6,6 +6,7 @@
 
 #include <QApplication>
 #include <QCommandLineParser>
+#include <QMessageBox>
 #include <QSocketNotifier>
 
 #include <csignal>
@@ -13,6 +14,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -117,7 +119,15 @@ int main(int argc, char** argv)
         std::fprintf(stderr, "together: --dtype must be bf16 or f32\n");
         return 2;
     }
-    together::gui::MainWindow w(o);
+    std::unique_ptr<together::gui::MainWindow> window;
+    try {
+        window = std::make_unique<together::gui::MainWindow>(o);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "together: %s\n", e.what());
+        QMessageBox::critical(nullptr, "together", QString("The app cannot start:\n") + e.what());
+        return 1;
+    }
+    together::gui::MainWindow& w = *window;
     // SIGTERM and SIGINT close the window as the close button does: settings, layout and the conversation are
     // saved, and the shards and local workers are stopped.
     if (::socketpair(AF_UNIX, SOCK_STREAM, 0, g_signalPipe) == 0) {

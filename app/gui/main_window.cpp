@@ -119,6 +119,11 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
         m_session->proposePlacement(m_launch->dtype(), m_launch->context());
     });
 
+    connect(m_session, &AppSession::controllerReset, this, [this] {
+        m_chat->controllerReset();
+        m_launch->controllerReset();
+    });
+    connect(m_session, &AppSession::keyChanged, m_launch, &LaunchPane::refresh);
     connect(m_session, &AppSession::status, this, [this](const QString& s) { statusBar()->showMessage(s, 8000); });
     connect(m_session, &AppSession::modelOpened, this, &MainWindow::onModelOpened);
     connect(m_session, &AppSession::modelFailed, this, [this](const QString& dir, const QString& why) {
@@ -190,12 +195,9 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
     QTimer::singleShot(0, this, [this] { m_chat->input()->setFocus(); });
 
     // The key, the workers, the model.
-    try {
-        m_session->useKeyFile(!options.keyFile.isEmpty() ? options.keyFile : settings.value("keyFile").toString());
-    } catch (const std::exception& e) {
-        QMessageBox::critical(this, "Cluster key", e.what());
-        m_session->useKeyFile(QString::fromStdString(defaultKeyFile()));
-    }
+    // Without a usable key nothing can be reached: the constructor throws and main() says why.
+    const QString keyFile = !options.keyFile.isEmpty() ? options.keyFile : settings.value("keyFile").toString();
+    m_session->useKeyFile(keyFile);
     settings.setValue("keyFile", m_session->keyFile());
     m_session->startDiscovery(options.localWorkers == 0 && options.broadcast);
     if (options.localWorkers > 0)
@@ -212,18 +214,7 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
     if (!model.isEmpty()) {
         openModel(model);
     } else {
-        // The built-in random model (written once, on another thread).
-        statusBar()->showMessage("writing the built-in random model…");
-        auto* s = m_session;
-        std::thread([s] {
-            try {
-                const QString dir = QString::fromStdString(ensureDefaultModel());
-                QMetaObject::invokeMethod(s, [s, dir] { s->openModel(dir); }, Qt::QueuedConnection);
-            } catch (const std::exception& e) {
-                const QString why = e.what();
-                QMetaObject::invokeMethod(s, [s, why] { Q_EMIT s->modelFailed("the built-in model", why); }, Qt::QueuedConnection);
-            }
-        }).detach();
+        m_session->openDefaultModel(); // the built-in random model, written once
     }
 }
 
