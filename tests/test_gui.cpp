@@ -36,6 +36,7 @@
 #include <QTreeWidget>
 #include <QTreeWidgetItemIterator>
 #include <QPlainTextEdit>
+#include <QProgressBar>
 #include <QPushButton>
 #include <QSettings>
 #include <QSpinBox>
@@ -539,6 +540,21 @@ TEST(Gui, ChatActionsAndAutoScrollThatPausesWhenTheUserScrollsUp)
     ASSERT_EQ(chat.conversation().messages.size(), 5u);
     EXPECT_EQ(chat.conversation().messages[1].text.toStdString(), "Second question");
 
+    // A long prompt shows the prefill progress until the first token.
+    QProgressBar* prefill = nullptr;
+    for (auto* b : chat.findChildren<QProgressBar*>())
+        if (b->accessibleName() == "Reading the prompt")
+            prefill = b;
+    ASSERT_NE(prefill, nullptr);
+    QString longText;
+    for (int i = 0; i < 40; ++i)
+        longText += "The quick brown fox jumps over the lazy dog. ";
+    chat.input()->setPlainText(longText);
+    QTest::mouseClick(chat.sendButton(), Qt::LeftButton);
+    EXPECT_TRUE(prefill->isVisible()) << "no prefill progress on a long prompt";
+    ASSERT_TRUE(app.waitAnswer());
+    EXPECT_FALSE(prefill->isVisible());
+
     // Auto-scroll: a long answer follows the bottom, unless the person scrolls up while it streams.
     chat.maxTokensBox()->setValue(400);
     chat.transcript()->resize(chat.transcript()->width(), 120); // a short view, so the answer overflows it
@@ -562,7 +578,7 @@ TEST(Gui, ChatActionsAndAutoScrollThatPausesWhenTheUserScrollsUp)
     QTest::mouseClick(chat.regenerateButton(), Qt::LeftButton);
     ASSERT_TRUE(app.waitAnswer());
     EXPECT_EQ(chat.conversation().messages.back().text, before);
-    EXPECT_EQ(chat.conversation().messages.size(), 7u);
+    EXPECT_EQ(chat.conversation().messages.size(), 9u);
     screenshot(*app.window, "11-chat-actions");
 }
 
@@ -583,6 +599,27 @@ TEST(Gui, AFirstStartWithoutWorkersOffersLocalOnesAndAddByAddressShowsWhyAWorker
     QTest::mouseClick(start, Qt::LeftButton);
     ASSERT_TRUE(waitUntil([&] { return app.session().hasPlan(); }, 90000)) << "no placement over the local workers";
     EXPECT_EQ(app.window->machines().model().rowCount(), 2);
+
+    // Each machine's recent log, in the app.
+    app.window->machines().table()->selectRow(0);
+    QPushButton* logButton = nullptr;
+    for (auto* b : app.window->machines().findChildren<QPushButton*>())
+        if (b->text() == "Log…")
+            logButton = b;
+    ASSERT_NE(logButton, nullptr);
+    ASSERT_TRUE(logButton->isEnabled());
+    QTest::mouseClick(logButton, Qt::LeftButton);
+    QPlainTextEdit* log = nullptr;
+    ASSERT_TRUE(waitUntil([&] {
+        for (auto* e : app.window->findChildren<QPlainTextEdit*>())
+            if (e->accessibleName() == "Log")
+                log = e;
+        return log && log->toPlainText() != "reading the log…";
+    }, 15000));
+    EXPECT_FALSE(log->toPlainText().startsWith("cannot")) << log->toPlainText().toStdString();
+    EXPECT_NE(log->toPlainText().indexOf("serving on"), -1) << log->toPlainText().toStdString();
+    log->window()->grab().save(QString::fromStdString(screenshotDir() + "/12b-worker-log.png"));
+    log->window()->close();
 
     QLineEdit* address = nullptr;
     for (auto* e : app.window->machines().findChildren<QLineEdit*>())
