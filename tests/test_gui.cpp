@@ -11,6 +11,7 @@
 #include "app/gui/machines_pane.h"
 #include "app/gui/main_window.h"
 #include "app/gui/models_dialog.h"
+#include "core/cluster_key.h"
 #include "core/controller.h"
 #include "core/model_config.h"
 #include "core/tokenizer.h"
@@ -744,6 +745,31 @@ TEST(Gui, AnUnreadableConversationsFileIsKeptAsideAndForeignTokenIdsAreNotFed)
         EXPECT_TRUE(id >= 0 && id < tokenizer.vocabSize());
     const QJsonObject hostile{{"messages", QJsonArray{QJsonObject{{"role", "assistant"}, {"text", "x"}, {"ids", QJsonArray{1, "2", 3.5}}}}}};
     EXPECT_TRUE(Conversation::fromJson(hostile).messages[0].ids.empty()) << "non-integer ids are dropped";
+}
+
+TEST(Gui, ANewKeyKeepsTheOldOneAsideAndBringsTheLocalWorkersBackUnderIt)
+{
+    StartOptions o;
+    o.model = QString::fromStdString(test::writeTinyModel("gui-newkey"));
+    o.localWorkers = 1;
+    o.dtype = "f32";
+    App app(o);
+    app.waitForPlan();
+    const std::string file = app.session().keyFile().toStdString();
+    const QString before = app.session().keyText();
+    const auto oldWorkers = app.session().localWorkers();
+    app.session().replaceKey();
+    EXPECT_NE(app.session().keyText(), before);
+    EXPECT_EQ(QString::fromStdString(ClusterKey::fromFile(file).text()), app.session().keyText());
+    EXPECT_EQ(QString::fromStdString(ClusterKey::fromFile(file + ".old").text()), before) << "the old key is kept aside";
+    EXPECT_FALSE(app.session().hasPlan()) << "the placement named the old local workers";
+    // The local workers come back under the new key, the list shows only them, and a launch works.
+    ASSERT_TRUE(waitUntil([&] {
+        const auto now = app.session().localWorkers();
+        return app.session().hasPlan() && now.size() == 1 && now != oldWorkers;
+    }, 90000));
+    EXPECT_EQ(app.window->machines().model().rowCount(), 1);
+    ASSERT_NO_FATAL_FAILURE(app.launch());
 }
 
 } // namespace

@@ -110,10 +110,13 @@ void AppSession::replaceKey()
     m_discovery.reset();
     if (hadLocal) {
         background([old = std::move(m_local)]() mutable { old.reset(); }); // stopped off the GUI thread
+        m_plan = {}; // it named the local workers, which come back on other ports
+        m_prediction.reset();
+        Q_EMIT planChanged();
     }
     startDiscovery(m_broadcast);
     if (hadLocal)
-        startLocalWorkers(localCount);
+        startLocalWorkers(localCount, m_localArgs);
     if (hasModel())
         makeController();
     Q_EMIT keyChanged();
@@ -134,6 +137,7 @@ void AppSession::startDiscovery(bool broadcast)
     if (m_local)
         for (auto& a : m_local->addresses())
             o.manual.push_back(a);
+    Q_EMIT workersReset();
     m_discovery = std::make_unique<Discovery>(m_credentials, o, [this](const DiscoveredWorker& w) {
         post([this, w] { Q_EMIT workerUpdated(w); });
     });
@@ -148,6 +152,7 @@ void AppSession::startLocalWorkers(int count, const std::vector<std::string>& da
     Q_EMIT status(QString("starting %1 local worker(s)…").arg(count));
     const std::string keyFile = m_keyFile.toStdString();
     m_localStarting = true;
+    m_localArgs = daemonArgs;
     background([this, count, keyFile, daemonArgs] {
         try {
             auto daemons = std::make_shared<LocalDaemons>(static_cast<size_t>(count), keyFile, daemonArgs);

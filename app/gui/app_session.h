@@ -89,6 +89,7 @@ public:
 Q_SIGNALS:
     void status(const QString& text);
     void workerUpdated(const together::DiscoveredWorker& worker);
+    void workersReset(); // discovery started again (a new key): the list is rebuilt from scratch
     void localWorkersStarted(int count);
     void localWorkersFailed(const QString& why);
     void workerLog(const QString& address, const QString& text);
@@ -119,6 +120,7 @@ private:
     std::unique_ptr<Discovery> m_discovery;
     bool m_broadcast = false;
     bool m_localStarting = false;
+    std::vector<std::string> m_localArgs; // what the local daemons were started with
 
     QString m_modelDir;
     ModelConfig m_config;

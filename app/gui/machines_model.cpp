@@ -166,6 +166,13 @@ void MachinesModel::update(const DiscoveredWorker& w)
     endInsertRows();
 }
 
+void MachinesModel::clear()
+{
+    beginResetModel();
+    m_rows.clear();
+    endResetModel();
+}
+
 void MachinesModel::setFault(const std::string& address, const QString& reason)
 {
     const int row = rowOf(address);

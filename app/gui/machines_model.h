@@ -33,6 +33,7 @@ public:
     QVariant headerData(int section, Qt::Orientation o, int role) const override;
 
     void update(const DiscoveredWorker& w);
+    void clear(); // only when discovery starts again (a new key), never on a tick
     // A fault seen by the controller (a shard died, stalled): the row turns red with the reason until cleared.
     void setFault(const std::string& address, const QString& reason);
     void clearFaults();

@@ -140,6 +140,7 @@ MachinesPane::MachinesPane(AppSession& session, QWidget* parent)
     connect(m_log, &QPushButton::clicked, this, &MachinesPane::showLog);
     connect(m_table->selectionModel(), &QItemSelectionModel::selectionChanged, this, &MachinesPane::selectionChanged);
     connect(&m_model, &QAbstractItemModel::dataChanged, this, &MachinesPane::selectionChanged);
+    connect(&session, &AppSession::workersReset, this, [this] { m_model.clear(); });
     connect(&session, &AppSession::workerUpdated, this, [this](const DiscoveredWorker& w) {
         m_model.update(w);
         m_offer->hide();
