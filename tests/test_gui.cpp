@@ -5,6 +5,7 @@
 // The GUI thread's longest stall during a launch and a generation is measured (and bounded). Each test saves
 // a screenshot under the build folder.
 #include "app/gui/app_session.h"
+#include "app/gui/charts_pane.h"
 #include "app/gui/chat_pane.h"
 #include "app/gui/key_dialog.h"
 #include "app/gui/launch_pane.h"
@@ -208,6 +209,11 @@ TEST(Gui, CompleteModeGivesTheReferenceContinuationWithoutStallingTheGuiThread)
     EXPECT_NE(app.chat().transcriptText().toStdString().find(expected), std::string::npos)
         << "the transcript shows: " << app.chat().transcriptText().toStdString();
     EXPECT_NE(app.chat().transcriptText().toStdString().find("tokens/s"), std::string::npos) << "speed kept under the reply";
+    // The charts receive the answer's steps (records arrive from the ranks while it runs, or just after).
+    ASSERT_TRUE(waitUntil([&] { return app.window->charts().pointCount() >= static_cast<size_t>(tokens) / 2; }, 20000))
+        << app.window->charts().pointCount() << " points";
+    QTest::qWait(200); // a redraw
+    screenshot(*app.window, "03b-charts");
 
     std::printf("[ gui      ] event loop during start, launch and generation: longest stall %.1f ms, p99 %.1f ms over %zu ticks\n",
                 stalls.max(), stalls.p99(), stalls.lateMs.size());

@@ -2,6 +2,7 @@
 #include "app/gui/main_window.h"
 
 #include "app/gui/app_session.h"
+#include "app/gui/charts_pane.h"
 #include "app/gui/chat_pane.h"
 #include "app/gui/key_dialog.h"
 #include "app/gui/launch_pane.h"
@@ -89,8 +90,8 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
     scroll->setWidgetResizable(true);
     scroll->setFrameShape(QFrame::NoFrame);
     auto* placementDock = dock("Placement", scroll, Qt::LeftDockWidgetArea);
-    auto* charts = dock("Charts", placeholder("Live charts (tokens/s, each link's latency, time per token) come with the placement board."),
-                        Qt::BottomDockWidgetArea);
+    m_charts = new ChartsPane;
+    auto* charts = dock("Charts", m_charts, Qt::BottomDockWidgetArea);
     auto* perf = dock("Performance", placeholder("This session's runs and benches, with CSV and Markdown export, come with the placement board."),
                       Qt::BottomDockWidgetArea);
     tabifyDockWidget(charts, perf);
@@ -98,7 +99,7 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
     // A first start: the machines and the placement get room; a saved layout (below) replaces this.
     resizeDocks({machinesDock}, {600}, Qt::Horizontal);
     resizeDocks({machinesDock, placementDock}, {300, 420}, Qt::Vertical);
-    resizeDocks({charts}, {110}, Qt::Vertical);
+    resizeDocks({charts}, {250}, Qt::Vertical);
 
     auto* tools = addToolBar("Main");
     tools->setObjectName("mainToolBar");
@@ -130,7 +131,15 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
         statusBar()->showMessage("cannot open " + dir + ": " + why);
         QMessageBox::warning(this, "Open model", "Cannot open " + dir + ":\n" + why);
     });
+    connect(m_chat, &ChatPane::answerFinished, this, [this] {
+        for (auto it = m_chat->conversation().messages.rbegin(); it != m_chat->conversation().messages.rend(); ++it)
+            if (it->role == ChatMessage::Role::Assistant) {
+                m_charts->addTimeToFirstToken(it->ttftMs);
+                break;
+            }
+    });
     connect(m_session, &AppSession::planChanged, this, [this] {
+        m_charts->setPrediction(m_session->prediction() ? m_session->prediction()->msPerToken : 0);
         m_launch->refresh();
         m_machines->model().setPlanned(m_session->plannedBytes(m_launch->dtype(), m_launch->context()));
     });
@@ -161,6 +170,8 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
     connect(m_session, &AppSession::controllerEvent, this, [this](const ControllerEvent& e) {
         if (e.kind == ControllerEvent::Kind::Log)
             statusBar()->showMessage(QString::fromStdString(e.text), 8000);
+        if (e.kind == ControllerEvent::Kind::Step)
+            m_charts->addStep(e.step);
         m_launch->onControllerEvent(e);
         m_chat->onControllerEvent(e);
         if (e.kind == ControllerEvent::Kind::Launched) {

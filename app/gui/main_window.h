@@ -14,6 +14,7 @@ class QTimer;
 namespace together::gui {
 
 class AppSession;
+class ChartsPane;
 class ChatPane;
 class LaunchPane;
 class MachinesPane;
@@ -40,6 +41,7 @@ public:
     ChatPane& chat() { return *m_chat; }
     LaunchPane& launchPane() { return *m_launch; }
     MachinesPane& machines() { return *m_machines; }
+    ChartsPane& charts() { return *m_charts; }
     QLabel* banner() { return m_banner; }
     void openModel(const QString& dir);
     void showKeyDialog();
@@ -61,6 +63,7 @@ private:
     MachinesPane* m_machines;
     LaunchPane* m_launch;
     ChatPane* m_chat;
+    ChartsPane* m_charts;
     QLabel* m_banner;
     QTimer* m_proposeTimer;
     bool m_proposing = false;

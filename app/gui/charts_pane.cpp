@@ -1,0 +1,299 @@
+// SPDX-License-Identifier: MIT
+#include "app/gui/charts_pane.h"
+
+#include "app/gui/theme.h"
+
+#include <QCheckBox>
+#include <QHBoxLayout>
+#include <QLabel>
+#include <QTimer>
+#include <QVBoxLayout>
+
+// qcustomplot.h is written with Qt's lower-case keywords, which this library turns off (core has methods
+// named emit): they are defined for this one header only.
+#define signals Q_SIGNALS
+#define slots Q_SLOTS
+#define emit Q_EMIT
+#define foreach Q_FOREACH
+#include <qcustomplot.h>
+#undef signals
+#undef slots
+#undef emit
+#undef foreach
+
+#include <algorithm>
+
+namespace together::gui {
+
+namespace {
+QCustomPlot* makePlot(const QString& title, const QString& xLabel, const QString& yLabel)
+{
+    auto* p = new QCustomPlot;
+    p->setAccessibleName(title);
+    p->setMinimumHeight(150);
+    p->plotLayout()->insertRow(0);
+    p->plotLayout()->addElement(0, 0, new QCPTextElement(p, title, QFont("sans", 9, QFont::Bold)));
+    p->xAxis->setLabel(xLabel);
+    p->yAxis->setLabel(yLabel);
+    p->legend->setVisible(true);
+    p->legend->setFont(QFont("sans", 7));
+    p->legend->setBrush(QColor(255, 255, 255, 170));
+    p->legend->setBorderPen(Qt::NoPen);
+    p->legend->setIconSize(12, 8);
+    p->legend->setRowSpacing(-3);
+    p->axisRect()->insetLayout()->setInsetAlignment(0, Qt::AlignTop | Qt::AlignRight);
+    p->setInteractions(QCP::iRangeDrag | QCP::iRangeZoom);
+    p->setNoAntialiasingOnDrag(true);
+    return p;
+}
+
+QColor seriesColour(size_t i)
+{
+    static const QColor colours[] = {QColor(0x1f, 0x77, 0xb4), QColor(0xff, 0x7f, 0x0e), QColor(0x2c, 0xa0, 0x2c), QColor(0xd6, 0x27, 0x28),
+                                     QColor(0x94, 0x67, 0xbd), QColor(0x8c, 0x56, 0x4b), QColor(0xe3, 0x77, 0xc2), QColor(0x7f, 0x7f, 0x7f)};
+    return colours[i % (sizeof colours / sizeof colours[0])];
+}
+
+double percentile(std::vector<double> v, double q)
+{
+    if (v.empty())
+        return 0;
+    std::sort(v.begin(), v.end());
+    return v[static_cast<size_t>(q * (v.size() - 1))];
+}
+} // namespace
+
+ChartsPane::ChartsPane(QWidget* parent)
+    : QWidget(parent)
+{
+    auto* layout = new QVBoxLayout(this);
+    auto* top = new QHBoxLayout;
+    m_pause = new QCheckBox("Pause");
+    m_pause->setAccessibleName("Pause");
+    m_pause->setToolTip("Freeze the charts' axes to look closer; points keep arriving");
+    top->addWidget(new QLabel("Live while generating: the last minute (tokens/s, links), the last 120 tokens (time per token). "
+                              "Hover a point for its value; drag and wheel to look closer."));
+    top->addStretch(1);
+    top->addWidget(m_pause);
+    layout->addLayout(top);
+    auto* plots = new QHBoxLayout;
+    m_tokens = makePlot("Tokens/s", "time (s)", "tokens/s");
+    m_links = makePlot("Per-link latency per token", "time (s)", "ms");
+    m_stack = makePlot("Time per token", "token", "ms");
+    plots->addWidget(m_tokens, 1);
+    plots->addWidget(m_links, 1);
+    plots->addWidget(m_stack, 1);
+    layout->addLayout(plots, 1);
+
+    m_tps = m_tokens->addGraph();
+    m_tps->setName("decode tokens/s");
+    m_tps->setPen(QPen(accentColor(), 1.5));
+    m_tps->setScatterStyle(QCPScatterStyle(QCPScatterStyle::ssDisc, 3));
+    m_ttft = m_tokens->addGraph(m_tokens->xAxis, m_tokens->yAxis2);
+    m_ttft->setName("time to first token (ms, right)");
+    m_ttft->setLineStyle(QCPGraph::lsNone);
+    m_ttft->setScatterStyle(QCPScatterStyle(QCPScatterStyle::ssDiamond, QColor(0xd6, 0x27, 0x28), 7));
+    m_tokens->yAxis2->setVisible(true);
+    m_tokens->yAxis2->setLabel("ms");
+
+    auto bars = [this](const QString& name, const QColor& c) {
+        auto* b = new QCPBars(m_stack->xAxis, m_stack->yAxis);
+        b->setName(name);
+        b->setPen(Qt::NoPen);
+        b->setBrush(c);
+        b->setWidth(0.9);
+        return b;
+    };
+    m_compute = bars("compute", QColor(0x1f, 0x77, 0xb4));
+    m_allReduce = bars("all-reduce", QColor(0xff, 0x7f, 0x0e));
+    m_linkBars = bars("links", QColor(0x2c, 0xa0, 0x2c));
+    m_other = bars("sampling and the rest", QColor(0xb0, 0xb0, 0xb0));
+    m_allReduce->moveAbove(m_compute);
+    m_linkBars->moveAbove(m_allReduce);
+    m_other->moveAbove(m_linkBars);
+    m_predicted = m_stack->addGraph();
+    m_predicted->setName("predicted");
+    m_predicted->setPen(QPen(Qt::black, 1.5, Qt::DashLine));
+
+    // Hover: the value under the mouse as a tooltip.
+    for (QCustomPlot* p : {m_tokens, m_links, m_stack})
+        connect(p, &QCustomPlot::mouseMove, p, [p](QMouseEvent* e) {
+            QCPAbstractPlottable* hit = p->plottableAt(e->position(), true);
+            if (!hit) {
+                p->setToolTip({});
+                return;
+            }
+            const double x = p->xAxis->pixelToCoord(e->position().x());
+            const double y = hit->valueAxis()->pixelToCoord(e->position().y());
+            p->setToolTip(QString("%1\n%2 %3, %4").arg(hit->name()).arg(p->xAxis->label()).arg(x, 0, 'f', 2).arg(y, 0, 'f', 2));
+        });
+
+    m_timer = new QTimer(this);
+    m_timer->setInterval(50);
+    connect(m_timer, &QTimer::timeout, this, &ChartsPane::redraw);
+    m_timer->start();
+    m_clock.start();
+}
+
+ChartsPane::~ChartsPane() = default;
+
+bool ChartsPane::paused() const { return m_pause->isChecked(); }
+
+ChartsPane::Series& ChartsPane::series(const std::string& name)
+{
+    auto it = m_series.find(name);
+    if (it != m_series.end())
+        return it->second;
+    Series s;
+    const QColor c = seriesColour(m_order.size());
+    s.graph = m_links->addGraph();
+    s.graph->setName(QString::fromStdString(name));
+    s.graph->setPen(QPen(c, 1.2));
+    for (auto** line : {&s.p50, &s.p95}) {
+        *line = new QCPItemStraightLine(m_links);
+        (*line)->setPen(QPen(c, 1, line == &s.p50 ? Qt::DashLine : Qt::DotLine));
+        (*line)->point1->setCoords(0, 0);
+        (*line)->point2->setCoords(1, 0);
+    }
+    m_order.push_back(name);
+    return m_series.emplace(name, s).first->second;
+}
+
+std::vector<std::string> ChartsPane::seriesNames() const { return m_order; }
+
+void ChartsPane::addStep(const StepRecord& step)
+{
+    if (step.step == 0 || step.endToEndMs <= 0)
+        return; // the prefill is not a token's time
+    const double t = m_clock.nsecsElapsed() / 1e9;
+    m_lastT = t;
+    m_tps->addData(t, 1000.0 / step.endToEndMs);
+
+    // Per stage: the slowest rank's compute and all-reduce; each stage's link from its rank 0.
+    std::map<int, double> compute, allReduce;
+    std::map<std::string, double> links;
+    for (auto& r : step.ranks) {
+        compute[r.stage] = std::max(compute[r.stage], r.computeMs);
+        if (r.allReduces > 0)
+            allReduce[r.stage] = std::max(allReduce[r.stage], r.allReduceMs);
+        if (!r.linkName.empty() && r.linkMs >= 0)
+            links[r.linkName] = std::max(links[r.linkName], r.linkMs);
+    }
+    double c = 0, a = 0, l = 0;
+    for (auto& [stage, ms] : compute)
+        c += ms;
+    for (auto& [stage, ms] : allReduce) {
+        a += ms;
+        Series& s = series("all-reduce stage " + std::to_string(stage));
+        s.graph->addData(t, ms);
+        s.recent.emplace_back(t, ms);
+    }
+    for (auto& [name, ms] : links) {
+        l += ms;
+        Series& s = series(name);
+        s.graph->addData(t, ms);
+        s.recent.emplace_back(t, ms);
+    }
+    const double rest = std::max(0.0, step.endToEndMs - c - a - l);
+    m_tokenIndex += 1;
+    m_compute->addData(m_tokenIndex, c);
+    m_allReduce->addData(m_tokenIndex, a);
+    m_linkBars->addData(m_tokenIndex, l);
+    m_other->addData(m_tokenIndex, rest);
+    ++m_points;
+    m_dirty = true;
+}
+
+void ChartsPane::addTimeToFirstToken(double ms)
+{
+    if (ms < 0)
+        return;
+    m_ttft->addData(m_clock.nsecsElapsed() / 1e9, ms);
+    m_dirty = true;
+}
+
+void ChartsPane::setPrediction(double msPerToken)
+{
+    m_prediction = msPerToken;
+    m_dirty = true;
+}
+
+void ChartsPane::clear()
+{
+    m_tps->data()->clear();
+    m_ttft->data()->clear();
+    for (auto* b : {m_compute, m_allReduce, m_linkBars, m_other})
+        b->data()->clear();
+    for (auto& [name, s] : m_series) {
+        m_links->removeGraph(s.graph);
+        m_links->removeItem(s.p50);
+        m_links->removeItem(s.p95);
+    }
+    m_series.clear();
+    m_order.clear();
+    m_tokenIndex = 0;
+    m_points = 0;
+    m_dirty = true;
+}
+
+void ChartsPane::redraw()
+{
+    if (!m_dirty || paused() || !isVisible())
+        return;
+    m_dirty = false;
+    const double from = m_lastT - kWindowSeconds;
+    m_tps->data()->removeBefore(from);
+    m_ttft->data()->removeBefore(from);
+    const double firstToken = m_tokenIndex - kWindowTokens;
+    for (auto* b : {m_compute, m_allReduce, m_linkBars, m_other})
+        b->data()->removeBefore(firstToken);
+    double linkMax = 0;
+    for (auto& [name, s] : m_series) {
+        s.graph->data()->removeBefore(from);
+        s.recent.erase(std::remove_if(s.recent.begin(), s.recent.end(), [&](auto& p) { return p.first < from; }), s.recent.end());
+        std::vector<double> v;
+        for (auto& p : s.recent)
+            v.push_back(p.second);
+        const double p50 = percentile(v, 0.5), p95 = percentile(v, 0.95);
+        s.p50->point1->setCoords(0, p50);
+        s.p50->point2->setCoords(1, p50);
+        s.p95->point1->setCoords(0, p95);
+        s.p95->point2->setCoords(1, p95);
+        s.graph->setName(QString("%1 (p50 %2, p95 %3 ms)").arg(QString::fromStdString(name)).arg(p50, 0, 'f', 2).arg(p95, 0, 'f', 2));
+        for (auto& p : s.recent)
+            linkMax = std::max(linkMax, p.second);
+    }
+    m_predicted->data()->clear();
+    if (m_prediction > 0) {
+        m_predicted->addData(std::max(0.0, firstToken) + 0.5, m_prediction);
+        m_predicted->addData(m_tokenIndex + 0.5, m_prediction);
+        m_predicted->setName(QString("predicted %1 ms").arg(m_prediction, 0, 'f', 2));
+    }
+    // Seconds since the pane opened: the last minute, or the first 10 s until there is more.
+    const double right = std::max(m_lastT, 10.0);
+    m_tokens->xAxis->setRange(std::max(0.0, right - kWindowSeconds), right);
+    m_links->xAxis->setRange(std::max(0.0, right - kWindowSeconds), right);
+    m_stack->xAxis->setRange(std::max(0.5, m_tokenIndex + 0.5 - kWindowTokens), std::max(m_tokenIndex + 0.5, 20.5));
+    bool found = false;
+    const QCPRange tps = m_tps->data()->valueRange(found);
+    m_tokens->yAxis->setRange(0, found ? tps.upper * 1.15 : 1);
+    const QCPRange ttft = m_ttft->data()->valueRange(found);
+    m_tokens->yAxis2->setRange(0, found ? ttft.upper * 1.15 : 1);
+    m_links->yAxis->setRange(0, linkMax > 0 ? linkMax * 1.15 : 1);
+    double stackMax = m_prediction;
+    for (auto it = m_compute->data()->constBegin(); it != m_compute->data()->constEnd(); ++it) {
+        const double key = it->key;
+        double sum = it->value;
+        for (auto* b : {m_allReduce, m_linkBars, m_other}) {
+            auto at = b->data()->findBegin(key, false);
+            if (at != b->data()->constEnd() && at->key == key)
+                sum += at->value;
+        }
+        stackMax = std::max(stackMax, sum);
+    }
+    m_stack->yAxis->setRange(0, stackMax > 0 ? stackMax * 1.15 : 1);
+    for (QCustomPlot* p : {m_tokens, m_links, m_stack})
+        p->replot(QCustomPlot::rpQueuedReplot);
+}
+
+} // namespace together::gui

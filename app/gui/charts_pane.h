@@ -1,0 +1,79 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include "core/metrics.h"
+
+#include <QElapsedTimer>
+#include <QWidget>
+
+#include <map>
+#include <vector>
+
+class QCheckBox;
+class QCustomPlot;
+class QCPBars;
+class QCPGraph;
+class QCPItemStraightLine;
+class QTimer;
+
+namespace together::gui {
+
+// The Charts pane, live while generating: tokens/s over time with each reply's time to first token; each
+// pipeline link's and each tensor-parallel group's all-reduce latency per token with p50/p95 lines; and the
+// time of each token stacked into compute, all-reduce, links and the rest, with the cost model's prediction.
+// Points are appended as step records arrive; the plots are redrawn on a timer over a rolling window, and
+// Pause freezes the axes (not the data). QCustomPlot is included only in the .cpp (a large header).
+class ChartsPane : public QWidget {
+    Q_OBJECT
+public:
+    explicit ChartsPane(QWidget* parent = nullptr);
+    ~ChartsPane() override;
+
+    void addStep(const StepRecord& step);          // decode steps (step > 0); the prefill is skipped
+    void addTimeToFirstToken(double ms);            // one per reply
+    void setPrediction(double msPerToken);          // <= 0: none
+    void clear();
+
+    // For tests and exports.
+    size_t pointCount() const { return m_points; }
+    std::vector<std::string> seriesNames() const;   // the link and all-reduce series, in order of appearance
+    QCustomPlot* tokensPlot() { return m_tokens; }
+    QCustomPlot* linksPlot() { return m_links; }
+    QCustomPlot* stackPlot() { return m_stack; }
+    bool paused() const;
+
+private:
+    struct Series {
+        QCPGraph* graph = nullptr;
+        QCPItemStraightLine* p50 = nullptr;
+        QCPItemStraightLine* p95 = nullptr;
+        std::vector<std::pair<double, double>> recent; // (t, ms) inside the window, for the percentiles
+    };
+    Series& series(const std::string& name);
+    void redraw();
+
+    QCustomPlot* m_tokens;
+    QCustomPlot* m_links;
+    QCustomPlot* m_stack;
+    QCPGraph* m_tps = nullptr;
+    QCPGraph* m_ttft = nullptr;
+    QCPBars* m_compute = nullptr;
+    QCPBars* m_allReduce = nullptr;
+    QCPBars* m_linkBars = nullptr;
+    QCPBars* m_other = nullptr;
+    QCPGraph* m_predicted = nullptr;
+    std::map<std::string, Series> m_series;
+    std::vector<std::string> m_order;
+    QCheckBox* m_pause;
+    QTimer* m_timer;
+    QElapsedTimer m_clock;
+    double m_prediction = 0;
+    double m_lastT = 0;
+    double m_tokenIndex = 0;
+    size_t m_points = 0;
+    bool m_dirty = false;
+    static constexpr double kWindowSeconds = 60;
+    static constexpr double kWindowTokens = 120;
+};
+
+} // namespace together::gui
