@@ -214,6 +214,18 @@ TEST(Gui, CompleteModeGivesTheReferenceContinuationWithoutStallingTheGuiThread)
         << app.window->charts().pointCount() << " points";
     QTest::qWait(200); // a redraw
     screenshot(*app.window, "03b-charts");
+    // The timeline exports as Chrome trace JSON (one row per rank) and the charts as PNG files.
+    const std::string out = test::makeTempDir("gui-export");
+    ASSERT_EQ(app.window->charts().exportTimeline(QString::fromStdString(out + "/timeline.json")).toStdString(), "");
+    {
+        std::ifstream in(out + "/timeline.json");
+        const json trace = json::parse(in);
+        const json& events = trace.is_array() ? trace : trace["traceEvents"];
+        EXPECT_GT(events.size(), static_cast<size_t>(tokens)) << "no step events in the timeline";
+    }
+    ASSERT_EQ(app.window->charts().saveCharts(QString::fromStdString(out + "/charts")).toStdString(), "");
+    for (const char* f : {"/charts-tokens.png", "/charts-links.png", "/charts-time-per-token.png"})
+        EXPECT_GT(std::filesystem::file_size(out + f), 1000u) << f;
 
     std::printf("[ gui      ] event loop during start, launch and generation: longest stall %.1f ms, p99 %.1f ms over %zu ticks\n",
                 stalls.max(), stalls.p99(), stalls.lateMs.size());

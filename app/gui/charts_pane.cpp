@@ -4,6 +4,10 @@
 #include "app/gui/theme.h"
 
 #include <QCheckBox>
+#include <QFileDialog>
+#include <QMessageBox>
+#include <QPushButton>
+#include <QSaveFile>
 #include <QHBoxLayout>
 #include <QLabel>
 #include <QTimer>
@@ -74,7 +78,28 @@ ChartsPane::ChartsPane(QWidget* parent)
     top->addWidget(new QLabel("Live while generating: the last minute (tokens/s, links), the last 120 tokens (time per token). "
                               "Hover a point for its value; drag and wheel to look closer."));
     top->addStretch(1);
+    auto* timeline = new QPushButton("Export timeline…");
+    timeline->setAccessibleName("Export timeline…");
+    timeline->setToolTip("The session's steps, one row per rank, as Chrome trace JSON (chrome://tracing, Perfetto)");
+    auto* png = new QPushButton("Save charts…");
+    png->setAccessibleName("Save charts…");
+    top->addWidget(timeline);
+    top->addWidget(png);
     top->addWidget(m_pause);
+    connect(timeline, &QPushButton::clicked, this, [this] {
+        const QString path = QFileDialog::getSaveFileName(this, "Export timeline", "together-timeline.json", "Chrome trace (*.json)");
+        if (path.isEmpty())
+            return;
+        if (const QString error = exportTimeline(path); !error.isEmpty())
+            QMessageBox::warning(this, "Export timeline", error);
+    });
+    connect(png, &QPushButton::clicked, this, [this] {
+        const QString path = QFileDialog::getSaveFileName(this, "Save charts (three PNG files)", "together-charts", "PNG prefix (*)");
+        if (path.isEmpty())
+            return;
+        if (const QString error = saveCharts(path); !error.isEmpty())
+            QMessageBox::warning(this, "Save charts", error);
+    });
     layout->addLayout(top);
     auto* plots = new QHBoxLayout;
     m_tokens = makePlot("Tokens/s", "time (s)", "tokens/s");
@@ -234,6 +259,30 @@ void ChartsPane::clear()
     m_tokenIndex = 0;
     m_points = 0;
     m_dirty = true;
+}
+
+QString ChartsPane::exportTimeline(const QString& path) const
+{
+    if (!m_trace)
+        return "nothing has run yet";
+    QSaveFile f(path);
+    if (!f.open(QIODevice::WriteOnly))
+        return "cannot write " + path + ": " + f.errorString();
+    f.write(QByteArray::fromStdString(m_trace()));
+    if (!f.commit())
+        return "cannot write " + path + ": " + f.errorString();
+    return {};
+}
+
+QString ChartsPane::saveCharts(const QString& prefix)
+{
+    const std::pair<QCustomPlot*, const char*> plots[] = {{m_tokens, "-tokens.png"}, {m_links, "-links.png"}, {m_stack, "-time-per-token.png"}};
+    for (auto& [plot, suffix] : plots) {
+        plot->replot(QCustomPlot::rpImmediateRefresh);
+        if (!plot->savePng(prefix + suffix, std::max(plot->width(), 640), std::max(plot->height(), 360)))
+            return "cannot write " + prefix + suffix;
+    }
+    return {};
 }
 
 void ChartsPane::redraw()

@@ -6,6 +6,7 @@
 #include <QElapsedTimer>
 #include <QWidget>
 
+#include <functional>
 #include <map>
 #include <vector>
 
@@ -33,6 +34,12 @@ public:
     void addTimeToFirstToken(double ms);            // one per reply
     void setPrediction(double msPerToken);          // <= 0: none
     void clear();
+    // The timeline of the session's steps (one row per rank, compute vs communication) as Chrome trace JSON,
+    // from `trace` (the controller's). Returns "" or why it could not be written.
+    void setTraceSource(std::function<std::string()> trace) { m_trace = std::move(trace); }
+    QString exportTimeline(const QString& path) const;
+    // The three charts as PNG files: PREFIX-tokens.png, PREFIX-links.png, PREFIX-time-per-token.png.
+    QString saveCharts(const QString& prefix);
 
     // For tests and exports.
     size_t pointCount() const { return m_points; }
@@ -65,6 +72,7 @@ private:
     std::map<std::string, Series> m_series;
     std::vector<std::string> m_order;
     QCheckBox* m_pause;
+    std::function<std::string()> m_trace;
     QTimer* m_timer;
     QElapsedTimer m_clock;
     double m_prediction = 0;

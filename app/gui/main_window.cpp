@@ -91,6 +91,10 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
     scroll->setFrameShape(QFrame::NoFrame);
     auto* placementDock = dock("Placement", scroll, Qt::LeftDockWidgetArea);
     m_charts = new ChartsPane;
+    m_charts->setTraceSource([this]() -> std::string {
+        Controller* c = m_session->controller();
+        return c ? c->chromeTrace() : std::string("[]");
+    });
     auto* charts = dock("Charts", m_charts, Qt::BottomDockWidgetArea);
     auto* perf = dock("Performance", placeholder("This session's runs and benches, with CSV and Markdown export, come with the placement board."),
                       Qt::BottomDockWidgetArea);
