@@ -390,22 +390,27 @@ std::map<std::string, uint64_t> AppSession::plannedBytes(const QString& dtype, i
 
 QString AppSession::memoryShortfall(const QString& dtype, int64_t context) const
 {
-    const auto planned = plannedBytes(dtype, context);
+    // The master's own check (core/cost_model), over what discovery knows of each worker: by worker what it
+    // donates, by host what is free there (daemons on one machine share it).
+    if (!hasModel() || m_plan.stages.empty())
+        return {};
+    std::vector<MachineProfile> machines;
     for (auto& w : workers()) {
-        auto it = planned.find(w.address);
-        if (it == planned.end())
-            continue;
-        const uint64_t usable = w.maxMemoryBytes ? std::min(w.memoryFreeBytes, w.maxMemoryBytes) : w.memoryFreeBytes;
-        if (it->second > usable) {
-            auto gib = [](double b) { return QString::number(b / (1024.0 * 1024 * 1024), 'f', 1); };
-            QString s = QString("The placement needs about %1 GiB on %2, which has %3 GiB free")
-                            .arg(gib(it->second), QString::fromStdString(w.address), gib(w.memoryFreeBytes));
-            if (w.maxMemoryBytes)
-                s += QString(" (%1 GiB donated)").arg(gib(w.maxMemoryBytes));
-            return s + ".";
-        }
+        MachineProfile m;
+        m.worker = w.address;
+        m.host = w.host.empty() ? w.address : w.host;
+        m.freeMemoryBytes = w.memoryFreeBytes;
+        m.donatedMemoryBytes = w.maxMemoryBytes;
+        machines.push_back(m);
     }
-    return {};
+    const int64_t ctx = context > 0 ? std::min(context, m_config.contextLimit()) : m_config.contextLimit();
+    try {
+        const std::string shortfall =
+            checkMemory(m_config, m_plan, parseDType(dtype.toUpper().toStdString(), "the dtype"), ctx, machines);
+        return shortfall.empty() ? QString() : "This placement " + QString::fromStdString(shortfall) + ".";
+    } catch (const std::exception&) {
+        return {}; // a worker discovery does not know (yet): the master checks again at launch
+    }
 }
 
 // ---- the controller ----

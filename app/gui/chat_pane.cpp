@@ -321,27 +321,27 @@ void ChatPane::send()
     start(false);
 }
 
-void ChatPane::continueAnswer()
+bool ChatPane::atLastAnswer()
 {
     if (m_generating || !m_launched)
-        return;
+        return false;
     auto& msgs = conv().messages;
     while (!msgs.empty() && msgs.back().role == ChatMessage::Role::Notice)
         msgs.pop_back(); // the notice of how the answer stopped
-    if (msgs.empty() || msgs.back().role != ChatMessage::Role::Assistant)
-        return;
-    start(true);
+    return !msgs.empty() && msgs.back().role == ChatMessage::Role::Assistant;
+}
+
+void ChatPane::continueAnswer()
+{
+    if (atLastAnswer())
+        start(true);
 }
 
 void ChatPane::regenerate()
 {
-    if (m_generating || !m_launched)
+    if (!atLastAnswer())
         return;
     auto& msgs = conv().messages;
-    while (!msgs.empty() && msgs.back().role == ChatMessage::Role::Notice)
-        msgs.pop_back();
-    if (msgs.empty() || msgs.back().role != ChatMessage::Role::Assistant)
-        return;
     msgs.back() = ChatMessage{};
     msgs.back().role = ChatMessage::Role::Assistant;
     start(false);

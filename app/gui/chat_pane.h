@@ -67,6 +67,8 @@ Q_SIGNALS:
 
 private:
     Conversation& conv();
+    // Drops trailing notices; whether the conversation now ends with an answer that can go on or be redone.
+    bool atLastAnswer();
     void start(bool continueLast);
     void render();
     void scheduleRender();
