@@ -75,9 +75,11 @@ ChartsPane::ChartsPane(QWidget* parent)
     m_pause = new QCheckBox("Pause");
     m_pause->setAccessibleName("Pause");
     m_pause->setToolTip("Freeze the charts' axes to look closer; points keep arriving");
-    top->addWidget(new QLabel("Live while generating: the last minute (tokens/s, links), the last 120 tokens (time per token). "
-                              "Hover a point for its value; drag and wheel to look closer."));
-    top->addStretch(1);
+    auto* intro = new QLabel("Live while generating: the last minute (tokens/s, links), the last 120 tokens (time per token). "
+                              "Hover a point for its value; drag and wheel to look closer.");
+    // Wrapped: a long line would set the whole window's minimum width.
+    intro->setWordWrap(true);
+    top->addWidget(intro, 1);
     auto* timeline = new QPushButton("Export timeline…");
     timeline->setAccessibleName("Export timeline…");
     timeline->setToolTip("The session's steps, one row per rank, as Chrome trace JSON (chrome://tracing, Perfetto)");

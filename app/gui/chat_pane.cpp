@@ -133,6 +133,7 @@ ChatPane::ChatPane(AppSession& session, const QString& storePath, QWidget* paren
     m_prefill->hide();
     layout->addWidget(m_prefill);
     m_live = new QLabel;
+    m_live->setWordWrap(true); // a long error must not widen the window
     m_live->setTextInteractionFlags(Qt::TextSelectableByMouse);
     layout->addWidget(m_live);
 
