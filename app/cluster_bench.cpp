@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "app/cluster_bench.h"
 
+#include "app/bench_table.h"
+
 #include "app/placements.h"
 #include "core/cli_args.h"
 #include "core/cluster.h"
@@ -32,96 +34,13 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct Row {
-    std::string model;
-    std::string placement;   // the source ("local tp=2,pp=1", a plan file, "auto")
-    std::string layout;      // what ran: describePlan
-    int tp = 1, pp = 1, machines = 1;
-    std::string dtype, threads;
-    int promptTokens = 0, decodeTokens = 0;
-    double prefillTps = 0, decodeTps = 0, ttftMs = 0;
-    double msPerToken = 0, computeMs = 0, allReduceMs = 0, linksMs = 0;
-    double efficiency = 0;   // (decode tok/s / first row's) / (machines / first row's machines)
-    double predictedMs = 0, errorPct = 0;
-    bool predicted = false;
-    double peakRssMiB = 0, estimateMiB = 0; // the largest shard's
-};
-
-// "TinyLlama-1.1B" from a Hugging Face cache snapshot (models--ORG--NAME/snapshots/HASH), else the folder's name.
-std::string modelName(const std::string& dir)
-{
-    const fs::path p = fs::weakly_canonical(fs::path(dir));
-    for (auto it = p.begin(); it != p.end(); ++it) {
-        const std::string part = it->string();
-        if (part.rfind("models--", 0) == 0)
-            return part.substr(part.rfind("--") + 2);
-    }
-    std::string name = p.filename().string();
-    return name.empty() ? p.parent_path().filename().string() : name;
-}
+using Row = BenchRow;
 
 std::string fmt(double v, int digits)
 {
     char b[64];
     std::snprintf(b, sizeof b, "%.*f", digits, v);
     return b;
-}
-
-// The original together-LLM table's cells: "4.2 tokens/s", or "1 token / 10 s" below one token a second.
-std::string seedCell(double tokensPerSecond)
-{
-    if (!(tokensPerSecond > 0))
-        return "-";
-    if (tokensPerSecond >= 1)
-        return fmt(tokensPerSecond, tokensPerSecond >= 100 ? 0 : 1) + " tokens/s";
-    const double seconds = 1.0 / tokensPerSecond;
-    return "1 token / " + fmt(seconds, seconds >= 10 ? 0 : 1) + " s";
-}
-
-std::string csvField(const std::string& s)
-{
-    if (s.find_first_of(",\"\n") == std::string::npos)
-        return s;
-    std::string out = "\"";
-    for (char c : s)
-        out += c == '"' ? std::string("\"\"") : std::string(1, c);
-    return out + "\"";
-}
-
-std::string mdField(std::string s)
-{
-    for (size_t i = 0; (i = s.find('|', i)) != std::string::npos; i += 2)
-        s.replace(i, 1, "\\|");
-    return s;
-}
-
-const std::vector<std::string> kColumns = {
-    "model",          "placement",       "TP",        "PP",          "machines",     "dtype",           "threads",
-    "prefill tok/s",  "decode tok/s",    "TTFT ms",   "ms/token",    "compute ms",   "all-reduce ms",   "links ms",
-    "scaling efficiency %", "predicted ms/token", "prediction error %", "peak RSS MiB", "estimated MiB", "layout"};
-
-std::vector<std::string> cells(const Row& r)
-{
-    return {r.model,
-            r.placement,
-            std::to_string(r.tp),
-            std::to_string(r.pp),
-            std::to_string(r.machines),
-            r.dtype,
-            r.threads,
-            fmt(r.prefillTps, 1),
-            fmt(r.decodeTps, 2),
-            fmt(r.ttftMs, 1),
-            fmt(r.msPerToken, 2),
-            fmt(r.computeMs, 2),
-            fmt(r.allReduceMs, 2),
-            fmt(r.linksMs, 2),
-            fmt(r.efficiency, 0),
-            r.predicted ? fmt(r.predictedMs, 2) : "n/a",
-            r.predicted ? (r.errorPct >= 0 ? "+" : "") + fmt(r.errorPct, 1) : "n/a",
-            fmt(r.peakRssMiB, 0),
-            fmt(r.estimateMiB, 0),
-            r.layout};
 }
 
 struct Options {
@@ -131,40 +50,6 @@ struct Options {
     std::string dtype;
     bool force = false;
 };
-
-// The measured generation's decode steps: the p50 of each part of a token's time.
-void splitSteps(const std::vector<StepRecord>& steps, Row& r)
-{
-    std::vector<double> e2e, compute, ar, links;
-    for (auto& s : steps) {
-        if (s.step == 0)
-            continue;
-        // Per stage, the rank that took longest (its layers and all-reduces together) sets the stage's time;
-        // its own split is the stage's split (the slowest compute and the slowest all-reduce are different
-        // ranks: the rank that computes longest waits least in the all-reduce).
-        std::map<int, const RankStepRecord*> slowest;
-        for (auto& x : s.ranks) {
-            auto& w = slowest[x.stage];
-            if (!w || x.computeMs + x.allReduceMs > w->computeMs + w->allReduceMs)
-                w = &x;
-        }
-        double c = 0, a = 0;
-        for (auto& [stage, x] : slowest) {
-            c += x->computeMs;
-            a += x->allReduceMs;
-        }
-        e2e.push_back(s.endToEndMs);
-        compute.push_back(c + s.samplingMs());
-        ar.push_back(a);
-        links.push_back(std::max(0.0, s.endToEndMs - c - a - s.samplingMs()));
-    }
-    if (e2e.empty())
-        throw Error("the shards reported no decode steps");
-    r.msPerToken = percentile(e2e, 50);
-    r.computeMs = percentile(compute, 50);
-    r.allReduceMs = percentile(ar, 50);
-    r.linksMs = percentile(links, 50);
-}
 
 Row measure(const std::string& modelDir, const PlacementSource& source, const CliArgs& args, const Options& o, const std::string& tempDir,
             const std::string& tag)
@@ -203,7 +88,7 @@ Row measure(const std::string& modelDir, const PlacementSource& source, const Cl
         say(chosen.note);
 
     Row r;
-    r.model = modelName(modelDir);
+    r.model = benchModelName(modelDir);
     r.placement = chosen.label;
     r.layout = describePlan(chosen.plan);
     r.dtype = dtype;
@@ -292,7 +177,7 @@ Row measure(const std::string& modelDir, const PlacementSource& source, const Cl
     uint64_t generation = 0;
     for (auto& s : metrics.records())
         generation = std::max(generation, s.generation);
-    splitSteps(metrics.generation(generation), r);
+    splitBenchSteps(metrics.generation(generation), r);
     if (chosen.prediction) {
         r.predicted = true;
         r.predictedMs = chosen.prediction->msPerToken;
@@ -304,94 +189,6 @@ Row measure(const std::string& modelDir, const PlacementSource& source, const Cl
     say("done: decode " + fmt(r.decodeTps, 2) + " tokens/s, " + fmt(r.msPerToken, 2) + " ms/token" +
         (r.predicted ? " (predicted " + fmt(r.predictedMs, 2) + ")" : ""));
     return r;
-}
-
-std::string hostCpu()
-{
-    std::ifstream f("/proc/cpuinfo");
-    std::string line;
-    while (std::getline(f, line))
-        if (line.rfind("model name", 0) == 0 && line.find(':') != std::string::npos)
-            return line.substr(line.find(':') + 2);
-    return "unknown CPU";
-}
-
-std::string markdown(const std::vector<Row>& rows, const std::vector<std::string>& failures, const Options& o, bool seedTable,
-                     const std::vector<std::string>& models)
-{
-    std::ostringstream md;
-    const std::time_t now = std::time(nullptr);
-    char date[32];
-    std::strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
-    md << "# together bench\n\n"
-       << date << " on " << hostName() << " (" << hostCpu() << ", " << std::thread::hardware_concurrency() << " CPUs). Each row: a prompt of "
-       << o.promptTokens << " tokens, then " << o.decodeTokens << " greedy decode steps, after a warm-up.\n\n";
-    md << "|";
-    for (auto& c : kColumns)
-        md << " " << c << " |";
-    md << "\n|";
-    for (size_t i = 0; i < kColumns.size(); ++i)
-        md << (i < 2 || i == 5 || i == 6 || i + 1 == kColumns.size() ? "---|" : "---:|");
-    md << "\n";
-    for (auto& r : rows) {
-        md << "|";
-        for (auto& c : cells(r))
-            md << " " << mdField(c) << " |";
-        md << "\n";
-    }
-    md << "\nTTFT: from sending the prompt to the first token (prefill tok/s = prompt / TTFT). ms/token and its parts are p50s over "
-          "the decode steps, from the ranks' own records: each stage's slowest rank (layers and all-reduces together) splits "
-          "into compute (with sampling) and all-reduce (transfer and waiting for the other ranks), links (the rest: pipeline hops, the token's way back to stage 0, scheduling). "
-          "Scaling efficiency: the decode speed-up over the first row divided by the ratio of machines. Prediction error: "
-          "(predicted - measured) / measured. Peak RSS and the estimate: the largest shard.\n";
-    if (!failures.empty()) {
-        md << "\nNot measured:\n\n";
-        for (auto& f : failures)
-            md << "- " << f << "\n";
-    }
-    if (seedTable) {
-        // The original together-LLM table: columns models, rows TP sizes ("base" = one machine), each cell the
-        // fastest decode of that TP size.
-        std::set<int> tps;
-        for (auto& r : rows)
-            tps.insert(r.tp);
-        md << "\n## In the layout of the original together-LLM table\n\n| TP |";
-        for (auto& m : models)
-            md << " " << mdField(m) << " |";
-        md << "\n|---|";
-        for (size_t i = 0; i < models.size(); ++i)
-            md << "---|";
-        md << "\n";
-        for (int tp : tps) {
-            md << "| " << (tp == 1 ? std::string("base") : std::to_string(tp)) << " |";
-            for (auto& m : models) {
-                double best = 0;
-                for (auto& r : rows)
-                    if (r.tp == tp && r.model == m)
-                        best = std::max(best, r.decodeTps);
-                md << " " << seedCell(best) << " |";
-            }
-            md << "\n";
-        }
-        md << "\nEach cell: the fastest decode among the placements of that tensor-parallel size (any number of pipeline stages); "
-              "\"-\": not run. The original's only filled cell was TP 2, LLaMA3-8B: \"1 token / 10 s\".\n";
-    }
-    return md.str();
-}
-
-std::string csv(const std::vector<Row>& rows)
-{
-    std::ostringstream out;
-    for (size_t i = 0; i < kColumns.size(); ++i)
-        out << (i ? "," : "") << csvField(kColumns[i]);
-    out << "\n";
-    for (auto& r : rows) {
-        auto c = cells(r);
-        for (size_t i = 0; i < c.size(); ++i)
-            out << (i ? "," : "") << csvField(c[i]);
-        out << "\n";
-    }
-    return out.str();
 }
 
 void writeFile(const std::string& path, const std::string& text)
@@ -456,7 +253,7 @@ int runBench(const std::vector<std::string>& rawArgs)
     const size_t total = models.size() * sources.size();
     size_t index = 0;
     for (auto& model : models) {
-        names.push_back(modelName(model));
+        names.push_back(benchModelName(model));
         for (auto& source : sources) {
             const std::string tag = "[" + std::to_string(++index) + "/" + std::to_string(total) + " " + names.back() + ", " + source.label() + "]";
             try {
@@ -472,11 +269,14 @@ int runBench(const std::vector<std::string>& rawArgs)
             }
         }
     }
-    const std::string md = markdown(rows, failures, o, args.has("seed-table"), names);
+    const std::string md = benchMarkdown(rows, failures,
+                                         "Each row: a prompt of " + std::to_string(o.promptTokens) + " tokens, then " +
+                                             std::to_string(o.decodeTokens) + " greedy decode steps, after a warm-up.",
+                                         args.has("seed-table"), names);
     if (args.has("out")) {
         const std::string prefix = args.get("out");
         writeFile(prefix + ".md", md);
-        writeFile(prefix + ".csv", csv(rows));
+        writeFile(prefix + ".csv", benchCsv(rows));
         std::fprintf(stderr, "together: wrote %s.md and %s.csv\n", prefix.c_str(), prefix.c_str());
     } else {
         std::fputs(md.c_str(), stdout);

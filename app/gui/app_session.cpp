@@ -358,30 +358,113 @@ void AppSession::proposePlacement(const QString& dtype, int64_t context)
 void AppSession::setPlan(const Plan& plan, const QString& why)
 {
     m_plan = plan;
-    m_prediction.reset();
-    if (!m_profiles.empty()) {
-        try {
-            m_prediction = predict(m_config, plan, plan.dtype.empty() ? "f32" : plan.dtype, m_profiles, m_links);
-        } catch (const std::exception&) {
-        }
-    }
+    QString note;
+    m_prediction = predictPlan(plan, nullptr, &note);
+    m_predictionNote = note;
     Q_EMIT planChanged();
     if (!why.isEmpty())
         Q_EMIT status(why);
 }
 
+void AppSession::setPlanOptions(const QString& dtype, int64_t context)
+{
+    if (dtype == m_planDtype && context == m_planContext)
+        return;
+    m_planDtype = dtype;
+    m_planContext = context;
+    if (!m_plan.stages.empty())
+        setPlan(m_plan);
+}
+
+std::optional<Prediction> AppSession::predictPlan(const Plan& plan, const LinkTable* links, QString* why) const
+{
+    auto fail = [&](const QString& text) -> std::optional<Prediction> {
+        if (why)
+            *why = text;
+        return std::nullopt;
+    };
+    if (!hasModel() || plan.stages.empty())
+        return fail("no placement");
+    try {
+        plan.validate(m_config);
+    } catch (const std::exception& e) {
+        return fail(e.what());
+    }
+    if (m_profiles.empty())
+        return fail("the machines have not been measured yet (Auto place measures them)");
+    for (auto& st : plan.stages)
+        for (auto& r : st.ranks)
+            if (!measured(r.worker))
+                return fail(QString::fromStdString(r.worker) + " has not been measured yet (Auto place measures every ready machine)");
+    try {
+        const int64_t ctx = m_planContext > 0 ? std::min(m_planContext, m_config.contextLimit()) : m_config.contextLimit();
+        return predict(m_config, plan, m_planDtype.toStdString(), m_profiles, links ? *links : m_links, std::min<int64_t>(256, ctx));
+    } catch (const std::exception& e) {
+        return fail(e.what());
+    }
+}
+
+QString AppSession::planProblem(const Plan& plan) const
+{
+    if (!hasModel())
+        return "open a model first";
+    if (plan.stages.empty())
+        return "there is no placement yet";
+    try {
+        plan.validate(m_config);
+    } catch (const std::exception& e) {
+        return e.what();
+    }
+    const auto known = workers();
+    for (size_t s = 0; s < plan.stages.size(); ++s)
+        for (auto& r : plan.stages[s].ranks) {
+            auto it = std::find_if(known.begin(), known.end(), [&](const DiscoveredWorker& w) { return w.address == r.worker; });
+            if (it == known.end())
+                return QString("stage %1: %2 is not a known worker").arg(s).arg(QString::fromStdString(r.worker));
+            if (it->state != WorkerState::Ready)
+                return QString("stage %1: %2 is %3%4")
+                    .arg(s)
+                    .arg(QString::fromStdString(r.worker))
+                    .arg(workerStateName(it->state))
+                    .arg(it->reason.empty() ? QString() : " (" + QString::fromStdString(it->reason) + ")");
+        }
+    return {};
+}
+
+int AppSession::defaultThreads(const std::string& worker) const
+{
+    for (auto& st : m_plan.stages)
+        for (auto& r : st.ranks)
+            if (r.worker == worker)
+                return r.threads;
+    for (auto& w : workers())
+        if (w.address == worker)
+            return static_cast<int>(std::max<uint32_t>(1, w.maxThreads ? w.maxThreads : w.cores));
+    return 1;
+}
+
+bool AppSession::measured(const std::string& worker) const
+{
+    return std::any_of(m_profiles.begin(), m_profiles.end(), [&](const MachineProfile& m) { return m.worker == worker; });
+}
+
 std::map<std::string, uint64_t> AppSession::plannedBytes(const QString& dtype, int64_t context) const
 {
+    return plannedBytes(m_plan, dtype, context);
+}
+
+std::map<std::string, uint64_t> AppSession::plannedBytes(const Plan& plan, const QString& dtype, int64_t context) const
+{
     std::map<std::string, uint64_t> out;
-    if (!hasModel() || m_plan.stages.empty())
+    if (!hasModel() || plan.stages.empty())
         return out;
     const int64_t ctx = context > 0 ? std::min(context, m_config.contextLimit()) : m_config.contextLimit();
     try {
         const DType dt = parseDType(dtype.toUpper().toStdString(), "the dtype");
-        for (size_t s = 0; s < m_plan.stages.size(); ++s)
-            for (size_t r = 0; r < m_plan.stages[s].ranks.size(); ++r)
-                out[m_plan.stages[s].ranks[r].worker] +=
-                    static_cast<uint64_t>(estimateShardMemory(m_config, m_plan.shardSpec(s, static_cast<int>(r)), dt, ctx).total());
+        for (size_t s = 0; s < plan.stages.size(); ++s)
+            for (size_t r = 0; r < plan.stages[s].ranks.size(); ++r)
+                out[plan.stages[s].ranks[r].worker] +=
+                    static_cast<uint64_t>(estimateShardMemory(m_config, plan.shardSpec(s, static_cast<int>(r)), dt, ctx).total());
     } catch (const std::exception&) {
         out.clear();
     }

@@ -71,8 +71,21 @@ public:
     const Plan& plan() const { return m_plan; }
     bool hasPlan() const { return !m_plan.stages.empty(); }
     const std::optional<Prediction>& prediction() const { return m_prediction; }
+    QString predictionNote() const { return m_predictionNote; } // why there is no prediction
+    // The dtype and context length predictions and memory estimates assume (the Placement pane's).
+    void setPlanOptions(const QString& dtype, int64_t context);
+    // The cost model's prediction for `plan`; `links` replaces the measured links (what-if). Empty, with
+    // `why`, when a machine of the plan has not been measured or the plan is not valid.
+    std::optional<Prediction> predictPlan(const Plan& plan, const LinkTable* links = nullptr, QString* why = nullptr) const;
+    // What stops `plan` from being launched ("" when nothing): the plan's own checks against the model, and
+    // every machine it names known and ready.
+    QString planProblem(const Plan& plan) const;
+    // The threads a new rank on `worker` gets: what the plan already gives it, else what it donates.
+    int defaultThreads(const std::string& worker) const;
+    bool measured(const std::string& worker) const; // surveyed: the cost model can predict with it
     // Memory each worker of the plan would need at `dtype` and `context` (weights, KV cache, runtime).
     std::map<std::string, uint64_t> plannedBytes(const QString& dtype, int64_t context) const;
+    std::map<std::string, uint64_t> plannedBytes(const Plan& plan, const QString& dtype, int64_t context) const;
     // "" or the first worker that would not have the memory, with the numbers.
     QString memoryShortfall(const QString& dtype, int64_t context) const;
 
@@ -131,6 +144,9 @@ private:
 
     Plan m_plan;
     std::optional<Prediction> m_prediction;
+    QString m_predictionNote;
+    QString m_planDtype = "bf16";
+    int64_t m_planContext = 0;
     std::vector<MachineProfile> m_profiles; // from the last survey
     LinkTable m_links;
 

@@ -2,6 +2,7 @@
 #include "app/gui/launch_pane.h"
 
 #include "app/gui/app_session.h"
+#include "app/gui/placement_board.h"
 #include "app/gui/theme.h"
 #include "app/placements.h"
 
@@ -40,21 +41,24 @@ LaunchPane::LaunchPane(AppSession& session, QWidget* parent)
     connect(open, &QPushButton::clicked, this, &LaunchPane::openModelRequested);
     connect(browse, &QPushButton::clicked, this, &LaunchPane::browseModelsRequested);
 
-    m_plan = new QLabel("No placement yet");
-    m_plan->setWordWrap(true);
-    m_plan->setTextInteractionFlags(Qt::TextSelectableByMouse);
-    layout->addWidget(m_plan);
     m_prediction = new QLabel;
     QFont big = m_prediction->font();
-    big.setPointSizeF(big.pointSizeF() * 1.4);
+    big.setPointSizeF(big.pointSizeF() * 1.3);
     big.setBold(true);
     m_prediction->setFont(big);
+    m_prediction->setTextInteractionFlags(Qt::TextSelectableByMouse);
     layout->addWidget(m_prediction);
     m_explanation = new QLabel;
     m_explanation->setWordWrap(true);
     m_explanation->setTextInteractionFlags(Qt::TextSelectableByMouse);
     m_explanation->setStyleSheet("color:#555");
     layout->addWidget(m_explanation);
+
+    m_board = new PlacementBoard(session);
+    layout->addWidget(m_board, 1);
+    connect(m_board, &PlacementBoard::autoPlaceRequested, this, &LaunchPane::proposeRequested);
+    connect(m_board, &PlacementBoard::dtypeFromPlan, this, &LaunchPane::setDtype);
+    connect(&session, &AppSession::planChanged, this, [this] { refresh(); });
 
     auto* options = new QHBoxLayout;
     m_dtype = new QComboBox;
@@ -68,10 +72,8 @@ LaunchPane::LaunchPane(AppSession& session, QWidget* parent)
     m_context->setSingleStep(512);
     m_context->setValue(4096);
     m_context->setAccessibleName("Context length");
-    auto* cl = new QLabel("Context length");
+    auto* cl = new QLabel("Context");
     cl->setBuddy(m_context);
-    m_propose = new QPushButton("Propose placement");
-    m_propose->setAccessibleName("Propose placement");
     options->addWidget(dl);
     options->addWidget(m_dtype);
     options->addWidget(cl);
@@ -81,24 +83,26 @@ LaunchPane::LaunchPane(AppSession& session, QWidget* parent)
     m_failover->setToolTip("When a machine dies or stalls mid-answer, place the model over the others and go on");
     options->addWidget(m_failover);
     options->addStretch(1);
-    options->addWidget(m_propose);
-    layout->addLayout(options);
-    connect(m_propose, &QPushButton::clicked, this, &LaunchPane::proposeRequested);
-    connect(m_dtype, &QComboBox::currentTextChanged, this, [this] { refresh(); });
-    connect(m_context, &QSpinBox::valueChanged, this, [this] { refresh(); });
+    auto options_changed = [this] {
+        m_session.setPlanOptions(dtype(), context());
+        m_board->setLaunchOptions(dtype(), context());
+        refresh();
+    };
+    connect(m_dtype, &QComboBox::currentTextChanged, this, options_changed);
+    connect(m_context, &QSpinBox::valueChanged, this, options_changed);
 
-    auto* buttons = new QHBoxLayout;
     m_launch = new QPushButton("Launch");
     m_launch->setAccessibleName("Launch");
     m_launch->setDefault(true);
+    m_launch->setMinimumWidth(90);
     m_cancel = new QPushButton("Cancel");
     m_cancel->setAccessibleName("Cancel");
     m_unload = new QPushButton("Unload");
     m_unload->setAccessibleName("Unload");
-    buttons->addWidget(m_launch, 2);
-    buttons->addWidget(m_cancel, 1);
-    buttons->addWidget(m_unload, 1);
-    layout->addLayout(buttons);
+    options->addWidget(m_launch);
+    options->addWidget(m_cancel);
+    options->addWidget(m_unload);
+    layout->addLayout(options);
     connect(m_launch, &QPushButton::clicked, this, [this] { launch(false); });
     connect(m_cancel, &QPushButton::clicked, this, [this] {
         m_session.cancel();
@@ -109,15 +113,17 @@ LaunchPane::LaunchPane(AppSession& session, QWidget* parent)
         setStatus("unloading…");
     });
 
-    auto* progress = new QGroupBox("Launch progress");
-    progress->setMinimumHeight(70);
-    m_progressLayout = new QVBoxLayout(progress);
-    layout->addWidget(progress);
+    m_progress = new QGroupBox("Launch progress");
+    m_progressLayout = new QVBoxLayout(m_progress);
+    m_progressLayout->setContentsMargins(6, 2, 6, 2);
+    layout->addWidget(m_progress);
+    m_progress->hide(); // shown while a launch runs
     m_status = new QLabel;
     m_status->setWordWrap(true);
     m_status->setTextInteractionFlags(Qt::TextSelectableByMouse | Qt::TextSelectableByKeyboard);
     layout->addWidget(m_status);
-    layout->addStretch(1);
+    m_session.setPlanOptions(dtype(), context());
+    m_board->setLaunchOptions(dtype(), context());
     refresh();
 }
 
@@ -178,20 +184,22 @@ void LaunchPane::refresh()
         m_model->setText("No model open");
     }
     if (m_session.hasPlan()) {
-        m_plan->setText("Placement: " + QString::fromStdString(describePlan(m_session.plan())));
+        m_prediction->setToolTip("Placement: " + QString::fromStdString(describePlan(m_session.plan())));
         if (auto& p = m_session.prediction())
             m_prediction->setText(QString("%1 ms/token · %2 tokens/s predicted").arg(p->msPerToken, 0, 'f', 1).arg(p->tokensPerSecond, 0, 'f', 1));
         else
-            m_prediction->setText({});
+            m_prediction->setText(m_session.predictionNote().isEmpty() ? QString() : "No prediction");
     } else {
-        m_plan->setText(m_session.hasModel() ? "No placement yet: it is proposed once workers are ready." : "No placement yet.");
-        m_prediction->clear();
+        m_prediction->setText(m_session.hasModel() ? "No placement yet: it is proposed once workers are ready." : "No placement yet.");
+        m_prediction->setToolTip({});
     }
     const bool busy = m_launching || m_proposing;
-    m_launch->setEnabled(m_session.hasModel() && m_session.hasPlan() && !busy && !m_session.launched());
+    m_board->setLocked(m_session.launched() || m_launching ? "unload the model to change where it runs" : m_proposing ? "measuring for Auto place…" : QString());
+    const bool valid = m_session.planProblem(m_session.plan()).isEmpty();
+    m_launch->setEnabled(m_session.hasModel() && m_session.hasPlan() && valid && !busy && !m_session.launched());
+    m_launch->setToolTip(valid ? QString() : "The placement cannot be launched: " + m_session.planProblem(m_session.plan()));
     m_cancel->setEnabled(m_launching);
     m_unload->setEnabled(m_session.launched() && !m_launching);
-    m_propose->setEnabled(m_session.hasModel() && !busy && !m_session.launched());
     m_dtype->setEnabled(!m_session.launched() && !m_launching);
     m_context->setEnabled(!m_session.launched() && !m_launching);
     m_failover->setEnabled(!m_session.launched() && !m_launching);
@@ -219,6 +227,7 @@ void LaunchPane::launch(bool force)
     m_launching = true;
     m_forced = force;
     setStatus(force ? "launching beyond the free memory…" : "launching…");
+    m_progress->show();
     refresh();
 }
 
@@ -301,6 +310,7 @@ void LaunchPane::onControllerEvent(const ControllerEvent& e)
     }
     case ControllerEvent::Kind::Launched:
         m_launching = false;
+        m_progress->hide(); // the bars stay (all "ready") for whoever reads them; the status line says it
         for (auto* b : m_bars)
             b->setValue(1000), b->setFormat("ready");
         setStatus("launched: " + QString::fromStdString(e.text));

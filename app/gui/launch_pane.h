@@ -9,6 +9,7 @@
 
 class QCheckBox;
 class QComboBox;
+class QGroupBox;
 class QLabel;
 class QMessageBox;
 class QProgressBar;
@@ -19,6 +20,7 @@ class QVBoxLayout;
 namespace together::gui {
 
 class AppSession;
+class PlacementBoard;
 
 // The Placement pane (this release: the model, the proposed placement with its prediction and reasons, and the
 // launch): one Launch button with dtype and context length, a progress bar per rank through the phases,
@@ -38,6 +40,7 @@ public:
     void setProposing(bool on);
     void controllerReset(); // the model was closed: no launch is in flight any more
 
+    PlacementBoard* board() { return m_board; }
     QPushButton* launchButton() { return m_launch; }
     QCheckBox* failoverBox() { return m_failover; }
     QPushButton* cancelButton() { return m_cancel; }
@@ -59,17 +62,17 @@ private:
 
     AppSession& m_session;
     QLabel* m_model;
-    QLabel* m_plan;
     QLabel* m_prediction;
     QLabel* m_explanation;
     QComboBox* m_dtype;
     QSpinBox* m_context;
     QCheckBox* m_failover;
-    QPushButton* m_propose;
+    PlacementBoard* m_board;
     QPushButton* m_launch;
     QPushButton* m_cancel;
     QPushButton* m_unload;
     QLabel* m_status;
+    QGroupBox* m_progress;
     QVBoxLayout* m_progressLayout;
     std::vector<QProgressBar*> m_bars;
     std::vector<QLabel*> m_barLabels;

@@ -8,6 +8,7 @@
 #include "app/gui/launch_pane.h"
 #include "app/gui/machines_pane.h"
 #include "app/gui/models_dialog.h"
+#include "app/gui/performance_pane.h"
 #include "app/gui/theme.h"
 #include "core/cluster_key.h"
 #include "core/error.h"
@@ -46,14 +47,6 @@ bool sameFolder(const QString& a, const QString& b)
     return !ec1 && !ec2 && x == y;
 }
 
-QLabel* placeholder(const QString& text)
-{
-    auto* l = new QLabel(text);
-    l->setAlignment(Qt::AlignCenter);
-    l->setWordWrap(true);
-    l->setStyleSheet("color:#777");
-    return l;
-}
 } // namespace
 
 MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
@@ -96,14 +89,17 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
         return c ? c->chromeTrace() : std::string("[]");
     });
     auto* charts = dock("Charts", m_charts, Qt::BottomDockWidgetArea);
-    auto* perf = dock("Performance", placeholder("This session's runs and benches, with CSV and Markdown export, come with the placement board."),
-                      Qt::BottomDockWidgetArea);
+    m_performance = new PerformancePane(*m_session);
+    m_performance->setChartsSaver([this](const QString& prefix) { return m_charts->saveCharts(prefix); });
+    auto* perf = dock("Performance", m_performance, Qt::BottomDockWidgetArea);
     tabifyDockWidget(charts, perf);
     charts->raise();
     // A first start: the machines and the placement get room; a saved layout (below) replaces this.
-    resizeDocks({machinesDock}, {600}, Qt::Horizontal);
-    resizeDocks({machinesDock, placementDock}, {300, 420}, Qt::Vertical);
-    resizeDocks({charts}, {250}, Qt::Vertical);
+    // The left column (machines over the placement) runs the window's full height; charts sit under the chat.
+    setCorner(Qt::BottomLeftCorner, Qt::LeftDockWidgetArea);
+    resizeDocks({machinesDock}, {610}, Qt::Horizontal);
+    resizeDocks({machinesDock, placementDock}, {170, 560}, Qt::Vertical);
+    resizeDocks({charts}, {300}, Qt::Vertical);
 
     auto* tools = addToolBar("Main");
     tools->setObjectName("mainToolBar");
@@ -142,7 +138,9 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
                 break;
             }
     });
+    connect(m_performance, &PerformancePane::benchRunning, this, [this](bool on) { m_chat->setLaunched(!on && m_session->launched()); });
     connect(m_session, &AppSession::planChanged, this, [this] {
+        m_performance->refresh();
         m_charts->setPrediction(m_session->prediction() ? m_session->prediction()->msPerToken : 0);
         m_launch->refresh();
         m_machines->model().setPlanned(m_session->plannedBytes(m_launch->dtype(), m_launch->context()));
@@ -176,6 +174,12 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
             statusBar()->showMessage(QString::fromStdString(e.text), 8000);
         if (e.kind == ControllerEvent::Kind::Step)
             m_charts->addStep(e.step);
+        // A chat reply is one of the session's runs; a bench's generations are the pane's own.
+        if (e.kind == ControllerEvent::Kind::Ended && !m_performance->benching() && e.result.decodeSteps > 0)
+            m_performance->addChatRun(static_cast<int>(e.result.promptTokens), static_cast<int>(e.result.tokens.size()),
+                                      e.result.prefillSeconds * 1000.0,
+                                      e.result.decodeSeconds > 0 ? e.result.decodeSteps / e.result.decodeSeconds : 0);
+        m_performance->onControllerEvent(e);
         m_launch->onControllerEvent(e);
         m_chat->onControllerEvent(e);
         if (e.kind == ControllerEvent::Kind::Launched) {

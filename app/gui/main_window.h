@@ -15,6 +15,7 @@ namespace together::gui {
 
 class AppSession;
 class ChartsPane;
+class PerformancePane;
 class ChatPane;
 class LaunchPane;
 class MachinesPane;
@@ -42,6 +43,7 @@ public:
     LaunchPane& launchPane() { return *m_launch; }
     MachinesPane& machines() { return *m_machines; }
     ChartsPane& charts() { return *m_charts; }
+    PerformancePane& performance() { return *m_performance; }
     QLabel* banner() { return m_banner; }
     void openModel(const QString& dir);
     void showKeyDialog();
@@ -64,6 +66,7 @@ private:
     LaunchPane* m_launch;
     ChatPane* m_chat;
     ChartsPane* m_charts;
+    PerformancePane* m_performance;
     QLabel* m_banner;
     QTimer* m_proposeTimer;
     bool m_proposing = false;

@@ -1,0 +1,461 @@
+// SPDX-License-Identifier: MIT
+#include "app/gui/performance_pane.h"
+
+#include "app/gui/app_session.h"
+#include "app/gui/theme.h"
+#include "app/placements.h"
+#include "core/error.h"
+#include "core/process.h"
+
+#include <QCoreApplication>
+#include <QDateTime>
+#include <QDir>
+#include <QElapsedTimer>
+#include <QFile>
+#include <QFileDialog>
+#include <QFileInfo>
+#include <QHBoxLayout>
+#include <QHeaderView>
+#include <QLabel>
+#include <QProcess>
+#include <QProgressBar>
+#include <QPushButton>
+#include <QRegularExpression>
+#include <QSpinBox>
+#include <QTableWidget>
+#include <QTemporaryDir>
+#include <QTimer>
+#include <QVBoxLayout>
+
+#include <algorithm>
+#include <set>
+
+namespace together::gui {
+
+namespace {
+qint64 nowNs()
+{
+    static QElapsedTimer clock = [] {
+        QElapsedTimer t;
+        t.start();
+        return t;
+    }();
+    return clock.nsecsElapsed();
+}
+
+QString writeText(const QString& path, const std::string& text)
+{
+    QFile f(path);
+    if (!f.open(QIODevice::WriteOnly | QIODevice::Truncate) || f.write(text.data(), static_cast<qint64>(text.size())) < 0 || !f.flush())
+        return "cannot write " + path + ": " + f.errorString();
+    return {};
+}
+} // namespace
+
+PerformancePane::PerformancePane(AppSession& session, QWidget* parent)
+    : QWidget(parent)
+    , m_session(session)
+{
+    auto* layout = new QVBoxLayout(this);
+    layout->setContentsMargins(4, 4, 4, 4);
+    auto* controls = new QHBoxLayout;
+    auto spin = [&](const QString& label, int value, int max) {
+        auto* l = new QLabel(label);
+        auto* s = new QSpinBox;
+        s->setRange(1, max);
+        s->setValue(value);
+        s->setAccessibleName(label);
+        l->setBuddy(s);
+        controls->addWidget(l);
+        controls->addWidget(s);
+        return s;
+    };
+    m_promptTokens = spin("Prompt tokens", 128, 100000);
+    m_decodeTokens = spin("Decode tokens", 64, 100000);
+    m_bench = new QPushButton("Bench");
+    m_bench->setAccessibleName("Bench");
+    m_bench->setToolTip("Measure the launched placement: the prompt, then greedy decode steps no end token stops");
+    m_verifyButton = new QPushButton("Verify");
+    m_verifyButton->setAccessibleName("Verify");
+    m_verifyButton->setToolTip("Run the placement and the whole model on one machine for 16 greedy steps and compare the tokens "
+                               "(a launched model is unloaded first: the check launches both itself)");
+    m_export = new QPushButton("Export");
+    m_export->setAccessibleName("Export");
+    m_export->setToolTip("Write the table as CSV or Markdown (with the original together-LLM layout), or the charts as PNG");
+    auto* clear = new QPushButton("Clear");
+    clear->setAccessibleName("Clear runs");
+    m_progress = new QProgressBar;
+    m_progress->setAccessibleName("Bench progress");
+    m_progress->setMaximumWidth(160);
+    m_progress->hide();
+    controls->addWidget(m_bench);
+    controls->addWidget(m_progress);
+    controls->addWidget(m_verifyButton);
+    controls->addStretch(1);
+    controls->addWidget(m_export);
+    controls->addWidget(clear);
+    layout->addLayout(controls);
+
+    m_table = new QTableWidget(0, static_cast<int>(benchColumns().size()));
+    m_table->setAccessibleName("Runs");
+    QStringList headers;
+    for (auto& c : benchColumns())
+        headers << QString::fromStdString(c);
+    m_table->setHorizontalHeaderLabels(headers);
+    m_table->setEditTriggers(QAbstractItemView::NoEditTriggers);
+    m_table->setSelectionBehavior(QAbstractItemView::SelectRows);
+    m_table->horizontalHeader()->setSectionResizeMode(QHeaderView::ResizeToContents);
+    m_table->verticalHeader()->hide();
+    layout->addWidget(m_table, 1);
+
+    m_status = new QLabel;
+    m_status->setWordWrap(true);
+    m_status->setAccessibleName("Performance status");
+    m_status->setTextInteractionFlags(Qt::TextSelectableByMouse);
+    layout->addWidget(m_status);
+    m_verdict = new QLabel;
+    m_verdict->setWordWrap(true);
+    m_verdict->setAccessibleName("Verify verdict");
+    m_verdict->setTextInteractionFlags(Qt::TextSelectableByMouse | Qt::TextSelectableByKeyboard);
+    layout->addWidget(m_verdict);
+
+    connect(m_bench, &QPushButton::clicked, this, &PerformancePane::bench);
+    connect(m_verifyButton, &QPushButton::clicked, this, &PerformancePane::verify);
+    connect(clear, &QPushButton::clicked, this, [this] {
+        m_rows.clear();
+        m_table->setRowCount(0);
+    });
+    connect(m_export, &QPushButton::clicked, this, [this] {
+        QString filter;
+        const QString path = QFileDialog::getSaveFileName(this, "Export", "together-runs.csv",
+                                                          "CSV (*.csv);;Markdown (*.md);;Charts as PNG (*.png)", &filter);
+        if (path.isEmpty())
+            return;
+        QString p = path;
+        if (QFileInfo(p).suffix().isEmpty())
+            p += filter.startsWith("Markdown") ? ".md" : filter.startsWith("Charts") ? ".png" : ".csv";
+        const QString why = exportTo(p);
+        m_status->setStyleSheet(why.isEmpty() ? QString() : "color:" + statusColor(Status::Error).name());
+        m_status->setText(why.isEmpty() ? "Exported " + p : why);
+    });
+    connect(&m_session, &AppSession::controllerReset, this, [this] {
+        if (benching())
+            finishBench("the bench was abandoned: the model was closed", true);
+    });
+    refresh();
+}
+
+void PerformancePane::refresh()
+{
+    const bool launched = m_session.launched();
+    m_bench->setEnabled(launched && !benching());
+    m_verifyButton->setEnabled(m_session.hasModel() && m_session.planProblem(m_session.plan()).isEmpty() && !verifying() && !m_verifyAfterUnload &&
+                               !benching());
+    m_export->setEnabled(true);
+}
+
+QString PerformancePane::verdict() const { return m_verdict->text(); }
+
+BenchRow PerformancePane::baseRow() const
+{
+    BenchRow r;
+    const Plan& plan = m_session.plan();
+    r.model = benchModelName(m_session.modelDir().toStdString());
+    r.layout = describePlan(plan);
+    r.pp = static_cast<int>(plan.stages.size());
+    std::set<std::string> workers;
+    std::vector<int> threads;
+    for (auto& st : plan.stages) {
+        r.tp = std::max(r.tp, static_cast<int>(st.ranks.size()));
+        for (auto& rk : st.ranks) {
+            workers.insert(rk.worker);
+            threads.push_back(rk.threads);
+        }
+    }
+    r.machines = static_cast<int>(workers.size());
+    if (!threads.empty() && std::all_of(threads.begin(), threads.end(), [&](int t) { return t == threads.front(); }))
+        r.threads = std::to_string(threads.front());
+    else
+        for (size_t i = 0; i < threads.size(); ++i)
+            r.threads += (i ? "/" : "") + std::to_string(threads[i]);
+    if (Controller* c = m_session.controller())
+        r.dtype = c->plan().dtype;
+    if (r.dtype.empty())
+        r.dtype = plan.dtype;
+    for (auto& [w, bytes] : m_session.plannedBytes(QString::fromStdString(r.dtype.empty() ? "bf16" : r.dtype), 0))
+        r.estimateMiB = std::max(r.estimateMiB, static_cast<double>(bytes) / 1048576.0);
+    if (auto& p = m_session.prediction()) {
+        r.predicted = true;
+        r.predictedMs = p->msPerToken;
+    }
+    return r;
+}
+
+void PerformancePane::addRow(const BenchRow& row)
+{
+    m_rows.push_back(row);
+    BenchRow& r = m_rows.back();
+    const BenchRow& base = m_rows.front();
+    r.efficiency = base.decodeTps > 0 && base.machines > 0 ? 100.0 * (r.decodeTps / base.decodeTps) / (static_cast<double>(r.machines) / base.machines) : 0;
+    m_table->setRowCount(static_cast<int>(m_rows.size()));
+    showRow(m_rows.size() - 1);
+    m_table->scrollToBottom();
+}
+
+void PerformancePane::showRow(size_t index)
+{
+    const auto cells = benchCells(m_rows[index]);
+    for (size_t c = 0; c < cells.size(); ++c) {
+        auto* item = m_table->item(static_cast<int>(index), static_cast<int>(c));
+        if (!item) {
+            item = new QTableWidgetItem;
+            m_table->setItem(static_cast<int>(index), static_cast<int>(c), item);
+        }
+        item->setText(QString::fromStdString(cells[c]));
+        if (c >= 2 && c + 1 < cells.size() && c != 5 && c != 6)
+            item->setTextAlignment(Qt::AlignRight | Qt::AlignVCenter);
+    }
+}
+
+// The ranks' step records arrive just after the answer: read them a moment later (twice, if they are late).
+void PerformancePane::fillSplit(size_t index, uint64_t generation)
+{
+    auto attempt = std::make_shared<int>(0);
+    auto tryFill = std::make_shared<std::function<void()>>();
+    *tryFill = [this, index, generation, attempt, tryFill] {
+        Controller* c = m_session.controller();
+        if (!c || index >= m_rows.size())
+            return;
+        std::vector<StepRecord> steps;
+        uint64_t gen = generation;
+        auto all = c->records();
+        if (gen == 0)
+            for (auto& s : all)
+                gen = std::max(gen, s.generation);
+        for (auto& s : all)
+            if (s.generation == gen)
+                steps.push_back(s);
+        BenchRow& r = m_rows[index];
+        const size_t want = static_cast<size_t>(std::max(1, r.decodeTokens));
+        if (steps.size() < want && ++*attempt < 4) {
+            QTimer::singleShot(400, this, *tryFill);
+            return;
+        }
+        try {
+            splitBenchSteps(steps, r);
+            if (r.predicted && r.msPerToken > 0)
+                r.errorPct = 100.0 * (r.predictedMs - r.msPerToken) / r.msPerToken;
+        } catch (const std::exception&) {
+        }
+        for (auto& m : c->shardMemory())
+            r.peakRssMiB = std::max(r.peakRssMiB, static_cast<double>(m.peakRssBytes) / 1048576.0);
+        showRow(index);
+    };
+    QTimer::singleShot(300, this, *tryFill);
+}
+
+void PerformancePane::addChatRun(int promptTokens, int tokens, double ttftMs, double tokensPerSecond)
+{
+    if (tokens < 2)
+        return;
+    BenchRow r = baseRow();
+    r.placement = "chat";
+    r.promptTokens = promptTokens;
+    r.decodeTokens = tokens - 1;
+    r.ttftMs = ttftMs;
+    r.prefillTps = ttftMs > 0 ? promptTokens / (ttftMs / 1000.0) : 0;
+    r.decodeTps = tokensPerSecond;
+    addRow(r);
+    fillSplit(m_rows.size() - 1, 0);
+}
+
+void PerformancePane::bench()
+{
+    if (!m_session.launched() || benching())
+        return;
+    m_benchStage = BenchStage::WarmUp;
+    Q_EMIT benchRunning(true);
+    ++m_benchRuns;
+    m_progress->setRange(0, m_decodeTokens->value() + 1);
+    m_progress->setValue(0);
+    m_progress->show();
+    m_status->setStyleSheet({});
+    m_status->setText("bench: warming up…");
+    refresh();
+    // Token ids spread over the vocabulary, different for each run (the shards keep a run's tokens: the next
+    // run must not find its prompt already computed).
+    const int vocab = static_cast<int>(std::max<int64_t>(2, m_session.config().vocabSize - 1));
+    GenerateRequest warm;
+    for (int i = 0; i < 8; ++i)
+        warm.ids.push_back(1 + (i * 7919 + m_benchRuns * 31) % vocab);
+    warm.params.maxTokens = 2;
+    warm.sampling.temperature = 0;
+    try {
+        m_session.generate(warm);
+    } catch (const std::exception& e) {
+        finishBench(QString("bench: ") + e.what(), true);
+    }
+}
+
+void PerformancePane::onControllerEvent(const ControllerEvent& e)
+{
+    if (e.kind == ControllerEvent::Kind::Launched || e.kind == ControllerEvent::Kind::Unloaded || e.kind == ControllerEvent::Kind::LaunchFailed)
+        refresh();
+    if (e.kind == ControllerEvent::Kind::Unloaded && m_verifyAfterUnload) {
+        m_verifyAfterUnload = false;
+        QTimer::singleShot(0, this, &PerformancePane::verify);
+    }
+    if (!benching())
+        return;
+    switch (e.kind) {
+    case ControllerEvent::Kind::Token:
+        if (m_benchStage == BenchStage::Measure && e.token.token >= 0) {
+            const qint64 now = nowNs();
+            if (m_benchTokens == 0)
+                m_firstTokenNs = now;
+            m_lastTokenNs = now;
+            ++m_benchTokens;
+            m_progress->setValue(m_benchTokens);
+        }
+        break;
+    case ControllerEvent::Kind::Ended:
+        if (m_benchStage == BenchStage::WarmUp) {
+            m_benchStage = BenchStage::Measure;
+            const int vocab = static_cast<int>(std::max<int64_t>(2, m_session.config().vocabSize - 1));
+            GenerateRequest run;
+            for (int i = 0; i < m_promptTokens->value(); ++i)
+                run.ids.push_back(1 + (i * 104729 + 17 + m_benchRuns * 613) % vocab);
+            run.params.maxTokens = m_decodeTokens->value() + 1;
+            run.sampling.temperature = 0;
+            m_benchTokens = 0;
+            m_status->setText(QString("bench: a prompt of %1 tokens, then %2 decode steps…").arg(run.ids.size()).arg(m_decodeTokens->value()));
+            m_benchStartNs = nowNs();
+            try {
+                m_session.generate(run);
+            } catch (const std::exception& ex) {
+                finishBench(QString("bench: ") + ex.what(), true);
+            }
+        } else {
+            BenchRow r = baseRow();
+            r.placement = "app bench";
+            r.promptTokens = m_promptTokens->value();
+            r.decodeTokens = std::max(0, m_benchTokens - 1);
+            r.ttftMs = (m_firstTokenNs - m_benchStartNs) / 1e6;
+            r.prefillTps = r.ttftMs > 0 ? r.promptTokens / (r.ttftMs / 1000.0) : 0;
+            const double secs = (m_lastTokenNs - m_firstTokenNs) / 1e9;
+            r.decodeTps = secs > 0 ? r.decodeTokens / secs : 0;
+            addRow(r);
+            fillSplit(m_rows.size() - 1, 0);
+            finishBench(QString("bench: %1 decode tokens/s, first token after %2 ms").arg(r.decodeTps, 0, 'f', 2).arg(r.ttftMs, 0, 'f', 0), false);
+        }
+        break;
+    case ControllerEvent::Kind::Failed:
+    case ControllerEvent::Kind::Unloaded:
+        finishBench("bench stopped: " + QString::fromStdString(e.text), true);
+        break;
+    default:
+        break;
+    }
+}
+
+void PerformancePane::finishBench(const QString& message, bool error)
+{
+    m_benchStage = BenchStage::Idle;
+    m_progress->hide();
+    m_status->setStyleSheet(error ? "color:" + statusColor(Status::Error).name() : QString());
+    m_status->setText(message);
+    Q_EMIT benchRunning(false);
+    refresh();
+}
+
+void PerformancePane::verify()
+{
+    if (verifying())
+        return;
+    const QString problem = m_session.planProblem(m_session.plan());
+    if (!problem.isEmpty()) {
+        m_verdict->setText("Cannot verify: " + problem);
+        return;
+    }
+    // The check launches the placement and the reference itself: the machines' threads must be free.
+    if (m_session.launched()) {
+        m_verifyAfterUnload = true;
+        m_verdict->setStyleSheet({});
+        m_verdict->setText("Verifying: unloading the model first (the check launches the placement and a reference itself)…");
+        m_session.unload();
+        refresh();
+        return;
+    }
+    // The check is the CLI's own (`together-cli verify`): the placement against the whole model on one of its
+    // machines, greedy, the token ids and the logits compared.
+    const QString dir = QDir::tempPath() + "/together-verify-" + QString::number(QCoreApplication::applicationPid());
+    QDir().mkpath(dir);
+    m_verifyPlan = dir + "/plan.json";
+    Plan plan = m_session.plan();
+    if (Controller* c = m_session.controller(); c && m_session.launched() && !c->plan().dtype.empty())
+        plan.dtype = c->plan().dtype;
+    if (const QString why = writeText(m_verifyPlan, plan.toJson()); !why.isEmpty()) {
+        m_verdict->setText("Cannot verify: " + why);
+        return;
+    }
+    m_verify = new QProcess(this);
+    m_verifyOutput.clear();
+    QStringList args = {"verify", "--model", m_session.modelDir(), "--plan", m_verifyPlan, "--key-file", m_session.keyFile(), "--steps", "16"};
+    m_verify->setProgram(QString::fromStdString(selfExecutableDir()) + "/together-cli");
+    m_verify->setArguments(args);
+    m_verdict->setStyleSheet({});
+    m_verdict->setText("Verifying: running the placement and the reference on one machine…");
+    connect(m_verify, &QProcess::readyReadStandardError, this, [this] {
+        const QStringList lines = QString::fromUtf8(m_verify->readAllStandardError()).split('\n', Qt::SkipEmptyParts);
+        if (!lines.isEmpty())
+            m_verdict->setText("Verifying: " + lines.back().trimmed().remove(QRegularExpression("^together: ")));
+        m_verifyOutput += lines.join('\n') + '\n';
+    });
+    connect(m_verify, &QProcess::finished, this, [this](int code, QProcess::ExitStatus status) {
+        const QString out = QString::fromUtf8(m_verify->readAllStandardOutput());
+        QString verdict;
+        for (const QString& line : out.split('\n', Qt::SkipEmptyParts))
+            if (line.startsWith("verdict:") || line.startsWith("token ids:") || line.startsWith("largest logit"))
+                verdict += (verdict.isEmpty() ? "" : "\n") + line;
+        const bool same = code == 0 && status == QProcess::NormalExit && out.contains("verdict: the placement gives the same tokens");
+        if (verdict.isEmpty()) {
+            const QStringList err = m_verifyOutput.split('\n', Qt::SkipEmptyParts);
+            verdict = "Verify failed: " + (err.isEmpty() ? QString("together-cli verify exited with %1").arg(code) : err.back().trimmed());
+        }
+        m_verdict->setStyleSheet("color:" + (same ? statusColor(Status::Ready).darker(130) : statusColor(Status::Error)).name());
+        m_verdict->setText(verdict + (m_session.hasPlan() ? "\nLaunch again to chat." : ""));
+        m_verify->deleteLater();
+        m_verify = nullptr;
+        QFile::remove(m_verifyPlan);
+        refresh();
+    });
+    m_verify->start();
+    refresh();
+}
+
+QString PerformancePane::exportTo(const QString& path)
+{
+    const QString suffix = QFileInfo(path).suffix().toLower();
+    if (suffix == "png") {
+        if (!m_saveCharts)
+            return "there are no charts to save";
+        QString prefix = path;
+        prefix.chop(4);
+        return m_saveCharts(prefix);
+    }
+    if (suffix == "csv")
+        return writeText(path, benchCsv(m_rows));
+    if (suffix == "md" || suffix == "markdown") {
+        std::vector<std::string> models;
+        for (auto& r : m_rows)
+            if (std::find(models.begin(), models.end(), r.model) == models.end())
+                models.push_back(r.model);
+        return writeText(path, benchMarkdown(m_rows, {},
+                                             "This session's runs in the app: \"chat\" rows are replies as typed (their prompt "
+                                             "and length), \"app bench\" rows a fixed prompt and greedy decode steps no end token stops.",
+                                             true, models));
+    }
+    return "export to .csv, .md or .png (not ." + suffix + ")";
+}
+
+} // namespace together::gui

@@ -1,0 +1,87 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include "app/bench_table.h"
+#include "core/controller.h"
+
+#include <QWidget>
+
+#include <functional>
+#include <vector>
+
+class QLabel;
+class QProcess;
+class QProgressBar;
+class QPushButton;
+class QSpinBox;
+class QTableWidget;
+
+namespace together::gui {
+
+class AppSession;
+
+// The Performance pane: this session's runs (each chat reply) and benches as a table with the columns of
+// `together-cli bench`; "Bench" measures the launched placement (a fixed prompt, greedy decode steps that no
+// end-of-sequence token stops) with progress; "Verify" runs the controller's check of the placement against
+// one machine (`together-cli verify`) and shows the verdict; "Export" writes CSV, Markdown (with the original
+// together-LLM table layout) or the charts as PNG.
+class PerformancePane : public QWidget {
+    Q_OBJECT
+public:
+    PerformancePane(AppSession& session, QWidget* parent = nullptr);
+
+    void onControllerEvent(const ControllerEvent& e);
+    // A chat reply finished: one row, its split filled once the ranks' records are in.
+    void addChatRun(int promptTokens, int tokens, double ttftMs, double tokensPerSecond);
+    void setChartsSaver(std::function<QString(const QString& prefix)> save) { m_saveCharts = std::move(save); }
+    void refresh(); // buttons from the session's state
+
+    void bench();
+    void verify();
+    bool benching() const { return m_benchStage != BenchStage::Idle; }
+    bool verifying() const { return m_verify != nullptr || m_verifyAfterUnload; }
+    QString verdict() const;
+    const std::vector<BenchRow>& rows() const { return m_rows; }
+    // Writes the rows: PATH ending in .csv as CSV, .md as Markdown, .png the charts (PREFIX-*.png).
+    QString exportTo(const QString& path); // "" or why not
+
+    QPushButton* benchButton() { return m_bench; }
+    QPushButton* verifyButton() { return m_verifyButton; }
+    QPushButton* exportButton() { return m_export; }
+    QTableWidget* table() { return m_table; }
+
+Q_SIGNALS:
+    void benchRunning(bool on); // the chat waits while a bench owns the controller
+
+private:
+    enum class BenchStage { Idle, WarmUp, Measure };
+    BenchRow baseRow() const;
+    void addRow(const BenchRow& row);
+    void fillSplit(size_t index, uint64_t generation);
+    void showRow(size_t index);
+    void finishBench(const QString& message, bool error);
+
+    AppSession& m_session;
+    QTableWidget* m_table;
+    QSpinBox* m_promptTokens;
+    QSpinBox* m_decodeTokens;
+    QPushButton* m_bench;
+    QPushButton* m_verifyButton;
+    QPushButton* m_export;
+    QProgressBar* m_progress;
+    QLabel* m_status;
+    QLabel* m_verdict;
+    std::vector<BenchRow> m_rows;
+    std::function<QString(const QString&)> m_saveCharts;
+
+    BenchStage m_benchStage = BenchStage::Idle;
+    int m_benchTokens = 0;
+    int m_benchRuns = 0;
+    qint64 m_benchStartNs = 0, m_firstTokenNs = 0, m_lastTokenNs = 0;
+    QProcess* m_verify = nullptr;
+    bool m_verifyAfterUnload = false;
+    QString m_verifyPlan;
+    QString m_verifyOutput;
+};
+
+} // namespace together::gui

@@ -1,0 +1,1347 @@
+// SPDX-License-Identifier: MIT
+#include "app/gui/placement_board.h"
+
+#include "app/gui/app_session.h"
+#include "app/gui/plan_edit.h"
+#include "app/gui/theme.h"
+#include "core/cost_model.h"
+#include "core/error.h"
+
+#include <QApplication>
+#include <QComboBox>
+#include <QContextMenuEvent>
+#include <QDrag>
+#include <QFile>
+#include <QFileDialog>
+#include <QFileInfo>
+#include <QHBoxLayout>
+#include <QHeaderView>
+#include <QJsonArray>
+#include <QJsonDocument>
+#include <QJsonObject>
+#include <QLabel>
+#include <QMenu>
+#include <QMimeData>
+#include <QPainter>
+#include <QPainterPath>
+#include <QScrollArea>
+#include <QTabWidget>
+#include <QTableWidget>
+#include <QToolButton>
+#include <QUndoCommand>
+#include <QUndoStack>
+#include <QVBoxLayout>
+
+#include <algorithm>
+#include <cmath>
+
+namespace together::gui {
+
+namespace {
+
+const char* kLayersMime = "application/x-together-layers";
+const char* kWorkerMime = "application/x-together-worker";
+const char* kRankMime = "application/x-together-rank";
+
+QString layerList(const std::vector<int64_t>& layers)
+{
+    if (layers.size() == 1)
+        return QString("Layer %1").arg(layers.front());
+    std::vector<int64_t> s = layers;
+    std::sort(s.begin(), s.end());
+    if (s.back() - s.front() + 1 == static_cast<int64_t>(s.size()))
+        return QString("Layers %1-%2").arg(s.front()).arg(s.back());
+    return QString("%1 layers").arg(s.size());
+}
+
+QString q(const std::string& s) { return QString::fromStdString(s); }
+
+bool samePlan(const Plan& a, const Plan& b) { return a.toJson() == b.toJson(); }
+
+// One undoable board edit: the plan before and after.
+class PlanCommand : public QUndoCommand {
+public:
+    PlanCommand(AppSession& session, bool& applying, Plan before, Plan after, const QString& text, bool applied)
+        : QUndoCommand(text)
+        , m_session(session)
+        , m_applying(applying)
+        , m_before(std::move(before))
+        , m_after(std::move(after))
+        , m_skip(applied)
+    {
+    }
+    void redo() override
+    {
+        if (m_skip) { // it already happened (a proposal, a failover): only recorded
+            m_skip = false;
+            return;
+        }
+        set(m_after);
+    }
+    void undo() override { set(m_before); }
+
+private:
+    void set(const Plan& p)
+    {
+        m_applying = true;
+        m_session.setPlan(p);
+        m_applying = false;
+    }
+    AppSession& m_session;
+    bool& m_applying;
+    Plan m_before, m_after;
+    bool m_skip;
+};
+
+} // namespace
+
+// ---- LayerBlock ----
+
+LayerBlock::LayerBlock(BoardCanvas& canvas, int64_t layer, QWidget* parent)
+    : QPushButton(parent)
+    , m_canvas(canvas)
+    , m_layer(layer)
+{
+    const QString name = QString("Layer %1").arg(layer);
+    setText(QString::number(layer));
+    setAccessibleName(name);
+    setCheckable(true);
+    setFocusPolicy(Qt::StrongFocus);
+    setCursor(Qt::OpenHandCursor);
+}
+
+void LayerBlock::setLook(const QColor& colour, bool selected, const QString& tip)
+{
+    m_colour = colour;
+    setChecked(selected);
+    setToolTip(tip);
+    setAccessibleDescription(tip);
+    update();
+}
+
+void LayerBlock::paintEvent(QPaintEvent*)
+{
+    QPainter p(this);
+    p.setRenderHint(QPainter::Antialiasing);
+    QRectF r = QRectF(rect()).adjusted(1.5, 3.5, -1.5, -3.5);
+    const bool sel = isChecked();
+    p.setPen(QPen(sel ? QColor("#1a1a1a") : m_colour.darker(140), sel ? 2.5 : 1));
+    p.setBrush(sel ? m_colour.lighter(115) : m_colour);
+    p.drawRoundedRect(r, 3, 3);
+    if (hasFocus()) {
+        p.setPen(QPen(QColor("#1a1a1a"), 1, Qt::DotLine));
+        p.setBrush(Qt::NoBrush);
+        p.drawRoundedRect(r.adjusted(2, 2, -2, -2), 2, 2);
+    }
+    p.setPen(QColor("#1a1a1a"));
+    QFont f = font();
+    f.setPointSizeF(std::max(6.0, f.pointSizeF() * (width() < 24 ? 0.75 : 0.9)));
+    p.setFont(f);
+    p.drawText(r, Qt::AlignCenter, text());
+}
+
+void LayerBlock::mousePressEvent(QMouseEvent* e)
+{
+    m_pressAt = e->position().toPoint();
+    m_dragging = false;
+    setFocus(Qt::MouseFocusReason);
+    if (e->button() != Qt::LeftButton)
+        QPushButton::mousePressEvent(e);
+}
+
+void LayerBlock::mouseMoveEvent(QMouseEvent* e)
+{
+    if (!(e->buttons() & Qt::LeftButton) || m_dragging)
+        return;
+    if ((e->position().toPoint() - m_pressAt).manhattanLength() < QApplication::startDragDistance())
+        return;
+    m_dragging = true;
+    m_canvas.startLayerDrag(this);
+}
+
+void LayerBlock::mouseReleaseEvent(QMouseEvent* e)
+{
+    if (e->button() == Qt::LeftButton && !m_dragging && rect().contains(e->position().toPoint()))
+        m_canvas.select(m_layer, e->modifiers());
+    m_dragging = false;
+}
+
+void LayerBlock::keyPressEvent(QKeyEvent* e)
+{
+    const bool shift = e->modifiers() & Qt::ShiftModifier;
+    switch (e->key()) {
+    case Qt::Key_Left:
+        m_canvas.focusLayer(m_layer - 1, shift);
+        return;
+    case Qt::Key_Right:
+        m_canvas.focusLayer(m_layer + 1, shift);
+        return;
+    case Qt::Key_Home:
+        m_canvas.focusLayer(0, shift);
+        return;
+    case Qt::Key_End:
+        m_canvas.focusLayer(m_canvas.layers() - 1, shift);
+        return;
+    case Qt::Key_Space:
+    case Qt::Key_Select:
+        m_canvas.select(m_layer, e->modifiers() | Qt::ControlModifier);
+        return;
+    case Qt::Key_A:
+        if (e->modifiers() & Qt::ControlModifier) {
+            std::set<int64_t> all;
+            for (int64_t l = 0; l < m_canvas.layers(); ++l)
+                all.insert(l);
+            m_canvas.setSelection(all);
+            return;
+        }
+        break;
+    default:
+        break;
+    }
+    QPushButton::keyPressEvent(e);
+}
+
+void LayerBlock::contextMenuEvent(QContextMenuEvent* e)
+{
+    if (!m_canvas.selection().count(m_layer))
+        m_canvas.select(m_layer, Qt::NoModifier);
+    Q_EMIT m_canvas.contextMenuRequested(e->globalPos());
+}
+
+// ---- Lane ----
+
+Lane::Lane(BoardCanvas& canvas, QWidget* parent)
+    : QWidget(parent)
+    , m_canvas(canvas)
+{
+    setAttribute(Qt::WA_Hover);
+}
+
+void Lane::setInfo(const LaneInfo& info)
+{
+    m_info = info;
+    setAccessibleName(q(info.address));
+    QString d = info.state + QString(", %1 thread%2").arg(info.threads).arg(info.threads == 1 ? "" : "s");
+    if (info.usableBytes)
+        d += QString(", this placement needs %1 of %2").arg(formatBytes(static_cast<double>(info.needBytes)), formatBytes(static_cast<double>(info.usableBytes)));
+    if (info.overMemory)
+        d += " (does not fit)";
+    setAccessibleDescription(d);
+    setToolTip(d + "\nDrag the address onto a stage to add this machine as a tensor-parallel rank.");
+    update();
+}
+
+void Lane::paintEvent(QPaintEvent*)
+{
+    QPainter p(this);
+    p.setRenderHint(QPainter::Antialiasing);
+    const int H = height();
+    const bool target = m_canvas.m_dropLane == this;
+    QColor bg = m_info.ready ? QColor("#f7f7f5") : QColor("#ececec");
+    if (target)
+        bg = m_canvas.m_dropOk ? QColor("#dcefdc") : QColor("#f6d8d8");
+    p.fillRect(rect(), bg);
+    p.setPen(QColor("#d0d0d0"));
+    p.drawLine(0, H - 1, width(), H - 1);
+
+    // Header: address, state and threads, memory fill.
+    const int hw = BoardCanvas::kHeaderWidth;
+    QFont bold = font();
+    bold.setBold(true);
+    p.setFont(bold);
+    p.setPen(m_info.ready ? QColor("#1a1a1a") : QColor("#777"));
+    const QRect addr(8, 2, hw - 12, 16);
+    p.drawText(addr, Qt::AlignLeft | Qt::AlignVCenter, p.fontMetrics().elidedText(q(m_info.address), Qt::ElideMiddle, addr.width()));
+    QFont small = font();
+    small.setPointSizeF(small.pointSizeF() * 0.85);
+    p.setFont(small);
+    p.setPen(QColor("#555"));
+    const QString line2 = QString("%1 · %2 thr").arg(m_info.state).arg(m_info.threads);
+    p.drawText(QRect(8, 17, hw - 12, 14), Qt::AlignLeft | Qt::AlignVCenter, p.fontMetrics().elidedText(line2, Qt::ElideRight, hw - 12));
+    // Memory: this placement's need against what is usable there.
+    const QRectF bar(8, H - 12, hw - 16, 7);
+    p.setPen(Qt::NoPen);
+    p.setBrush(QColor("#dddddd"));
+    p.drawRoundedRect(bar, 2, 2);
+    if (m_info.usableBytes && m_info.needBytes) {
+        const double f = std::min(1.0, static_cast<double>(m_info.needBytes) / static_cast<double>(m_info.usableBytes));
+        p.setBrush(m_info.overMemory ? statusColor(Status::Error) : accentColor());
+        p.drawRoundedRect(QRectF(bar.x(), bar.y(), std::max(2.0, bar.width() * f), bar.height()), 2, 2);
+    }
+    p.setPen(QColor("#c8c8c8"));
+    p.drawLine(hw - 1, 2, hw - 1, H - 3);
+
+    // The track: embedding and head where this lane leads the first and last stage; hatched cells where it is
+    // a further tensor-parallel rank.
+    const Plan& plan = m_canvas.plan();
+    const double cw = m_canvas.cellWidth();
+    const QRectF cellBase(0, 6.5, cw - 3, H - 13);
+    for (size_t s = 0; s < plan.stages.size(); ++s) {
+        const auto& st = plan.stages[s];
+        for (size_t r = 0; r < st.ranks.size(); ++r) {
+            if (st.ranks[r].worker != m_info.address)
+                continue;
+            const QColor c = m_canvas.stageColour(static_cast<int>(s));
+            if (r > 0)
+                for (int64_t l = st.firstLayer; l <= st.lastLayer && l < m_canvas.layers(); ++l) {
+                    QRectF cell = cellBase.translated(m_canvas.columnX(l) + 1.5, 0);
+                    p.setPen(QPen(c.darker(140), 1));
+                    p.setBrush(QBrush(c, Qt::BDiagPattern));
+                    p.drawRoundedRect(cell, 3, 3);
+                }
+            auto endCell = [&](int64_t column, const QString& label) {
+                QRectF cell = cellBase.translated(m_canvas.columnX(column) + 1.5, 0);
+                p.setPen(QPen(c.darker(150), 1, Qt::DashLine));
+                p.setBrush(r == 0 ? c.lighter(130) : QBrush(c.lighter(130), Qt::BDiagPattern));
+                p.drawRoundedRect(cell, 3, 3);
+                p.setPen(QColor("#333"));
+                p.setFont(small);
+                p.drawText(cell, Qt::AlignCenter, cw < 30 ? label.left(1) : label);
+            };
+            if (s == 0)
+                endCell(-1, "emb");
+            if (s + 1 == plan.stages.size())
+                endCell(m_canvas.layers(), "head");
+            if (r > 0 && cw >= 20) {
+                p.setPen(QColor("#333"));
+                p.setFont(small);
+                const QRectF span(m_canvas.columnX(st.firstLayer), 0, m_canvas.columnX(st.lastLayer + 1) - m_canvas.columnX(st.firstLayer), H);
+                p.drawText(span, Qt::AlignCenter, QString("TP rank %1").arg(r));
+            }
+        }
+    }
+}
+
+void Lane::mousePressEvent(QMouseEvent* e)
+{
+    m_pressAt = e->position().toPoint();
+    m_pressed = e->button() == Qt::LeftButton;
+}
+
+void Lane::mouseMoveEvent(QMouseEvent* e)
+{
+    if (!m_pressed || !(e->buttons() & Qt::LeftButton))
+        return;
+    if ((e->position().toPoint() - m_pressAt).manhattanLength() < QApplication::startDragDistance())
+        return;
+    m_pressed = false;
+    m_canvas.startLaneDrag(this, m_pressAt);
+}
+
+// ---- BoardCanvas ----
+
+BoardCanvas::BoardCanvas(QWidget* parent)
+    : QWidget(parent)
+{
+    setAcceptDrops(true);
+    setAccessibleName("Placement board");
+    setAccessibleDescription("One lane per machine; drag layers onto a lane, or a machine's address onto a stage");
+}
+
+void BoardCanvas::setLayers(int64_t numLayers)
+{
+    if (numLayers == m_layers)
+        return;
+    for (auto* b : m_blocks)
+        b->deleteLater();
+    m_blocks.clear();
+    m_selected.clear();
+    m_anchor = -1;
+    m_layers = std::max<int64_t>(0, numLayers);
+    for (int64_t l = 0; l < m_layers; ++l) {
+        auto* b = new LayerBlock(*this, l, this);
+        m_blocks.push_back(b);
+    }
+    updateGeometry();
+    relayout();
+}
+
+void BoardCanvas::show(const Plan& plan, const std::vector<LaneInfo>& lanes)
+{
+    m_plan = plan;
+    // Lanes are kept by address so a focused or hovered one survives a refresh.
+    std::vector<Lane*> next;
+    for (auto& info : lanes) {
+        Lane* l = lane(info.address);
+        if (!l) {
+            l = new Lane(*this, this);
+            l->lower();
+            l->QWidget::show();
+        }
+        l->setInfo(info);
+        next.push_back(l);
+    }
+    for (auto* l : m_lanes)
+        if (std::find(next.begin(), next.end(), l) == next.end()) {
+            if (m_dropLane == l)
+                m_dropLane = nullptr;
+            l->deleteLater();
+        }
+    m_lanes = next;
+    // Focus order: layers first, in order.
+    for (size_t i = 1; i < m_blocks.size(); ++i)
+        setTabOrder(m_blocks[i - 1], m_blocks[i]);
+    updateGeometry();
+    relayout();
+    restyle();
+    update();
+}
+
+LayerBlock* BoardCanvas::block(int64_t layer) const
+{
+    return layer >= 0 && layer < static_cast<int64_t>(m_blocks.size()) ? m_blocks[static_cast<size_t>(layer)] : nullptr;
+}
+
+Lane* BoardCanvas::lane(const std::string& address) const
+{
+    for (auto* l : m_lanes)
+        if (l->info().address == address)
+            return l;
+    return nullptr;
+}
+
+double BoardCanvas::cellWidth() const
+{
+    const double avail = width() - kHeaderWidth - 8;
+    return std::max(18.0, std::min(64.0, avail / static_cast<double>(m_layers + 2)));
+}
+
+int BoardCanvas::columnX(int64_t column) const
+{
+    return kHeaderWidth + 4 + static_cast<int>(std::lround((column + 1) * cellWidth()));
+}
+
+int64_t BoardCanvas::columnAt(int x) const
+{
+    if (x < kHeaderWidth)
+        return -2;
+    const int64_t c = static_cast<int64_t>(std::floor((x - kHeaderWidth - 4) / cellWidth())) - 1;
+    return std::clamp<int64_t>(c, -1, m_layers);
+}
+
+QColor BoardCanvas::stageColour(int stage) const
+{
+    static const QColor colours[] = {QColor("#8ec5ff"), QColor("#ffc98b"), QColor("#a8e6a1"), QColor("#e3b5f5"),
+                                     QColor("#ffb3b3"), QColor("#9fe3de"), QColor("#f5e29a"), QColor("#c9c9ff")};
+    return colours[static_cast<size_t>(std::max(0, stage)) % (sizeof colours / sizeof colours[0])];
+}
+
+Lane* BoardCanvas::laneAt(QPoint pos) const
+{
+    for (auto* l : m_lanes)
+        if (l->geometry().contains(pos))
+            return l;
+    return nullptr;
+}
+
+QSize BoardCanvas::sizeHint() const
+{
+    return {kHeaderWidth + 8 + static_cast<int>((m_layers + 2) * 30), std::max<int>(1, static_cast<int>(m_lanes.size())) * kLaneHeight + 2};
+}
+
+QSize BoardCanvas::minimumSizeHint() const
+{
+    return {kHeaderWidth + 8 + static_cast<int>((m_layers + 2) * 18), std::max<int>(1, static_cast<int>(m_lanes.size())) * kLaneHeight + 2};
+}
+
+void BoardCanvas::resizeEvent(QResizeEvent*) { relayout(); }
+
+void BoardCanvas::relayout()
+{
+    for (size_t i = 0; i < m_lanes.size(); ++i)
+        m_lanes[i]->setGeometry(0, static_cast<int>(i) * kLaneHeight, width(), kLaneHeight);
+    const auto ranks = layerRanks(m_plan, m_layers);
+    for (int64_t l = 0; l < m_layers; ++l) {
+        LayerBlock* b = m_blocks[static_cast<size_t>(l)];
+        Lane* on = ranks[l].empty() ? nullptr : lane(ranks[l].front().worker);
+        if (!on) {
+            b->hide();
+            continue;
+        }
+        const int x = columnX(l), w = columnX(l + 1) - x;
+        b->setGeometry(x, on->y() + 3, std::max(8, w), kLaneHeight - 6);
+        b->raise();
+        b->QWidget::show();
+    }
+}
+
+void BoardCanvas::restyle()
+{
+    for (int64_t l = 0; l < m_layers; ++l) {
+        const int s = stageOf(m_plan, l);
+        QString tip;
+        if (s >= 0) {
+            const auto& st = m_plan.stages[static_cast<size_t>(s)];
+            tip = QString("stage %1 (layers %2-%3) on ").arg(s).arg(st.firstLayer).arg(st.lastLayer);
+            for (size_t r = 0; r < st.ranks.size(); ++r)
+                tip += (r ? " + " : "") + q(st.ranks[r].worker);
+        } else {
+            tip = "not placed";
+        }
+        m_blocks[static_cast<size_t>(l)]->setLook(s >= 0 ? stageColour(s) : QColor("#cccccc"), m_selected.count(l) > 0, tip);
+    }
+}
+
+void BoardCanvas::paintEvent(QPaintEvent*)
+{
+    QPainter p(this);
+    p.fillRect(rect(), palette().base());
+    if (m_lanes.empty()) {
+        p.setPen(QColor("#777"));
+        p.drawText(rect(), Qt::AlignCenter | Qt::TextWordWrap, "Machines appear here as lanes once they answer.");
+    }
+}
+
+void BoardCanvas::select(int64_t layer, Qt::KeyboardModifiers modifiers)
+{
+    if (layer < 0 || layer >= m_layers)
+        return;
+    if (modifiers & Qt::ShiftModifier && m_anchor >= 0) {
+        std::set<int64_t> s = (modifiers & Qt::ControlModifier) ? m_selected : std::set<int64_t>{};
+        for (int64_t l = std::min(m_anchor, layer); l <= std::max(m_anchor, layer); ++l)
+            s.insert(l);
+        m_selected = s;
+    } else if (modifiers & Qt::ControlModifier) {
+        if (!m_selected.erase(layer))
+            m_selected.insert(layer);
+        m_anchor = layer;
+    } else {
+        m_selected = {layer};
+        m_anchor = layer;
+    }
+    restyle();
+    Q_EMIT selectionChanged();
+}
+
+void BoardCanvas::setSelection(const std::set<int64_t>& layers)
+{
+    m_selected.clear();
+    for (int64_t l : layers)
+        if (l >= 0 && l < m_layers)
+            m_selected.insert(l);
+    if (!m_selected.empty() && m_anchor < 0)
+        m_anchor = *m_selected.begin();
+    restyle();
+    Q_EMIT selectionChanged();
+}
+
+void BoardCanvas::focusLayer(int64_t layer, bool extend)
+{
+    LayerBlock* b = block(std::clamp<int64_t>(layer, 0, m_layers - 1));
+    if (!b)
+        return;
+    b->setFocus(Qt::TabFocusReason);
+    if (extend)
+        select(b->layer(), Qt::ShiftModifier);
+}
+
+std::vector<int64_t> BoardCanvas::dragLayersFor(int64_t pressed) const
+{
+    if (m_selected.count(pressed))
+        return {m_selected.begin(), m_selected.end()};
+    return {pressed};
+}
+
+QMimeData* BoardCanvas::layersMime(const std::vector<int64_t>& layers)
+{
+    auto* m = new QMimeData;
+    QJsonArray a;
+    for (int64_t l : layers)
+        a.append(static_cast<qint64>(l));
+    m->setData(kLayersMime, QJsonDocument(QJsonObject{{"layers", a}}).toJson(QJsonDocument::Compact));
+    m->setText(layerList(layers));
+    return m;
+}
+
+QMimeData* BoardCanvas::workerMime(const std::string& address)
+{
+    auto* m = new QMimeData;
+    m->setData(kWorkerMime, QByteArray::fromStdString(address));
+    m->setText(q(address));
+    return m;
+}
+
+QMimeData* BoardCanvas::rankMime(const std::string& worker, int stage)
+{
+    auto* m = new QMimeData;
+    m->setData(kRankMime, QJsonDocument(QJsonObject{{"worker", q(worker)}, {"stage", stage}}).toJson(QJsonDocument::Compact));
+    m->setText(QString("%1, rank of stage %2").arg(q(worker)).arg(stage));
+    return m;
+}
+
+void BoardCanvas::startLayerDrag(LayerBlock* from)
+{
+    if (!m_readOnly.isEmpty()) {
+        Q_EMIT refused(m_readOnly);
+        return;
+    }
+    const auto layers = dragLayersFor(from->layer());
+    auto* drag = new QDrag(from);
+    drag->setMimeData(layersMime(layers));
+    drag->setPixmap(from->grab());
+    drag->setHotSpot(QPoint(from->width() / 2, from->height() / 2));
+    drag->exec(Qt::MoveAction);
+    m_dropLane = nullptr;
+    for (auto* l : m_lanes)
+        l->update();
+}
+
+void BoardCanvas::startLaneDrag(Lane* from, QPoint at)
+{
+    if (!m_readOnly.isEmpty()) {
+        Q_EMIT refused(m_readOnly);
+        return;
+    }
+    const std::string addr = from->info().address;
+    QMimeData* mime = nullptr;
+    int stage = -1;
+    if (at.x() < kHeaderWidth) {
+        mime = workerMime(addr);
+    } else {
+        const int64_t col = columnAt(at.x());
+        stage = col >= 0 && col < m_layers ? stageOf(m_plan, col) : -1;
+        if (stage < 0)
+            return;
+        const auto& ranks = m_plan.stages[static_cast<size_t>(stage)].ranks;
+        auto it = std::find_if(ranks.begin(), ranks.end(), [&](const PlanRank& r) { return r.worker == addr; });
+        if (it == ranks.end() || it == ranks.begin()) // the leading rank moves with its blocks
+            return;
+        mime = rankMime(addr, stage);
+    }
+    auto* drag = new QDrag(from);
+    drag->setMimeData(mime);
+    QPixmap pm(140, 24);
+    pm.fill(QColor("#ffffffe0"));
+    {
+        QPainter p(&pm);
+        p.setPen(QColor("#333"));
+        p.drawRect(pm.rect().adjusted(0, 0, -1, -1));
+        p.drawText(pm.rect(), Qt::AlignCenter, q(addr));
+    }
+    drag->setPixmap(pm);
+    const Qt::DropAction done = drag->exec(Qt::MoveAction | Qt::LinkAction);
+    // A rank dragged off the board entirely leaves its stage.
+    if (stage >= 0 && done == Qt::IgnoreAction && !rect().contains(mapFromGlobal(QCursor::pos())))
+        removeRankFrom(stage, addr);
+    m_dropLane = nullptr;
+    for (auto* l : m_lanes)
+        l->update();
+}
+
+BoardCanvas::Candidate BoardCanvas::checked(Candidate c) const
+{
+    if (!c.plan || !c.why.isEmpty())
+        return c;
+    if (!m_readOnly.isEmpty()) {
+        c.why = m_readOnly;
+        c.plan.reset();
+        return c;
+    }
+    if (m_check) {
+        const QString why = m_check(*c.plan, c.target);
+        if (!why.isEmpty()) {
+            c.why = why;
+            c.plan.reset();
+        }
+    }
+    return c;
+}
+
+BoardCanvas::Candidate BoardCanvas::candidate(const QMimeData* mime, QPoint pos) const
+{
+    Candidate c;
+    Lane* onLane = laneAt(pos);
+    const int64_t col = columnAt(pos.x());
+    try {
+        if (mime->hasFormat(kLayersMime)) {
+            const QJsonArray a = QJsonDocument::fromJson(mime->data(kLayersMime)).object().value("layers").toArray();
+            std::vector<int64_t> layers;
+            for (const auto& v : a)
+                layers.push_back(v.toInteger(-1));
+            if (layers.empty())
+                return c;
+            if (!onLane) {
+                c.why = "drop the layers onto a machine's lane";
+                return c;
+            }
+            c.target = onLane->info().address;
+            c.what = QString("%1 to %2").arg(layerList(layers), q(c.target));
+            PlanRank rank{c.target, 1, {}};
+            rank.threads = onLane->info().threads;
+            Plan p = assignLayers(m_plan, m_layers, layers, rank);
+            if (samePlan(p, m_plan))
+                c.why = QString("%1 already runs there").arg(layerList(layers));
+            else
+                c.plan = p;
+        } else if (mime->hasFormat(kWorkerMime)) {
+            c.target = mime->data(kWorkerMime).toStdString();
+            const int stage = col >= 0 && col < m_layers ? stageOf(m_plan, col) : -1;
+            if (stage < 0) {
+                c.why = "drop the machine onto a stage's layers to add it as a tensor-parallel rank";
+                return c;
+            }
+            Lane* from = lane(c.target);
+            PlanRank rank{c.target, from ? from->info().threads : 1, {}};
+            c.what = QString("%1 joins stage %2 as a tensor-parallel rank").arg(q(c.target)).arg(stage);
+            c.plan = addRank(m_plan, static_cast<size_t>(stage), rank);
+        } else if (mime->hasFormat(kRankMime)) {
+            const QJsonObject o = QJsonDocument::fromJson(mime->data(kRankMime)).object();
+            const std::string worker = o.value("worker").toString().toStdString();
+            const int stage = o.value("stage").toInt(-1);
+            if (stage < 0 || stage >= static_cast<int>(m_plan.stages.size()))
+                return c;
+            const auto& st = m_plan.stages[static_cast<size_t>(stage)];
+            if (onLane && onLane->info().address == worker && col >= st.firstLayer && col <= st.lastLayer) {
+                c.why = "drag the rank off its stage to remove it";
+                return c;
+            }
+            c.what = QString("%1 leaves stage %2").arg(q(worker)).arg(stage);
+            c.plan = removeRank(m_plan, static_cast<size_t>(stage), worker);
+        }
+    } catch (const std::exception& e) {
+        c.why = e.what();
+        c.plan.reset();
+    }
+    return checked(c);
+}
+
+void BoardCanvas::dragEnterEvent(QDragEnterEvent* e)
+{
+    const QMimeData* m = e->mimeData();
+    if (m->hasFormat(kLayersMime) || m->hasFormat(kWorkerMime) || m->hasFormat(kRankMime))
+        e->acceptProposedAction(); // whether this spot takes it is dragMove's to say
+}
+
+void BoardCanvas::dragMoveEvent(QDragMoveEvent* e)
+{
+    const QPoint pos = e->position().toPoint();
+    const Candidate c = candidate(e->mimeData(), pos);
+    Lane* l = laneAt(pos);
+    if (l != m_dropLane || m_dropOk != c.plan.has_value()) {
+        Lane* old = m_dropLane;
+        m_dropLane = l;
+        m_dropOk = c.plan.has_value();
+        if (old)
+            old->update();
+        if (l)
+            l->update();
+    }
+    if (c.plan) {
+        e->acceptProposedAction();
+        Q_EMIT hint(c.what);
+    } else {
+        e->ignore();
+        Q_EMIT hint(c.why);
+    }
+}
+
+void BoardCanvas::dragLeaveEvent(QDragLeaveEvent*)
+{
+    if (Lane* old = m_dropLane) {
+        m_dropLane = nullptr;
+        old->update();
+    }
+    Q_EMIT hint({});
+}
+
+void BoardCanvas::dropEvent(QDropEvent* e)
+{
+    const Candidate c = candidate(e->mimeData(), e->position().toPoint());
+    if (Lane* old = m_dropLane) {
+        m_dropLane = nullptr;
+        old->update();
+    }
+    if (c.plan) {
+        e->acceptProposedAction();
+    } else {
+        e->setDropAction(Qt::IgnoreAction);
+        e->ignore();
+    }
+    finish(c);
+}
+
+void BoardCanvas::finish(const Candidate& c)
+{
+    if (c.plan)
+        Q_EMIT edited(*c.plan, c.what);
+    else if (!c.why.isEmpty())
+        Q_EMIT refused(c.why);
+}
+
+void BoardCanvas::assignTo(const std::vector<int64_t>& layers, const std::string& worker)
+{
+    if (layers.empty()) {
+        Q_EMIT refused("select one or more layers first");
+        return;
+    }
+    Candidate c;
+    c.target = worker;
+    c.what = QString("%1 to %2").arg(layerList(layers), q(worker));
+    try {
+        Lane* l = lane(worker);
+        Plan p = assignLayers(m_plan, m_layers, layers, PlanRank{worker, l ? l->info().threads : 1, {}});
+        if (samePlan(p, m_plan))
+            c.why = QString("%1 already runs there").arg(layerList(layers));
+        else
+            c.plan = p;
+    } catch (const std::exception& e) {
+        c.why = e.what();
+    }
+    finish(checked(c));
+}
+
+void BoardCanvas::addRankTo(int stage, const std::string& worker)
+{
+    Candidate c;
+    c.target = worker;
+    c.what = QString("%1 joins stage %2 as a tensor-parallel rank").arg(q(worker)).arg(stage);
+    try {
+        Lane* l = lane(worker);
+        c.plan = addRank(m_plan, static_cast<size_t>(std::max(0, stage)), PlanRank{worker, l ? l->info().threads : 1, {}});
+    } catch (const std::exception& e) {
+        c.why = e.what();
+    }
+    finish(checked(c));
+}
+
+void BoardCanvas::removeRankFrom(int stage, const std::string& worker)
+{
+    Candidate c;
+    c.what = QString("%1 leaves stage %2").arg(q(worker)).arg(stage);
+    try {
+        c.plan = removeRank(m_plan, static_cast<size_t>(std::max(0, stage)), worker);
+    } catch (const std::exception& e) {
+        c.why = e.what();
+    }
+    finish(checked(c));
+}
+
+// ---- PlacementBoard ----
+
+PlacementBoard::PlacementBoard(AppSession& session, QWidget* parent)
+    : QWidget(parent)
+    , m_session(session)
+    , m_undo(new QUndoStack(this))
+{
+    auto* layout = new QVBoxLayout(this);
+    layout->setContentsMargins(0, 0, 0, 0);
+
+    auto* tools = new QHBoxLayout;
+    m_autoPlace = new QPushButton("Auto place");
+    m_autoPlace->setAccessibleName("Auto place");
+    m_autoPlace->setToolTip("Measure the ready machines and their links, and fill the board with the cost model's best placement");
+    auto button = [&](const QString& text, const QString& tip) {
+        auto* b = new QPushButton(text);
+        b->setAccessibleName(text);
+        b->setToolTip(tip);
+        tools->addWidget(b);
+        return b;
+    };
+    tools->addWidget(m_autoPlace);
+    m_assign = button("Assign to…", "Run the selected layers on one machine (select layers with click, Shift+click, arrows and Space)");
+    m_add = button("Add to stage…", "Add a machine as a tensor-parallel rank of the selected layers' stage");
+    m_remove = button("Remove rank…", "Take a tensor-parallel rank out of the selected layers' stage");
+    m_remove->setAccessibleName("Remove from stage…");
+    tools->addStretch(1);
+    layout->addLayout(tools);
+
+    // Undo, redo and plan files sit in the tabs' corner.
+    auto* corner = new QWidget;
+    auto* cl = new QHBoxLayout(corner);
+    cl->setContentsMargins(0, 0, 0, 2);
+    cl->setSpacing(2);
+    auto tool = [&](const QString& text, const QString& tip) {
+        auto* t = new QToolButton;
+        t->setText(text);
+        t->setAccessibleName(text);
+        t->setToolTip(tip);
+        t->setAutoRaise(true);
+        cl->addWidget(t);
+        return t;
+    };
+    auto* undo = tool("Undo", "Undo the last board edit (Ctrl+Z)");
+    auto* redo = tool("Redo", "Redo (Ctrl+Shift+Z)");
+    auto* save = tool("Save plan…", "Write this placement as a plan file for `together-cli run --plan`");
+    auto* load = tool("Load plan…", "Read a plan file (the CLI's --plan format)");
+    auto* undoAct = new QAction("Undo", this);
+    undoAct->setShortcut(QKeySequence::Undo);
+    undoAct->setShortcutContext(Qt::WidgetWithChildrenShortcut);
+    auto* redoAct = new QAction("Redo", this);
+    redoAct->setShortcut(QKeySequence::Redo);
+    redoAct->setShortcutContext(Qt::WidgetWithChildrenShortcut);
+    addAction(undoAct);
+    addAction(redoAct);
+    connect(undoAct, &QAction::triggered, this, [this] {
+        if (m_locked.isEmpty())
+            m_undo->undo();
+    });
+    connect(redoAct, &QAction::triggered, this, [this] {
+        if (m_locked.isEmpty())
+            m_undo->redo();
+    });
+    connect(undo, &QToolButton::clicked, undoAct, &QAction::trigger);
+    connect(redo, &QToolButton::clicked, redoAct, &QAction::trigger);
+    auto states = [this, undo, redo] {
+        undo->setEnabled(m_locked.isEmpty() && m_undo->canUndo());
+        redo->setEnabled(m_locked.isEmpty() && m_undo->canRedo());
+        undo->setToolTip(m_undo->canUndo() ? "Undo " + m_undo->undoText() + " (Ctrl+Z)" : "Nothing to undo");
+        redo->setToolTip(m_undo->canRedo() ? "Redo " + m_undo->redoText() + " (Ctrl+Shift+Z)" : "Nothing to redo");
+    };
+    connect(m_undo, &QUndoStack::indexChanged, this, states);
+    connect(this, &PlacementBoard::lockChanged, this, states);
+    states();
+
+    m_tabs = new QTabWidget;
+    m_canvas = new BoardCanvas;
+    auto* scroll = new QScrollArea;
+    scroll->setWidget(m_canvas);
+    scroll->setWidgetResizable(true);
+    scroll->setFrameShape(QFrame::StyledPanel);
+    scroll->setMinimumHeight(2 * BoardCanvas::kLaneHeight + 8);
+    m_tabs->addTab(scroll, "Board");
+
+    auto* tablePage = new QWidget;
+    auto* tl = new QVBoxLayout(tablePage);
+    tl->setContentsMargins(0, 0, 0, 0);
+    m_table = new QTableWidget(0, 4);
+    m_table->setAccessibleName("Stages");
+    m_table->setHorizontalHeaderLabels({"First layer", "Last layer", "Machines", "Threads"});
+    m_table->horizontalHeader()->setSectionResizeMode(2, QHeaderView::Stretch);
+    m_table->setToolTip("Edit a cell to change the placement: machines and threads as comma-separated lists, one per tensor-parallel rank");
+    tl->addWidget(m_table);
+    auto* tableButtons = new QHBoxLayout;
+    auto* addStage = new QPushButton("Add stage");
+    addStage->setAccessibleName("Add stage");
+    auto* removeStage = new QPushButton("Remove stage");
+    removeStage->setAccessibleName("Remove stage");
+    tableButtons->addWidget(addStage);
+    tableButtons->addWidget(removeStage);
+    tableButtons->addStretch(1);
+    tl->addLayout(tableButtons);
+    m_tabs->addTab(tablePage, "Stages");
+    m_tabs->setCornerWidget(corner);
+    layout->addWidget(m_tabs, 1);
+
+    m_check = new QLabel;
+    m_check->setWordWrap(true);
+    m_check->setAccessibleName("Placement check");
+    m_check->setTextInteractionFlags(Qt::TextSelectableByMouse | Qt::TextSelectableByKeyboard);
+    layout->addWidget(m_check);
+    m_message = new QLabel;
+    m_message->setWordWrap(true);
+    m_message->setAccessibleName("Board message");
+    layout->addWidget(m_message);
+
+    auto* whatIf = new QHBoxLayout;
+    m_whatIf = new QComboBox;
+    m_whatIf->addItem("as measured");
+    for (auto& n : namedLinks())
+        m_whatIf->addItem(q(n.name));
+    m_whatIf->setAccessibleName("What-if links");
+    auto* wl = new QLabel("What if every link were");
+    wl->setBuddy(m_whatIf);
+    m_whatIfLine = new QLabel;
+    m_whatIfLine->setWordWrap(true);
+    m_whatIfLine->setAccessibleName("What-if prediction");
+    whatIf->addWidget(wl);
+    whatIf->addWidget(m_whatIf);
+    whatIf->addWidget(m_whatIfLine, 1);
+    layout->addLayout(whatIf);
+
+    m_canvas->setCheck([this](const Plan& plan, const std::string& target) -> QString {
+        try {
+            plan.validate(m_session.config());
+        } catch (const std::exception& e) {
+            return e.what();
+        }
+        if (!target.empty())
+            for (auto& w : m_session.workers())
+                if (w.address == target && w.state != WorkerState::Ready)
+                    return QString("%1 is %2%3")
+                        .arg(q(target))
+                        .arg(workerStateName(w.state))
+                        .arg(w.reason.empty() ? QString() : ": " + q(w.reason));
+        return {};
+    });
+    connect(m_canvas, &BoardCanvas::edited, this, [this](const Plan& plan, const QString& what) { apply(plan, what); });
+    connect(m_canvas, &BoardCanvas::refused, this, [this](const QString& why) { showMessage("Not moved: " + why, true); });
+    connect(m_canvas, &BoardCanvas::hint, this, [this](const QString& text) { showMessage(text, false); });
+    connect(m_canvas, &BoardCanvas::contextMenuRequested, this, [this](QPoint at) {
+        QMenu menu(this);
+        QMenu* assign = menu.addMenu("Assign to");
+        QMenu* add = menu.addMenu("Add to stage");
+        QMenu* remove = menu.addMenu("Remove from stage");
+        const int stage = selectedStage();
+        const auto layers = std::vector<int64_t>(m_canvas->selection().begin(), m_canvas->selection().end());
+        for (auto* l : m_canvas->lanes()) {
+            const std::string a = l->info().address;
+            assign->addAction(q(a), this, [this, layers, a] { m_canvas->assignTo(layers, a); });
+            if (stage >= 0)
+                add->addAction(q(a), this, [this, stage, a] { m_canvas->addRankTo(stage, a); });
+        }
+        if (stage >= 0)
+            for (auto& r : m_canvas->plan().stages[static_cast<size_t>(stage)].ranks) {
+                const std::string a = r.worker;
+                remove->addAction(q(a), this, [this, stage, a] { m_canvas->removeRankFrom(stage, a); });
+            }
+        add->setEnabled(stage >= 0);
+        remove->setEnabled(stage >= 0);
+        menu.exec(at);
+    });
+    connect(m_autoPlace, &QPushButton::clicked, this, &PlacementBoard::autoPlaceRequested);
+    connect(m_assign, &QPushButton::clicked, this, [this] { showAssignMenu(m_assign->mapToGlobal(QPoint(0, m_assign->height()))); });
+    connect(m_add, &QPushButton::clicked, this, [this] { showAddMenu(m_add->mapToGlobal(QPoint(0, m_add->height()))); });
+    connect(m_remove, &QPushButton::clicked, this, [this] { showRemoveMenu(m_remove->mapToGlobal(QPoint(0, m_remove->height()))); });
+    connect(m_whatIf, &QComboBox::currentIndexChanged, this, [this] { refresh(); });
+    connect(m_table, &QTableWidget::itemChanged, this, [this] {
+        if (!m_filling)
+            tableEdited();
+    });
+    connect(addStage, &QPushButton::clicked, this, [this] {
+        // A new stage for whatever is not covered yet (else the last layer), on the first ready machine.
+        const Plan& p = m_session.plan();
+        const int64_t n = m_session.config().numLayers;
+        auto per = layerRanks(p, n);
+        int64_t first = -1, last = -1;
+        for (int64_t l = 0; l < n; ++l)
+            if (per[l].empty()) {
+                if (first < 0)
+                    first = l;
+                last = l;
+            } else if (first >= 0) {
+                break;
+            }
+        if (first < 0)
+            first = last = n - 1;
+        std::string worker;
+        for (auto& w : m_session.readyWorkers())
+            if (worker.empty())
+                worker = w;
+        if (worker.empty() || first < 0) {
+            showMessage("Not added: no machine is ready", true);
+            return;
+        }
+        std::vector<int64_t> layers;
+        for (int64_t l = first; l <= last; ++l)
+            layers.push_back(l);
+        m_canvas->assignTo(layers, worker);
+    });
+    connect(removeStage, &QPushButton::clicked, this, [this] {
+        const int row = m_table->currentRow();
+        Plan p = m_session.plan();
+        if (row < 0 || row >= static_cast<int>(p.stages.size())) {
+            showMessage("Select a stage's row first", true);
+            return;
+        }
+        p.stages.erase(p.stages.begin() + row);
+        apply(p, QString("remove stage %1").arg(row));
+    });
+    connect(save, &QToolButton::clicked, this, [this] {
+        const QString path = QFileDialog::getSaveFileName(this, "Save plan", "plan.json", "Plan files (*.json)");
+        if (!path.isEmpty()) {
+            const QString why = savePlan(path);
+            showMessage(why.isEmpty() ? "Saved " + path : why, !why.isEmpty());
+        }
+    });
+    connect(load, &QToolButton::clicked, this, [this] {
+        const QString path = QFileDialog::getOpenFileName(this, "Load plan", {}, "Plan files (*.json);;All files (*)");
+        if (!path.isEmpty()) {
+            const QString why = loadPlan(path);
+            showMessage(why.isEmpty() ? "Loaded " + path : why, !why.isEmpty());
+        }
+    });
+    connect(&m_session, &AppSession::planChanged, this, [this] { refresh(); });
+    connect(&m_session, &AppSession::workerUpdated, this, [this] { refresh(); });
+    connect(&m_session, &AppSession::modelOpened, this, [this] {
+        m_undo->clear();
+        m_shown = {};
+        refresh();
+    });
+    refresh();
+}
+
+void PlacementBoard::setLaunchOptions(const QString& dtype, int64_t context)
+{
+    m_dtype = dtype;
+    m_context = context;
+    refresh();
+}
+
+void PlacementBoard::setLocked(const QString& why)
+{
+    if (why == m_locked)
+        return;
+    m_locked = why;
+    m_canvas->setReadOnly(why);
+    m_autoPlace->setEnabled(why.isEmpty() && m_session.hasModel());
+    m_table->setEditTriggers(why.isEmpty() ? QAbstractItemView::DoubleClicked | QAbstractItemView::EditKeyPressed | QAbstractItemView::AnyKeyPressed
+                                           : QAbstractItemView::NoEditTriggers);
+    Q_EMIT lockChanged();
+    refresh();
+}
+
+void PlacementBoard::apply(const Plan& plan, const QString& what)
+{
+    if (!m_locked.isEmpty()) {
+        showMessage("Not changed: " + m_locked, true);
+        return;
+    }
+    Plan p = plan;
+    if (p.dtype.empty())
+        p.dtype = m_session.plan().dtype;
+    m_undo->push(new PlanCommand(m_session, m_applying, m_session.plan(), p, what, false));
+    showMessage(what.isEmpty() ? QString() : what[0].toUpper() + what.mid(1), false);
+}
+
+QString PlacementBoard::checkText() const { return m_check->text(); }
+QString PlacementBoard::whatIfText() const { return m_whatIfLine->text(); }
+
+void PlacementBoard::showMessage(const QString& text, bool error)
+{
+    m_lastMessage = text;
+    m_message->setStyleSheet(error ? "color:" + statusColor(Status::Error).name() : "color:#555");
+    m_message->setText(text);
+}
+
+int PlacementBoard::selectedStage() const
+{
+    const auto& sel = m_canvas->selection();
+    int64_t layer = -1;
+    if (!sel.empty())
+        layer = *sel.begin();
+    else if (auto* b = qobject_cast<LayerBlock*>(QApplication::focusWidget()))
+        layer = b->layer();
+    return layer >= 0 ? stageOf(m_canvas->plan(), layer) : -1;
+}
+
+void PlacementBoard::showAssignMenu(QPoint at)
+{
+    QMenu menu(this);
+    const auto layers = std::vector<int64_t>(m_canvas->selection().begin(), m_canvas->selection().end());
+    if (layers.empty())
+        menu.addAction("Select layers first")->setEnabled(false);
+    else
+        for (auto* l : m_canvas->lanes()) {
+            const std::string a = l->info().address;
+            QAction* act = menu.addAction(q(a), this, [this, layers, a] { m_canvas->assignTo(layers, a); });
+            act->setEnabled(l->info().ready);
+        }
+    menu.exec(at);
+}
+
+void PlacementBoard::showAddMenu(QPoint at)
+{
+    QMenu menu(this);
+    const int stage = selectedStage();
+    if (stage < 0)
+        menu.addAction("Select a layer of the stage first")->setEnabled(false);
+    else
+        for (auto* l : m_canvas->lanes()) {
+            const std::string a = l->info().address;
+            const auto& ranks = m_canvas->plan().stages[static_cast<size_t>(stage)].ranks;
+            if (std::any_of(ranks.begin(), ranks.end(), [&](const PlanRank& r) { return r.worker == a; }))
+                continue;
+            QAction* act = menu.addAction(QString("%1 to stage %2").arg(q(a)).arg(stage), this, [this, stage, a] { m_canvas->addRankTo(stage, a); });
+            act->setEnabled(l->info().ready);
+        }
+    menu.exec(at);
+}
+
+void PlacementBoard::showRemoveMenu(QPoint at)
+{
+    QMenu menu(this);
+    const int stage = selectedStage();
+    if (stage < 0)
+        menu.addAction("Select a layer of the stage first")->setEnabled(false);
+    else
+        for (auto& r : m_canvas->plan().stages[static_cast<size_t>(stage)].ranks) {
+            const std::string a = r.worker;
+            menu.addAction(QString("%1 from stage %2").arg(q(a)).arg(stage), this, [this, stage, a] { m_canvas->removeRankFrom(stage, a); });
+        }
+    menu.exec(at);
+}
+
+std::vector<LaneInfo> PlacementBoard::laneInfos() const
+{
+    const Plan& plan = m_session.plan();
+    const auto need = m_session.plannedBytes(m_dtype, m_context);
+    std::vector<LaneInfo> out;
+    std::map<std::string, uint64_t> hostNeed, hostFree;
+    const auto workers = m_session.workers();
+    for (auto& w : workers) {
+        const std::string host = w.host.empty() ? w.address : w.host;
+        auto it = need.find(w.address);
+        hostNeed[host] += it == need.end() ? 0 : it->second;
+        hostFree[host] = w.memoryFreeBytes;
+    }
+    for (auto& w : workers) {
+        LaneInfo l;
+        l.address = w.address;
+        l.ready = w.state == WorkerState::Ready;
+        l.state = workerStateName(w.state);
+        l.threads = m_session.defaultThreads(w.address);
+        auto it = need.find(w.address);
+        l.needBytes = it == need.end() ? 0 : it->second;
+        l.usableBytes = w.maxMemoryBytes ? std::min(w.memoryFreeBytes, w.maxMemoryBytes) : w.memoryFreeBytes;
+        const std::string host = w.host.empty() ? w.address : w.host;
+        l.overMemory = (l.usableBytes && l.needBytes > l.usableBytes) || (hostFree[host] && hostNeed[host] > hostFree[host]);
+        out.push_back(l);
+    }
+    // Machines the plan names that discovery does not know (a loaded plan file): a lane each, not ready.
+    for (auto& st : plan.stages)
+        for (auto& r : st.ranks)
+            if (std::none_of(out.begin(), out.end(), [&](const LaneInfo& l) { return l.address == r.worker; })) {
+                LaneInfo l;
+                l.address = r.worker;
+                l.state = "unknown";
+                l.threads = r.threads;
+                out.push_back(l);
+            }
+    return out;
+}
+
+void PlacementBoard::refresh()
+{
+    // A plan the board did not make (a proposal, a failover, a model opened) becomes an undo step too.
+    const Plan& now = m_session.plan();
+    if (!m_applying && !samePlan(now, m_shown) && !m_shown.stages.empty() && m_session.hasModel() && !now.stages.empty())
+        m_undo->push(new PlanCommand(m_session, m_applying, m_shown, now, "placement", true));
+    m_shown = now;
+
+    m_canvas->setLayers(m_session.hasModel() ? m_session.config().numLayers : 0);
+    m_canvas->show(now, laneInfos());
+    fillTable();
+    m_autoPlace->setEnabled(m_locked.isEmpty() && m_session.hasModel());
+
+    m_problem = m_session.planProblem(now);
+    const QString memory = m_problem.isEmpty() ? m_session.memoryShortfall(m_dtype, m_context) : QString();
+    if (!m_session.hasModel()) {
+        m_check->setText({});
+    } else if (!m_problem.isEmpty()) {
+        m_check->setStyleSheet("color:" + statusColor(Status::Error).name());
+        m_check->setText("Cannot launch: " + m_problem + ".");
+    } else if (!memory.isEmpty()) {
+        m_check->setStyleSheet("color:" + statusColor(Status::Working).name());
+        m_check->setText(memory);
+    } else {
+        m_check->setStyleSheet("color:" + statusColor(Status::Ready).darker(130).name());
+        QString text = QString("Valid: %1 stage%2, %3 rank%4.")
+                           .arg(now.stages.size())
+                           .arg(now.stages.size() == 1 ? "" : "s")
+                           .arg(now.rankCount())
+                           .arg(now.rankCount() == 1 ? "" : "s");
+        if (!m_session.prediction() && !m_session.predictionNote().isEmpty())
+            text += " No prediction: " + m_session.predictionNote() + ".";
+        m_check->setText(text);
+    }
+
+    m_whatIfLine->clear();
+    if (m_whatIf->currentIndex() > 0 && m_problem.isEmpty()) {
+        LinkTable table;
+        table.fallback = namedLink(m_whatIf->currentText().toStdString());
+        QString why;
+        if (auto p = m_session.predictPlan(now, &table, &why))
+            m_whatIfLine->setText(QString("%1 ms/token · %2 tokens/s (links %3 ms, all-reduce %4 ms of it)")
+                                      .arg(p->msPerToken, 0, 'f', 1)
+                                      .arg(p->tokensPerSecond, 0, 'f', 1)
+                                      .arg(p->linkMs(), 0, 'f', 1)
+                                      .arg(p->allReduceMs(), 0, 'f', 1));
+        else
+            m_whatIfLine->setText("no prediction: " + why);
+    }
+}
+
+void PlacementBoard::fillTable()
+{
+    m_filling = true;
+    const Plan& p = m_session.plan();
+    m_table->setRowCount(static_cast<int>(p.stages.size()));
+    for (int s = 0; s < static_cast<int>(p.stages.size()); ++s) {
+        const auto& st = p.stages[static_cast<size_t>(s)];
+        QStringList machines, threads;
+        for (auto& r : st.ranks) {
+            machines << q(r.worker);
+            threads << QString::number(r.threads);
+        }
+        const QString cells[] = {QString::number(st.firstLayer), QString::number(st.lastLayer), machines.join(", "), threads.join(", ")};
+        for (int c = 0; c < 4; ++c) {
+            auto* item = m_table->item(s, c);
+            if (!item) {
+                item = new QTableWidgetItem;
+                m_table->setItem(s, c, item);
+            }
+            if (item->text() != cells[c])
+                item->setText(cells[c]);
+        }
+        m_table->setVerticalHeaderItem(s, new QTableWidgetItem(QString("Stage %1").arg(s)));
+    }
+    m_filling = false;
+}
+
+void PlacementBoard::tableEdited()
+{
+    // The whole table is the plan: read every row back.
+    Plan p;
+    p.dtype = m_session.plan().dtype;
+    for (int s = 0; s < m_table->rowCount(); ++s) {
+        auto text = [&](int c) { return m_table->item(s, c) ? m_table->item(s, c)->text().trimmed() : QString(); };
+        PlanStage st;
+        bool ok1 = false, ok2 = false;
+        st.firstLayer = text(0).toLongLong(&ok1);
+        st.lastLayer = text(1).toLongLong(&ok2);
+        if (!ok1 || !ok2) {
+            showMessage(QString("Stage %1: layers must be whole numbers").arg(s), true);
+            fillTable();
+            return;
+        }
+        const QStringList machines = text(2).split(',', Qt::SkipEmptyParts);
+        const QStringList threads = text(3).split(',', Qt::SkipEmptyParts);
+        for (int r = 0; r < machines.size(); ++r) {
+            PlanRank rank;
+            rank.worker = machines[r].trimmed().toStdString();
+            bool ok = true;
+            rank.threads = r < threads.size() ? threads[r].trimmed().toInt(&ok) : m_session.defaultThreads(rank.worker);
+            if (!ok) {
+                showMessage(QString("Stage %1: threads must be whole numbers, one per machine").arg(s), true);
+                fillTable();
+                return;
+            }
+            st.ranks.push_back(rank);
+        }
+        p.stages.push_back(st);
+    }
+    apply(p, "edit the stages table");
+}
+
+QString PlacementBoard::savePlan(const QString& path) const
+{
+    Plan p = m_session.plan();
+    if (p.stages.empty())
+        return "there is no placement to save";
+    if (p.dtype.empty())
+        p.dtype = m_dtype.toStdString();
+    QFile f(path);
+    if (!f.open(QIODevice::WriteOnly | QIODevice::Truncate) || f.write(QByteArray::fromStdString(p.toJson())) < 0 || !f.flush())
+        return "cannot write " + path + ": " + f.errorString();
+    return {};
+}
+
+QString PlacementBoard::loadPlan(const QString& path)
+{
+    QFile f(path);
+    if (!f.open(QIODevice::ReadOnly))
+        return "cannot read " + path + ": " + f.errorString();
+    if (f.size() > (1 << 20))
+        return path + " is larger than a plan file can be (1 MiB)";
+    try {
+        const Plan p = Plan::fromJson(f.readAll().toStdString(), path.toStdString());
+        if (!p.dtype.empty())
+            Q_EMIT dtypeFromPlan(q(p.dtype));
+        apply(p, "load " + QFileInfo(path).fileName());
+    } catch (const std::exception& e) {
+        return e.what();
+    }
+    return {};
+}
+
+} // namespace together::gui
