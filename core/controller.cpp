@@ -443,14 +443,17 @@ std::vector<StepRecord> Controller::records() { return m_metrics.records(); }
 std::vector<LinkSummary> Controller::linkSummary() { return m_metrics.links(true); }
 SessionMetrics::Totals Controller::totals() { return m_metrics.totals(); }
 
-std::string Controller::chromeTrace()
+std::string Controller::chromeTrace(size_t lastSteps)
 {
     std::shared_ptr<Cluster> c;
     {
         std::lock_guard lock(m_mutex);
         c = m_cluster;
     }
-    return chromeTraceJson(m_metrics.records(), c ? c->clockOffsets() : std::map<std::string, ClockOffset>{});
+    std::vector<StepRecord> records = m_metrics.records();
+    if (lastSteps > 0 && records.size() > lastSteps)
+        records.erase(records.begin(), records.end() - static_cast<std::ptrdiff_t>(lastSteps));
+    return chromeTraceJson(records, c ? c->clockOffsets() : std::map<std::string, ClockOffset>{});
 }
 
 std::vector<Cluster::ShardMemory> Controller::shardMemory()

@@ -85,7 +85,7 @@ public:
     std::vector<StepRecord> records();
     std::vector<LinkSummary> linkSummary();
     SessionMetrics::Totals totals();
-    std::string chromeTrace();
+    std::string chromeTrace(size_t lastSteps = 0); // 0: every step of the session
     // Waits (briefly) for the step records of what already ran to arrive from the ranks.
     void syncRecords();
     std::vector<Cluster::ShardMemory> shardMemory();

@@ -188,267 +188,6 @@ StartOptions storiesOptions()
     GTEST_SKIP() << "../shared/refmodels/stories260K is absent"
 
 
-// ---- the placement board ----
-
-// A drag as Qt delivers it to the board: enter and move over the target point, then the drop, each carrying
-// the mime data the drag source made. Returns whether the board accepted the drop.
-bool dropOn(BoardCanvas& canvas, QMimeData* mime, QPoint at)
-{
-    std::unique_ptr<QMimeData> owned(mime);
-    QDragEnterEvent enter(at, Qt::MoveAction, mime, Qt::LeftButton, Qt::NoModifier);
-    QApplication::sendEvent(&canvas, &enter);
-    if (!enter.isAccepted())
-        return false;
-    QDragMoveEvent move(at, Qt::MoveAction, mime, Qt::LeftButton, Qt::NoModifier);
-    QApplication::sendEvent(&canvas, &move);
-    QDropEvent drop(QPointF(at), Qt::MoveAction, mime, Qt::LeftButton, Qt::NoModifier);
-    QApplication::sendEvent(&canvas, &drop);
-    QApplication::processEvents();
-    return move.isAccepted() && drop.isAccepted();
-}
-
-QPoint laneCentre(BoardCanvas& canvas, const std::string& address)
-{
-    Lane* l = canvas.lane(address);
-    EXPECT_NE(l, nullptr) << "no lane " << address;
-    return l ? QPoint(canvas.columnX(canvas.layers() / 2), l->geometry().center().y()) : QPoint();
-}
-
-QPoint blockCentre(BoardCanvas& canvas, int64_t layer)
-{
-    LayerBlock* b = canvas.block(layer);
-    EXPECT_NE(b, nullptr);
-    return b ? b->geometry().center() : QPoint();
-}
-
-std::string workerOf(const Plan& plan, int64_t layer, size_t rank = 0)
-{
-    for (auto& st : plan.stages)
-        if (st.firstLayer <= layer && layer <= st.lastLayer)
-            return rank < st.ranks.size() ? st.ranks[rank].worker : "";
-    return "";
-}
-
-// Picks `text` in the popup menu that `open` shows (a QMenu runs its own event loop), with the keyboard.
-void pickFromMenu(const std::function<void()>& open, const QString& text, bool* found)
-{
-    *found = false;
-    QTimer::singleShot(300, [text, found] {
-        auto* menu = qobject_cast<QMenu*>(QApplication::activePopupWidget());
-        if (!menu)
-            return;
-        for (QAction* a : menu->actions())
-            if (a->text().startsWith(text) && a->isEnabled()) {
-                *found = true;
-                menu->setActiveAction(a);
-                QTest::keyClick(menu, Qt::Key_Return);
-                return;
-            }
-        menu->close();
-    });
-    open();
-    QApplication::processEvents();
-}
-
-StartOptions storiesOnThree()
-{
-    StartOptions o = storiesOptions();
-    o.localWorkers = 3;
-    return o;
-}
-
-TEST(Gui, ThePlacementBoardMovesLayersAddsRanksRefusesBadDropsAndUndoes)
-{
-    SKIP_WITHOUT_STORIES();
-    App app(storiesOnThree());
-    app.waitForPlan();
-    ASSERT_TRUE(waitUntil([&] { return app.session().readyWorkers().size() == 3 && app.session().prediction().has_value(); }, 60000));
-    PlacementBoard& board = *app.window->launchPane().board();
-    BoardCanvas& canvas = *board.canvas();
-    QApplication::processEvents();
-    const int64_t layers = app.session().config().numLayers;
-    ASSERT_EQ(canvas.layers(), layers);
-    ASSERT_EQ(canvas.lanes().size(), 3u);
-    for (int64_t l = 0; l < layers; ++l) {
-        ASSERT_NE(canvas.block(l), nullptr);
-        EXPECT_EQ(canvas.block(l)->accessibleName().toStdString(), "Layer " + std::to_string(l));
-        EXPECT_TRUE(canvas.block(l)->isVisible());
-    }
-    for (auto* lane : canvas.lanes())
-        EXPECT_EQ(lane->accessibleName().toStdString(), lane->info().address) << "a lane is named by its address";
-    screenshot(*app.window, "10-board-proposed");
-
-    // Make the start known: everything on the first machine (through the table, the board's equal second way).
-    const auto workers = app.session().readyWorkers();
-    const std::string a = workers[0], b = workers[1], c = workers[2];
-    canvas.assignTo([&] { std::vector<int64_t> all; for (int64_t l = 0; l < layers; ++l) all.push_back(l); return all; }(), a);
-    ASSERT_EQ(app.session().plan().stages.size(), 1u);
-    ASSERT_EQ(workerOf(app.session().plan(), layers - 1), a);
-    ASSERT_TRUE(app.session().prediction().has_value());
-    const double onOne = app.session().prediction()->msPerToken;
-    const std::string start = app.session().plan().toJson();
-
-    // 1. Drag the last layer onto b's lane: two pipeline stages, and a prediction with a link in it.
-    const QMimeData* probe = BoardCanvas::layersMime(canvas.dragLayersFor(layers - 1));
-    EXPECT_EQ(probe->text().toStdString(), "Layer " + std::to_string(layers - 1));
-    delete probe;
-    ASSERT_TRUE(dropOn(canvas, BoardCanvas::layersMime(canvas.dragLayersFor(layers - 1)), laneCentre(canvas, b))) << board.lastMessage().toStdString();
-    Plan p = app.session().plan();
-    ASSERT_EQ(p.stages.size(), 2u) << p.toJson();
-    EXPECT_EQ(p.stages[1].firstLayer, layers - 1);
-    EXPECT_EQ(workerOf(p, layers - 1), b);
-    ASSERT_TRUE(app.session().prediction().has_value()) << app.session().predictionNote().toStdString();
-    EXPECT_EQ(app.session().prediction()->stages.size(), 2u);
-    EXPECT_NE(app.session().prediction()->msPerToken, onOne);
-    EXPECT_GT(app.session().prediction()->linkMs(), 0.0) << "two stages pass the activations over a link";
-    EXPECT_EQ(canvas.block(layers - 1)->geometry().center().y(), canvas.lane(b)->geometry().center().y()) << "the block sits in b's lane";
-    EXPECT_NE(board.checkText().toStdString().find("Valid: 2 stages"), std::string::npos) << board.checkText().toStdString();
-    screenshot(*app.window, "11-board-dragged");
-
-    // 2. Drag machine c onto stage 0: a tensor-parallel rank.
-    ASSERT_TRUE(dropOn(canvas, BoardCanvas::workerMime(c), blockCentre(canvas, 0))) << board.lastMessage().toStdString();
-    p = app.session().plan();
-    ASSERT_EQ(p.stages[0].ranks.size(), 2u) << p.toJson();
-    EXPECT_EQ(p.stages[0].ranks[1].worker, c);
-    ASSERT_TRUE(app.session().prediction().has_value());
-    EXPECT_GT(app.session().prediction()->stages[0].allReduces, 0) << "a TP stage all-reduces";
-    const std::string withTp = p.toJson();
-
-    // 3. An invalid drop: b as a third rank of stage 0 (stories260K's 8 heads and 4 KV heads do not split 3
-    // ways) is refused with the reason, and nothing changes.
-    ASSERT_FALSE(dropOn(canvas, BoardCanvas::workerMime(b), blockCentre(canvas, 0)));
-    EXPECT_EQ(app.session().plan().toJson(), withTp);
-    EXPECT_NE(board.lastMessage().toStdString().find("Not moved"), std::string::npos) << board.lastMessage().toStdString();
-    EXPECT_NE(board.lastMessage().toStdString().find("does not divide the 8 attention heads"), std::string::npos) << board.lastMessage().toStdString();
-    // ... and so is the same machine twice in one stage, and layers dropped beside the lanes.
-    ASSERT_FALSE(dropOn(canvas, BoardCanvas::workerMime(c), blockCentre(canvas, 0)));
-    EXPECT_NE(board.lastMessage().toStdString().find("already runs stage 0"), std::string::npos) << board.lastMessage().toStdString();
-    EXPECT_EQ(app.session().plan().toJson(), withTp);
-    screenshot(*app.window, "12-board-refused");
-
-    // 4. The keyboard: focus layer 1, Space selects it, Shift+Right takes layer 2 too, "Assign to…" -> b.
-    canvas.block(1)->setFocus();
-    QTest::keyClick(canvas.block(1), Qt::Key_Space);
-    QTest::keyClick(canvas.block(1), Qt::Key_Right, Qt::ShiftModifier);
-    EXPECT_EQ(canvas.selection(), (std::set<int64_t>{1, 2}));
-    bool found = false;
-    pickFromMenu([&] { board.showAssignMenu(canvas.mapToGlobal(QPoint(0, 0))); }, QString::fromStdString(b), &found);
-    ASSERT_TRUE(found) << "no " << b << " in the Assign to menu";
-    p = app.session().plan();
-    EXPECT_EQ(workerOf(p, 1), b);
-    EXPECT_EQ(workerOf(p, 2), b);
-    EXPECT_EQ(p.stages.size(), 4u) << "moving middle layers away splits their stage: " << p.toJson();
-    // "Remove from stage…" on layer 0's stage takes c out again.
-    canvas.setSelection({0});
-    pickFromMenu([&] { board.showRemoveMenu(canvas.mapToGlobal(QPoint(0, 0))); }, QString::fromStdString(c), &found);
-    ASSERT_TRUE(found);
-    EXPECT_EQ(app.session().plan().stages[0].ranks.size(), 1u);
-    screenshot(*app.window, "13-board-keyboard");
-
-    // 5. Undo (the Undo button, then Ctrl+Z) walks back through each edit; Redo forward again.
-    QToolButton* undoButton = nullptr;
-    for (auto* t : app.window->launchPane().findChildren<QToolButton*>())
-        if (t->accessibleName() == "Undo")
-            undoButton = t;
-    ASSERT_NE(undoButton, nullptr);
-    QTest::mouseClick(undoButton, Qt::LeftButton); // the removal of c
-    QTest::mouseClick(undoButton, Qt::LeftButton); // the keyboard move
-    EXPECT_EQ(app.session().plan().toJson(), withTp);
-    canvas.block(0)->setFocus();
-    QTest::keyClick(canvas.block(0), Qt::Key_Z, Qt::ControlModifier); // the TP rank
-    QTest::keyClick(canvas.block(0), Qt::Key_Z, Qt::ControlModifier); // the drag
-    EXPECT_EQ(app.session().plan().toJson(), start);
-    board.undoStack()->redo();
-    board.undoStack()->redo();
-    EXPECT_EQ(app.session().plan().toJson(), withTp);
-
-    // The stages table is the same plan: a gap made there is named and blocks the launch; Add stage fills it.
-    QTableWidget* table = board.table();
-    ASSERT_EQ(table->rowCount(), 2);
-    table->item(0, 1)->setText(QString::number(layers - 3));
-    EXPECT_NE(board.checkText().toStdString().find("not covered by any stage"), std::string::npos) << board.checkText().toStdString();
-    EXPECT_FALSE(app.window->launchPane().launchButton()->isEnabled()) << "an invalid placement cannot be launched";
-    board.undoStack()->undo();
-    EXPECT_EQ(app.session().plan().toJson(), withTp);
-    EXPECT_TRUE(app.window->launchPane().launchButton()->isEnabled());
-
-    // What-if: the same plan with every link as Wi-Fi 5 is predicted slower than over loopback.
-    board.whatIfBox()->setCurrentText("Wi-Fi 5");
-    EXPECT_NE(board.whatIfText().toStdString().find("ms/token"), std::string::npos) << board.whatIfText().toStdString();
-    board.whatIfBox()->setCurrentIndex(0);
-
-    // A saved plan is what the CLI reads, and loads back.
-    const std::string dir = test::makeTempDir("gui-board");
-    ASSERT_EQ(board.savePlan(QString::fromStdString(dir + "/plan.json")).toStdString(), "");
-    Plan saved = Plan::fromJson([&] { std::ifstream in(dir + "/plan.json"); return std::string(std::istreambuf_iterator<char>(in), {}); }(), "plan.json");
-    EXPECT_EQ(saved.stages.size(), 2u);
-    board.undoStack()->undo();
-    ASSERT_EQ(board.loadPlan(QString::fromStdString(dir + "/plan.json")).toStdString(), "");
-    EXPECT_EQ(app.session().plan().stages[0].ranks.size(), 2u);
-    std::ofstream(dir + "/bad.json") << R"({"stages": [{"layers": [0, 1], "ranks": [{"worker": "x:1", "threads": "two"}]}]})";
-    EXPECT_NE(board.loadPlan(QString::fromStdString(dir + "/bad.json")).toStdString(), "");
-
-    // The placement made on the board runs and gives the reference continuation (TP 2 then PP).
-    json ref = test::storiesReference();
-    const auto& rc = ref["cases"][0];
-    ASSERT_NO_FATAL_FAILURE(app.launch());
-    // Launched: the board is locked, a drop says why.
-    EXPECT_FALSE(dropOn(canvas, BoardCanvas::layersMime({0}), laneCentre(canvas, b)));
-    EXPECT_NE(board.lastMessage().toStdString().find("unload"), std::string::npos) << board.lastMessage().toStdString();
-    ASSERT_NO_FATAL_FAILURE(app.complete(rc["prompt"], static_cast<int>(rc["generated_ids"].size())));
-    ASSERT_TRUE(app.waitAnswer());
-    EXPECT_EQ(app.lastAnswer().text.toStdString(), rc["generated_text"].get<std::string>());
-    screenshot(*app.window, "14-board-launched");
-
-    // The Performance pane: the reply is a row; Bench adds a measured one; Export writes CSV with the bench's
-    // columns and Markdown with the original together-LLM layout; Verify gives the verdict.
-    PerformancePane& perf = app.window->performance();
-    ASSERT_TRUE(waitUntil([&] { return !perf.rows().empty(); }, 5000));
-    EXPECT_EQ(perf.rows().front().placement, "chat");
-    EXPECT_EQ(perf.rows().front().tp, 2);
-    EXPECT_EQ(perf.rows().front().pp, 2);
-    EXPECT_EQ(perf.benchButton()->accessibleName().toStdString(), "Bench");
-    EXPECT_EQ(perf.exportButton()->accessibleName().toStdString(), "Export");
-    EXPECT_EQ(perf.verifyButton()->accessibleName().toStdString(), "Verify");
-    ASSERT_TRUE(perf.benchButton()->isEnabled());
-    QTest::mouseClick(perf.benchButton(), Qt::LeftButton);
-    EXPECT_FALSE(app.chat().sendButton()->isEnabled()) << "the chat waits while a bench runs";
-    ASSERT_TRUE(waitUntil([&] { return !perf.benching() && perf.rows().size() == 2; }, 120000));
-    ASSERT_TRUE(waitUntil([&] { return perf.rows().back().msPerToken > 0; }, 5000)) << "the split arrives from the ranks' records";
-    const BenchRow& benched = perf.rows().back();
-    EXPECT_EQ(benched.placement, "app bench");
-    EXPECT_EQ(benched.decodeTokens, 64);
-    EXPECT_GT(benched.decodeTps, 0);
-    EXPECT_GT(benched.computeMs, 0);
-    EXPECT_TRUE(app.chat().sendButton()->isEnabled());
-    ASSERT_EQ(perf.exportTo(QString::fromStdString(dir + "/runs.csv")).toStdString(), "");
-    {
-        std::ifstream in(dir + "/runs.csv");
-        std::string header, line;
-        std::getline(in, header);
-        std::string want;
-        for (auto& col : benchColumns())
-            want += (want.empty() ? "" : ",") + col;
-        EXPECT_EQ(header, want);
-        int rows = 0;
-        while (std::getline(in, line))
-            rows += !line.empty();
-        EXPECT_EQ(rows, 2);
-    }
-    ASSERT_EQ(perf.exportTo(QString::fromStdString(dir + "/runs.md")).toStdString(), "");
-    {
-        std::ifstream in(dir + "/runs.md");
-        const std::string md((std::istreambuf_iterator<char>(in)), {});
-        EXPECT_NE(md.find("| app bench |"), std::string::npos) << md;
-        EXPECT_NE(md.find("In the layout of the original together-LLM table"), std::string::npos) << md;
-    }
-    EXPECT_NE(perf.exportTo(QString::fromStdString(dir + "/runs.xls")).toStdString(), "");
-    screenshot(*app.window, "15-performance");
-    QTest::mouseClick(perf.verifyButton(), Qt::LeftButton);
-    ASSERT_TRUE(waitUntil([&] { return !perf.verifying(); }, 180000));
-    EXPECT_NE(perf.verdict().toStdString().find("verdict: the placement gives the same tokens"), std::string::npos) << perf.verdict().toStdString();
-}
-
 // The app's conversation file and settings live in the test's own config folder (see main()).
 
 TEST(Gui, CompleteModeGivesTheReferenceContinuationWithoutStallingTheGuiThread)
@@ -494,7 +233,12 @@ TEST(Gui, CompleteModeGivesTheReferenceContinuationWithoutStallingTheGuiThread)
         EXPECT_GT(events.size(), static_cast<size_t>(tokens)) << "no step events in the timeline";
     }
     ASSERT_EQ(app.window->charts().saveCharts(QString::fromStdString(out + "/charts")).toStdString(), "");
-    for (const char* f : {"/charts-tokens.png", "/charts-links.png", "/charts-time-per-token.png"})
+    // The in-app timeline: one row per rank, compute (and communication) spans of the last steps.
+    app.window->charts().refreshTimeline();
+    EXPECT_EQ(app.window->charts().timelineRows().size(), static_cast<qsizetype>(app.session().plan().rankCount()))
+        << app.window->charts().timelineRows().join(", ").toStdString();
+    EXPECT_GT(app.window->charts().timelineSpans(), 0);
+    for (const char* f : {"/charts-tokens.png", "/charts-links.png", "/charts-time-per-token.png", "/charts-timeline.png"})
         EXPECT_GT(std::filesystem::file_size(out + f), 1000u) << f;
 
     std::printf("[ gui      ] event loop during start, launch and generation: longest stall %.1f ms, p99 %.1f ms over %zu ticks\n",
@@ -1061,6 +805,274 @@ TEST(Gui, ANewKeyKeepsTheOldOneAsideAndBringsTheLocalWorkersBackUnderIt)
 }
 
 } // namespace
+
+// ---- the placement board ----
+
+// A drag as Qt delivers it to the board: enter and move over the target point, then the drop, each carrying
+// the mime data the drag source made. Returns whether the board accepted the drop.
+bool dropOn(BoardCanvas& canvas, QMimeData* mime, QPoint at)
+{
+    std::unique_ptr<QMimeData> owned(mime);
+    QDragEnterEvent enter(at, Qt::MoveAction, mime, Qt::LeftButton, Qt::NoModifier);
+    QApplication::sendEvent(&canvas, &enter);
+    if (!enter.isAccepted())
+        return false;
+    QDragMoveEvent move(at, Qt::MoveAction, mime, Qt::LeftButton, Qt::NoModifier);
+    QApplication::sendEvent(&canvas, &move);
+    QDropEvent drop(QPointF(at), Qt::MoveAction, mime, Qt::LeftButton, Qt::NoModifier);
+    QApplication::sendEvent(&canvas, &drop);
+    QApplication::processEvents();
+    return move.isAccepted() && drop.isAccepted();
+}
+
+QPoint laneCentre(BoardCanvas& canvas, const std::string& address)
+{
+    Lane* l = canvas.lane(address);
+    EXPECT_NE(l, nullptr) << "no lane " << address;
+    return l ? QPoint(canvas.columnX(canvas.layers() / 2), l->geometry().center().y()) : QPoint();
+}
+
+QPoint blockCentre(BoardCanvas& canvas, int64_t layer)
+{
+    LayerBlock* b = canvas.block(layer);
+    EXPECT_NE(b, nullptr);
+    return b ? b->geometry().center() : QPoint();
+}
+
+std::string workerOf(const Plan& plan, int64_t layer, size_t rank = 0)
+{
+    for (auto& st : plan.stages)
+        if (st.firstLayer <= layer && layer <= st.lastLayer)
+            return rank < st.ranks.size() ? st.ranks[rank].worker : "";
+    return "";
+}
+
+// Picks `text` in the popup menu that `open` shows (a QMenu runs its own event loop), with the keyboard.
+void pickFromMenu(const std::function<void()>& open, const QString& text, bool* found)
+{
+    *found = false;
+    QTimer::singleShot(300, [text, found] {
+        auto* menu = qobject_cast<QMenu*>(QApplication::activePopupWidget());
+        if (!menu)
+            return;
+        for (QAction* a : menu->actions())
+            if (a->text().startsWith(text) && a->isEnabled()) {
+                *found = true;
+                menu->setActiveAction(a);
+                QTest::keyClick(menu, Qt::Key_Return);
+                return;
+            }
+        menu->close();
+    });
+    open();
+    QApplication::processEvents();
+}
+
+StartOptions storiesOnThree()
+{
+    StartOptions o = storiesOptions();
+    o.localWorkers = 3;
+    return o;
+}
+
+TEST(Gui, ThePlacementBoardMovesLayersAddsRanksRefusesBadDropsAndUndoes)
+{
+    SKIP_WITHOUT_STORIES();
+    App app(storiesOnThree());
+    app.waitForPlan();
+    ASSERT_TRUE(waitUntil([&] { return app.session().readyWorkers().size() == 3 && app.session().prediction().has_value(); }, 60000));
+    PlacementBoard& board = *app.window->launchPane().board();
+    BoardCanvas& canvas = *board.canvas();
+    QApplication::processEvents();
+    const int64_t layers = app.session().config().numLayers;
+    ASSERT_EQ(canvas.layers(), layers);
+    ASSERT_EQ(canvas.lanes().size(), 3u);
+    for (int64_t l = 0; l < layers; ++l) {
+        ASSERT_NE(canvas.block(l), nullptr);
+        EXPECT_EQ(canvas.block(l)->accessibleName().toStdString(), "Layer " + std::to_string(l));
+        EXPECT_TRUE(canvas.block(l)->isVisible());
+    }
+    for (auto* lane : canvas.lanes())
+        EXPECT_EQ(lane->accessibleName().toStdString(), lane->info().address) << "a lane is named by its address";
+    screenshot(*app.window, "10-board-proposed");
+
+    // Make the start known: everything on the first machine (through the table, the board's equal second way).
+    const auto workers = app.session().readyWorkers();
+    const std::string a = workers[0], b = workers[1], c = workers[2];
+    canvas.assignTo([&] { std::vector<int64_t> all; for (int64_t l = 0; l < layers; ++l) all.push_back(l); return all; }(), a);
+    ASSERT_EQ(app.session().plan().stages.size(), 1u);
+    ASSERT_EQ(workerOf(app.session().plan(), layers - 1), a);
+    ASSERT_TRUE(app.session().prediction().has_value());
+    const double onOne = app.session().prediction()->msPerToken;
+    const std::string start = app.session().plan().toJson();
+
+    // 1. Drag the last layer onto b's lane: two pipeline stages, and a prediction with a link in it.
+    const QMimeData* probe = BoardCanvas::layersMime(canvas.dragLayersFor(layers - 1));
+    EXPECT_EQ(probe->text().toStdString(), "Layer " + std::to_string(layers - 1));
+    delete probe;
+    ASSERT_TRUE(dropOn(canvas, BoardCanvas::layersMime(canvas.dragLayersFor(layers - 1)), laneCentre(canvas, b))) << board.lastMessage().toStdString();
+    Plan p = app.session().plan();
+    ASSERT_EQ(p.stages.size(), 2u) << p.toJson();
+    EXPECT_EQ(p.stages[1].firstLayer, layers - 1);
+    EXPECT_EQ(workerOf(p, layers - 1), b);
+    ASSERT_TRUE(app.session().prediction().has_value()) << app.session().predictionNote().toStdString();
+    EXPECT_EQ(app.session().prediction()->stages.size(), 2u);
+    EXPECT_NE(app.session().prediction()->msPerToken, onOne);
+    EXPECT_GT(app.session().prediction()->linkMs(), 0.0) << "two stages pass the activations over a link";
+    EXPECT_EQ(canvas.block(layers - 1)->geometry().center().y(), canvas.lane(b)->geometry().center().y()) << "the block sits in b's lane";
+    EXPECT_NE(board.checkText().toStdString().find("Valid: 2 stages"), std::string::npos) << board.checkText().toStdString();
+    screenshot(*app.window, "11-board-dragged");
+
+    // 2. Drag machine c onto stage 0: a tensor-parallel rank.
+    ASSERT_TRUE(dropOn(canvas, BoardCanvas::workerMime(c), blockCentre(canvas, 0))) << board.lastMessage().toStdString();
+    p = app.session().plan();
+    ASSERT_EQ(p.stages[0].ranks.size(), 2u) << p.toJson();
+    EXPECT_EQ(p.stages[0].ranks[1].worker, c);
+    ASSERT_TRUE(app.session().prediction().has_value());
+    EXPECT_GT(app.session().prediction()->stages[0].allReduces, 0) << "a TP stage all-reduces";
+    const std::string withTp = p.toJson();
+
+    // 3. An invalid drop: b as a third rank of stage 0 (stories260K's 8 heads and 4 KV heads do not split 3
+    // ways) is refused with the reason, and nothing changes.
+    ASSERT_FALSE(dropOn(canvas, BoardCanvas::workerMime(b), blockCentre(canvas, 0)));
+    EXPECT_EQ(app.session().plan().toJson(), withTp);
+    EXPECT_NE(board.lastMessage().toStdString().find("Not moved"), std::string::npos) << board.lastMessage().toStdString();
+    EXPECT_NE(board.lastMessage().toStdString().find("does not divide the 8 attention heads"), std::string::npos) << board.lastMessage().toStdString();
+    // ... and so is the same machine twice in one stage, and layers dropped beside the lanes.
+    ASSERT_FALSE(dropOn(canvas, BoardCanvas::workerMime(c), blockCentre(canvas, 0)));
+    EXPECT_NE(board.lastMessage().toStdString().find("already runs stage 0"), std::string::npos) << board.lastMessage().toStdString();
+    EXPECT_EQ(app.session().plan().toJson(), withTp);
+    screenshot(*app.window, "12-board-refused");
+
+    // 4. The keyboard: focus layer 1, Space selects it, Shift+Right takes layer 2 too, "Assign to…" -> b.
+    canvas.block(1)->setFocus();
+    QTest::keyClick(canvas.block(1), Qt::Key_Space);
+    QTest::keyClick(canvas.block(1), Qt::Key_Right, Qt::ShiftModifier);
+    EXPECT_EQ(canvas.selection(), (std::set<int64_t>{1, 2}));
+    bool found = false;
+    pickFromMenu([&] { board.showAssignMenu(canvas.mapToGlobal(QPoint(0, 0))); }, QString::fromStdString(b), &found);
+    ASSERT_TRUE(found) << "no " << b << " in the Assign to menu";
+    p = app.session().plan();
+    EXPECT_EQ(workerOf(p, 1), b);
+    EXPECT_EQ(workerOf(p, 2), b);
+    EXPECT_EQ(p.stages.size(), 4u) << "moving middle layers away splits their stage: " << p.toJson();
+    // "Remove from stage…" on layer 0's stage takes c out again.
+    canvas.setSelection({0});
+    pickFromMenu([&] { board.showRemoveMenu(canvas.mapToGlobal(QPoint(0, 0))); }, QString::fromStdString(c), &found);
+    ASSERT_TRUE(found);
+    EXPECT_EQ(app.session().plan().stages[0].ranks.size(), 1u);
+    screenshot(*app.window, "13-board-keyboard");
+
+    // 5. Undo (the Undo button, then Ctrl+Z) walks back through each edit; Redo forward again.
+    QToolButton* undoButton = nullptr;
+    for (auto* t : app.window->launchPane().findChildren<QToolButton*>())
+        if (t->accessibleName() == "Undo")
+            undoButton = t;
+    ASSERT_NE(undoButton, nullptr);
+    QTest::mouseClick(undoButton, Qt::LeftButton); // the removal of c
+    QTest::mouseClick(undoButton, Qt::LeftButton); // the keyboard move
+    EXPECT_EQ(app.session().plan().toJson(), withTp);
+    canvas.block(0)->setFocus();
+    QTest::keyClick(canvas.block(0), Qt::Key_Z, Qt::ControlModifier); // the TP rank
+    QTest::keyClick(canvas.block(0), Qt::Key_Z, Qt::ControlModifier); // the drag
+    EXPECT_EQ(app.session().plan().toJson(), start);
+    board.undoStack()->redo();
+    board.undoStack()->redo();
+    EXPECT_EQ(app.session().plan().toJson(), withTp);
+
+    // The stages table is the same plan: a gap made there is named and blocks the launch; Add stage fills it.
+    QTableWidget* table = board.table();
+    ASSERT_EQ(table->rowCount(), 2);
+    table->item(0, 1)->setText(QString::number(layers - 3));
+    EXPECT_NE(board.checkText().toStdString().find("not covered by any stage"), std::string::npos) << board.checkText().toStdString();
+    EXPECT_FALSE(app.window->launchPane().launchButton()->isEnabled()) << "an invalid placement cannot be launched";
+    board.undoStack()->undo();
+    EXPECT_EQ(app.session().plan().toJson(), withTp);
+    EXPECT_TRUE(app.window->launchPane().launchButton()->isEnabled());
+
+    // What-if: the same plan with every link as Wi-Fi 5 is predicted slower than over loopback.
+    board.whatIfBox()->setCurrentText("Wi-Fi 5");
+    EXPECT_NE(board.whatIfText().toStdString().find("ms/token"), std::string::npos) << board.whatIfText().toStdString();
+    board.whatIfBox()->setCurrentIndex(0);
+
+    // A saved plan is what the CLI reads, and loads back.
+    const std::string dir = test::makeTempDir("gui-board");
+    ASSERT_EQ(board.savePlan(QString::fromStdString(dir + "/plan.json")).toStdString(), "");
+    Plan saved = Plan::fromJson([&] { std::ifstream in(dir + "/plan.json"); return std::string(std::istreambuf_iterator<char>(in), {}); }(), "plan.json");
+    EXPECT_EQ(saved.stages.size(), 2u);
+    board.undoStack()->undo();
+    ASSERT_EQ(board.loadPlan(QString::fromStdString(dir + "/plan.json")).toStdString(), "");
+    EXPECT_EQ(app.session().plan().stages[0].ranks.size(), 2u);
+    std::ofstream(dir + "/bad.json") << R"({"stages": [{"layers": [0, 1], "ranks": [{"worker": "x:1", "threads": "two"}]}]})";
+    EXPECT_NE(board.loadPlan(QString::fromStdString(dir + "/bad.json")).toStdString(), "");
+
+    // The placement made on the board runs and gives the reference continuation (TP 2 then PP).
+    QTest::mouseClick(app.chat().newChatButton(), Qt::LeftButton);
+    json ref = test::storiesReference();
+    const auto& rc = ref["cases"][0];
+    ASSERT_NO_FATAL_FAILURE(app.launch());
+    ASSERT_NO_FATAL_FAILURE(app.complete(rc["prompt"], static_cast<int>(rc["generated_ids"].size())));
+    ASSERT_TRUE(app.waitAnswer());
+    EXPECT_EQ(app.lastAnswer().text.toStdString(), rc["generated_text"].get<std::string>());
+    app.window->charts().refreshTimeline();
+    EXPECT_EQ(app.window->charts().timelineRows().size(), 3) << app.window->charts().timelineRows().join(", ").toStdString();
+    EXPECT_GT(app.window->charts().timelineSpans(), 6);
+    screenshot(*app.window, "14-board-launched");
+
+    // The Performance pane: the reply is a row; Bench adds a measured one; Export writes CSV with the bench's
+    // columns and Markdown with the original together-LLM layout; Verify gives the verdict.
+    PerformancePane& perf = app.window->performance();
+    ASSERT_TRUE(waitUntil([&] { return !perf.rows().empty(); }, 5000));
+    EXPECT_EQ(perf.rows().front().placement, "chat");
+    EXPECT_EQ(perf.rows().front().tp, 2);
+    EXPECT_EQ(perf.rows().front().pp, 2);
+    EXPECT_EQ(perf.benchButton()->accessibleName().toStdString(), "Bench");
+    EXPECT_EQ(perf.exportButton()->accessibleName().toStdString(), "Export");
+    EXPECT_EQ(perf.verifyButton()->accessibleName().toStdString(), "Verify");
+    ASSERT_TRUE(perf.benchButton()->isEnabled());
+    QTest::mouseClick(perf.benchButton(), Qt::LeftButton);
+    EXPECT_FALSE(app.chat().sendButton()->isEnabled()) << "the chat waits while a bench runs";
+    ASSERT_TRUE(waitUntil([&] { return !perf.benching() && perf.rows().size() == 2; }, 120000));
+    ASSERT_TRUE(waitUntil([&] { return perf.rows().back().msPerToken > 0; }, 5000)) << "the split arrives from the ranks' records";
+    const BenchRow& benched = perf.rows().back();
+    EXPECT_EQ(benched.placement, "app bench");
+    EXPECT_EQ(benched.decodeTokens, 64);
+    EXPECT_GT(benched.decodeTps, 0);
+    EXPECT_GT(benched.computeMs, 0);
+    EXPECT_TRUE(app.chat().sendButton()->isEnabled());
+    QTest::qWait(1200); // the timeline's once-a-second refresh, and a redraw
+    // docs/screenshot.png: three machines, TP 2 x PP 2, a conversation, live charts (copied from here).
+    screenshot(*app.window, "16-readme");
+    // Launched: the board is locked, a drop says why.
+    EXPECT_FALSE(dropOn(canvas, BoardCanvas::layersMime({0}), laneCentre(canvas, b)));
+    EXPECT_NE(board.lastMessage().toStdString().find("unload"), std::string::npos) << board.lastMessage().toStdString();
+    ASSERT_EQ(perf.exportTo(QString::fromStdString(dir + "/runs.csv")).toStdString(), "");
+    {
+        std::ifstream in(dir + "/runs.csv");
+        std::string header, line;
+        std::getline(in, header);
+        std::string want;
+        for (auto& col : benchColumns())
+            want += (want.empty() ? "" : ",") + col;
+        EXPECT_EQ(header, want);
+        int rows = 0;
+        while (std::getline(in, line))
+            rows += !line.empty();
+        EXPECT_EQ(rows, 2);
+    }
+    ASSERT_EQ(perf.exportTo(QString::fromStdString(dir + "/runs.md")).toStdString(), "");
+    {
+        std::ifstream in(dir + "/runs.md");
+        const std::string md((std::istreambuf_iterator<char>(in)), {});
+        EXPECT_NE(md.find("| app bench |"), std::string::npos) << md;
+        EXPECT_NE(md.find("In the layout of the original together-LLM table"), std::string::npos) << md;
+    }
+    EXPECT_NE(perf.exportTo(QString::fromStdString(dir + "/runs.xls")).toStdString(), "");
+    screenshot(*app.window, "15-performance");
+    QTest::mouseClick(perf.verifyButton(), Qt::LeftButton);
+    ASSERT_TRUE(waitUntil([&] { return !perf.verifying(); }, 180000));
+    EXPECT_NE(perf.verdict().toStdString().find("verdict: the placement gives the same tokens"), std::string::npos) << perf.verdict().toStdString();
+}
 
 int main(int argc, char** argv)
 {

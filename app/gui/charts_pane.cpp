@@ -8,7 +8,11 @@
 #include <QMessageBox>
 #include <QPushButton>
 #include <QSaveFile>
+#include <QGridLayout>
 #include <QHBoxLayout>
+#include <QJsonArray>
+#include <QJsonDocument>
+#include <QJsonObject>
 #include <QLabel>
 #include <QTimer>
 #include <QVBoxLayout>
@@ -45,7 +49,14 @@ QCustomPlot* makePlot(const QString& title, const QString& xLabel, const QString
     p->legend->setBorderPen(Qt::NoPen);
     p->legend->setIconSize(12, 8);
     p->legend->setRowSpacing(-3);
-    p->axisRect()->insetLayout()->setInsetAlignment(0, Qt::AlignTop | Qt::AlignRight);
+    // The legend goes under the axes, in columns, so it never covers the data.
+    auto* below = new QCPLayoutGrid;
+    p->plotLayout()->addElement(2, 0, below);
+    p->plotLayout()->setRowStretchFactor(2, 0.001);
+    below->setMargins(QMargins(0, 0, 0, 0));
+    below->addElement(0, 0, p->legend);
+    p->legend->setFillOrder(QCPLegend::foColumnsFirst);
+    p->legend->setWrap(2);
     p->setInteractions(QCP::iRangeDrag | QCP::iRangeZoom);
     p->setNoAntialiasingOnDrag(true);
     return p;
@@ -75,8 +86,9 @@ ChartsPane::ChartsPane(QWidget* parent)
     m_pause = new QCheckBox("Pause");
     m_pause->setAccessibleName("Pause");
     m_pause->setToolTip("Freeze the charts' axes to look closer; points keep arriving");
-    auto* intro = new QLabel("Live while generating: the last minute (tokens/s, links), the last 120 tokens (time per token). "
-                              "Hover a point for its value; drag and wheel to look closer.");
+    auto* intro = new QLabel("Live: the last minute, the last 120 tokens, the last 6 steps. Hover for values; drag and wheel to zoom.");
+    intro->setToolTip("Tokens/s and per-link latency over the last minute; time per token over the last 120 tokens with the "
+                      "cost model's prediction; the timeline of the last 6 steps, one row per rank (compute, all-reduce, links).");
     // Wrapped: a long line would set the whole window's minimum width.
     intro->setWordWrap(true);
     top->addWidget(intro, 1);
@@ -96,20 +108,36 @@ ChartsPane::ChartsPane(QWidget* parent)
             QMessageBox::warning(this, "Export timeline", error);
     });
     connect(png, &QPushButton::clicked, this, [this] {
-        const QString path = QFileDialog::getSaveFileName(this, "Save charts (three PNG files)", "together-charts", "PNG prefix (*)");
+        const QString path = QFileDialog::getSaveFileName(this, "Save charts (four PNG files)", "together-charts", "PNG prefix (*)");
         if (path.isEmpty())
             return;
         if (const QString error = saveCharts(path); !error.isEmpty())
             QMessageBox::warning(this, "Save charts", error);
     });
     layout->addLayout(top);
-    auto* plots = new QHBoxLayout;
+    // Two by two: speed and where it goes on top, per-link latency and the timeline of the last tokens below.
+    auto* plots = new QGridLayout;
+    plots->setSpacing(4);
     m_tokens = makePlot("Tokens/s", "time (s)", "tokens/s");
     m_links = makePlot("Per-link latency per token", "time (s)", "ms");
     m_stack = makePlot("Time per token", "token", "ms");
-    plots->addWidget(m_tokens, 1);
-    plots->addWidget(m_links, 1);
-    plots->addWidget(m_stack, 1);
+    m_timeline = makePlot("Timeline of the last tokens", "ms", "");
+    m_timeline->legend->setVisible(false);
+    m_timeline->yAxis->setTicker(QSharedPointer<QCPAxisTickerText>(new QCPAxisTickerText));
+    m_timeline->yAxis->setRangeReversed(true);
+    m_timeline->yAxis->grid()->setVisible(false);
+    m_timeline->setInteractions(QCP::iRangeDrag | QCP::iRangeZoom);
+    m_timeline->axisRect()->setRangeDrag(Qt::Horizontal);
+    m_timeline->axisRect()->setRangeZoom(Qt::Horizontal);
+    {
+        auto* key = new QCPTextElement(m_timeline, "blue: compute · orange: all-reduce · green: link · grey: sampling", QFont("sans", 7));
+        if (auto* below = qobject_cast<QCPLayoutGrid*>(m_timeline->plotLayout()->element(2, 0)))
+            below->addElement(1, 0, key);
+    }
+    plots->addWidget(m_tokens, 0, 0);
+    plots->addWidget(m_stack, 0, 1);
+    plots->addWidget(m_links, 1, 0);
+    plots->addWidget(m_timeline, 1, 1);
     layout->addLayout(plots, 1);
 
     m_tps = m_tokens->addGraph();
@@ -154,6 +182,19 @@ ChartsPane::ChartsPane(QWidget* parent)
             const double y = hit->valueAxis()->pixelToCoord(e->position().y());
             p->setToolTip(QString("%1\n%2 %3, %4").arg(hit->name()).arg(p->xAxis->label()).arg(x, 0, 'f', 2).arg(y, 0, 'f', 2));
         });
+
+    auto* timelineTimer = new QTimer(this);
+    timelineTimer->setInterval(1000);
+    connect(timelineTimer, &QTimer::timeout, this, [this] {
+        if (m_points != m_timelineAt && !paused() && isVisible())
+            refreshTimeline();
+    });
+    timelineTimer->start();
+
+    connect(m_timeline, &QCustomPlot::mouseMove, m_timeline, [this](QMouseEvent* e) {
+        QCPAbstractItem* hit = m_timeline->itemAt(e->position(), true);
+        m_timeline->setToolTip(hit ? hit->property("tip").toString() : QString());
+    });
 
     m_timer = new QTimer(this);
     m_timer->setInterval(50);
@@ -258,6 +299,9 @@ void ChartsPane::clear()
     }
     m_series.clear();
     m_order.clear();
+    m_timeline->clearItems();
+    m_timelineRows.clear();
+    m_timelineSpans = 0;
     m_tokenIndex = 0;
     m_points = 0;
     m_dirty = true;
@@ -270,7 +314,7 @@ QString ChartsPane::exportTimeline(const QString& path) const
     QSaveFile f(path);
     if (!f.open(QIODevice::WriteOnly))
         return "cannot write " + path + ": " + f.errorString();
-    f.write(QByteArray::fromStdString(m_trace()));
+    f.write(QByteArray::fromStdString(m_trace(0)));
     if (!f.commit())
         return "cannot write " + path + ": " + f.errorString();
     return {};
@@ -278,13 +322,77 @@ QString ChartsPane::exportTimeline(const QString& path) const
 
 QString ChartsPane::saveCharts(const QString& prefix)
 {
-    const std::pair<QCustomPlot*, const char*> plots[] = {{m_tokens, "-tokens.png"}, {m_links, "-links.png"}, {m_stack, "-time-per-token.png"}};
+    const std::pair<QCustomPlot*, const char*> plots[] = {
+        {m_tokens, "-tokens.png"}, {m_links, "-links.png"}, {m_stack, "-time-per-token.png"}, {m_timeline, "-timeline.png"}};
     for (auto& [plot, suffix] : plots) {
         plot->replot(QCustomPlot::rpImmediateRefresh);
         if (!plot->savePng(prefix + suffix, std::max(plot->width(), 640), std::max(plot->height(), 360)))
             return "cannot write " + prefix + suffix;
     }
     return {};
+}
+
+void ChartsPane::refreshTimeline()
+{
+    m_timelineAt = m_points;
+    if (!m_trace)
+        return;
+    // The same events the exported trace holds (one process per rank, times on the master's clock), the last
+    // few steps: compute spans with their all-reduces over them, sampling, and each rank's send on its link.
+    const QJsonDocument doc = QJsonDocument::fromJson(QByteArray::fromStdString(m_trace(kTimelineSteps)));
+    const QJsonArray events = doc.isArray() ? doc.array() : doc.object().value("traceEvents").toArray();
+    std::map<int, QString> names;
+    for (const auto& v : events) {
+        const QJsonObject e = v.toObject();
+        if (e.value("ph").toString() == "M" && e.value("name").toString() == "process_name")
+            names[e.value("pid").toInt()] = e.value("args").toObject().value("name").toString();
+    }
+    m_timeline->clearItems();
+    m_timelineRows.clear();
+    m_timelineSpans = 0;
+    std::map<int, int> row;
+    auto ticker = m_timeline->yAxis->ticker().dynamicCast<QCPAxisTickerText>();
+    ticker->clear();
+    for (auto& [pid, name] : names) {
+        row[pid] = static_cast<int>(m_timelineRows.size());
+        ticker->addTick(row[pid], name.section(" (", 0, 0).replace("stage ", "s").replace(" rank ", " r"));
+        m_timelineRows << name;
+    }
+    double lo = std::numeric_limits<double>::infinity(), hi = 0;
+    auto span = [&](int pid, double ts, double dur, double y0, double y1, const QColor& c, const QString& tip) {
+        auto it = row.find(pid);
+        if (it == row.end() || dur < 0)
+            return;
+        auto* r = new QCPItemRect(m_timeline);
+        r->topLeft->setCoords(ts / 1000.0, it->second + y0);
+        r->bottomRight->setCoords((ts + std::max(dur, 1.0)) / 1000.0, it->second + y1);
+        r->setPen(Qt::NoPen);
+        r->setBrush(c);
+        r->setProperty("tip", QString("%1\n%2 ms").arg(tip).arg(dur / 1000.0, 0, 'f', 3));
+        lo = std::min(lo, ts / 1000.0);
+        hi = std::max(hi, (ts + dur) / 1000.0);
+        ++m_timelineSpans;
+    };
+    // Compute first, the all-reduces over it.
+    for (const char* pass : {"compute", "all-reduce", "sampling", "link"})
+        for (const auto& v : events) {
+            const QJsonObject e = v.toObject();
+            if (e.value("ph").toString() != "X" || e.value("cat").toString() != pass)
+                continue;
+            const QString cat = e.value("cat").toString();
+            const QColor c = cat == "compute" ? QColor(0x1f, 0x77, 0xb4)
+                             : cat == "all-reduce" ? QColor(0xff, 0x7f, 0x0e)
+                             : cat == "link"       ? QColor(0x2c, 0xa0, 0x2c)
+                                                   : QColor(0x90, 0x90, 0x90);
+            const bool link = cat == "link";
+            const QJsonObject args = e.value("args").toObject();
+            const QString tip = QString("%1: %2, step %3").arg(names[e.value("pid").toInt()], e.value("name").toString()).arg(args.value("step").toInteger());
+            span(e.value("pid").toInt(), e.value("ts").toDouble(), e.value("dur").toDouble(), link ? 0.12 : -0.38, link ? 0.38 : 0.08, c, tip);
+        }
+    m_timeline->yAxis->setRange(-0.6, std::max<double>(0.6, m_timelineRows.size() - 0.4));
+    if (hi > lo)
+        m_timeline->xAxis->setRange(lo, hi + (hi - lo) * 0.02);
+    m_timeline->replot(QCustomPlot::rpQueuedReplot);
 }
 
 void ChartsPane::redraw()

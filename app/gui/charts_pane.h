@@ -36,9 +36,10 @@ public:
     void clear();
     // The timeline of the session's steps (one row per rank, compute vs communication) as Chrome trace JSON,
     // from `trace` (the controller's). Returns "" or why it could not be written.
-    void setTraceSource(std::function<std::string()> trace) { m_trace = std::move(trace); }
+    // `trace(n)`: the last n steps (0: all) as Chrome trace JSON. The in-app timeline draws the last few from it.
+    void setTraceSource(std::function<std::string(size_t lastSteps)> trace) { m_trace = std::move(trace); }
     QString exportTimeline(const QString& path) const;
-    // The three charts as PNG files: PREFIX-tokens.png, PREFIX-links.png, PREFIX-time-per-token.png.
+    // The four charts as PNG files: PREFIX-tokens.png, PREFIX-links.png, PREFIX-time-per-token.png, PREFIX-timeline.png.
     QString saveCharts(const QString& prefix);
 
     // For tests and exports.
@@ -47,6 +48,11 @@ public:
     QCustomPlot* tokensPlot() { return m_tokens; }
     QCustomPlot* linksPlot() { return m_links; }
     QCustomPlot* stackPlot() { return m_stack; }
+    QCustomPlot* timelinePlot() { return m_timeline; }
+    // The timeline's rows (one per rank, as the trace names them) and spans drawn at the last refresh.
+    QStringList timelineRows() const { return m_timelineRows; }
+    int timelineSpans() const { return m_timelineSpans; }
+    void refreshTimeline(); // from the trace source (the pane does it once a second while steps arrive)
     bool paused() const;
 
 private:
@@ -72,7 +78,11 @@ private:
     std::map<std::string, Series> m_series;
     std::vector<std::string> m_order;
     QCheckBox* m_pause;
-    std::function<std::string()> m_trace;
+    std::function<std::string(size_t)> m_trace;
+    QCustomPlot* m_timeline = nullptr;
+    QStringList m_timelineRows;
+    int m_timelineSpans = 0;
+    size_t m_timelineAt = 0; // m_points when it was last drawn
     QTimer* m_timer;
     QElapsedTimer m_clock;
     double m_prediction = 0;
@@ -82,6 +92,7 @@ private:
     bool m_dirty = false;
     static constexpr double kWindowSeconds = 60;
     static constexpr double kWindowTokens = 120;
+    static constexpr size_t kTimelineSteps = 6;
 };
 
 } // namespace together::gui

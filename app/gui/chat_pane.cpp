@@ -113,12 +113,15 @@ ChatPane::ChatPane(AppSession& session, const QString& storePath, QWidget* paren
     settings->addStretch(1);
     layout->addLayout(settings);
 
-    auto* sys = new QHBoxLayout;
+    // The system prompt only means something in chat mode: Complete hides it.
+    m_systemRow = new QWidget;
+    auto* sys = new QHBoxLayout(m_systemRow);
+    sys->setContentsMargins(0, 0, 0, 0);
     m_system = new QLineEdit;
     m_system->setPlaceholderText("How the model should answer (chat mode)");
     sys->addWidget(labelFor("System prompt", m_system));
     sys->addWidget(m_system, 1);
-    layout->addLayout(sys);
+    layout->addWidget(m_systemRow);
 
     m_transcript = new QTextBrowser;
     m_transcript->setObjectName("conversation");
@@ -143,7 +146,7 @@ ChatPane::ChatPane(AppSession& session, const QString& storePath, QWidget* paren
     m_input->setAccessibleName("Message");
     m_input->setPlaceholderText("Message (Enter sends, Shift+Enter starts a new line)");
     m_input->setAccessibleDescription("Enter sends, Shift+Enter starts a new line");
-    m_input->setMaximumHeight(90);
+    m_input->setMaximumHeight(70);
     m_input->installEventFilter(this);
     bottom->addWidget(m_input, 1);
     auto* buttons = new QVBoxLayout;
@@ -181,6 +184,7 @@ ChatPane::ChatPane(AppSession& session, const QString& storePath, QWidget* paren
     connect(m_complete, &QCheckBox::toggled, this, [this](bool on) {
         conv().complete = on;
         m_system->setEnabled(!on);
+        m_systemRow->setVisible(!on);
         save();
     });
     connect(m_system, &QLineEdit::editingFinished, this, [this] {
@@ -232,6 +236,7 @@ void ChatPane::switchTo(int index)
     m_complete->blockSignals(false);
     m_system->setText(conv().systemPrompt);
     m_system->setEnabled(!conv().complete);
+    m_systemRow->setVisible(!conv().complete);
     m_follow = true;
     refreshChats();
     render();

@@ -51,6 +51,7 @@ public:
     QDoubleSpinBox* temperatureBox() { return m_temperature; }
     QSpinBox* maxTokensBox() { return m_maxTokens; }
     QPushButton* sendButton() { return m_send; }
+    QPushButton* newChatButton() { return m_newChat; }
     QPushButton* stopButton() { return m_stop; }
     QPushButton* continueButton() { return m_continue; }
     QPushButton* regenerateButton() { return m_regenerate; }
@@ -85,6 +86,7 @@ private:
 
     QComboBox* m_chats;
     QPushButton* m_newChat;
+    QWidget* m_systemRow;
     QLineEdit* m_system;
     QCheckBox* m_complete;
     QDoubleSpinBox* m_temperature;

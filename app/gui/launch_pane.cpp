@@ -55,10 +55,11 @@ LaunchPane::LaunchPane(AppSession& session, QWidget* parent)
     layout->addWidget(m_explanation);
 
     m_board = new PlacementBoard(session);
-    layout->addWidget(m_board, 1);
+    layout->addWidget(m_board);
     connect(m_board, &PlacementBoard::autoPlaceRequested, this, &LaunchPane::proposeRequested);
     connect(m_board, &PlacementBoard::dtypeFromPlan, this, &LaunchPane::setDtype);
     connect(&session, &AppSession::planChanged, this, [this] { refresh(); });
+    connect(&session, &AppSession::workerUpdated, this, [this] { refresh(); }); // a machine of the plan became ready (or not)
 
     auto* options = new QHBoxLayout;
     m_dtype = new QComboBox;
@@ -99,10 +100,12 @@ LaunchPane::LaunchPane(AppSession& session, QWidget* parent)
     m_cancel->setAccessibleName("Cancel");
     m_unload = new QPushButton("Unload");
     m_unload->setAccessibleName("Unload");
-    options->addWidget(m_launch);
-    options->addWidget(m_cancel);
-    options->addWidget(m_unload);
     layout->addLayout(options);
+    auto* buttons = new QHBoxLayout;
+    buttons->addWidget(m_launch, 2);
+    buttons->addWidget(m_cancel, 1);
+    buttons->addWidget(m_unload, 1);
+    layout->addLayout(buttons);
     connect(m_launch, &QPushButton::clicked, this, [this] { launch(false); });
     connect(m_cancel, &QPushButton::clicked, this, [this] {
         m_session.cancel();
@@ -122,6 +125,7 @@ LaunchPane::LaunchPane(AppSession& session, QWidget* parent)
     m_status->setWordWrap(true);
     m_status->setTextInteractionFlags(Qt::TextSelectableByMouse | Qt::TextSelectableByKeyboard);
     layout->addWidget(m_status);
+    layout->addStretch(1);
     m_session.setPlanOptions(dtype(), context());
     m_board->setLaunchOptions(dtype(), context());
     refresh();
@@ -144,7 +148,14 @@ void LaunchPane::setStatus(const QString& text, bool error)
     m_status->setText(text);
 }
 
-void LaunchPane::setExplanation(const QString& text) { m_explanation->setText(text); }
+void LaunchPane::setExplanation(const QString& text)
+{
+    // Auto place's reasons hold for its proposal; once the board changes the plan they are hidden (Undo brings
+    // both back).
+    m_explained = m_session.plan().toJson();
+    m_explanation->setText(text);
+    refresh();
+}
 
 void LaunchPane::setProposing(bool on)
 {
@@ -193,6 +204,7 @@ void LaunchPane::refresh()
         m_prediction->setText(m_session.hasModel() ? "No placement yet: it is proposed once workers are ready." : "No placement yet.");
         m_prediction->setToolTip({});
     }
+    m_explanation->setVisible(m_proposing || !m_session.hasPlan() || m_session.plan().toJson() == m_explained);
     const bool busy = m_launching || m_proposing;
     m_board->setLocked(m_session.launched() || m_launching ? "unload the model to change where it runs" : m_proposing ? "measuring for Auto place…" : QString());
     const bool valid = m_session.planProblem(m_session.plan()).isEmpty();

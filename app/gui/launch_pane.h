@@ -80,6 +80,7 @@ private:
     bool m_launching = false;
     bool m_forced = false; // the launch in flight was "Launch anyway"
     bool m_proposing = false;
+    std::string m_explained; // the plan the explanation is about
 };
 
 } // namespace together::gui

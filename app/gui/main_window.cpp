@@ -82,11 +82,12 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
     scroll->setWidget(m_launch);
     scroll->setWidgetResizable(true);
     scroll->setFrameShape(QFrame::NoFrame);
+    scroll->setHorizontalScrollBarPolicy(Qt::ScrollBarAlwaysOff); // the pane wraps to the dock's width
     auto* placementDock = dock("Placement", scroll, Qt::LeftDockWidgetArea);
     m_charts = new ChartsPane;
-    m_charts->setTraceSource([this]() -> std::string {
+    m_charts->setTraceSource([this](size_t lastSteps) -> std::string {
         Controller* c = m_session->controller();
-        return c ? c->chromeTrace() : std::string("[]");
+        return c ? c->chromeTrace(lastSteps) : std::string("[]");
     });
     auto* charts = dock("Charts", m_charts, Qt::BottomDockWidgetArea);
     m_performance = new PerformancePane(*m_session);
@@ -98,8 +99,8 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
     // The left column (machines over the placement) runs the window's full height; charts sit under the chat.
     setCorner(Qt::BottomLeftCorner, Qt::LeftDockWidgetArea);
     resizeDocks({machinesDock}, {610}, Qt::Horizontal);
-    resizeDocks({machinesDock, placementDock}, {170, 560}, Qt::Vertical);
-    resizeDocks({charts}, {300}, Qt::Vertical);
+    resizeDocks({machinesDock, placementDock}, {200, 530}, Qt::Vertical);
+    resizeDocks({charts}, {330}, Qt::Vertical);
 
     auto* tools = addToolBar("Main");
     tools->setObjectName("mainToolBar");

@@ -25,6 +25,7 @@
 #include <QPainter>
 #include <QPainterPath>
 #include <QScrollArea>
+#include <QScrollBar>
 #include <QTabWidget>
 #include <QTableWidget>
 #include <QToolButton>
@@ -898,6 +899,7 @@ PlacementBoard::PlacementBoard(AppSession& session, QWidget* parent)
     scroll->setWidgetResizable(true);
     scroll->setFrameShape(QFrame::StyledPanel);
     scroll->setMinimumHeight(2 * BoardCanvas::kLaneHeight + 8);
+    m_scroll = scroll;
     m_tabs->addTab(scroll, "Board");
 
     auto* tablePage = new QWidget;
@@ -920,11 +922,14 @@ PlacementBoard::PlacementBoard(AppSession& session, QWidget* parent)
     tl->addLayout(tableButtons);
     m_tabs->addTab(tablePage, "Stages");
     m_tabs->setCornerWidget(corner);
-    layout->addWidget(m_tabs, 1);
+    // The tabs take the board's height; the table scrolls within it.
+    tablePage->setSizePolicy(QSizePolicy::Preferred, QSizePolicy::Ignored);
+    m_tabs->setSizePolicy(QSizePolicy::Preferred, QSizePolicy::Maximum);
+    layout->addWidget(m_tabs);
 
     m_check = new QLabel;
     m_check->setWordWrap(true);
-    m_check->setAccessibleName("Placement check");
+    m_check->setAccessibleDescription("Placement check"); // its name is its text: what a screen reader reads
     m_check->setTextInteractionFlags(Qt::TextSelectableByMouse | Qt::TextSelectableByKeyboard);
     layout->addWidget(m_check);
     m_message = new QLabel;
@@ -1069,8 +1074,10 @@ void PlacementBoard::setLaunchOptions(const QString& dtype, int64_t context)
 
 void PlacementBoard::setLocked(const QString& why)
 {
-    if (why == m_locked)
+    if (why == m_locked) {
+        refresh(); // launched or not: the check line says which
         return;
+    }
     m_locked = why;
     m_canvas->setReadOnly(why);
     m_autoPlace->setEnabled(why.isEmpty() && m_session.hasModel());
@@ -1210,6 +1217,12 @@ void PlacementBoard::refresh()
 
     m_canvas->setLayers(m_session.hasModel() ? m_session.config().numLayers : 0);
     m_canvas->show(now, laneInfos());
+    // As tall as the lanes (up to eight before it scrolls): the pane's spare room goes below, not into the board.
+    const int lanes = std::clamp(static_cast<int>(m_canvas->lanes().size()), 2, 8);
+    m_scroll->setFixedHeight(lanes * BoardCanvas::kLaneHeight + 2 * m_scroll->frameWidth() + 2 +
+                             (m_canvas->minimumSizeHint().width() > m_scroll->viewport()->width() ? m_scroll->horizontalScrollBar()->sizeHint().height() : 0));
+    // The tabs are as tall as their tallest page: the table (which scrolls) is held to the board's height.
+    m_table->setMaximumHeight(std::max(60, m_scroll->height() - 34));
     fillTable();
     m_autoPlace->setEnabled(m_locked.isEmpty() && m_session.hasModel());
 
@@ -1217,12 +1230,19 @@ void PlacementBoard::refresh()
     const QString memory = m_problem.isEmpty() ? m_session.memoryShortfall(m_dtype, m_context) : QString();
     if (!m_session.hasModel()) {
         m_check->setText({});
+    } else if (m_session.launched()) {
+        m_check->setStyleSheet("color:" + statusColor(Status::Ready).darker(130).name());
+        m_check->setText(QString("Running: %1 stage%2, %3 rank%4. Unload to change the placement.")
+                             .arg(now.stages.size())
+                             .arg(now.stages.size() == 1 ? "" : "s")
+                             .arg(now.rankCount())
+                             .arg(now.rankCount() == 1 ? "" : "s"));
     } else if (!m_problem.isEmpty()) {
         m_check->setStyleSheet("color:" + statusColor(Status::Error).name());
         m_check->setText("Cannot launch: " + m_problem + ".");
     } else if (!memory.isEmpty()) {
         m_check->setStyleSheet("color:" + statusColor(Status::Working).name());
-        m_check->setText(memory);
+        m_check->setText(memory + " Launch warns before it starts.");
     } else {
         m_check->setStyleSheet("color:" + statusColor(Status::Ready).darker(130).name());
         QString text = QString("Valid: %1 stage%2, %3 rank%4.")

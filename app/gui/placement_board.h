@@ -15,6 +15,7 @@
 class QComboBox;
 class QLabel;
 class QMimeData;
+class QScrollArea;
 class QTabWidget;
 class QTableWidget;
 class QUndoStack;
@@ -228,6 +229,7 @@ private:
     BoardCanvas* m_canvas;
     QTableWidget* m_table;
     QTabWidget* m_tabs;
+    QScrollArea* m_scroll;
     QUndoStack* m_undo;
     QPushButton* m_autoPlace;
     QPushButton* m_assign;

@@ -428,7 +428,7 @@ def check_tree(app):
     # tab list named after the current tab): any role will do, a container is preferred.
     for pane in ("Machines", "Placement", "Chat", "Charts", "Performance"):
         need(pane, prefer=PANE_ROLES)
-    for button in ("Launch", "Stop", "Send"):
+    for button in ("Launch", "Stop", "Send", "Auto place", "Bench", "Verify", "Export"):
         need(button, {"push button"}, ("Action",))
     msg = need("Message", TEXTISH_ROLES, ("Text", "EditableText"))
     if msg is not None and not has_state(msg, pyatspi.STATE_EDITABLE):
@@ -501,6 +501,108 @@ def xdotool_click(button_obj, conv, continuation):
     return True
 
 
+def extents(obj):
+    e = obj.queryComponent().getExtents(pyatspi.DESKTOP_COORDS)
+    return e.x, e.y, e.width, e.height
+
+
+def centre(obj):
+    x, y, w, h = extents(obj)
+    return x + w // 2, y + h // 2
+
+
+# A layer block is a checkable button (selected or not): Qt's bridge reports it as a check box.
+BLOCK_ROLES = {"push button", "toggle button", "check box"}
+LANE_NAME = re.compile(r"^127\.0\.0\.1:\d+$")
+
+
+def lanes_of(app):
+    """The board's lanes: objects named by their machine's address, with a size, top to bottom."""
+    out = []
+    for obj in walk(app):
+        try:
+            # The Machines table has cells with the same names: a lane is a container.
+            if LANE_NAME.match(obj.name or "") and role(obj) in PANE_ROLES and extents(obj)[3] > 0:
+                out.append(obj)
+        except Exception:  # noqa: BLE001
+            pass
+    out.sort(key=lambda o: extents(o)[1])
+    return out
+
+
+def lane_holding(block, lanes):
+    _, by = centre(block)
+    for lane in lanes:
+        x, y, w, h = extents(lane)
+        if y <= by < y + h:
+            return lane
+    return None
+
+
+def xdotool_drag(block, lane):
+    """A real X drag: press on the block, move in steps to the target lane (same column), release."""
+    sx, sy = centre(block)
+    _, ly = centre(lane)
+    tx, ty = sx, ly
+    log(f"dragging from {sx},{sy} to {tx},{ty}")
+    def xdo(*a):
+        r = subprocess.run(["xdotool", *[str(x) for x in a]], capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            raise Failure(f"xdotool {' '.join(map(str, a))} failed ({r.returncode}): {r.stderr.strip()}")
+    xdo("mousemove", "--sync", sx, sy)
+    time.sleep(0.2)
+    xdo("mousedown", "1")
+    time.sleep(0.2)
+    steps = 12
+    for i in range(1, steps + 1):
+        xdo("mousemove", "--sync", sx + (tx - sx) * i // steps, sy + (ty - sy) * i // steps + (3 if i < steps else 0))
+        time.sleep(0.05)
+    xdo("mousemove", "--sync", tx, ty)
+    time.sleep(0.3)
+    xdo("mouseup", "1")
+    time.sleep(0.3)
+
+
+def drag_last_layer(app, layers):
+    """Step 2a: the last layer block dragged onto the second machine's lane with real X events."""
+    name = f"Layer {layers - 1}"
+    blocks = find_all(app, name, BLOCK_ROLES)
+    if not blocks:
+        seen = [(o.name, role(o)) for o in walk(app, 20000) if "Layer" in (o.name or "") or LANE_NAME.match(o.name or "")]
+        log(f"objects named like layers or lanes: {seen}; nodes walked: {sum(1 for _ in walk(app, 20000))}")
+        raise Failure(f"no layer block named {name!r} (a push or toggle button) on the board")
+    block = blocks[0]
+    for n in range(layers):
+        if not find_all(app, f"Layer {n}"):
+            raise Failure(f"no layer block named 'Layer {n}'")
+    lanes = wait_for("two lanes named host:port with extents", 20, lambda: (lambda l: l if len(l) >= 2 else None)(lanes_of(app)))
+    log("lanes: " + ", ".join(f"{l.name} at y={extents(l)[1]} h={extents(l)[3]}" for l in lanes))
+    bx, by, bw, bh = extents(block)
+    log(f"{name!r}: role {role(block)!r}, extents x={bx} y={by} w={bw} h={bh}")
+    if bw <= 0 or bh <= 0:
+        raise Failure(f"{name!r} reports empty extents")
+    source = lane_holding(block, lanes)
+    target = lanes[1] if source is not lanes[1] else lanes[0]
+    log(f"{name!r} sits in {source.name if source else 'no lane'}; the target is {target.name!r}"
+        + (" (the second lane already held it: dragging to the first)" if target is lanes[0] else " (the second lane)"))
+    xdotool_drag(block, target)
+    moved = wait_for(f"{name!r} inside {target.name!r}", 10,
+                     lambda: lane_holding(find_all(app, name, BLOCK_ROLES)[0], lanes_of(app)) is not None
+                     and lane_holding(find_all(app, name, BLOCK_ROLES)[0], lanes_of(app)).name == target.name)
+    # The placement check is a label: its text is its accessible name.
+    def check_line():
+        for obj in walk(app):
+            n = obj.name or ""
+            if role(obj) == "label" and (n.startswith("Valid:") or n.startswith("Cannot launch:")):
+                return n
+        return None
+    line = wait_for("the placement check line", 10, check_line)
+    log(f"placement check: {line!r}")
+    if target is lanes[1] and "Valid: 2 stages" not in line:
+        raise Failure(f"after the drag the placement check reads {line!r}, not two valid stages")
+    return target.name
+
+
 def run(args, tmp, screenshots):
     model = os.path.abspath(args.model)
     bindir = os.path.abspath(args.bin)
@@ -548,6 +650,17 @@ def run(args, tmp, screenshots):
         log("step 2: waiting for 'Launch' to be enabled (the placement over the 2 local workers)")
         launch = objs["Launch"]
         wait_for("'Launch' enabled", 90, lambda: alive() or enabled(launch))
+        layers = json.load(open(os.path.join(model, "hf", "config.json")))["num_hidden_layers"]
+        if shutil.which("xdotool"):
+            dragged_to = drag_last_layer(app, layers)
+            log(f"step 2a done: 'Layer {layers - 1}' now runs on {dragged_to}")
+            try:
+                log("screenshot after the drag: " + screenshot(screenshots["dragged"]) + f" -> {screenshots['dragged']}")
+            except Exception as e:  # noqa: BLE001
+                log(f"note: no screenshot after the drag ({e})")
+            wait_for("'Launch' enabled after the drag", 30, lambda: alive() or enabled(launch))
+        else:
+            log("step 2a SKIPPED: xdotool is not installed; the layer was not dragged")
         log(f"pressing 'Launch' through its {do_action(launch)!r} action")
         send = objs["Send"]
         wait_for("'Send' enabled (the model is launched)", 120, lambda: alive() or enabled(send))
@@ -643,7 +756,8 @@ def main():
 
     shots = os.path.abspath(args.screenshots or os.path.join(args.bin, os.pardir, "gui-screenshots"))
     screenshots = {k: os.path.join(shots, f) for k, f in
-                   (("final", "atspi-e2e.png"), ("answer", "atspi-e2e-answer.png"), ("failure", "atspi-e2e-failure.png"))}
+                   (("final", "atspi-e2e.png"), ("answer", "atspi-e2e-answer.png"), ("failure", "atspi-e2e-failure.png"),
+                    ("dragged", "atspi-e2e-dragged.png"))}
     for stale in screenshots.values():  # a picture from an earlier run must not pass for this one's
         if os.path.exists(stale):
             os.remove(stale)
