@@ -450,10 +450,7 @@ std::string Controller::chromeTrace(size_t lastSteps)
         std::lock_guard lock(m_mutex);
         c = m_cluster;
     }
-    std::vector<StepRecord> records = m_metrics.records();
-    if (lastSteps > 0 && records.size() > lastSteps)
-        records.erase(records.begin(), records.end() - static_cast<std::ptrdiff_t>(lastSteps));
-    return chromeTraceJson(records, c ? c->clockOffsets() : std::map<std::string, ClockOffset>{});
+    return chromeTraceJson(m_metrics.records(lastSteps), c ? c->clockOffsets() : std::map<std::string, ClockOffset>{});
 }
 
 std::vector<Cluster::ShardMemory> Controller::shardMemory()

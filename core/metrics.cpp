@@ -78,10 +78,11 @@ void SessionMetrics::add(StepRecord record)
             std::vector<std::pair<int64_t, int64_t>>().swap(r.allReduceSpans);
 }
 
-std::vector<StepRecord> SessionMetrics::records() const
+std::vector<StepRecord> SessionMetrics::records(size_t last) const
 {
     std::lock_guard<std::mutex> lock(m_mutex);
-    return {m_records.begin(), m_records.end()};
+    const size_t skip = last > 0 && m_records.size() > last ? m_records.size() - last : 0;
+    return {m_records.begin() + static_cast<std::ptrdiff_t>(skip), m_records.end()};
 }
 
 std::vector<StepRecord> SessionMetrics::generation(uint64_t generation) const

