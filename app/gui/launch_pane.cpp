@@ -208,8 +208,10 @@ void LaunchPane::refresh()
     const bool busy = m_launching || m_proposing;
     m_board->setLocked(m_session.launched() || m_launching ? "unload the model to change where it runs" : m_proposing ? "measuring for Auto place…" : QString());
     const bool valid = m_session.planProblem(m_session.plan()).isEmpty();
-    m_launch->setEnabled(m_session.hasModel() && m_session.hasPlan() && valid && !busy && !m_session.launched());
-    m_launch->setToolTip(valid ? QString() : "The placement cannot be launched: " + m_session.planProblem(m_session.plan()));
+    m_launch->setEnabled(m_session.hasModel() && m_session.hasPlan() && valid && !busy && !m_verifying && !m_session.launched());
+    m_launch->setToolTip(m_verifying ? "Verify is running the placement's check on these machines"
+                         : valid     ? QString()
+                                     : "The placement cannot be launched: " + m_session.planProblem(m_session.plan()));
     m_cancel->setEnabled(m_launching);
     m_unload->setEnabled(m_session.launched() && !m_launching);
     m_dtype->setEnabled(!m_session.launched() && !m_launching);
@@ -217,8 +219,16 @@ void LaunchPane::refresh()
     m_failover->setEnabled(!m_session.launched() && !m_launching);
 }
 
+void LaunchPane::setVerifying(bool on)
+{
+    m_verifying = on;
+    refresh();
+}
+
 void LaunchPane::launch(bool force)
 {
+    if (m_verifying)
+        return;
     if (!force) {
         const QString shortfall = m_session.memoryShortfall(dtype(), context());
         if (!shortfall.isEmpty()) {
@@ -266,6 +276,17 @@ void LaunchPane::warnMemory(const QString& numbers)
 
 void LaunchPane::onControllerEvent(const ControllerEvent& e)
 {
+    const bool stateChanges = e.kind == ControllerEvent::Kind::Launched || e.kind == ControllerEvent::Kind::LaunchFailed ||
+                              e.kind == ControllerEvent::Kind::Unloaded || e.kind == ControllerEvent::Kind::Failed;
+    struct RefreshBoard {
+        PlacementBoard* board;
+        bool on;
+        ~RefreshBoard()
+        {
+            if (on)
+                board->refresh(); // running or not: the board's check line says which
+        }
+    } refreshBoard{m_board, stateChanges};
     switch (e.kind) {
     case ControllerEvent::Kind::Progress: {
         const RankProgress& p = e.progress;

@@ -50,6 +50,8 @@ public:
     QString statusText() const;
 
     void launch(bool force = false);
+    bool launching() const { return m_launching; }
+    void setVerifying(bool on); // Verify runs its own shards on the workers: Launch waits
 
 Q_SIGNALS:
     void openModelRequested();
@@ -80,6 +82,7 @@ private:
     bool m_launching = false;
     bool m_forced = false; // the launch in flight was "Launch anyway"
     bool m_proposing = false;
+    bool m_verifying = false;
     std::string m_explained; // the plan the explanation is about
 };
 

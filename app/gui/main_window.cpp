@@ -140,6 +140,14 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
             }
     });
     connect(m_performance, &PerformancePane::benchRunning, this, [this](bool on) { m_chat->setLaunched(!on && m_session->launched()); });
+    connect(m_performance, &PerformancePane::verifyRunning, m_launch, &LaunchPane::setVerifying);
+    m_performance->setBusyCheck([this]() -> QString {
+        if (m_chat->generating())
+            return "a chat answer is streaming";
+        if (m_launch->launching())
+            return "a launch is under way";
+        return {};
+    });
     connect(m_session, &AppSession::planChanged, this, [this] {
         m_performance->refresh();
         m_charts->setPrediction(m_session->prediction() ? m_session->prediction()->msPerToken : 0);

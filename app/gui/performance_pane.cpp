@@ -21,6 +21,7 @@
 #include <QProgressBar>
 #include <QPushButton>
 #include <QRegularExpression>
+#include <QSaveFile>
 #include <QSpinBox>
 #include <QTableWidget>
 #include <QTemporaryDir>
@@ -45,8 +46,8 @@ qint64 nowNs()
 
 QString writeText(const QString& path, const std::string& text)
 {
-    QFile f(path);
-    if (!f.open(QIODevice::WriteOnly | QIODevice::Truncate) || f.write(text.data(), static_cast<qint64>(text.size())) < 0 || !f.flush())
+    QSaveFile f(path); // a failed write leaves the old file as it was
+    if (!f.open(QIODevice::WriteOnly) || f.write(text.data(), static_cast<qint64>(text.size())) < 0 || !f.commit())
         return "cannot write " + path + ": " + f.errorString();
     return {};
 }
@@ -141,14 +142,35 @@ PerformancePane::PerformancePane(AppSession& session, QWidget* parent)
     connect(&m_session, &AppSession::controllerReset, this, [this] {
         if (benching())
             finishBench("the bench was abandoned: the model was closed", true);
+        if (m_verifyAfterUnload) {
+            m_verifyAfterUnload = false;
+            m_verdict->setText("Verify was abandoned: the model was closed");
+            Q_EMIT verifyRunning(false);
+        }
     });
     refresh();
+}
+
+PerformancePane::~PerformancePane()
+{
+    if (m_verify) {
+        // The window is closing: the check's own shards stop with its process (SIGTERM lets it stop them).
+        m_verify->disconnect(this);
+        m_verify->terminate();
+        if (!m_verify->waitForFinished(5000))
+            m_verify->kill();
+        m_verify->waitForFinished(1000);
+        QFile::remove(m_verifyPlan);
+    }
 }
 
 void PerformancePane::refresh()
 {
     const bool launched = m_session.launched();
-    m_bench->setEnabled(launched && !benching());
+    const QString busy = m_busy ? m_busy() : QString();
+    m_bench->setEnabled(launched && !benching() && !verifying());
+    m_bench->setToolTip(busy.isEmpty() ? "Measure the launched placement: the prompt, then greedy decode steps no end token stops"
+                                       : "Waits: " + busy);
     m_verifyButton->setEnabled(m_session.hasModel() && m_session.planProblem(m_session.plan()).isEmpty() && !verifying() && !m_verifyAfterUnload &&
                                !benching());
     m_export->setEnabled(true);
@@ -217,28 +239,24 @@ void PerformancePane::showRow(size_t index)
     }
 }
 
-// The ranks' step records arrive just after the answer: read them a moment later (twice, if they are late).
-void PerformancePane::fillSplit(size_t index, uint64_t generation)
+// The ranks' step records arrive just after the answer: read them a moment later (again, if they are late).
+void PerformancePane::fillSplit(size_t index, int attempt)
 {
-    auto attempt = std::make_shared<int>(0);
-    auto tryFill = std::make_shared<std::function<void()>>();
-    *tryFill = [this, index, generation, attempt, tryFill] {
+    QTimer::singleShot(attempt == 0 ? 300 : 400, this, [this, index, attempt] {
         Controller* c = m_session.controller();
         if (!c || index >= m_rows.size())
             return;
+        const auto all = c->records();
+        uint64_t gen = 0;
+        for (auto& s : all)
+            gen = std::max(gen, s.generation);
         std::vector<StepRecord> steps;
-        uint64_t gen = generation;
-        auto all = c->records();
-        if (gen == 0)
-            for (auto& s : all)
-                gen = std::max(gen, s.generation);
         for (auto& s : all)
             if (s.generation == gen)
                 steps.push_back(s);
         BenchRow& r = m_rows[index];
-        const size_t want = static_cast<size_t>(std::max(1, r.decodeTokens));
-        if (steps.size() < want && ++*attempt < 4) {
-            QTimer::singleShot(400, this, *tryFill);
+        if (steps.size() < static_cast<size_t>(std::max(1, r.decodeTokens)) && attempt < 3) {
+            fillSplit(index, attempt + 1);
             return;
         }
         try {
@@ -250,8 +268,7 @@ void PerformancePane::fillSplit(size_t index, uint64_t generation)
         for (auto& m : c->shardMemory())
             r.peakRssMiB = std::max(r.peakRssMiB, static_cast<double>(m.peakRssBytes) / 1048576.0);
         showRow(index);
-    };
-    QTimer::singleShot(300, this, *tryFill);
+    });
 }
 
 void PerformancePane::addChatRun(int promptTokens, int tokens, double ttftMs, double tokensPerSecond)
@@ -271,8 +288,13 @@ void PerformancePane::addChatRun(int promptTokens, int tokens, double ttftMs, do
 
 void PerformancePane::bench()
 {
-    if (!m_session.launched() || benching())
+    if (!m_session.launched() || benching() || verifying())
         return;
+    if (const QString busy = m_busy ? m_busy() : QString(); !busy.isEmpty()) {
+        m_status->setStyleSheet("color:" + statusColor(Status::Error).name());
+        m_status->setText("Not benched: " + busy + "; try again when it is done.");
+        return;
+    }
     m_benchStage = BenchStage::WarmUp;
     Q_EMIT benchRunning(true);
     ++m_benchRuns;
@@ -301,6 +323,10 @@ void PerformancePane::onControllerEvent(const ControllerEvent& e)
 {
     if (e.kind == ControllerEvent::Kind::Launched || e.kind == ControllerEvent::Kind::Unloaded || e.kind == ControllerEvent::Kind::LaunchFailed)
         refresh();
+    if (e.kind == ControllerEvent::Kind::Failed && m_verifyAfterUnload && !m_session.launched()) {
+        m_verifyAfterUnload = false; // the shards are gone anyway: verify now
+        QTimer::singleShot(0, this, &PerformancePane::verify);
+    }
     if (e.kind == ControllerEvent::Kind::Unloaded && m_verifyAfterUnload) {
         m_verifyAfterUnload = false;
         QTimer::singleShot(0, this, &PerformancePane::verify);
@@ -378,8 +404,13 @@ void PerformancePane::verify()
         return;
     }
     // The check launches the placement and the reference itself: the machines' threads must be free.
+    if (const QString busy = m_busy ? m_busy() : QString(); !busy.isEmpty()) {
+        m_verdict->setText("Not verified: " + busy + "; try again when it is done.");
+        return;
+    }
     if (m_session.launched()) {
         m_verifyAfterUnload = true;
+        Q_EMIT verifyRunning(true);
         m_verdict->setStyleSheet({});
         m_verdict->setText("Verifying: unloading the model first (the check launches the placement and a reference itself)…");
         m_session.unload();
@@ -395,7 +426,7 @@ void PerformancePane::verify()
     if (Controller* c = m_session.controller(); c && m_session.launched() && !c->plan().dtype.empty())
         plan.dtype = c->plan().dtype;
     if (const QString why = writeText(m_verifyPlan, plan.toJson()); !why.isEmpty()) {
-        m_verdict->setText("Cannot verify: " + why);
+        verifyEnded("Cannot verify: " + why, false);
         return;
     }
     m_verify = new QProcess(this);
@@ -422,14 +453,27 @@ void PerformancePane::verify()
             const QStringList err = m_verifyOutput.split('\n', Qt::SkipEmptyParts);
             verdict = "Verify failed: " + (err.isEmpty() ? QString("together-cli verify exited with %1").arg(code) : err.back().trimmed());
         }
-        m_verdict->setStyleSheet("color:" + (same ? statusColor(Status::Ready).darker(130) : statusColor(Status::Error)).name());
-        m_verdict->setText(verdict + (m_session.hasPlan() ? "\nLaunch again to chat." : ""));
+        verifyEnded(verdict, same);
+    });
+    connect(m_verify, &QProcess::errorOccurred, this, [this](QProcess::ProcessError e) {
+        if (e == QProcess::FailedToStart) // no finished() follows
+            verifyEnded("Verify failed: cannot start " + m_verify->program() + ": " + m_verify->errorString(), false);
+    });
+    Q_EMIT verifyRunning(true);
+    m_verify->start();
+    refresh();
+}
+
+void PerformancePane::verifyEnded(const QString& verdict, bool same)
+{
+    m_verdict->setStyleSheet("color:" + (same ? statusColor(Status::Ready).darker(130) : statusColor(Status::Error)).name());
+    m_verdict->setText(verdict + (m_session.hasPlan() && !m_session.launched() ? "\nLaunch again to chat." : ""));
+    if (m_verify) {
         m_verify->deleteLater();
         m_verify = nullptr;
-        QFile::remove(m_verifyPlan);
-        refresh();
-    });
-    m_verify->start();
+    }
+    QFile::remove(m_verifyPlan);
+    Q_EMIT verifyRunning(false);
     refresh();
 }
 

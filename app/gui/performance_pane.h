@@ -29,7 +29,10 @@ class PerformancePane : public QWidget {
     Q_OBJECT
 public:
     PerformancePane(AppSession& session, QWidget* parent = nullptr);
+    ~PerformancePane() override; // stops a Verify in flight (its shards with it)
 
+    // What else owns the controller or the workers now ("" when nothing): a chat answer streaming, a launch.
+    void setBusyCheck(std::function<QString()> busy) { m_busy = std::move(busy); }
     void onControllerEvent(const ControllerEvent& e);
     // A chat reply finished: one row, its split filled once the ranks' records are in.
     void addChatRun(int promptTokens, int tokens, double ttftMs, double tokensPerSecond);
@@ -51,13 +54,15 @@ public:
     QTableWidget* table() { return m_table; }
 
 Q_SIGNALS:
-    void benchRunning(bool on); // the chat waits while a bench owns the controller
+    void benchRunning(bool on);  // the chat waits while a bench owns the controller
+    void verifyRunning(bool on); // Launch waits while Verify runs shards on the same workers
 
 private:
     enum class BenchStage { Idle, WarmUp, Measure };
     BenchRow baseRow() const;
     void addRow(const BenchRow& row);
-    void fillSplit(size_t index, uint64_t generation);
+    void fillSplit(size_t index, int attempt);
+    void verifyEnded(const QString& verdict, bool same);
     void showRow(size_t index);
     void finishBench(const QString& message, bool error);
 
@@ -73,6 +78,7 @@ private:
     QLabel* m_verdict;
     std::vector<BenchRow> m_rows;
     std::function<QString(const QString&)> m_saveCharts;
+    std::function<QString()> m_busy;
 
     BenchStage m_benchStage = BenchStage::Idle;
     int m_benchTokens = 0;

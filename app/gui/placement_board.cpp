@@ -24,6 +24,7 @@
 #include <QMimeData>
 #include <QPainter>
 #include <QPainterPath>
+#include <QSaveFile>
 #include <QScrollArea>
 #include <QScrollBar>
 #include <QTabWidget>
@@ -550,7 +551,6 @@ QMimeData* BoardCanvas::layersMime(const std::vector<int64_t>& layers)
     for (int64_t l : layers)
         a.append(static_cast<qint64>(l));
     m->setData(kLayersMime, QJsonDocument(QJsonObject{{"layers", a}}).toJson(QJsonDocument::Compact));
-    m->setText(layerList(layers));
     return m;
 }
 
@@ -558,7 +558,6 @@ QMimeData* BoardCanvas::workerMime(const std::string& address)
 {
     auto* m = new QMimeData;
     m->setData(kWorkerMime, QByteArray::fromStdString(address));
-    m->setText(q(address));
     return m;
 }
 
@@ -566,7 +565,6 @@ QMimeData* BoardCanvas::rankMime(const std::string& worker, int stage)
 {
     auto* m = new QMimeData;
     m->setData(kRankMime, QJsonDocument(QJsonObject{{"worker", q(worker)}, {"stage", stage}}).toJson(QJsonDocument::Compact));
-    m->setText(QString("%1, rank of stage %2").arg(q(worker)).arg(stage));
     return m;
 }
 
@@ -620,10 +618,9 @@ void BoardCanvas::startLaneDrag(Lane* from, QPoint at)
         p.drawText(pm.rect(), Qt::AlignCenter, q(addr));
     }
     drag->setPixmap(pm);
-    const Qt::DropAction done = drag->exec(Qt::MoveAction | Qt::LinkAction);
-    // A rank dragged off the board entirely leaves its stage.
-    if (stage >= 0 && done == Qt::IgnoreAction && !rect().contains(mapFromGlobal(QCursor::pos())))
-        removeRankFrom(stage, addr);
+    // A rank leaves its stage when it is dropped on the board outside that stage (the drop says so); Esc or a
+    // drop elsewhere changes nothing.
+    drag->exec(Qt::MoveAction | Qt::LinkAction);
     m_dropLane = nullptr;
     for (auto* l : m_lanes)
         l->update();
@@ -697,7 +694,7 @@ BoardCanvas::Candidate BoardCanvas::candidate(const QMimeData* mime, QPoint pos)
                 return c;
             }
             c.what = QString("%1 leaves stage %2").arg(q(worker)).arg(stage);
-            c.plan = removeRank(m_plan, static_cast<size_t>(stage), worker);
+            c.plan = removeRank(m_plan, m_layers, static_cast<size_t>(stage), worker);
         }
     } catch (const std::exception& e) {
         c.why = e.what();
@@ -810,7 +807,7 @@ void BoardCanvas::removeRankFrom(int stage, const std::string& worker)
     Candidate c;
     c.what = QString("%1 leaves stage %2").arg(q(worker)).arg(stage);
     try {
-        c.plan = removeRank(m_plan, static_cast<size_t>(std::max(0, stage)), worker);
+        c.plan = removeRank(m_plan, m_layers, static_cast<size_t>(std::max(0, stage)), worker);
     } catch (const std::exception& e) {
         c.why = e.what();
     }
@@ -1074,10 +1071,8 @@ void PlacementBoard::setLaunchOptions(const QString& dtype, int64_t context)
 
 void PlacementBoard::setLocked(const QString& why)
 {
-    if (why == m_locked) {
-        refresh(); // launched or not: the check line says which
+    if (why == m_locked)
         return;
-    }
     m_locked = why;
     m_canvas->setReadOnly(why);
     m_autoPlace->setEnabled(why.isEmpty() && m_session.hasModel());
@@ -1096,6 +1091,10 @@ void PlacementBoard::apply(const Plan& plan, const QString& what)
     Plan p = plan;
     if (p.dtype.empty())
         p.dtype = m_session.plan().dtype;
+    if (samePlan(p, m_session.plan())) {
+        fillTable(); // a cell retyped to the same value
+        return;
+    }
     m_undo->push(new PlanCommand(m_session, m_applying, m_session.plan(), p, what, false));
     showMessage(what.isEmpty() ? QString() : what[0].toUpper() + what.mid(1), false);
 }
@@ -1340,8 +1339,8 @@ QString PlacementBoard::savePlan(const QString& path) const
         return "there is no placement to save";
     if (p.dtype.empty())
         p.dtype = m_dtype.toStdString();
-    QFile f(path);
-    if (!f.open(QIODevice::WriteOnly | QIODevice::Truncate) || f.write(QByteArray::fromStdString(p.toJson())) < 0 || !f.flush())
+    QSaveFile f(path); // a failed write leaves the old file as it was
+    if (!f.open(QIODevice::WriteOnly) || f.write(QByteArray::fromStdString(p.toJson())) < 0 || !f.commit())
         return "cannot write " + path + ": " + f.errorString();
     return {};
 }

@@ -53,11 +53,30 @@ int stageOf(const Plan& plan, int64_t layer)
 Plan assignLayers(const Plan& plan, int64_t numLayers, const std::vector<int64_t>& layers, const PlanRank& to)
 {
     LayerRanks per = layerRanks(plan, numLayers);
-    for (int64_t l : layers) {
+    if (layers.empty())
+        return plan;
+    for (int64_t l : layers)
         if (l < 0 || l >= numLayers)
             throw Error("layer " + std::to_string(l) + " does not exist (the model has " + std::to_string(numLayers) + " layers)");
-        per[static_cast<size_t>(l)] = {to};
+    // The worker's own settings where it already runs a stage alone: the stage next to the moved layers first.
+    PlanRank rank = to;
+    const int64_t lo = *std::min_element(layers.begin(), layers.end()), hi = *std::max_element(layers.begin(), layers.end());
+    std::vector<int64_t> order;
+    for (int64_t d = 1; d <= numLayers; ++d) {
+        if (lo - d >= 0)
+            order.push_back(lo - d);
+        if (hi + d < numLayers)
+            order.push_back(hi + d);
     }
+    for (int64_t l : order) {
+        const auto& rs = per[static_cast<size_t>(l)];
+        if (rs.size() == 1 && rs.front().worker == to.worker) {
+            rank = rs.front();
+            break;
+        }
+    }
+    for (int64_t l : layers)
+        per[static_cast<size_t>(l)] = {rank};
     return planFromLayers(per, plan.dtype);
 }
 
@@ -74,7 +93,7 @@ Plan addRank(const Plan& plan, size_t stage, const PlanRank& rank)
     return out;
 }
 
-Plan removeRank(const Plan& plan, size_t stage, const std::string& worker)
+Plan removeRank(const Plan& plan, int64_t numLayers, size_t stage, const std::string& worker)
 {
     if (stage >= plan.stages.size())
         throw Error("there is no stage " + std::to_string(stage));
@@ -87,7 +106,7 @@ Plan removeRank(const Plan& plan, size_t stage, const std::string& worker)
         throw Error(worker + " is the only machine of stage " + std::to_string(stage) + ": drag its layers onto another machine instead");
     ranks.erase(it);
     // The stage may now be run by the same ranks as a neighbour: they join.
-    return planFromLayers(layerRanks(out, out.stages.back().lastLayer + 1), out.dtype);
+    return planFromLayers(layerRanks(out, numLayers), out.dtype);
 }
 
 } // namespace together::gui

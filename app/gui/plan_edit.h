@@ -22,11 +22,13 @@ Plan planFromLayers(const LayerRanks& layers, const std::string& dtype);
 // The stage that runs `layer`, or -1.
 int stageOf(const Plan& plan, int64_t layer);
 
-// `layers` run by `to` alone (leaving whatever tensor-parallel group ran them).
+// `layers` run by `to` alone (leaving whatever tensor-parallel group ran them). When `to.worker` already runs a
+// rank of the plan (the nearest stage first), that rank's threads and model folder are kept, so layers moved
+// away and back join their stage again.
 Plan assignLayers(const Plan& plan, int64_t numLayers, const std::vector<int64_t>& layers, const PlanRank& to);
 // `rank` joins stage `stage` as one more tensor-parallel rank. Throws Error when it already runs that stage.
 Plan addRank(const Plan& plan, size_t stage, const PlanRank& rank);
 // `worker` leaves stage `stage`. Throws Error when it is the stage's only rank (its layers would run nowhere).
-Plan removeRank(const Plan& plan, size_t stage, const std::string& worker);
+Plan removeRank(const Plan& plan, int64_t numLayers, size_t stage, const std::string& worker);
 
 } // namespace together::gui
