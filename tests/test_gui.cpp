@@ -1107,6 +1107,23 @@ TEST(Gui, ThePlacementBoardMovesLayersAddsRanksRefusesBadDropsAndUndoes)
         EXPECT_NE(md.find("In the layout of the original together-LLM table"), std::string::npos) << md;
     }
     EXPECT_NE(perf.exportTo(QString::fromStdString(dir + "/runs.xls")).toStdString(), "");
+
+    // Bench with variants: the three machines as TP 3 (8 heads do not split 3 ways: said, not run), as PP 3,
+    // and the first alone, each launched in turn; then the board's placement runs again.
+    const std::string running = app.session().controller()->plan().toJson();
+    perf.variantsBox()->setChecked(true);
+    QTest::mouseClick(perf.benchButton(), Qt::LeftButton);
+    EXPECT_FALSE(app.window->launchPane().launchButton()->isEnabled()) << "Launch waits for the bench";
+    ASSERT_TRUE(waitUntil([&] { return !perf.benching(); }, 240000));
+    ASSERT_EQ(perf.rows().size(), 5u) << perf.failures().join("; ").toStdString();
+    EXPECT_EQ(perf.rows()[3].placement, "variant: PP 3");
+    EXPECT_EQ(perf.rows()[3].pp, 3);
+    EXPECT_EQ(perf.rows()[4].machines, 1);
+    ASSERT_EQ(perf.failures().size(), 1);
+    EXPECT_TRUE(perf.failures().front().startsWith("variant: TP 3")) << perf.failures().front().toStdString();
+    ASSERT_TRUE(waitUntil([&] { return app.session().launched(); }, 30000));
+    EXPECT_EQ(app.session().controller()->plan().toJson(), running) << "the board's placement runs again after the variants";
+    EXPECT_TRUE(app.chat().sendButton()->isEnabled());
     screenshot(*app.window, "15-performance");
     QTest::mouseClick(perf.verifyButton(), Qt::LeftButton);
     ASSERT_TRUE(waitUntil([&] { return !perf.verifying(); }, 180000));

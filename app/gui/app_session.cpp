@@ -292,6 +292,7 @@ void AppSession::dropController()
         return;
     ++m_controllerEpoch; // its late events are dropped
     m_launched = false;
+    m_lastLaunch.reset();
     Q_EMIT controllerReset();
     m_controller->cancel();
     std::shared_ptr<Controller> old(m_controller.release());
@@ -504,7 +505,29 @@ void AppSession::launch(const QString& dtype, int64_t context, bool force, bool 
                 }))
                 r.spareWorkers.push_back(w);
     m_launched = false;
+    m_lastLaunch = r;
     m_controller->launch(r);
+}
+
+void AppSession::launchPlan(const Plan& plan)
+{
+    if (!m_controller || !m_lastLaunch)
+        throw Error("launch the model first");
+    LaunchRequest r = *m_lastLaunch;
+    r.plan = plan;
+    r.failover = false;
+    r.spareWorkers.clear();
+    r.force = false;
+    m_launched = false;
+    m_controller->launch(r);
+}
+
+void AppSession::relaunch()
+{
+    if (!m_controller || !m_lastLaunch)
+        throw Error("launch the model first");
+    m_launched = false;
+    m_controller->launch(*m_lastLaunch);
 }
 
 void AppSession::generate(const GenerateRequest& request)

@@ -91,6 +91,10 @@ public:
 
     // The controller (after a model is open). Events arrive as controllerEvent on the GUI thread.
     void launch(const QString& dtype, int64_t context, bool force, bool failover = false);
+    // Launches another placement in place of the running one (a bench's variant; the board's plan stays), and
+    // the last launch() again.
+    void launchPlan(const Plan& plan);
+    void relaunch();
     void generate(const GenerateRequest& request);
     void stop();
     void cancel();
@@ -150,6 +154,7 @@ private:
     LinkTable m_links;
 
     std::unique_ptr<Controller> m_controller;
+    std::optional<LaunchRequest> m_lastLaunch; // what launch() asked for last
     uint64_t m_controllerEpoch = 0;
     bool m_launched = false;
 };

@@ -38,7 +38,10 @@ QCustomPlot* makePlot(const QString& title, const QString& xLabel, const QString
 {
     auto* p = new QCustomPlot;
     p->setAccessibleName(title);
-    p->setMinimumHeight(150);
+    // Its own minimum grows with the legend's longest entry: the layout must not let that push the window's
+    // other panes aside, so it holds the plot to a fixed floor instead.
+    p->setSizePolicy(QSizePolicy::Ignored, QSizePolicy::Ignored);
+    p->setMinimumSize(220, 150);
     p->plotLayout()->insertRow(0);
     p->plotLayout()->addElement(0, 0, new QCPTextElement(p, title, QFont("sans", 9, QFont::Bold)));
     p->xAxis->setLabel(xLabel);

@@ -73,9 +73,16 @@ ChatPane::ChatPane(AppSession& session, const QString& storePath, QWidget* paren
 
     auto* top = new QHBoxLayout;
     m_chats = new QComboBox;
-    m_chats->setMinimumContentsLength(24);
+    m_chats->setMinimumContentsLength(12);
     top->addWidget(labelFor("Chats", m_chats));
     top->addWidget(m_chats, 1);
+    // The seed sits up here: the settings row below would otherwise set the chat's (and the window's) width.
+    m_seed = new QSpinBox;
+    m_seed->setRange(-1, std::numeric_limits<int>::max());
+    m_seed->setSpecialValueText("random");
+    m_seed->setValue(-1);
+    top->addWidget(labelFor("Seed", m_seed));
+    top->addWidget(m_seed);
     m_newChat = new QPushButton("New chat");
     m_newChat->setAccessibleName("New chat");
     top->addWidget(m_newChat);
@@ -104,12 +111,6 @@ ChatPane::ChatPane(AppSession& session, const QString& storePath, QWidget* paren
     m_maxTokens->setValue(256);
     settings->addWidget(labelFor("Max tokens", m_maxTokens));
     settings->addWidget(m_maxTokens);
-    m_seed = new QSpinBox;
-    m_seed->setRange(-1, std::numeric_limits<int>::max());
-    m_seed->setSpecialValueText("random");
-    m_seed->setValue(-1);
-    settings->addWidget(labelFor("Seed", m_seed));
-    settings->addWidget(m_seed);
     settings->addStretch(1);
     layout->addLayout(settings);
 

@@ -208,26 +208,26 @@ void LaunchPane::refresh()
     const bool busy = m_launching || m_proposing;
     m_board->setLocked(m_session.launched() || m_launching ? "unload the model to change where it runs" : m_proposing ? "measuring for Auto place…" : QString());
     const bool valid = m_session.planProblem(m_session.plan()).isEmpty();
-    m_launch->setEnabled(m_session.hasModel() && m_session.hasPlan() && valid && !busy && !m_verifying && !m_session.launched());
-    m_launch->setToolTip(m_verifying ? "Verify is running the placement's check on these machines"
-                         : valid     ? QString()
-                                     : "The placement cannot be launched: " + m_session.planProblem(m_session.plan()));
+    m_launch->setEnabled(m_session.hasModel() && m_session.hasPlan() && valid && !busy && m_busy.isEmpty() && !m_session.launched());
+    m_launch->setToolTip(!m_busy.isEmpty() ? "Waits: " + m_busy
+                         : valid           ? QString()
+                                           : "The placement cannot be launched: " + m_session.planProblem(m_session.plan()));
+    m_unload->setEnabled(m_session.launched() && !m_launching && m_busy.isEmpty());
     m_cancel->setEnabled(m_launching);
-    m_unload->setEnabled(m_session.launched() && !m_launching);
     m_dtype->setEnabled(!m_session.launched() && !m_launching);
     m_context->setEnabled(!m_session.launched() && !m_launching);
     m_failover->setEnabled(!m_session.launched() && !m_launching);
 }
 
-void LaunchPane::setVerifying(bool on)
+void LaunchPane::setBusy(const QString& why)
 {
-    m_verifying = on;
+    m_busy = why;
     refresh();
 }
 
 void LaunchPane::launch(bool force)
 {
-    if (m_verifying)
+    if (!m_busy.isEmpty())
         return;
     if (!force) {
         const QString shortfall = m_session.memoryShortfall(dtype(), context());

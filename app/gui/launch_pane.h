@@ -51,7 +51,7 @@ public:
 
     void launch(bool force = false);
     bool launching() const { return m_launching; }
-    void setVerifying(bool on); // Verify runs its own shards on the workers: Launch waits
+    void setBusy(const QString& why); // a bench or Verify owns the workers: Launch waits ("": free again)
 
 Q_SIGNALS:
     void openModelRequested();
@@ -82,7 +82,7 @@ private:
     bool m_launching = false;
     bool m_forced = false; // the launch in flight was "Launch anyway"
     bool m_proposing = false;
-    bool m_verifying = false;
+    QString m_busy;
     std::string m_explained; // the plan the explanation is about
 };
 

@@ -98,9 +98,13 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
     // A first start: the machines and the placement get room; a saved layout (below) replaces this.
     // The left column (machines over the placement) runs the window's full height; charts sit under the chat.
     setCorner(Qt::BottomLeftCorner, Qt::LeftDockWidgetArea);
-    resizeDocks({machinesDock}, {610}, Qt::Horizontal);
-    resizeDocks({machinesDock, placementDock}, {200, 530}, Qt::Vertical);
-    resizeDocks({charts}, {330}, Qt::Vertical);
+    // Sized once the window has its size (a dock's share is worked out against it); a saved layout wins.
+    if (!settings.contains("windowState"))
+        QTimer::singleShot(0, this, [this, machinesDock, placementDock, charts] {
+            resizeDocks({machinesDock}, {std::max(560, width() * 46 / 100)}, Qt::Horizontal);
+            resizeDocks({machinesDock, placementDock}, {200, std::max(400, height() - 270)}, Qt::Vertical);
+            resizeDocks({charts}, {std::max(300, height() * 42 / 100)}, Qt::Vertical);
+        });
 
     auto* tools = addToolBar("Main");
     tools->setObjectName("mainToolBar");
@@ -139,8 +143,12 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
                 break;
             }
     });
-    connect(m_performance, &PerformancePane::benchRunning, this, [this](bool on) { m_chat->setLaunched(!on && m_session->launched()); });
-    connect(m_performance, &PerformancePane::verifyRunning, m_launch, &LaunchPane::setVerifying);
+    connect(m_performance, &PerformancePane::benchRunning, this, [this](bool on) {
+        m_chat->setLaunched(!on && m_session->launched());
+        m_launch->setBusy(on ? "a bench is running" : QString());
+    });
+    connect(m_performance, &PerformancePane::verifyRunning, this,
+            [this](bool on) { m_launch->setBusy(on ? "Verify is running the placement's check on these machines" : QString()); });
     m_performance->setBusyCheck([this]() -> QString {
         if (m_chat->generating())
             return "a chat answer is streaming";
@@ -193,7 +201,7 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
         m_chat->onControllerEvent(e);
         if (e.kind == ControllerEvent::Kind::Launched) {
             m_machines->model().clearFaults();
-            m_chat->setLaunched(true);
+            m_chat->setLaunched(!m_performance->benching()); // a bench's variants launch too: the chat waits for its end
         } else if (e.kind == ControllerEvent::Kind::LaunchFailed || e.kind == ControllerEvent::Kind::Unloaded ||
                    e.kind == ControllerEvent::Kind::Failed) {
             m_chat->setLaunched(m_session->launched());

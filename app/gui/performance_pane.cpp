@@ -8,6 +8,7 @@
 #include "core/process.h"
 
 #include <QCoreApplication>
+#include <QCheckBox>
 #include <QDateTime>
 #include <QDir>
 #include <QElapsedTimer>
@@ -76,6 +77,10 @@ PerformancePane::PerformancePane(AppSession& session, QWidget* parent)
     m_bench = new QPushButton("Bench");
     m_bench->setAccessibleName("Bench");
     m_bench->setToolTip("Measure the launched placement: the prompt, then greedy decode steps no end token stops");
+    m_variantsBox = new QCheckBox("Variants");
+    m_variantsBox->setAccessibleName("Bench variants");
+    m_variantsBox->setToolTip("Also bench the placement's machines as one tensor-parallel group, as an even pipeline, and the "
+                              "first of them alone; each is launched in turn and yours is launched again after");
     m_verifyButton = new QPushButton("Verify");
     m_verifyButton->setAccessibleName("Verify");
     m_verifyButton->setToolTip("Run the placement and the whole model on one machine for 16 greedy steps and compare the tokens "
@@ -90,12 +95,17 @@ PerformancePane::PerformancePane(AppSession& session, QWidget* parent)
     m_progress->setMaximumWidth(160);
     m_progress->hide();
     controls->addWidget(m_bench);
+    controls->addWidget(m_variantsBox);
     controls->addWidget(m_progress);
-    controls->addWidget(m_verifyButton);
     controls->addStretch(1);
-    controls->addWidget(m_export);
-    controls->addWidget(clear);
     layout->addLayout(controls);
+    // A second row: one long row would set the charts area's (and so the window's) minimum width.
+    auto* more = new QHBoxLayout;
+    more->addWidget(m_verifyButton);
+    more->addStretch(1);
+    more->addWidget(m_export);
+    more->addWidget(clear);
+    layout->addLayout(more);
 
     m_table = new QTableWidget(0, static_cast<int>(benchColumns().size()));
     m_table->setAccessibleName("Runs");
@@ -178,10 +188,9 @@ void PerformancePane::refresh()
 
 QString PerformancePane::verdict() const { return m_verdict->text(); }
 
-BenchRow PerformancePane::baseRow() const
+BenchRow PerformancePane::baseRow(const Plan& plan) const
 {
     BenchRow r;
-    const Plan& plan = m_session.plan();
     r.model = benchModelName(m_session.modelDir().toStdString());
     r.layout = describePlan(plan);
     r.pp = static_cast<int>(plan.stages.size());
@@ -200,13 +209,13 @@ BenchRow PerformancePane::baseRow() const
     else
         for (size_t i = 0; i < threads.size(); ++i)
             r.threads += (i ? "/" : "") + std::to_string(threads[i]);
-    if (Controller* c = m_session.controller())
-        r.dtype = c->plan().dtype;
+    r.dtype = plan.dtype;
     if (r.dtype.empty())
-        r.dtype = plan.dtype;
-    for (auto& [w, bytes] : m_session.plannedBytes(QString::fromStdString(r.dtype.empty() ? "bf16" : r.dtype), 0))
+        if (Controller* c = m_session.controller())
+            r.dtype = c->plan().dtype;
+    for (auto& [w, bytes] : m_session.plannedBytes(plan, QString::fromStdString(r.dtype.empty() ? "bf16" : r.dtype), 0))
         r.estimateMiB = std::max(r.estimateMiB, static_cast<double>(bytes) / 1048576.0);
-    if (auto& p = m_session.prediction()) {
+    if (auto p = m_session.predictPlan(plan)) {
         r.predicted = true;
         r.predictedMs = p->msPerToken;
     }
@@ -275,7 +284,8 @@ void PerformancePane::addChatRun(int promptTokens, int tokens, double ttftMs, do
 {
     if (tokens < 2)
         return;
-    BenchRow r = baseRow();
+    Controller* c = m_session.controller();
+    BenchRow r = baseRow(c && m_session.launched() ? c->plan() : m_session.plan());
     r.placement = "chat";
     r.promptTokens = promptTokens;
     r.decodeTokens = tokens - 1;
@@ -295,15 +305,60 @@ void PerformancePane::bench()
         m_status->setText("Not benched: " + busy + "; try again when it is done.");
         return;
     }
-    m_benchStage = BenchStage::WarmUp;
+    Controller* c = m_session.controller();
+    const Plan current = c ? c->plan() : m_session.plan();
+    m_failures.clear();
+    m_variants = {{"app bench", current}};
+    if (m_variantsBox->isChecked())
+        for (auto& v : variantsOf(current))
+            m_variants.push_back(v);
+    m_variant = 0;
     Q_EMIT benchRunning(true);
-    ++m_benchRuns;
     m_progress->setRange(0, m_decodeTokens->value() + 1);
-    m_progress->setValue(0);
     m_progress->show();
     m_status->setStyleSheet({});
-    m_status->setText("bench: warming up…");
     refresh();
+    startWarmUp();
+}
+
+std::vector<PerformancePane::Variant> PerformancePane::variantsOf(const Plan& current)
+{
+    std::vector<std::string> workers;
+    for (auto& st : current.stages)
+        for (auto& r : st.ranks)
+            if (std::find(workers.begin(), workers.end(), r.worker) == workers.end())
+                workers.push_back(r.worker);
+    std::vector<Variant> out;
+    if (workers.size() < 2)
+        return out;
+    int threads = 1 << 20;
+    for (auto& w : workers)
+        threads = std::min(threads, m_session.defaultThreads(w));
+    const int n = static_cast<int>(workers.size());
+    const std::pair<std::string, std::pair<int, int>> shapes[] = {
+        {"variant: TP " + std::to_string(n), {n, 1}}, {"variant: PP " + std::to_string(n), {1, n}}, {"variant: " + workers.front() + " alone", {1, 1}}};
+    for (auto& [label, shape] : shapes) {
+        try {
+            const std::vector<std::string> use(workers.begin(), workers.begin() + shape.first * shape.second);
+            Plan p = Plan::even(m_session.config(), shape.first, shape.second, use, threads);
+            p.dtype = current.dtype;
+            p.validate(m_session.config());
+            if (p.toJson() != current.toJson())
+                out.push_back({label, p});
+        } catch (const std::exception& e) {
+            // Not a placement this model allows (heads or layers that do not split so): said, not run.
+            m_failures << QString::fromStdString(label + ": " + e.what());
+        }
+    }
+    return out;
+}
+
+void PerformancePane::startWarmUp()
+{
+    m_benchStage = BenchStage::WarmUp;
+    ++m_benchRuns;
+    m_progress->setValue(0);
+    m_status->setText(QString("bench [%1/%2] %3: warming up…").arg(m_variant + 1).arg(m_variants.size()).arg(QString::fromStdString(m_variants[m_variant].label)));
     // Token ids spread over the vocabulary, different for each run (the shards keep a run's tokens: the next
     // run must not find its prompt already computed).
     const int vocab = static_cast<int>(std::max<int64_t>(2, m_session.config().vocabSize - 1));
@@ -317,6 +372,33 @@ void PerformancePane::bench()
     } catch (const std::exception& e) {
         finishBench(QString("bench: ") + e.what(), true);
     }
+}
+
+void PerformancePane::nextVariant()
+{
+    if (++m_variant < m_variants.size()) {
+        m_benchStage = BenchStage::Launching;
+        m_status->setText(QString("bench [%1/%2] %3: launching…").arg(m_variant + 1).arg(m_variants.size()).arg(QString::fromStdString(m_variants[m_variant].label)));
+        try {
+            m_session.launchPlan(m_variants[m_variant].plan);
+        } catch (const std::exception& e) {
+            m_failures << QString::fromStdString(m_variants[m_variant].label + ": " + e.what());
+            nextVariant();
+        }
+        return;
+    }
+    if (m_variants.size() > 1) {
+        m_benchStage = BenchStage::Relaunching;
+        m_status->setText("bench: launching your placement again…");
+        try {
+            m_session.relaunch();
+        } catch (const std::exception& e) {
+            finishBench(QString("bench: cannot launch your placement again: ") + e.what(), true);
+        }
+        return;
+    }
+    const BenchRow& r = m_rows.back();
+    finishBench(QString("bench: %1 decode tokens/s, first token after %2 ms").arg(r.decodeTps, 0, 'f', 2).arg(r.ttftMs, 0, 'f', 0), false);
 }
 
 void PerformancePane::onControllerEvent(const ControllerEvent& e)
@@ -362,8 +444,8 @@ void PerformancePane::onControllerEvent(const ControllerEvent& e)
                 finishBench(QString("bench: ") + ex.what(), true);
             }
         } else {
-            BenchRow r = baseRow();
-            r.placement = "app bench";
+            BenchRow r = baseRow(m_variants[m_variant].plan);
+            r.placement = m_variants[m_variant].label;
             r.promptTokens = m_promptTokens->value();
             r.decodeTokens = std::max(0, m_benchTokens - 1);
             r.ttftMs = (m_firstTokenNs - m_benchStartNs) / 1e6;
@@ -372,7 +454,24 @@ void PerformancePane::onControllerEvent(const ControllerEvent& e)
             r.decodeTps = secs > 0 ? r.decodeTokens / secs : 0;
             addRow(r);
             fillSplit(m_rows.size() - 1, 0);
-            finishBench(QString("bench: %1 decode tokens/s, first token after %2 ms").arg(r.decodeTps, 0, 'f', 2).arg(r.ttftMs, 0, 'f', 0), false);
+            nextVariant();
+        }
+        break;
+    case ControllerEvent::Kind::Launched:
+        if (m_benchStage == BenchStage::Launching)
+            startWarmUp();
+        else if (m_benchStage == BenchStage::Relaunching)
+            finishBench(QString("bench: %1 placement(s) measured%2; yours is running again")
+                            .arg(m_variants.size() - m_failures.size())
+                            .arg(m_failures.isEmpty() ? QString() : ", not measured: " + m_failures.join("; ")),
+                        false);
+        break;
+    case ControllerEvent::Kind::LaunchFailed:
+        if (m_benchStage == BenchStage::Launching) {
+            m_failures << QString::fromStdString(m_variants[m_variant].label + ": " + e.text);
+            nextVariant();
+        } else if (m_benchStage == BenchStage::Relaunching) {
+            finishBench("bench: your placement could not be launched again: " + QString::fromStdString(e.text), true);
         }
         break;
     case ControllerEvent::Kind::Failed:
@@ -494,7 +593,10 @@ QString PerformancePane::exportTo(const QString& path)
         for (auto& r : m_rows)
             if (std::find(models.begin(), models.end(), r.model) == models.end())
                 models.push_back(r.model);
-        return writeText(path, benchMarkdown(m_rows, {},
+        std::vector<std::string> failures;
+        for (auto& f : m_failures)
+            failures.push_back(f.toStdString());
+        return writeText(path, benchMarkdown(m_rows, failures,
                                              "This session's runs in the app: \"chat\" rows are replies as typed (their prompt "
                                              "and length), \"app bench\" rows a fixed prompt and greedy decode steps no end token stops.",
                                              true, models));

@@ -9,6 +9,7 @@
 #include <functional>
 #include <vector>
 
+class QCheckBox;
 class QLabel;
 class QProcess;
 class QProgressBar;
@@ -49,6 +50,8 @@ public:
     QString exportTo(const QString& path); // "" or why not
 
     QPushButton* benchButton() { return m_bench; }
+    QCheckBox* variantsBox() { return m_variantsBox; }
+    QStringList failures() const { return m_failures; }
     QPushButton* verifyButton() { return m_verifyButton; }
     QPushButton* exportButton() { return m_export; }
     QTableWidget* table() { return m_table; }
@@ -58,8 +61,15 @@ Q_SIGNALS:
     void verifyRunning(bool on); // Launch waits while Verify runs shards on the same workers
 
 private:
-    enum class BenchStage { Idle, WarmUp, Measure };
-    BenchRow baseRow() const;
+    enum class BenchStage { Idle, Launching, WarmUp, Measure, Relaunching };
+    struct Variant {
+        std::string label; // the table's "placement"
+        Plan plan;
+    };
+    std::vector<Variant> variantsOf(const Plan& current); // the ones a model does not allow go to m_failures
+    void startWarmUp();
+    void nextVariant();
+    BenchRow baseRow(const Plan& plan) const;
     void addRow(const BenchRow& row);
     void fillSplit(size_t index, int attempt);
     void verifyEnded(const QString& verdict, bool same);
@@ -71,6 +81,7 @@ private:
     QSpinBox* m_promptTokens;
     QSpinBox* m_decodeTokens;
     QPushButton* m_bench;
+    QCheckBox* m_variantsBox;
     QPushButton* m_verifyButton;
     QPushButton* m_export;
     QProgressBar* m_progress;
@@ -81,6 +92,9 @@ private:
     std::function<QString()> m_busy;
 
     BenchStage m_benchStage = BenchStage::Idle;
+    std::vector<Variant> m_variants;
+    size_t m_variant = 0;
+    QStringList m_failures; // variants that could not be measured, with why
     int m_benchTokens = 0;
     int m_benchRuns = 0;
     qint64 m_benchStartNs = 0, m_firstTokenNs = 0, m_lastTokenNs = 0;
