@@ -65,11 +65,13 @@ std::string benchModelName(const std::string& dir)
         if (part.rfind("models--", 0) == 0)
             return part.substr(part.rfind("--") + 2);
     }
-    std::string name = p.filename().string();
-    return name.empty() ? p.parent_path().filename().string() : name;
+    fs::path q = p.filename().empty() ? p.parent_path() : p;
+    // A folder named like "hf" or "model" says less than the one holding it: "stories260K/hf".
+    const std::string name = q.filename().string();
+    if (name.size() <= 3 || name == "model" || name == "weights")
+        return q.parent_path().filename().string() + "/" + name;
+    return name;
 }
-
-// The original together-LLM table's cells: "4.2 tokens/s", or "1 token / 10 s" below one token a second.
 
 std::string seedTableCell(double tokensPerSecond)
 {

@@ -24,6 +24,8 @@
 
 #include <QApplication>
 #include <QCheckBox>
+#include <QDockWidget>
+#include <QTabWidget>
 #include <QComboBox>
 #include <QDoubleSpinBox>
 #include <QElapsedTimer>
@@ -185,9 +187,6 @@ StartOptions storiesOptions()
     return o;
 }
 
-#define SKIP_WITHOUT_STORIES()                                                                                      \
-    if (test::stories260KDir().empty())                                                                             \
-    GTEST_SKIP() << "../shared/refmodels/stories260K is absent"
 
 
 // The app's conversation file and settings live in the test's own config folder (see main()).
@@ -257,8 +256,9 @@ TEST(Gui, CompleteModeGivesTheReferenceContinuationWithoutStallingTheGuiThread)
     std::ofstream(plan) << app.session().plan().toJson();
     std::vector<double> appTps, cliTps, appMs, cliMs;
     for (int round = 0; round < 3; ++round) {
-        if (round > 0)
+        if (round > 0) {
             ASSERT_NO_FATAL_FAILURE(app.launch());
+        }
         app.chat().newChat();
         ASSERT_NO_FATAL_FAILURE(app.complete(c["prompt"], speedTokens));
         ASSERT_TRUE(app.waitAnswer());
@@ -1021,6 +1021,11 @@ TEST(Gui, ThePlacementBoardMovesLayersAddsRanksRefusesBadDropsAndUndoes)
 
     // The stages table is the same plan: a gap made there is named and blocks the launch; Add stage fills it.
     QTableWidget* table = board.table();
+    for (auto* tabs : app.window->launchPane().findChildren<QTabWidget*>())
+        tabs->setCurrentIndex(1);
+    screenshot(*app.window, "13b-stages-table");
+    for (auto* tabs : app.window->launchPane().findChildren<QTabWidget*>())
+        tabs->setCurrentIndex(0);
     ASSERT_EQ(table->rowCount(), 2);
     table->item(0, 1)->setText(QString::number(layers - 3));
     EXPECT_NE(board.checkText().toStdString().find("not covered by any stage"), std::string::npos) << board.checkText().toStdString();
@@ -1124,7 +1129,11 @@ TEST(Gui, ThePlacementBoardMovesLayersAddsRanksRefusesBadDropsAndUndoes)
     ASSERT_TRUE(waitUntil([&] { return app.session().launched(); }, 30000));
     EXPECT_EQ(app.session().controller()->plan().toJson(), running) << "the board's placement runs again after the variants";
     EXPECT_TRUE(app.chat().sendButton()->isEnabled());
+    auto* perfDock = app.window->findChild<QDockWidget*>("performanceDock");
+    ASSERT_NE(perfDock, nullptr);
+    perfDock->raise();
     screenshot(*app.window, "15-performance");
+    app.window->findChild<QDockWidget*>("chartsDock")->raise();
     QTest::mouseClick(perf.verifyButton(), Qt::LeftButton);
     ASSERT_TRUE(waitUntil([&] { return !perf.verifying(); }, 180000));
     EXPECT_NE(perf.verdict().toStdString().find("verdict: the placement gives the same tokens"), std::string::npos) << perf.verdict().toStdString();

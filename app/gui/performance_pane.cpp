@@ -308,6 +308,7 @@ void PerformancePane::bench()
     Controller* c = m_session.controller();
     const Plan current = c ? c->plan() : m_session.plan();
     m_failures.clear();
+    m_measured = 0;
     m_variants = {{"app bench", current}};
     if (m_variantsBox->isChecked())
         for (auto& v : variantsOf(current))
@@ -454,6 +455,7 @@ void PerformancePane::onControllerEvent(const ControllerEvent& e)
             r.decodeTps = secs > 0 ? r.decodeTokens / secs : 0;
             addRow(r);
             fillSplit(m_rows.size() - 1, 0);
+            ++m_measured;
             nextVariant();
         }
         break;
@@ -462,7 +464,7 @@ void PerformancePane::onControllerEvent(const ControllerEvent& e)
             startWarmUp();
         else if (m_benchStage == BenchStage::Relaunching)
             finishBench(QString("bench: %1 placement(s) measured%2; yours is running again")
-                            .arg(m_variants.size() - m_failures.size())
+                            .arg(m_measured)
                             .arg(m_failures.isEmpty() ? QString() : ", not measured: " + m_failures.join("; ")),
                         false);
         break;

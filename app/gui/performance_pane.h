@@ -94,6 +94,7 @@ private:
     BenchStage m_benchStage = BenchStage::Idle;
     std::vector<Variant> m_variants;
     size_t m_variant = 0;
+    int m_measured = 0;
     QStringList m_failures; // variants that could not be measured, with why
     int m_benchTokens = 0;
     int m_benchRuns = 0;
