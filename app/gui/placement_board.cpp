@@ -870,12 +870,16 @@ PlacementBoard::PlacementBoard(AppSession& session, QWidget* parent)
     addAction(undoAct);
     addAction(redoAct);
     connect(undoAct, &QAction::triggered, this, [this] {
-        if (m_locked.isEmpty())
+        if (m_locked.isEmpty() && m_undo->canUndo()) {
+            showMessage("Undone: " + m_undo->undoText(), false);
             m_undo->undo();
+        }
     });
     connect(redoAct, &QAction::triggered, this, [this] {
-        if (m_locked.isEmpty())
+        if (m_locked.isEmpty() && m_undo->canRedo()) {
+            showMessage("Redone: " + m_undo->redoText(), false);
             m_undo->redo();
+        }
     });
     connect(undo, &QToolButton::clicked, undoAct, &QAction::trigger);
     connect(redo, &QToolButton::clicked, redoAct, &QAction::trigger);
