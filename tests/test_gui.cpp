@@ -1000,6 +1000,11 @@ TEST(Gui, ThePlacementBoardMovesLayersAddsRanksRefusesBadDropsAndUndoes)
     pickFromMenu([&] { board.showRemoveMenu(canvas.mapToGlobal(QPoint(0, 0))); }, QString::fromStdString(c), &found);
     ASSERT_TRUE(found);
     EXPECT_EQ(app.session().plan().stages[0].ranks.size(), 1u);
+    // "Add to stage…" puts it back.
+    pickFromMenu([&] { board.showAddMenu(canvas.mapToGlobal(QPoint(0, 0))); }, QString::fromStdString(c), &found);
+    ASSERT_TRUE(found);
+    ASSERT_EQ(app.session().plan().stages[0].ranks.size(), 2u);
+    EXPECT_EQ(app.session().plan().stages[0].ranks[1].worker, c);
     screenshot(*app.window, "13-board-keyboard");
 
     // 5. Undo (the Undo button, then Ctrl+Z) walks back through each edit; Redo forward again.
@@ -1008,6 +1013,8 @@ TEST(Gui, ThePlacementBoardMovesLayersAddsRanksRefusesBadDropsAndUndoes)
         if (t->accessibleName() == "Undo")
             undoButton = t;
     ASSERT_NE(undoButton, nullptr);
+    QTest::mouseClick(undoButton, Qt::LeftButton); // c added back
+    EXPECT_NE(board.lastMessage().toStdString().find("Undone"), std::string::npos) << board.lastMessage().toStdString();
     QTest::mouseClick(undoButton, Qt::LeftButton); // the removal of c
     QTest::mouseClick(undoButton, Qt::LeftButton); // the keyboard move
     EXPECT_EQ(app.session().plan().toJson(), withTp);

@@ -228,6 +228,8 @@ void Lane::setInfo(const LaneInfo& info)
         d += QString(", this placement needs %1 of %2").arg(formatBytes(static_cast<double>(info.needBytes)), formatBytes(static_cast<double>(info.usableBytes)));
     if (info.overMemory)
         d += " (does not fit)";
+    if (info.predictedMs >= 0)
+        d += QString(", predicted %1 ms per token in its stages").arg(info.predictedMs, 0, 'f', 2);
     setAccessibleDescription(d);
     setToolTip(d + "\nDrag the address onto a stage to add this machine as a tensor-parallel rank.");
     update();
@@ -258,7 +260,9 @@ void Lane::paintEvent(QPaintEvent*)
     small.setPointSizeF(small.pointSizeF() * 0.85);
     p.setFont(small);
     p.setPen(QColor("#555"));
-    const QString line2 = QString("%1 · %2 thr").arg(m_info.state).arg(m_info.threads);
+    QString line2 = QString("%1 · %2 thr").arg(m_info.state).arg(m_info.threads);
+    if (m_info.predictedMs >= 0)
+        line2 += QString(" · %1 ms").arg(m_info.predictedMs, 0, 'f', m_info.predictedMs < 10 ? 2 : 1);
     p.drawText(QRect(8, 17, hw - 12, 14), Qt::AlignLeft | Qt::AlignVCenter, p.fontMetrics().elidedText(line2, Qt::ElideRight, hw - 12));
     // Memory: this placement's need against what is usable there.
     const QRectF bar(8, H - 12, hw - 16, 7);
@@ -1197,6 +1201,20 @@ std::vector<LaneInfo> PlacementBoard::laneInfos() const
         l.overMemory = (l.usableBytes && l.needBytes > l.usableBytes) || (hostFree[host] && hostNeed[host] > hostFree[host]);
         out.push_back(l);
     }
+    // The prediction per machine: each stage's compute and all-reduce, on every machine that runs it.
+    if (const auto& pr = m_session.prediction(); pr && pr->stages.size() == plan.stages.size())
+        for (auto& l : out) {
+            double ms = 0;
+            bool any = false;
+            for (size_t s = 0; s < plan.stages.size(); ++s)
+                for (auto& r : plan.stages[s].ranks)
+                    if (r.worker == l.address) {
+                        ms += pr->stages[s].computeMs + pr->stages[s].allReduceMs;
+                        any = true;
+                    }
+            if (any)
+                l.predictedMs = ms;
+        }
     // Machines the plan names that discovery does not know (a loaded plan file): a lane each, not ready.
     for (auto& st : plan.stages)
         for (auto& r : st.ranks)

@@ -34,6 +34,7 @@ struct LaneInfo {
     uint64_t needBytes = 0;   // this plan's shards there: weights, KV cache, runtime
     uint64_t usableBytes = 0; // free, capped by what it donates (0: unknown)
     bool overMemory = false;  // its need (or its host's) exceeds what is there
+    double predictedMs = -1;  // the cost model's time per token in the stages it runs (compute and all-reduce)
 };
 
 // A layer block: "Layer N", a real widget (so screen readers and test drivers find it with its extents).
