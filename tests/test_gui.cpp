@@ -1037,6 +1037,32 @@ TEST(Gui, ThePlacementBoardMovesLayersAddsRanksRefusesBadDropsAndUndoes)
     table->item(0, 1)->setText(QString::number(layers - 3));
     EXPECT_NE(board.checkText().toStdString().find("not covered by any stage"), std::string::npos) << board.checkText().toStdString();
     EXPECT_FALSE(app.window->launchPane().launchButton()->isEnabled()) << "an invalid placement cannot be launched";
+    // The uncovered layer waits in a lane of its own, from where it can be dragged back.
+    Lane* notPlaced = canvas.lane("");
+    ASSERT_NE(notPlaced, nullptr);
+    EXPECT_EQ(notPlaced->accessibleName().toStdString(), "Not placed");
+    EXPECT_EQ(canvas.block(layers - 2)->geometry().center().y(), notPlaced->geometry().center().y());
+    ASSERT_TRUE(dropOn(canvas, BoardCanvas::layersMime({layers - 2}), laneCentre(canvas, a))) << board.lastMessage().toStdString();
+    EXPECT_NE(board.checkText().toStdString().find("Valid"), std::string::npos) << board.checkText().toStdString();
+    EXPECT_EQ(canvas.lane(""), nullptr);
+    board.undoStack()->undo();
+    board.undoStack()->undo();
+    EXPECT_EQ(app.session().plan().toJson(), withTp);
+
+    // A machine given a second shard splits the threads it donates between them (its daemon would refuse more).
+    ASSERT_TRUE(dropOn(canvas, BoardCanvas::layersMime({layers - 1}), laneCentre(canvas, c))) << board.lastMessage().toStdString();
+    int cThreads = 0;
+    for (auto& st : app.session().plan().stages)
+        for (auto& r : st.ranks)
+            if (r.worker == c)
+                cThreads += r.threads;
+    uint32_t donated = 0;
+    for (auto& w : app.session().workers())
+        if (w.address == c)
+            donated = w.maxThreads ? w.maxThreads : w.cores;
+    EXPECT_LE(cThreads, static_cast<int>(donated)) << app.session().plan().toJson();
+    EXPECT_GE(cThreads, 2) << "one thread at least for each of its two shards";
+    EXPECT_EQ(board.problem().toStdString(), "") << "the thread budget holds";
     board.undoStack()->undo();
     EXPECT_EQ(app.session().plan().toJson(), withTp);
     EXPECT_TRUE(app.window->launchPane().launchButton()->isEnabled());

@@ -415,7 +415,42 @@ QString AppSession::planProblem(const Plan& plan) const
                     .arg(workerStateName(it->state))
                     .arg(it->reason.empty() ? QString() : " (" + QString::fromStdString(it->reason) + ")");
         }
+    // A worker holds to the threads it donates, over all the shards it runs (its daemon refuses the rest).
+    for (auto& w : known) {
+        const uint32_t donated = w.maxThreads ? w.maxThreads : w.cores;
+        if (!donated)
+            continue;
+        int asked = 0;
+        QStringList where;
+        for (size_t s = 0; s < plan.stages.size(); ++s)
+            for (auto& r : plan.stages[s].ranks)
+                if (r.worker == w.address) {
+                    asked += r.threads;
+                    where << QString("stage %1: %2").arg(s).arg(r.threads);
+                }
+        if (asked > static_cast<int>(donated))
+            return QString("%1 donates %2 threads and this placement asks %3 of it (%4): lower the threads in the Stages table")
+                .arg(QString::fromStdString(w.address))
+                .arg(donated)
+                .arg(asked)
+                .arg(where.join(", "));
+    }
     return {};
+}
+
+int AppSession::spareThreads(const Plan& plan, const std::string& worker, int skipStage) const
+{
+    for (auto& w : workers())
+        if (w.address == worker) {
+            int used = 0;
+            for (size_t s = 0; s < plan.stages.size(); ++s)
+                if (static_cast<int>(s) != skipStage)
+                    for (auto& r : plan.stages[s].ranks)
+                        if (r.worker == worker)
+                            used += r.threads;
+            return static_cast<int>(w.maxThreads ? w.maxThreads : w.cores) - used;
+        }
+    return 0;
 }
 
 int AppSession::defaultThreads(const std::string& worker) const

@@ -82,6 +82,8 @@ public:
     QString planProblem(const Plan& plan) const;
     // The threads a new rank on `worker` gets: what the plan already gives it, else what it donates.
     int defaultThreads(const std::string& worker) const;
+    // The threads `worker` donates that `plan` leaves free, not counting stage `skipStage` (0 or less: none).
+    int spareThreads(const Plan& plan, const std::string& worker, int skipStage = -1) const;
     bool measured(const std::string& worker) const; // surveyed: the cost model can predict with it
     // Memory each worker of the plan would need at `dtype` and `context` (weights, KV cache, runtime).
     std::map<std::string, uint64_t> plannedBytes(const QString& dtype, int64_t context) const;

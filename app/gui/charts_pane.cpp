@@ -41,7 +41,7 @@ QCustomPlot* makePlot(const QString& title, const QString& xLabel, const QString
     // Its own minimum grows with the legend's longest entry: the layout must not let that push the window's
     // other panes aside, so it holds the plot to a fixed floor instead.
     p->setSizePolicy(QSizePolicy::Ignored, QSizePolicy::Ignored);
-    p->setMinimumSize(220, 150);
+    p->setMinimumSize(180, 110);
     p->plotLayout()->insertRow(0);
     p->plotLayout()->addElement(0, 0, new QCPTextElement(p, title, QFont("sans", 9, QFont::Bold)));
     p->xAxis->setLabel(xLabel);
@@ -181,9 +181,21 @@ ChartsPane::ChartsPane(QWidget* parent)
                 p->setToolTip({});
                 return;
             }
+            // The data point nearest the mouse, not the mouse's own coordinates.
             const double x = p->xAxis->pixelToCoord(e->position().x());
-            const double y = hit->valueAxis()->pixelToCoord(e->position().y());
-            p->setToolTip(QString("%1\n%2 %3, %4").arg(hit->name()).arg(p->xAxis->label()).arg(x, 0, 'f', 2).arg(y, 0, 'f', 2));
+            QCPPlottableInterface1D* data = hit->interface1D();
+            if (!data || data->dataCount() == 0) {
+                p->setToolTip({});
+                return;
+            }
+            int i = std::clamp(data->findBegin(x, false), 0, data->dataCount() - 1);
+            if (i + 1 < data->dataCount() && std::abs(data->dataMainKey(i + 1) - x) < std::abs(data->dataMainKey(i) - x))
+                ++i;
+            p->setToolTip(QString("%1\n%2 %3: %4")
+                              .arg(hit->name())
+                              .arg(p->xAxis->label())
+                              .arg(data->dataMainKey(i), 0, 'f', 1)
+                              .arg(data->dataMainValue(i), 0, 'f', 2));
         });
 
     auto* timelineTimer = new QTimer(this);
@@ -237,6 +249,13 @@ void ChartsPane::addStep(const StepRecord& step)
     if (step.step == 0 || step.endToEndMs <= 0)
         return; // the prefill is not a token's time
     const double t = m_clock.nsecsElapsed() / 1e9;
+    // After a pause between replies the lines break instead of joining across the idle time.
+    if (m_lastT > 0 && t - m_lastT > 2.0) {
+        const double gap = m_lastT + 0.001;
+        m_tps->addData(gap, qQNaN());
+        for (auto& [name, s] : m_series)
+            s.graph->addData(gap, qQNaN());
+    }
     m_lastT = t;
     m_tps->addData(t, 1000.0 / step.endToEndMs);
 

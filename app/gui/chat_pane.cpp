@@ -148,6 +148,7 @@ ChatPane::ChatPane(AppSession& session, const QString& storePath, QWidget* paren
     m_input->setPlaceholderText("Message (Enter sends, Shift+Enter starts a new line)");
     m_input->setAccessibleDescription("Enter sends, Shift+Enter starts a new line");
     m_input->setMaximumHeight(70);
+    m_input->setTabChangesFocus(true); // Tab leaves the message for the buttons, as in a form
     m_input->installEventFilter(this);
     bottom->addWidget(m_input, 1);
     auto* buttons = new QVBoxLayout;

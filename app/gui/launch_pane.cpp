@@ -153,6 +153,7 @@ void LaunchPane::setExplanation(const QString& text)
     // Auto place's reasons hold for its proposal; once the board changes the plan they are hidden (Undo brings
     // both back).
     m_explained = m_session.plan().toJson();
+    m_explainedText = text;
     m_explanation->setText(text);
     refresh();
 }
@@ -161,7 +162,7 @@ void LaunchPane::setProposing(bool on)
 {
     m_proposing = on;
     if (on)
-        m_explanation->setText("Measuring the machines and their links for a placement…");
+        m_explainedText = "Measuring the machines and their links for a placement…";
     refresh();
 }
 
@@ -181,6 +182,9 @@ void LaunchPane::refresh()
 {
     if (m_session.hasModel()) {
         const auto& c = m_session.config();
+        // The model's own limit caps the context (0 stands for it).
+        if (c.contextLimit() > 0 && m_context->maximum() != static_cast<int>(std::min<int64_t>(c.contextLimit(), 1 << 20)))
+            m_context->setMaximum(static_cast<int>(std::min<int64_t>(c.contextLimit(), 1 << 20)));
         // A folder named like "hf" or a snapshot hash says little: its parent's name goes first.
         QFileInfo dir(m_session.modelDir());
         QString name = dir.fileName();
@@ -204,7 +208,9 @@ void LaunchPane::refresh()
         m_prediction->setText(m_session.hasModel() ? "No placement yet: it is proposed once workers are ready." : "No placement yet.");
         m_prediction->setToolTip({});
     }
-    m_explanation->setVisible(m_proposing || !m_session.hasPlan() || m_session.plan().toJson() == m_explained);
+    // Auto place's reasons hold for its proposal; after edits they stay (so nothing below moves) marked as such.
+    const bool stale = !m_proposing && m_session.hasPlan() && !m_explainedText.isEmpty() && m_session.plan().toJson() != m_explained;
+    m_explanation->setText(stale ? "Auto place proposed (before your edits; Undo returns to it): " + m_explainedText : m_explainedText);
     const bool busy = m_launching || m_proposing;
     m_board->setLocked(m_session.launched() || m_launching ? "unload the model to change where it runs" : m_proposing ? "measuring for Auto place…" : QString());
     const bool valid = m_session.planProblem(m_session.plan()).isEmpty();
@@ -351,6 +357,9 @@ void LaunchPane::onControllerEvent(const ControllerEvent& e)
         break;
     case ControllerEvent::Kind::LaunchFailed:
         m_launching = false;
+        for (auto* b : m_bars) // nothing is left running: no bar stays at "connecting"
+            if (b->value() < 1000)
+                b->setFormat("not launched");
         setStatus("launch failed: " + QString::fromStdString(e.text), true);
         refresh();
         // The master's own check refused (free memory changed since): the same offer. A forced launch that a

@@ -84,6 +84,7 @@ private:
     bool m_proposing = false;
     QString m_busy;
     std::string m_explained; // the plan the explanation is about
+    QString m_explainedText;
 };
 
 } // namespace together::gui

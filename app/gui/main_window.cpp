@@ -82,7 +82,7 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
     scroll->setWidget(m_launch);
     scroll->setWidgetResizable(true);
     scroll->setFrameShape(QFrame::NoFrame);
-    scroll->setHorizontalScrollBarPolicy(Qt::ScrollBarAlwaysOff); // the pane wraps to the dock's width
+    // The pane wraps to the dock's width; a dock dragged narrower than its buttons scrolls instead of cutting.
     auto* placementDock = dock("Placement", scroll, Qt::LeftDockWidgetArea);
     m_charts = new ChartsPane;
     m_charts->setTraceSource([this](size_t lastSteps) -> std::string {
@@ -189,16 +189,20 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
     connect(m_session, &AppSession::controllerEvent, this, [this](const ControllerEvent& e) {
         if (e.kind == ControllerEvent::Kind::Log)
             statusBar()->showMessage(QString::fromStdString(e.text), 8000);
+        if (e.kind == ControllerEvent::Kind::LaunchFailed) // also where it is seen whatever the panes show
+            statusBar()->showMessage("launch failed: " + QString::fromStdString(e.text), 30000);
         if (e.kind == ControllerEvent::Kind::Step)
             m_charts->addStep(e.step);
         // A chat reply is one of the session's runs; a bench's generations are the pane's own.
-        if (e.kind == ControllerEvent::Kind::Ended && !m_performance->benching() && e.result.decodeSteps > 0)
+        const bool chatRun = e.kind == ControllerEvent::Kind::Ended && !m_performance->benching() && e.result.decodeSteps > 0;
+        m_launch->onControllerEvent(e);
+        m_chat->onControllerEvent(e);
+        if (chatRun)
             m_performance->addChatRun(static_cast<int>(e.result.promptTokens), static_cast<int>(e.result.tokens.size()),
                                       e.result.prefillSeconds * 1000.0,
                                       e.result.decodeSeconds > 0 ? e.result.decodeSteps / e.result.decodeSeconds : 0);
+        // After the launch and chat panes: what the bench waits for is their state after this event.
         m_performance->onControllerEvent(e);
-        m_launch->onControllerEvent(e);
-        m_chat->onControllerEvent(e);
         if (e.kind == ControllerEvent::Kind::Launched) {
             m_machines->model().clearFaults();
             m_chat->setLaunched(!m_performance->benching()); // a bench's variants launch too: the chat waits for its end

@@ -121,12 +121,12 @@ PerformancePane::PerformancePane(AppSession& session, QWidget* parent)
 
     m_status = new QLabel;
     m_status->setWordWrap(true);
-    m_status->setAccessibleName("Performance status");
+    m_status->setAccessibleDescription("The bench's progress and result"); // its name is its text, for screen readers
     m_status->setTextInteractionFlags(Qt::TextSelectableByMouse);
     layout->addWidget(m_status);
     m_verdict = new QLabel;
     m_verdict->setWordWrap(true);
-    m_verdict->setAccessibleName("Verify verdict");
+    m_verdict->setAccessibleDescription("Verify's verdict"); // its name is its text
     m_verdict->setTextInteractionFlags(Qt::TextSelectableByMouse | Qt::TextSelectableByKeyboard);
     layout->addWidget(m_verdict);
 
@@ -226,8 +226,12 @@ void PerformancePane::addRow(const BenchRow& row)
 {
     m_rows.push_back(row);
     BenchRow& r = m_rows.back();
-    const BenchRow& base = m_rows.front();
-    r.efficiency = base.decodeTps > 0 && base.machines > 0 ? 100.0 * (r.decodeTps / base.decodeTps) / (static_cast<double>(r.machines) / base.machines) : 0;
+    // Scaling against this session's first bench of the same model (chat replies differ in prompt and length:
+    // they are not compared).
+    auto base = std::find_if(m_rows.begin(), m_rows.end(), [&](const BenchRow& b) { return b.placement != "chat" && b.model == r.model; });
+    r.efficiency = r.placement != "chat" && base != m_rows.end() && base->decodeTps > 0 && base->machines > 0
+                       ? 100.0 * (r.decodeTps / base->decodeTps) / (static_cast<double>(r.machines) / base->machines)
+                       : 0;
     m_table->setRowCount(static_cast<int>(m_rows.size()));
     showRow(m_rows.size() - 1);
     m_table->scrollToBottom();

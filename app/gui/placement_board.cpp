@@ -184,6 +184,9 @@ void LayerBlock::keyPressEvent(QKeyEvent* e)
     case Qt::Key_End:
         m_canvas.focusLayer(m_canvas.layers() - 1, shift);
         return;
+    case Qt::Key_Escape:
+        m_canvas.setSelection({});
+        return;
     case Qt::Key_Space:
     case Qt::Key_Select:
         m_canvas.select(m_layer, e->modifiers() | Qt::ControlModifier);
@@ -222,7 +225,7 @@ Lane::Lane(BoardCanvas& canvas, QWidget* parent)
 void Lane::setInfo(const LaneInfo& info)
 {
     m_info = info;
-    setAccessibleName(q(info.address));
+    setAccessibleName(info.address.empty() ? QString("Not placed") : q(info.address));
     QString d = info.state + QString(", %1 thread%2").arg(info.threads).arg(info.threads == 1 ? "" : "s");
     if (info.usableBytes)
         d += QString(", this placement needs %1 of %2").arg(formatBytes(static_cast<double>(info.needBytes)), formatBytes(static_cast<double>(info.usableBytes)));
@@ -255,12 +258,13 @@ void Lane::paintEvent(QPaintEvent*)
     p.setFont(bold);
     p.setPen(m_info.ready ? QColor("#1a1a1a") : QColor("#777"));
     const QRect addr(8, 2, hw - 12, 16);
-    p.drawText(addr, Qt::AlignLeft | Qt::AlignVCenter, p.fontMetrics().elidedText(q(m_info.address), Qt::ElideMiddle, addr.width()));
+    p.drawText(addr, Qt::AlignLeft | Qt::AlignVCenter,
+               p.fontMetrics().elidedText(m_info.address.empty() ? QString("Not placed") : q(m_info.address), Qt::ElideMiddle, addr.width()));
     QFont small = font();
     small.setPointSizeF(small.pointSizeF() * 0.85);
     p.setFont(small);
     p.setPen(QColor("#555"));
-    QString line2 = QString("%1 · %2 thr").arg(m_info.state).arg(m_info.threads);
+    QString line2 = m_info.address.empty() ? m_info.state : QString("%1 · %2 thr").arg(m_info.state).arg(m_info.threads);
     if (m_info.predictedMs >= 0)
         line2 += QString(" · %1 ms").arg(m_info.predictedMs, 0, 'f', m_info.predictedMs < 10 ? 2 : 1);
     p.drawText(QRect(8, 17, hw - 12, 14), Qt::AlignLeft | Qt::AlignVCenter, p.fontMetrics().elidedText(line2, Qt::ElideRight, hw - 12));
@@ -459,7 +463,7 @@ void BoardCanvas::relayout()
     const auto ranks = layerRanks(m_plan, m_layers);
     for (int64_t l = 0; l < m_layers; ++l) {
         LayerBlock* b = m_blocks[static_cast<size_t>(l)];
-        Lane* on = ranks[l].empty() ? nullptr : lane(ranks[l].front().worker);
+        Lane* on = lane(ranks[l].empty() ? std::string() : ranks[l].front().worker); // "": the not-placed lane
         if (!on) {
             b->hide();
             continue;
@@ -596,6 +600,8 @@ void BoardCanvas::startLaneDrag(Lane* from, QPoint at)
         return;
     }
     const std::string addr = from->info().address;
+    if (addr.empty()) // the lane of layers no machine runs
+        return;
     QMimeData* mime = nullptr;
     int stage = -1;
     if (at.x() < kHeaderWidth) {
@@ -639,6 +645,8 @@ BoardCanvas::Candidate BoardCanvas::checked(Candidate c) const
         c.plan.reset();
         return c;
     }
+    if (m_fit && !c.target.empty())
+        m_fit(*c.plan, c.target);
     if (m_check) {
         const QString why = m_check(*c.plan, c.target);
         if (!why.isEmpty()) {
@@ -662,7 +670,7 @@ BoardCanvas::Candidate BoardCanvas::candidate(const QMimeData* mime, QPoint pos)
                 layers.push_back(v.toInteger(-1));
             if (layers.empty())
                 return c;
-            if (!onLane) {
+            if (!onLane || onLane->info().address.empty()) {
                 c.why = "drop the layers onto a machine's lane";
                 return c;
             }
@@ -904,6 +912,7 @@ PlacementBoard::PlacementBoard(AppSession& session, QWidget* parent)
     scroll->setWidgetResizable(true);
     scroll->setFrameShape(QFrame::StyledPanel);
     scroll->setMinimumHeight(2 * BoardCanvas::kLaneHeight + 8);
+    scroll->setFocusPolicy(Qt::NoFocus); // Tab goes to the layer blocks, not to the frame around them
     m_scroll = scroll;
     m_tabs->addTab(scroll, "Board");
 
@@ -939,7 +948,7 @@ PlacementBoard::PlacementBoard(AppSession& session, QWidget* parent)
     layout->addWidget(m_check);
     m_message = new QLabel;
     m_message->setWordWrap(true);
-    m_message->setAccessibleName("Board message");
+    m_message->setAccessibleDescription("The board's last change, or why a drop was refused"); // its name is its text
     layout->addWidget(m_message);
 
     auto* whatIf = new QHBoxLayout;
@@ -958,12 +967,32 @@ PlacementBoard::PlacementBoard(AppSession& session, QWidget* parent)
     whatIf->addWidget(m_whatIfLine, 1);
     layout->addLayout(whatIf);
 
+    m_canvas->setFit([this](Plan& plan, const std::string& target) {
+        // A machine that runs several shards splits the threads it donates among them (its daemon refuses more).
+        std::vector<PlanRank*> mine;
+        int asked = 0;
+        for (auto& st : plan.stages)
+            for (auto& r : st.ranks)
+                if (r.worker == target) {
+                    mine.push_back(&r);
+                    asked += r.threads;
+                }
+        const int donated = m_session.spareThreads(plan, target) + asked;
+        const int n = static_cast<int>(mine.size());
+        if (n > 0 && asked > donated && donated >= n)
+            for (int i = 0; i < n; ++i)
+                mine[static_cast<size_t>(i)]->threads = donated / n + (i < donated % n ? 1 : 0);
+    });
     m_canvas->setCheck([this](const Plan& plan, const std::string& target) -> QString {
         try {
             plan.validate(m_session.config());
         } catch (const std::exception& e) {
             return e.what();
         }
+        if (!target.empty() && m_session.spareThreads(plan, target) < 0)
+            for (auto& w : m_session.workers())
+                if (w.address == target)
+                    return QString("%1 donates %2 threads: too few for one per shard it would run").arg(q(target)).arg(w.maxThreads ? w.maxThreads : w.cores);
         if (!target.empty())
             for (auto& w : m_session.workers())
                 if (w.address == target && w.state != WorkerState::Ready)
@@ -975,7 +1004,13 @@ PlacementBoard::PlacementBoard(AppSession& session, QWidget* parent)
     });
     connect(m_canvas, &BoardCanvas::edited, this, [this](const Plan& plan, const QString& what) { apply(plan, what); });
     connect(m_canvas, &BoardCanvas::refused, this, [this](const QString& why) { showMessage("Not moved: " + why, true); });
-    connect(m_canvas, &BoardCanvas::hint, this, [this](const QString& text) { showMessage(text, false); });
+    // A hover's hint replaces a hint; it never wipes the result of the last drop (a refusal stays readable).
+    connect(m_canvas, &BoardCanvas::hint, this, [this](const QString& text) {
+        if (m_messageIsHint || !text.isEmpty()) {
+            showMessage(text, false);
+            m_messageIsHint = true;
+        }
+    });
     connect(m_canvas, &BoardCanvas::contextMenuRequested, this, [this](QPoint at) {
         QMenu menu(this);
         QMenu* assign = menu.addMenu("Assign to");
@@ -1112,6 +1147,7 @@ QString PlacementBoard::whatIfText() const { return m_whatIfLine->text(); }
 
 void PlacementBoard::showMessage(const QString& text, bool error)
 {
+    m_messageIsHint = false;
     m_lastMessage = text;
     m_message->setStyleSheet(error ? "color:" + statusColor(Status::Error).name() : "color:#555");
     m_message->setText(text);
@@ -1155,8 +1191,16 @@ void PlacementBoard::showAddMenu(QPoint at)
             const auto& ranks = m_canvas->plan().stages[static_cast<size_t>(stage)].ranks;
             if (std::any_of(ranks.begin(), ranks.end(), [&](const PlanRank& r) { return r.worker == a; }))
                 continue;
-            QAction* act = menu.addAction(QString("%1 to stage %2").arg(q(a)).arg(stage), this, [this, stage, a] { m_canvas->addRankTo(stage, a); });
-            act->setEnabled(l->info().ready);
+            QString why = l->info().ready ? QString() : l->info().state;
+            if (why.isEmpty())
+                try {
+                    addRank(m_canvas->plan(), static_cast<size_t>(stage), PlanRank{a, 1, {}}).validate(m_session.config());
+                } catch (const std::exception& e) {
+                    why = e.what();
+                }
+            QAction* act = menu.addAction(QString("%1 to stage %2").arg(q(a)).arg(stage) + (why.isEmpty() ? QString() : " — " + why), this,
+                                          [this, stage, a] { m_canvas->addRankTo(stage, a); });
+            act->setEnabled(why.isEmpty());
         }
     menu.exec(at);
 }
@@ -1215,6 +1259,13 @@ std::vector<LaneInfo> PlacementBoard::laneInfos() const
             if (any)
                 l.predictedMs = ms;
         }
+    // Layers no stage covers (a gap typed in the table) sit in a lane of their own at the top, to be dragged.
+    const auto per = layerRanks(plan, m_session.hasModel() ? m_session.config().numLayers : 0);
+    if (!plan.stages.empty() && std::any_of(per.begin(), per.end(), [](const auto& r) { return r.empty(); })) {
+        LaneInfo l;
+        l.state = "run by no machine";
+        out.insert(out.begin(), l);
+    }
     // Machines the plan names that discovery does not know (a loaded plan file): a lane each, not ready.
     for (auto& st : plan.stages)
         for (auto& r : st.ranks)

@@ -102,6 +102,8 @@ public:
     // What a candidate plan would break ("" when nothing), given the machine it puts work on.
     void setCheck(std::function<QString(const Plan&, const std::string& target)> check) { m_check = std::move(check); }
     void setReadOnly(const QString& why) { m_readOnly = why; } // "": editable
+    // Adjusts a candidate before it is checked (the target's threads to what it has left).
+    void setFit(std::function<void(Plan&, const std::string& target)> fit) { m_fit = std::move(fit); }
 
     const Plan& plan() const { return m_plan; }
     int64_t layers() const { return m_layers; }
@@ -175,6 +177,7 @@ private:
     std::set<int64_t> m_selected;
     int64_t m_anchor = -1;
     std::function<QString(const Plan&, const std::string&)> m_check;
+    std::function<void(Plan&, const std::string&)> m_fit;
     QString m_readOnly;
     Lane* m_dropLane = nullptr;
     bool m_dropOk = false;
@@ -248,6 +251,7 @@ private:
     Plan m_shown;          // the plan on the board: a change the board did not make becomes an undo step too
     bool m_applying = false;
     bool m_filling = false;
+    bool m_messageIsHint = false; // the message line shows a drag's hover hint, not an edit's result
 };
 
 } // namespace together::gui
