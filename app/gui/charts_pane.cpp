@@ -8,6 +8,7 @@
 #include <QMessageBox>
 #include <QPushButton>
 #include <QSaveFile>
+#include <QScrollArea>
 #include <QGridLayout>
 #include <QHBoxLayout>
 #include <QJsonArray>
@@ -41,7 +42,7 @@ QCustomPlot* makePlot(const QString& title, const QString& xLabel, const QString
     // Its own minimum grows with the legend's longest entry: the layout must not let that push the window's
     // other panes aside, so it holds the plot to a fixed floor instead.
     p->setSizePolicy(QSizePolicy::Ignored, QSizePolicy::Ignored);
-    p->setMinimumSize(180, 110);
+    p->setMinimumSize(200, 150);
     p->plotLayout()->insertRow(0);
     p->plotLayout()->addElement(0, 0, new QCPTextElement(p, title, QFont("sans", 9, QFont::Bold)));
     p->xAxis->setLabel(xLabel);
@@ -119,7 +120,11 @@ ChartsPane::ChartsPane(QWidget* parent)
     });
     layout->addLayout(top);
     // Two by two: speed and where it goes on top, per-link latency and the timeline of the last tokens below.
-    auto* plots = new QGridLayout;
+    // In a scroll area: a dock made shorter than the four plots' floor scrolls instead of drawing them under
+    // whatever comes next.
+    auto* plotArea = new QWidget;
+    auto* plots = new QGridLayout(plotArea);
+    plots->setContentsMargins(0, 0, 0, 0);
     plots->setSpacing(4);
     m_tokens = makePlot("Tokens/s", "time (s)", "tokens/s");
     m_links = makePlot("Per-link latency per token", "time (s)", "ms");
@@ -141,7 +146,12 @@ ChartsPane::ChartsPane(QWidget* parent)
     plots->addWidget(m_stack, 0, 1);
     plots->addWidget(m_links, 1, 0);
     plots->addWidget(m_timeline, 1, 1);
-    layout->addLayout(plots, 1);
+    auto* scroll = new QScrollArea;
+    scroll->setWidget(plotArea);
+    scroll->setWidgetResizable(true);
+    scroll->setFrameShape(QFrame::NoFrame);
+    scroll->setFocusPolicy(Qt::NoFocus);
+    layout->addWidget(scroll, 1);
 
     m_tps = m_tokens->addGraph();
     m_tps->setName("decode tokens/s");

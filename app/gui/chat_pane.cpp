@@ -12,6 +12,7 @@
 #include <QComboBox>
 #include <QDoubleSpinBox>
 #include <QFormLayout>
+#include <QGridLayout>
 #include <QHBoxLayout>
 #include <QInputDialog>
 #include <QKeyEvent>
@@ -151,7 +152,7 @@ ChatPane::ChatPane(AppSession& session, const QString& storePath, QWidget* paren
     m_input->setTabChangesFocus(true); // Tab leaves the message for the buttons, as in a form
     m_input->installEventFilter(this);
     bottom->addWidget(m_input, 1);
-    auto* buttons = new QVBoxLayout;
+    auto* buttons = new QGridLayout; // two by two: the chat stays short enough to leave the charts their room
     m_send = new QPushButton("Send");
     m_send->setAccessibleName("Send");
     m_stop = new QPushButton("Stop");
@@ -160,8 +161,10 @@ ChatPane::ChatPane(AppSession& session, const QString& storePath, QWidget* paren
     m_continue->setAccessibleName("Continue");
     m_regenerate = new QPushButton("Regenerate");
     m_regenerate->setAccessibleName("Regenerate");
-    for (auto* b : {m_send, m_stop, m_continue, m_regenerate})
-        buttons->addWidget(b);
+    buttons->addWidget(m_send, 0, 0);
+    buttons->addWidget(m_stop, 0, 1);
+    buttons->addWidget(m_continue, 1, 0);
+    buttons->addWidget(m_regenerate, 1, 1);
     bottom->addLayout(buttons);
     layout->addLayout(bottom);
 

@@ -103,7 +103,7 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
         QTimer::singleShot(0, this, [this, machinesDock, placementDock, charts] {
             resizeDocks({machinesDock}, {std::max(560, width() * 46 / 100)}, Qt::Horizontal);
             resizeDocks({machinesDock, placementDock}, {200, std::max(400, height() - 270)}, Qt::Vertical);
-            resizeDocks({charts}, {std::max(300, height() * 42 / 100)}, Qt::Vertical);
+            resizeDocks({charts}, {std::max(320, height() / 2)}, Qt::Vertical);
         });
 
     auto* tools = addToolBar("Main");
