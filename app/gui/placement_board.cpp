@@ -1013,24 +1013,9 @@ PlacementBoard::PlacementBoard(AppSession& session, QWidget* parent)
     });
     connect(m_canvas, &BoardCanvas::contextMenuRequested, this, [this](QPoint at) {
         QMenu menu(this);
-        QMenu* assign = menu.addMenu("Assign to");
-        QMenu* add = menu.addMenu("Add to stage");
-        QMenu* remove = menu.addMenu("Remove from stage");
-        const int stage = selectedStage();
-        const auto layers = std::vector<int64_t>(m_canvas->selection().begin(), m_canvas->selection().end());
-        for (auto* l : m_canvas->lanes()) {
-            const std::string a = l->info().address;
-            assign->addAction(q(a), this, [this, layers, a] { m_canvas->assignTo(layers, a); });
-            if (stage >= 0)
-                add->addAction(q(a), this, [this, stage, a] { m_canvas->addRankTo(stage, a); });
-        }
-        if (stage >= 0)
-            for (auto& r : m_canvas->plan().stages[static_cast<size_t>(stage)].ranks) {
-                const std::string a = r.worker;
-                remove->addAction(q(a), this, [this, stage, a] { m_canvas->removeRankFrom(stage, a); });
-            }
-        add->setEnabled(stage >= 0);
-        remove->setEnabled(stage >= 0);
+        fillAssignMenu(*menu.addMenu("Assign to"));
+        fillAddMenu(*menu.addMenu("Add to stage"));
+        fillRemoveMenu(*menu.addMenu("Remove from stage"));
         menu.exec(at);
     });
     connect(m_autoPlace, &QPushButton::clicked, this, &PlacementBoard::autoPlaceRequested);
@@ -1167,56 +1152,76 @@ int PlacementBoard::selectedStage() const
 void PlacementBoard::showAssignMenu(QPoint at)
 {
     QMenu menu(this);
-    const auto layers = std::vector<int64_t>(m_canvas->selection().begin(), m_canvas->selection().end());
-    if (layers.empty())
-        menu.addAction("Select layers first")->setEnabled(false);
-    else
-        for (auto* l : m_canvas->lanes()) {
-            const std::string a = l->info().address;
-            QAction* act = menu.addAction(q(a), this, [this, layers, a] { m_canvas->assignTo(layers, a); });
-            act->setEnabled(l->info().ready);
-        }
+    fillAssignMenu(menu);
     menu.exec(at);
 }
 
 void PlacementBoard::showAddMenu(QPoint at)
 {
     QMenu menu(this);
-    const int stage = selectedStage();
-    if (stage < 0)
-        menu.addAction("Select a layer of the stage first")->setEnabled(false);
-    else
-        for (auto* l : m_canvas->lanes()) {
-            const std::string a = l->info().address;
-            const auto& ranks = m_canvas->plan().stages[static_cast<size_t>(stage)].ranks;
-            if (std::any_of(ranks.begin(), ranks.end(), [&](const PlanRank& r) { return r.worker == a; }))
-                continue;
-            QString why = l->info().ready ? QString() : l->info().state;
-            if (why.isEmpty())
-                try {
-                    addRank(m_canvas->plan(), static_cast<size_t>(stage), PlanRank{a, 1, {}}).validate(m_session.config());
-                } catch (const std::exception& e) {
-                    why = e.what();
-                }
-            QAction* act = menu.addAction(QString("%1 to stage %2").arg(q(a)).arg(stage) + (why.isEmpty() ? QString() : " — " + why), this,
-                                          [this, stage, a] { m_canvas->addRankTo(stage, a); });
-            act->setEnabled(why.isEmpty());
-        }
+    fillAddMenu(menu);
     menu.exec(at);
 }
 
 void PlacementBoard::showRemoveMenu(QPoint at)
 {
     QMenu menu(this);
-    const int stage = selectedStage();
-    if (stage < 0)
-        menu.addAction("Select a layer of the stage first")->setEnabled(false);
-    else
-        for (auto& r : m_canvas->plan().stages[static_cast<size_t>(stage)].ranks) {
-            const std::string a = r.worker;
-            menu.addAction(QString("%1 from stage %2").arg(q(a)).arg(stage), this, [this, stage, a] { m_canvas->removeRankFrom(stage, a); });
-        }
+    fillRemoveMenu(menu);
     menu.exec(at);
+}
+
+void PlacementBoard::fillAssignMenu(QMenu& menu)
+{
+    const auto layers = std::vector<int64_t>(m_canvas->selection().begin(), m_canvas->selection().end());
+    if (layers.empty()) {
+        menu.addAction("Select layers first")->setEnabled(false);
+        return;
+    }
+    for (auto* l : m_canvas->lanes()) {
+        const std::string a = l->info().address;
+        if (a.empty()) // the not-placed lane
+            continue;
+        QAction* act = menu.addAction(q(a), this, [this, layers, a] { m_canvas->assignTo(layers, a); });
+        act->setEnabled(l->info().ready);
+    }
+}
+
+void PlacementBoard::fillAddMenu(QMenu& menu)
+{
+    const int stage = selectedStage();
+    if (stage < 0) {
+        menu.addAction("Select a layer of the stage first")->setEnabled(false);
+        return;
+    }
+    const auto& ranks = m_canvas->plan().stages[static_cast<size_t>(stage)].ranks;
+    for (auto* l : m_canvas->lanes()) {
+        const std::string a = l->info().address;
+        if (a.empty() || std::any_of(ranks.begin(), ranks.end(), [&](const PlanRank& r) { return r.worker == a; }))
+            continue;
+        QString why = l->info().ready ? QString() : l->info().state;
+        if (why.isEmpty())
+            try {
+                addRank(m_canvas->plan(), static_cast<size_t>(stage), PlanRank{a, 1, {}}).validate(m_session.config());
+            } catch (const std::exception& e) {
+                why = e.what();
+            }
+        QAction* act = menu.addAction(QString("%1 to stage %2").arg(q(a)).arg(stage) + (why.isEmpty() ? QString() : " — " + why), this,
+                                      [this, stage, a] { m_canvas->addRankTo(stage, a); });
+        act->setEnabled(why.isEmpty());
+    }
+}
+
+void PlacementBoard::fillRemoveMenu(QMenu& menu)
+{
+    const int stage = selectedStage();
+    if (stage < 0) {
+        menu.addAction("Select a layer of the stage first")->setEnabled(false);
+        return;
+    }
+    for (auto& r : m_canvas->plan().stages[static_cast<size_t>(stage)].ranks) {
+        const std::string a = r.worker;
+        menu.addAction(QString("%1 from stage %2").arg(q(a)).arg(stage), this, [this, stage, a] { m_canvas->removeRankFrom(stage, a); });
+    }
 }
 
 std::vector<LaneInfo> PlacementBoard::laneInfos() const

@@ -14,6 +14,7 @@
 
 class QComboBox;
 class QLabel;
+class QMenu;
 class QMimeData;
 class QScrollArea;
 class QTabWidget;
@@ -223,6 +224,10 @@ Q_SIGNALS:
     void lockChanged();
 
 private:
+    // The menus' entries, shared by the buttons and the board's context menu.
+    void fillAssignMenu(QMenu& menu);
+    void fillAddMenu(QMenu& menu);
+    void fillRemoveMenu(QMenu& menu);
     void fillTable();
     void tableEdited();
     void showMessage(const QString& text, bool error);
