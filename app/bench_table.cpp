@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "app/bench_table.h"
 
+#include "app/placements.h"
+
 #include "core/error.h"
 #include "core/host_info.h"
 
@@ -56,6 +58,29 @@ std::string hostCpu()
 } // namespace
 
 // "TinyLlama-1.1B" from a Hugging Face cache snapshot (models--ORG--NAME/snapshots/HASH), else the folder's name.
+
+void setBenchPlacement(BenchRow& r, const Plan& plan)
+{
+    r.layout = describePlan(plan);
+    r.pp = static_cast<int>(plan.stages.size());
+    r.tp = 1;
+    std::set<std::string> workers;
+    std::vector<int> threads;
+    for (auto& st : plan.stages) {
+        r.tp = std::max(r.tp, static_cast<int>(st.ranks.size()));
+        for (auto& rk : st.ranks) {
+            workers.insert(rk.worker);
+            threads.push_back(rk.threads);
+        }
+    }
+    r.machines = static_cast<int>(workers.size());
+    r.threads.clear();
+    if (!threads.empty() && std::all_of(threads.begin(), threads.end(), [&](int t) { return t == threads.front(); }))
+        r.threads = std::to_string(threads.front());
+    else
+        for (size_t i = 0; i < threads.size(); ++i)
+            r.threads += (i ? "/" : "") + std::to_string(threads[i]);
+}
 
 std::string benchModelName(const std::string& dir)
 {

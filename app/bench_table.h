@@ -2,6 +2,7 @@
 #pragma once
 
 #include "core/metrics.h"
+#include "core/plan.h"
 
 #include <string>
 #include <vector>
@@ -23,6 +24,10 @@ struct BenchRow {
     bool predicted = false;
     double peakRssMiB = 0, estimateMiB = 0; // the largest shard's
 };
+
+// The row's placement columns from `plan`: layout, TP (the widest stage), PP, machines, threads per rank
+// ("2", or "2/1/1" when they differ).
+void setBenchPlacement(BenchRow& r, const Plan& plan);
 
 // The table's columns, and one row's cells in that order.
 const std::vector<std::string>& benchColumns();

@@ -90,24 +90,8 @@ Row measure(const std::string& modelDir, const PlacementSource& source, const Cl
     Row r;
     r.model = benchModelName(modelDir);
     r.placement = chosen.label;
-    r.layout = describePlan(chosen.plan);
+    setBenchPlacement(r, chosen.plan);
     r.dtype = dtype;
-    r.pp = static_cast<int>(chosen.plan.stages.size());
-    std::set<std::string> workers;
-    std::vector<int> threads;
-    for (auto& st : chosen.plan.stages) {
-        r.tp = std::max(r.tp, static_cast<int>(st.ranks.size()));
-        for (auto& rk : st.ranks) {
-            workers.insert(rk.worker);
-            threads.push_back(rk.threads);
-        }
-    }
-    r.machines = static_cast<int>(workers.size());
-    if (std::all_of(threads.begin(), threads.end(), [&](int t) { return t == threads.front(); }))
-        r.threads = std::to_string(threads.front());
-    else
-        for (size_t i = 0; i < threads.size(); ++i)
-            r.threads += (i ? "/" : "") + std::to_string(threads[i]);
     for (size_t s = 0; s < chosen.plan.stages.size(); ++s)
         for (size_t k = 0; k < chosen.plan.stages[s].ranks.size(); ++k)
             r.estimateMiB = std::max(r.estimateMiB, static_cast<double>(estimateShardMemory(config, chosen.plan.shardSpec(s, static_cast<int>(k)),

@@ -192,23 +192,7 @@ BenchRow PerformancePane::baseRow(const Plan& plan) const
 {
     BenchRow r;
     r.model = benchModelName(m_session.modelDir().toStdString());
-    r.layout = describePlan(plan);
-    r.pp = static_cast<int>(plan.stages.size());
-    std::set<std::string> workers;
-    std::vector<int> threads;
-    for (auto& st : plan.stages) {
-        r.tp = std::max(r.tp, static_cast<int>(st.ranks.size()));
-        for (auto& rk : st.ranks) {
-            workers.insert(rk.worker);
-            threads.push_back(rk.threads);
-        }
-    }
-    r.machines = static_cast<int>(workers.size());
-    if (!threads.empty() && std::all_of(threads.begin(), threads.end(), [&](int t) { return t == threads.front(); }))
-        r.threads = std::to_string(threads.front());
-    else
-        for (size_t i = 0; i < threads.size(); ++i)
-            r.threads += (i ? "/" : "") + std::to_string(threads[i]);
+    setBenchPlacement(r, plan);
     r.dtype = plan.dtype;
     if (r.dtype.empty())
         if (Controller* c = m_session.controller())
