@@ -13,6 +13,7 @@
 #include "core/model_catalog.h"
 #include "core/cluster_key.h"
 #include "core/credentials.h"
+#include "core/run_dtype.h"
 #include "core/error.h"
 #include "core/process.h"
 #include "core/random_model.h"
@@ -60,7 +61,7 @@ const char* kUsage =
     "      A worker daemon's recent log (its own lines and its shards').\n"
     "  together-cli run --model DIR (--plan plan.json | --local tp=T,pp=P | --auto) --prompt TEXT [--chat] [--interactive]\n"
     "                   [--key-file F] [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]\n"
-    "                   [--stop TEXT]... [--dtype bf16|f32] [--threads N] [--trace FILE] [--context N] [--failover]\n"
+    "                   [--stop TEXT]... [--dtype bf16|q8|f32] [--threads N] [--trace FILE] [--context N] [--failover]\n"
     "                   [--timeline FILE] [--metrics FILE] [--window N] [--force] [--predict] [--save-plan F]\n"
     "                   [--local-workers N] [--add HOST:PORT]... [--wait S] [--no-broadcast]\n"
     "      Runs the model across worker daemons, as a ring: each stage streams to the next and the last sends the\n"
@@ -75,7 +76,7 @@ const char* kUsage =
     "      workers left and continue the answer. --timeline: a Chrome trace (Perfetto) of every rank's compute and\n"
     "      links. --metrics: per-link p50/p95 as JSON. --window: tokens the shards may run ahead (default 4).\n"
     "  together-cli bench [--model DIR]... [--local tp=T,pp=P | --plan F | --auto]... [--out PREFIX] [--tokens N]\n"
-    "                     [--prompt-tokens N] [--dtype bf16|f32] [--threads N] [--context N] [--seed-table] [--force]\n"
+    "                     [--prompt-tokens N] [--dtype bf16|q8|f32] [--threads N] [--context N] [--seed-table] [--force]\n"
     "                     [--key-file K] [--local-workers N] [--add HOST:PORT]... [--wait S] [--no-broadcast]\n"
     "      Runs each placement of each model in turn and writes PREFIX.md and PREFIX.csv (without --out, the\n"
     "      Markdown to stdout): a row per placement with TP, PP, machines, dtype, threads, prefill tok/s, decode\n"
@@ -84,7 +85,7 @@ const char* kUsage =
     "      its estimate. --seed-table adds the original together-LLM table (columns models, rows TP sizes). Without\n"
     "      --model: TinyLlama-1.1B's shape with random weights; without placements: TP1, TP2 and PP2 on local\n"
     "      workers. `bench-cluster` is the old name.\n"
-    "  together-cli predict --model DIR (--plan plan.json | --auto) --machines FILE [--dtype bf16|f32] [--context N]\n"
+    "  together-cli predict --model DIR (--plan plan.json | --auto) --machines FILE [--dtype bf16|q8|f32] [--context N]\n"
     "      The cost model: a placement's predicted ms/token split into compute, all-reduces and links, and the same\n"
     "      with every link a named profile (loopback, 10 GbE, 2.5 GbE, 1 GbE, Wi-Fi 5); --auto finds the placement with\n"
     "      the lowest prediction that fits memory and says why. FILE holds each worker's measured speeds (see README).\n"
@@ -337,8 +338,8 @@ int runCluster(const std::vector<std::string>& rest)
         if (!p.dtype.empty())
             dtype = p.dtype;
     }
-    if (dtype != "bf16" && dtype != "f32")
-        throw Error("--dtype must be bf16 or f32");
+    if (!isRunDtype(dtype))
+        throw Error("--dtype must be bf16, q8 or f32");
 
     std::signal(SIGINT, onInterrupt);
     std::signal(SIGPIPE, SIG_IGN);

@@ -4,6 +4,7 @@
 #include "app/bench_table.h"
 
 #include "app/placements.h"
+#include "core/run_dtype.h"
 #include "core/cli_args.h"
 #include "core/cluster.h"
 #include "core/error.h"
@@ -63,8 +64,8 @@ Row measure(const std::string& modelDir, const PlacementSource& source, const Cl
     }
     if (dtype.empty())
         dtype = defaultDtypeName();
-    if (dtype != "bf16" && dtype != "f32")
-        throw Error("--dtype must be bf16 or f32");
+    if (!isRunDtype(dtype))
+        throw Error("--dtype must be bf16, q8 or f32");
     const int64_t context = std::min<int64_t>(config.contextLimit(), o.context > 0 ? o.context : std::max<int64_t>(1024, o.promptTokens + o.decodeTokens + 16));
     if (o.promptTokens + o.decodeTokens + 16 > context)
         throw Error("the prompt and the decode tokens need " + std::to_string(o.promptTokens + o.decodeTokens + 16) +
@@ -95,7 +96,7 @@ Row measure(const std::string& modelDir, const PlacementSource& source, const Cl
     for (size_t s = 0; s < chosen.plan.stages.size(); ++s)
         for (size_t k = 0; k < chosen.plan.stages[s].ranks.size(); ++k)
             r.estimateMiB = std::max(r.estimateMiB, static_cast<double>(estimateShardMemory(config, chosen.plan.shardSpec(s, static_cast<int>(k)),
-                                                                                            dtype == "bf16" ? DType::BF16 : DType::F32, context)
+                                                                                            parseRunDtype(dtype), context)
                                                                             .total()) /
                                                         1048576.0);
     r.promptTokens = o.promptTokens;

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "app/predict_command.h"
 
+#include "core/run_dtype.h"
 #include "core/cli_args.h"
 #include "core/cost_model.h"
 #include "core/error.h"
@@ -135,8 +136,8 @@ int runPredict(const std::vector<std::string>& args)
         throw Error("give exactly one of --plan plan.json or --auto");
     const ModelConfig config = ModelConfig::fromDirectory(a.get("model"));
     const std::string dtype = a.get("dtype", "bf16");
-    if (dtype != "bf16" && dtype != "f32")
-        throw Error("--dtype must be bf16 or f32");
+    if (!isRunDtype(dtype))
+        throw Error("--dtype must be bf16, q8 or f32");
     const int64_t context = a.getInt("context", static_cast<int>(std::min<int64_t>(config.contextLimit(), 4096)));
     if (context < 1)
         throw Error("--context takes a number of positions of at least 1");
@@ -153,7 +154,7 @@ int runPredict(const std::vector<std::string>& args)
     } else {
         plan = Plan::fromJson(readTextFile(a.get("plan")), a.get("plan"));
         prediction = predict(config, plan, dtype, machines, links, std::min<int64_t>(context, 256));
-        const std::string memory = checkMemory(config, plan, dtype == "bf16" ? DType::BF16 : DType::F32, context, machines);
+        const std::string memory = checkMemory(config, plan, parseRunDtype(dtype), context, machines);
         if (!memory.empty())
             std::printf("does not fit: %s\n\n", memory.c_str());
     }

@@ -2,6 +2,7 @@
 #include "app/verify_command.h"
 
 #include "app/placements.h"
+#include "core/run_dtype.h"
 #include "core/cli_args.h"
 #include "core/cluster.h"
 #include "core/error.h"
@@ -78,8 +79,8 @@ int runVerify(const std::vector<std::string>& rawArgs)
         dtype = Plan::fromJson(readTextFile(source.spec), source.spec).dtype;
     if (dtype.empty())
         dtype = defaultDtypeName();
-    if (dtype != "bf16" && dtype != "f32")
-        throw Error("--dtype must be bf16 or f32");
+    if (!isRunDtype(dtype))
+        throw Error("--dtype must be bf16, q8 or f32");
     std::vector<int> prompt = tokenizer.encode(args.get("prompt", "Once upon a time"), true);
     if (prompt.empty())
         throw Error("the prompt is empty after tokenizing");

@@ -283,7 +283,7 @@ void Cluster::launch(const Plan& plan, const std::string& modelDir, const std::s
             m.donatedMemoryBytes = w->maxMemoryBytes;
             machines.push_back(m);
         }
-        const std::string tooBig = checkMemory(m_config, plan, dtype == "bf16" ? DType::BF16 : DType::F32, m_contextLimit, machines);
+        const std::string tooBig = checkMemory(m_config, plan, parseRunDtype(dtype), m_contextLimit, machines);
         if (!tooBig.empty() && !m_beyondFreeMemory)
             fail("the placement does not fit in memory: " + tooBig + " (launch anyway with --force)");
         if (!tooBig.empty())
@@ -301,7 +301,7 @@ void Cluster::launch(const Plan& plan, const std::string& modelDir, const std::s
         req.set_bind_host(hostOf(r.worker->address));
         req.set_threads(static_cast<uint32_t>(plan.stages[r.stage].ranks[static_cast<size_t>(r.rank)].threads));
         req.set_memory_bytes(static_cast<uint64_t>(
-            estimateShardMemory(m_config, plan.shardSpec(r.stage, r.rank), dtype == "bf16" ? DType::BF16 : DType::F32, m_contextLimit).total()));
+            estimateShardMemory(m_config, plan.shardSpec(r.stage, r.rank), parseRunDtype(dtype), m_contextLimit).total()));
         req.set_lease_ms(kLeaseMs);
         req.set_beyond_free_memory(m_beyondFreeMemory);
         v1::LaunchShardReply rep;
@@ -941,7 +941,7 @@ std::vector<Cluster::ShardMemory> Cluster::shardMemory()
         ShardMemory m;
         m.name = m_ranks[i]->name();
         m.peakRssBytes = m_ranks[i]->peakRss;
-        m.sliceBytes = shardBytes(m_config, m_plan.shardSpec(m_ranks[i]->stage, m_ranks[i]->rank), m_dtype == "bf16" ? DType::BF16 : DType::F32);
+        m.sliceBytes = shardBytes(m_config, m_plan.shardSpec(m_ranks[i]->stage, m_ranks[i]->rank), parseRunDtype(m_dtype.empty() ? "bf16" : m_dtype));
         out.push_back(m);
     }
     return out;

@@ -16,7 +16,7 @@ namespace together {
 
 namespace {
 
-DType dtypeOf(const std::string& dtype) { return dtype == "bf16" ? DType::BF16 : DType::F32; }
+RunDtype dtypeOf(const std::string& dtype) { return parseRunDtype(dtype); }
 
 std::string gib(double bytes)
 {
@@ -178,7 +178,7 @@ Prediction predict(const ModelConfig& config, const Plan& plan, const std::strin
                    const LinkTable& links, int64_t positions, int64_t promptTokens)
 {
     plan.validate(config);
-    const DType dt = dtypeOf(dtype);
+    const RunDtype dt = dtypeOf(dtype);
     Prediction p;
     bool prefillKnown = true;
     double prefillSeconds = 0;
@@ -212,7 +212,7 @@ Prediction predict(const ModelConfig& config, const Plan& plan, const std::strin
                 out.slowestRank = m.worker + " (stage " + std::to_string(si) + " rank " + std::to_string(r) + ")";
             }
             if (m.gemmGFlops > 0) {
-                const double params = static_cast<double>(decodeBytesPerToken(config, spec, dt)) / static_cast<double>(dtypeSize(dt));
+                const double params = static_cast<double>(decodeBytesPerToken(config, spec, dt)) / bytesPerWeight(dt);
                 const double threadsShare = std::min(1.0, static_cast<double>(st.ranks[static_cast<size_t>(r)].threads) / std::max<uint32_t>(1, m.threads));
                 stagePrefill = std::max(stagePrefill, 2.0 * params * static_cast<double>(promptTokens) / (m.gemmGFlops * 1e9 * threadsShare * share));
             } else {
@@ -263,7 +263,7 @@ Prediction predict(const ModelConfig& config, const Plan& plan, const std::strin
     return p;
 }
 
-std::string checkMemory(const ModelConfig& config, const Plan& plan, DType dtype, int64_t contextLimit, const std::vector<MachineProfile>& machines)
+std::string checkMemory(const ModelConfig& config, const Plan& plan, RunDtype dtype, int64_t contextLimit, const std::vector<MachineProfile>& machines)
 {
     // By worker (what it donates) and by host (what is free there: its daemons share it).
     std::map<std::string, double> byWorker, byHost;
@@ -297,7 +297,7 @@ struct Candidate {
 // Layers for stages in order, fastest stage first: each takes as many layers as its memory holds, so a token
 // spends its time on the fastest machines (stages of one sequence run one after another: moving a layer to a
 // slower stage only adds to the sum). Nullopt when the layers do not fit.
-std::optional<std::vector<int64_t>> fillLayers(const ModelConfig& c, DType dt, int64_t context, const std::vector<std::vector<const MachineProfile*>>& groups)
+std::optional<std::vector<int64_t>> fillLayers(const ModelConfig& c, RunDtype dt, int64_t context, const std::vector<std::vector<const MachineProfile*>>& groups)
 {
     const size_t S = groups.size();
     std::vector<int64_t> capacity(S, 0);
@@ -350,7 +350,7 @@ AutoPlacement autoPlace(const ModelConfig& config, const std::string& dtype, int
         throw Error("no workers to place the model on");
     if (machines.size() > 12)
         throw Error("auto placement considers at most 12 workers");
-    const DType dt = dtypeOf(dtype);
+    const RunDtype dt = dtypeOf(dtype);
     // Fastest first (all-thread matvec rate at this dtype).
     std::vector<const MachineProfile*> byspeed;
     for (auto& m : machines)

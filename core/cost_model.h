@@ -3,6 +3,7 @@
 
 #include "core/model_config.h"
 #include "core/plan.h"
+#include "core/run_dtype.h"
 #include "core/safetensors.h"
 
 #include <cstdint>
@@ -98,7 +99,7 @@ Prediction predict(const ModelConfig& config, const Plan& plan, const std::strin
 
 // Memory each worker of `plan` would need (weights at `dtype`, KV cache for `contextLimit`, runtime), and
 // whether it fits: "" or "needs about X GiB, HOST has Y GiB free (Z GiB donated)" for the first that does not.
-std::string checkMemory(const ModelConfig& config, const Plan& plan, DType dtype, int64_t contextLimit, const std::vector<MachineProfile>& machines);
+std::string checkMemory(const ModelConfig& config, const Plan& plan, RunDtype dtype, int64_t contextLimit, const std::vector<MachineProfile>& machines);
 
 // The placement with the lowest predicted ms/token that fits in memory: contiguous layer ranges balanced by
 // each machine's measured speed (capped by its memory), and tensor-parallel groups only where the prediction

@@ -108,7 +108,7 @@ ModelEntry describeModelFolder(const std::string& dirText, const std::string& dt
     }
     const std::string runAs = !dtype.empty() ? dtype : e.dtype == "bf16" || e.dtype == "f16" ? "bf16" : "f32";
     e.neededBytes = static_cast<uint64_t>(
-        estimateShardMemory(config, ShardSpec::whole(config), runAs == "bf16" ? DType::BF16 : DType::F32, std::min<int64_t>(config.contextLimit(), 4096))
+        estimateShardMemory(config, ShardSpec::whole(config), parseRunDtype(runAs), std::min<int64_t>(config.contextLimit(), 4096))
             .total());
     if (availableBytes > 0 && e.neededBytes > availableBytes) {
         e.reason = "too big for the machines: needs about " + formatBytes(e.neededBytes) + " at " + runAs + ", they have " + formatBytes(availableBytes) +

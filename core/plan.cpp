@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "core/plan.h"
 
+#include "core/run_dtype.h"
 #include "core/error.h"
 
 #include <nlohmann/json.hpp>
@@ -95,8 +96,8 @@ void Plan::validate(const ModelConfig& config, const std::vector<std::string>& k
 {
     if (stages.empty())
         throw Error("the plan has no stages");
-    if (!dtype.empty() && dtype != "bf16" && dtype != "f32")
-        throw Error("plan dtype must be bf16 or f32, got '" + dtype + "'");
+    if (!dtype.empty() && !isRunDtype(dtype))
+        throw Error("plan dtype must be bf16, q8 or f32, got '" + dtype + "'");
     int64_t next = 0;
     for (size_t i = 0; i < stages.size(); ++i) {
         const PlanStage& s = stages[i];

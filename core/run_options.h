@@ -14,7 +14,7 @@ class Tokenizer;
 
 // The generation flags shared by `together-worker generate` and `together-cli run`:
 //   --model DIR (--prompt TEXT | --messages FILE.json) [--chat] [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
-//   [--stop TEXT]... [--dtype bf16|f32] [--threads N] [--trace FILE]
+//   [--stop TEXT]... [--dtype bf16|q8|f32] [--threads N] [--trace FILE]
 struct RunOptions {
     std::string modelDir;
     std::string prompt;

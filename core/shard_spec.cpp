@@ -36,9 +36,15 @@ ShardDims shardDims(const ModelConfig& c, int r, int t)
         d.kvHeads = 1;
         d.kvHeadBegin = r / (t / c.numKvHeads);
     }
-    const int64_t base = c.intermediateSize / t, extra = c.intermediateSize % t;
-    d.intermediate = base + (r < extra ? 1 : 0);
-    d.intermediateBegin = base * r + std::min<int64_t>(r, extra);
+    // The intermediate columns go in units of 32 (the q8 block: a rank's down_proj slice then starts on a
+    // block boundary, so its blocks are the whole model's), the first ranks one unit more when they do not
+    // divide evenly, the last rank the partial unit; by single columns when there are fewer units than ranks.
+    const int64_t unit = (c.intermediateSize + kIntermediateUnit - 1) / kIntermediateUnit >= t ? kIntermediateUnit : 1;
+    const int64_t units = (c.intermediateSize + unit - 1) / unit;
+    const int64_t base = units / t, extra = units % t;
+    const int64_t u0 = base * r + std::min<int64_t>(r, extra), u1 = u0 + base + (r < extra ? 1 : 0);
+    d.intermediateBegin = u0 * unit;
+    d.intermediate = std::min<int64_t>(c.intermediateSize, u1 * unit) - d.intermediateBegin;
     const int64_t vbase = c.vocabSize / t, vextra = c.vocabSize % t;
     d.vocab = vbase + (r < vextra ? 1 : 0);
     d.vocabBegin = vbase * r + std::min<int64_t>(r, vextra);
@@ -98,14 +104,50 @@ std::vector<TensorSlice> shardTensors(const ModelConfig& c, const ShardSpec& s)
     return out;
 }
 
+namespace {
+
+int64_t elements(const TensorSlice& t)
+{
+    int64_t n = 1;
+    for (auto x : t.shape())
+        n *= x;
+    return n;
+}
+
+// One tensor as the engine holds it in a run's format.
+int64_t heldBytes(const TensorSlice& t, RunDtype d)
+{
+    const std::vector<int64_t> shape = t.shape();
+    if (d != RunDtype::Q8)
+        return elements(t) * (d == RunDtype::F32 ? 4 : 2);
+    if (t.name == "model.embed_tokens.weight")
+        return elements(t) * 2; // looked up by row, kept bf16
+    if (shape.size() == 2)
+        return matrixBytes(d, shape[0], shape[1]);
+    return elements(t) * 4;
+}
+
+} // namespace
+
 int64_t shardBytes(const ModelConfig& c, const ShardSpec& s, DType dtype)
 {
     int64_t total = 0;
+    for (auto& t : shardTensors(c, s))
+        total += elements(t) * static_cast<int64_t>(dtypeSize(dtype));
+    return total;
+}
+
+int64_t shardBytes(const ModelConfig& c, const ShardSpec& s, RunDtype dtype)
+{
+    int64_t total = 0;
     for (auto& t : shardTensors(c, s)) {
-        int64_t n = 1;
-        for (auto x : t.shape())
-            n *= x;
-        total += n * static_cast<int64_t>(dtypeSize(dtype));
+        total += heldBytes(t, dtype);
+        if (dtype == RunDtype::Q8 && t.name == "model.embed_tokens.weight" && s.holdsHead() && c.tieWordEmbeddings) {
+            const ShardDims d = shardDims(c, s.tpRank, s.tpSize);
+            total += matrixBytes(dtype, d.vocab, c.hiddenSize); // the tied head's quantized copy
+            if (!s.holdsEmbedding())
+                total -= heldBytes(t, dtype); // only the head needed the rows
+        }
     }
     return total;
 }
@@ -124,23 +166,21 @@ std::vector<Collective> shardCollectives(const ModelConfig& c, const ShardSpec& 
     return out;
 }
 
-int64_t decodeBytesPerToken(const ModelConfig& c, const ShardSpec& s, DType dtype)
+int64_t decodeBytesPerToken(const ModelConfig& c, const ShardSpec& s, DType dtype) { return decodeBytesPerToken(c, s, runDtypeOf(dtype)); }
+
+int64_t decodeBytesPerToken(const ModelConfig& c, const ShardSpec& s, RunDtype dtype)
 {
-    const int64_t elem = static_cast<int64_t>(dtypeSize(dtype));
     const ShardDims d = shardDims(c, s.tpRank, s.tpSize);
     int64_t total = 0;
     for (auto& t : shardTensors(c, s)) {
-        int64_t n = 1;
-        for (auto x : t.shape())
-            n *= x;
         if (t.name != "model.embed_tokens.weight") {
-            total += n * elem;
+            total += heldBytes(t, dtype);
             continue;
         }
         if (s.holdsEmbedding())
-            total += c.hiddenSize * elem; // one row per token
+            total += c.hiddenSize * (dtype == RunDtype::F32 ? 4 : 2); // one row per token
         if (s.holdsHead() && c.tieWordEmbeddings)
-            total += d.vocab * c.hiddenSize * elem; // the tied head's slice
+            total += dtype == RunDtype::Q8 ? matrixBytes(dtype, d.vocab, c.hiddenSize) : d.vocab * c.hiddenSize * (dtype == RunDtype::F32 ? 4 : 2);
     }
     return total;
 }
@@ -149,7 +189,7 @@ namespace {
 
 // The dtype the checkpoint stores (config.json's torch_dtype): what the master streams and the shard holds
 // until the engine has converted each tensor. Unknown: assumed to be the run's.
-DType checkpointDType(const ModelConfig& c, DType run)
+DType checkpointDType(const ModelConfig& c, RunDtype run)
 {
     if (c.torchDtype == "bfloat16")
         return DType::BF16;
@@ -157,16 +197,23 @@ DType checkpointDType(const ModelConfig& c, DType run)
         return DType::F16;
     if (c.torchDtype == "float32")
         return DType::F32;
-    return run;
+    return run == RunDtype::F32 ? DType::F32 : DType::BF16;
 }
 
 } // namespace
 
 ShardMemoryEstimate estimateShardMemory(const ModelConfig& c, const ShardSpec& s, DType dtype, int64_t contextLimit)
 {
+    return estimateShardMemory(c, s, runDtypeOf(dtype), contextLimit);
+}
+
+ShardMemoryEstimate estimateShardMemory(const ModelConfig& c, const ShardSpec& s, RunDtype dtype, int64_t contextLimit)
+{
     ShardMemoryEstimate m;
     const ShardDims d = shardDims(c, s.tpRank, s.tpSize);
-    const int64_t elem = static_cast<int64_t>(dtypeSize(dtype));
+    // The converted copies made while loading: at the run's element size, or f32 for q8 (a tensor is converted
+    // to f32, then quantized).
+    const int64_t elem = dtype == RunDtype::BF16 ? 2 : 4;
     const int64_t context = std::max<int64_t>(1, contextLimit);
     m.weightBytes = shardBytes(c, s, dtype);
     const int64_t layers = s.lastLayer - s.firstLayer + 1;

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "core/model_config.h"
+#include "core/run_dtype.h"
 #include "core/safetensors.h"
 
 #include <cstdint>
@@ -44,6 +45,7 @@ struct ShardDims {
     int64_t intermediate = 0, intermediateBegin = 0;
     int64_t vocab = 0, vocabBegin = 0; // lm_head rows on the last stage
 };
+constexpr int64_t kIntermediateUnit = 32;
 ShardDims shardDims(const ModelConfig& c, int tpRank, int tpSize);
 // Throws Error when the model cannot be split tpSize ways (heads not divisible, KV heads neither divisible
 // nor a divisor of tpSize, more ranks than intermediate columns).
@@ -59,8 +61,10 @@ struct TensorSlice {
 };
 
 std::vector<TensorSlice> shardTensors(const ModelConfig& c, const ShardSpec& s);
-// Bytes of the shard's slices at the given storage dtype.
+// Bytes of the shard's slices at the given storage dtype, or as the engine holds them in a run's format (q8:
+// matrices in blocks, the embedding table bf16, vectors f32).
 int64_t shardBytes(const ModelConfig& c, const ShardSpec& s, DType dtype);
+int64_t shardBytes(const ModelConfig& c, const ShardSpec& s, RunDtype dtype);
 
 // The all-reduces one forward step of a shard makes, in order, each with its float count (every rank of the
 // stage's group contributes that many floats): after each layer's attention output and MLP output (rows x
@@ -75,6 +79,7 @@ std::vector<Collective> shardCollectives(const ModelConfig& c, const ShardSpec& 
 // Bytes of weights one decode step of the shard reads: every matrix and norm of its layers once, one row of
 // the embedding, and its slice of the head (with f32 norms when `dtype` is f32; see LlamaModel).
 int64_t decodeBytesPerToken(const ModelConfig& c, const ShardSpec& s, DType dtype);
+int64_t decodeBytesPerToken(const ModelConfig& c, const ShardSpec& s, RunDtype dtype);
 
 // What a shard process needs at its peak, about: its weights at the run's dtype, its KV cache grown to
 // `contextLimit` positions (f32 keys and values of its KV heads in each of its layers), and in runtimeBytes the
@@ -91,6 +96,7 @@ struct ShardMemoryEstimate {
 // (tests/test_memory_estimate): about 118 MiB of mapped code and 70 MiB of heap; a shard of an 8 MiB model peaks
 // at 185-200 MiB, and shards of 40 MiB to 1.2 GiB of weights peak 175-230 MiB above the load and prefill terms.
 constexpr int64_t kShardRuntimeBytes = 192ll << 20;
+ShardMemoryEstimate estimateShardMemory(const ModelConfig& c, const ShardSpec& s, RunDtype dtype, int64_t contextLimit);
 ShardMemoryEstimate estimateShardMemory(const ModelConfig& c, const ShardSpec& s, DType dtype, int64_t contextLimit);
 
 // Copies a slice of a checkpoint tensor into `out` (row slices are one contiguous copy).

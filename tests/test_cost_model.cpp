@@ -63,8 +63,8 @@ TEST(CostModel, DecodeBytesAreTheWeightsOfTheShard)
 {
     // Per layer: q 64x64, k and v 32x64, o 64x64, gate and up 128x64, down 64x128, two norms of 64 = 36992
     // floats; one embedding row (64); the head 100x64 and its norm (64).
-    EXPECT_EQ(decodeBytesPerToken(tiny(), ShardSpec::whole(tiny()), DType::F32), (2 * 36992 + 64 + 6400 + 64) * 4);
-    EXPECT_EQ(decodeBytesPerToken(tiny(), ShardSpec::whole(tiny()), DType::BF16), (2 * 36992 + 64 + 6400 + 64) * 2);
+    EXPECT_EQ(decodeBytesPerToken(tiny(), ShardSpec::whole(tiny()), RunDtype::F32), (2 * 36992 + 64 + 6400 + 64) * 4);
+    EXPECT_EQ(decodeBytesPerToken(tiny(), ShardSpec::whole(tiny()), RunDtype::BF16), (2 * 36992 + 64 + 6400 + 64) * 2);
 }
 
 TEST(CostModel, OneMachineByHand)
@@ -121,7 +121,7 @@ TEST(CostModel, TensorParallelAllReducesByHand)
     EXPECT_NEAR(p.stages[0].allReduceMs, 5 * 0.1 + 4 * 256 / 1e6 + 400 / 1e6, 1e-9);
     EXPECT_NEAR(p.stages[0].linkMs, 0.05 + 16 / 1e6, 1e-9); // the token to rank 1
     // Each rank reads about half the weights (the embedding and norms whole).
-    const double rank0 = static_cast<double>(decodeBytesPerToken(tiny(), ShardSpec{0, 1, 0, 2, true, true}, DType::F32)) + 25600;
+    const double rank0 = static_cast<double>(decodeBytesPerToken(tiny(), ShardSpec{0, 1, 0, 2, true, true}, RunDtype::F32)) + 25600;
     EXPECT_NEAR(p.stages[0].computeMs, rank0 / 1e6, 1e-9);
 }
 
@@ -131,7 +131,7 @@ TEST(CostModel, RanksOfOneStageOnOneHostShareItsBandwidth)
     std::vector<MachineProfile> m = {machine("h:1", "h", 1, 1.5), machine("h:2", "h", 1, 1.5)};
     m[0].readGBpsAll = m[1].readGBpsAll = 1.5;
     Prediction shared = predict(tiny(), plan({{{0, 1}, {"h:1", "h:2"}}}), "f32", m, LinkTable{}, 100);
-    const double rank0 = static_cast<double>(decodeBytesPerToken(tiny(), ShardSpec{0, 1, 0, 2, true, true}, DType::F32)) + 25600;
+    const double rank0 = static_cast<double>(decodeBytesPerToken(tiny(), ShardSpec{0, 1, 0, 2, true, true}, RunDtype::F32)) + 25600;
     EXPECT_NEAR(shared.stages[0].computeMs, rank0 / 0.75e6, 1e-9);
     // Stages of one token run one after another: a pipeline on one host does not share.
     Prediction pp = predict(tiny(), plan({{{0, 0}, {"h:1"}}, {{1, 1}, {"h:2"}}}), "f32", m, LinkTable{}, 100);
@@ -167,12 +167,12 @@ TEST(CostModel, MemoryRefusalSaysNeedsAndHas)
 {
     std::vector<MachineProfile> m = {machine("a:1", "alpha", 5, 10, 2, 1.0)};
     m[0].donatedMemoryBytes = 1ull << 29;
-    const std::string why = checkMemory(tinyLlama(), plan({{{0, 21}, {"a:1"}}}), DType::BF16, 2048, m);
+    const std::string why = checkMemory(tinyLlama(), plan({{{0, 21}, {"a:1"}}}), RunDtype::BF16, 2048, m);
     EXPECT_NE(why.find("needs about 2."), std::string::npos) << why;
     EXPECT_NE(why.find("alpha has 1.0 GiB free (0.5 GiB donated)"), std::string::npos) << why;
     m[0].freeMemoryBytes = 8ull << 30;
     m[0].donatedMemoryBytes = 0;
-    EXPECT_EQ(checkMemory(tinyLlama(), plan({{{0, 21}, {"a:1"}}}), DType::BF16, 2048, m), "");
+    EXPECT_EQ(checkMemory(tinyLlama(), plan({{{0, 21}, {"a:1"}}}), RunDtype::BF16, 2048, m), "");
 }
 
 TEST(AutoPlacement, ASlowLinkKeepsTensorParallelismOff)
@@ -210,7 +210,7 @@ TEST(AutoPlacement, ASmallMemoryMachineGetsFewerLayers)
     const int64_t onSlow = p.plan.stages[1].lastLayer - p.plan.stages[1].firstLayer + 1;
     EXPECT_LT(onFast, onSlow) << p.explanation;
     EXPECT_GT(onFast, 1) << "the fast machine should hold what its memory allows: " << p.explanation;
-    EXPECT_EQ(checkMemory(tinyLlama(), p.plan, DType::BF16, 2048, m), "");
+    EXPECT_EQ(checkMemory(tinyLlama(), p.plan, RunDtype::BF16, 2048, m), "");
     // The plan is valid for the model, and the slow machine alone would be slower.
     p.plan.validate(tinyLlama());
     EXPECT_GT(predict(tinyLlama(), plan({{{0, 21}, {"slow:1"}}}), "bf16", m, links).msPerToken, p.prediction.msPerToken);

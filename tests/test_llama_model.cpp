@@ -7,6 +7,8 @@
 #include "core/safetensors.h"
 #include "core/tokenizer.h"
 #include "tests/test_support.h"
+#include "worker/bench.h"
+#include "worker/kernels/kernels.h"
 #include "worker/llama_model.h"
 
 #include <ATen/ATen.h>
@@ -389,3 +391,72 @@ TEST(Engine, MissingTensorIsNamed)
 }
 
 } // namespace
+
+// bf16 and q8 against f32, over 200 greedy steps chosen by f32 (every step compares the same context): the
+// errors `together-worker bench --accuracy` reports, bounded here (measured: stories260K bf16 0.23 / 200 of 200,
+// q8 0.60 / 198 of 200; the random model bf16 0.036 / 200, q8 0.085 / 198).
+TEST(Accuracy, Bf16AndQ8StayWithinTheirReportedErrorOnStories260K)
+{
+    SKIP_WITHOUT_STORIES();
+    const std::string dir = test::stories260KDir() + "/hf";
+    const std::vector<int> prompt = {1, 5, 9, 13, 17, 21, 25, 29};
+    const DtypeAccuracy bf16 = compareWithF32(dir, ComputeType::BF16, prompt, 200);
+    const DtypeAccuracy q8 = compareWithF32(dir, ComputeType::Q8, prompt, 200);
+    std::printf("[ accuracy ] stories260K bf16: max |logit error| %.4f, top-1 %d/%d; q8: %.4f, %d/%d\n", bf16.maxLogitError, bf16.top1Agree,
+                bf16.steps, q8.maxLogitError, q8.top1Agree, q8.steps);
+    EXPECT_EQ(bf16.steps, 200);
+    EXPECT_LT(bf16.maxLogitError, 0.4);
+    EXPECT_GE(bf16.top1Agree, 196);
+    EXPECT_LT(q8.maxLogitError, 1.0);
+    EXPECT_GE(q8.top1Agree, 194);
+    EXPECT_GT(q8.maxLogitError, 0.0); // it is quantized
+}
+
+TEST(Accuracy, Bf16AndQ8StayWithinTheirReportedErrorOnARandomModel)
+{
+    const std::string dir = test::makeTempDir("accuracy");
+    RandomModelSpec s;
+    s.hiddenSize = 256;
+    s.intermediateSize = 688;
+    s.numLayers = 4;
+    s.numHeads = 8;
+    s.numKvHeads = 4;
+    s.vocabSize = 2048;
+    s.maxPositionEmbeddings = 512;
+    writeRandomModel(dir, s);
+    const std::vector<int> prompt = {1, 5, 9, 13, 17, 21, 25, 29};
+    const DtypeAccuracy bf16 = compareWithF32(dir, ComputeType::BF16, prompt, 200);
+    const DtypeAccuracy q8 = compareWithF32(dir, ComputeType::Q8, prompt, 200);
+    std::printf("[ accuracy ] random bf16: max |logit error| %.4f, top-1 %d/%d; q8: %.4f, %d/%d (max |logit| %.2f)\n", bf16.maxLogitError,
+                bf16.top1Agree, bf16.steps, q8.maxLogitError, q8.top1Agree, q8.steps, q8.maxLogit);
+    EXPECT_LT(bf16.maxLogitError, 0.1);
+    EXPECT_GE(bf16.top1Agree, 196);
+    EXPECT_LT(q8.maxLogitError, 0.25);
+    EXPECT_GE(q8.top1Agree, 192);
+}
+
+// Every kernel path this CPU runs gives stories260K's f32 greedy reference continuation (the f32 decode
+// kernels differ only in summation order), so a user's CPU that takes another path decodes the same.
+TEST(Stories260K, EveryKernelPathGivesTheF32Reference)
+{
+    SKIP_WITHOUT_STORIES();
+    std::string dir = test::stories260KDir() + "/hf";
+    ModelConfig c = ModelConfig::fromDirectory(dir);
+    SafeTensors st = SafeTensors::open(dir);
+    LlamaModel m(c, st, ComputeType::F32);
+    json ref = test::storiesReference();
+    const kernels::Path before = kernels::activePath();
+    for (kernels::Path p : kernels::supportedPaths()) {
+        kernels::setPath(p);
+        for (int threads : {1, 2}) {
+            setComputeThreads(threads);
+            for (auto& cs : ref["cases"]) {
+                auto prompt = cs["prompt_ids"].get<std::vector<int>>();
+                auto expected = cs["generated_ids"].get<std::vector<int>>();
+                EXPECT_EQ(greedy(m, prompt, expected.size(), nullptr), expected) << kernels::pathName(p) << ", " << threads << " threads";
+            }
+        }
+    }
+    kernels::setPath(before);
+    setComputeThreads(1);
+}

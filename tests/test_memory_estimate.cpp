@@ -115,7 +115,7 @@ std::vector<ShardRow> measure(const std::string& modelDir, int tp, int pp, const
     std::this_thread::sleep_for(std::chrono::milliseconds(1200));
     const auto memory = cluster.shardMemory();
     std::vector<ShardRow> rows;
-    const DType dt = dtype == "bf16" ? DType::BF16 : DType::F32;
+    const RunDtype dt = parseRunDtype(dtype);
     size_t i = 0;
     for (size_t s = 0; s < plan.stages.size(); ++s)
         for (int r = 0; r < static_cast<int>(plan.stages[s].ranks.size()); ++r, ++i) {

@@ -7,13 +7,16 @@
 #include "core/random_model.h"
 #include "core/run_options.h"
 #include "core/safetensors.h"
+#include "worker/kernels/kernels.h"
 #include "worker/llama_model.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <random>
 #include <sstream>
@@ -54,63 +57,169 @@ std::vector<std::string> splitList(const std::string& s)
     return out;
 }
 
+int topToken(const at::Tensor& logits) { return static_cast<int>(logits.argmax().item<int64_t>()); }
+
+// A small random model for the accuracy table (written once under the cache folder).
+std::string ensureAccuracyModel(const std::string& cache)
+{
+    const std::string dir = cache + "/bench-accuracy-random-h256-l4";
+    if (!fs::exists(dir + "/model.safetensors")) {
+        RandomModelSpec s;
+        s.hiddenSize = 256;
+        s.intermediateSize = 688;
+        s.numLayers = 4;
+        s.numHeads = 8;
+        s.numKvHeads = 4;
+        s.vocabSize = 2048;
+        s.maxPositionEmbeddings = 512;
+        writeRandomModel(dir, s);
+    }
+    return dir;
+}
+
 } // namespace
+
+DtypeAccuracy compareWithF32(const std::string& modelDir, ComputeType dtype, const std::vector<int>& prompt, int steps)
+{
+    const ModelConfig config = ModelConfig::fromDirectory(modelDir);
+    SafeTensors tensors = SafeTensors::open(modelDir);
+    LlamaModel ref(config, tensors, ComputeType::F32), test(config, tensors, dtype);
+    KvCache refCache = ref.newCache(), testCache = test.newCache();
+    DtypeAccuracy a;
+    std::vector<int> input = prompt;
+    for (int s = 0; s < steps && refCache.length() + static_cast<int64_t>(input.size()) <= refCache.limit(); ++s) {
+        at::Tensor lr = ref.forward(input, refCache), lt = test.forward(input, testCache);
+        const int next = topToken(lr);
+        a.steps++;
+        a.top1Agree += topToken(lt) == next;
+        a.maxLogitError = std::max(a.maxLogitError, static_cast<double>((lt - lr).abs().max().item<float>()));
+        a.maxLogit = std::max(a.maxLogit, static_cast<double>(lr.abs().max().item<float>()));
+        at::Tensor top2 = std::get<0>(lr.topk(2));
+        a.minF32Margin = std::min(a.minF32Margin, static_cast<double>((top2[0] - top2[1]).item<float>()));
+        input = {next};
+    }
+    return a;
+}
 
 int runBench(const std::vector<std::string>& rest)
 {
-    CliArgs args(rest, {{"cache"}, {"prompt-tokens"}, {"decode-tokens"}, {"threads"}, {"dtypes"}, {"layers"}});
+    CliArgs args(rest, {{"cache"}, {"prompt-tokens"}, {"decode-tokens"}, {"threads"}, {"dtypes"}, {"layers"}, {"kernels"},
+                        {"accuracy", false}, {"accuracy-steps"}, {"reference-model"}});
     const int promptTokens = args.getInt("prompt-tokens", 128);
     const int decodeTokens = args.getInt("decode-tokens", 128);
     std::vector<int> threadCounts;
     for (auto& t : splitList(args.get("threads", "1,2")))
         threadCounts.push_back(std::stoi(t));
     std::vector<ComputeType> dtypes;
-    for (auto& d : splitList(args.get("dtypes", "bf16,f32")))
+    for (auto& d : splitList(args.get("dtypes", "bf16,q8,f32")))
         dtypes.push_back(parseComputeType(d));
-
-    const std::string dir =
-        ensureBenchModel(args.get("cache", fs::path(defaultModelDir()).parent_path().string()), args.getInt("layers", 22));
-    ModelConfig config = ModelConfig::fromDirectory(dir);
-    SafeTensors tensors = SafeTensors::open(dir);
-
-    std::mt19937 rng(7);
-    std::vector<int> prompt(static_cast<size_t>(promptTokens));
-    for (auto& t : prompt)
-        t = static_cast<int>(rng() % static_cast<unsigned>(config.vocabSize));
-
-    std::printf("| dtype | threads | prefill tok/s (%d) | decode tok/s (%d) | bytes/token | read GB/s | decode / bandwidth bound |\n",
-                promptTokens, decodeTokens);
-    std::printf("|---|---|---|---|---|---|---|\n");
-    for (ComputeType ct : dtypes) {
-        LlamaModel model(config, tensors, ct);
-        const double bytesPerToken = static_cast<double>(model.weightBytesPerToken());
-        for (int threads : threadCounts) {
-            setComputeThreads(threads);
-            const double bw = readBandwidth(size_t(1) << 30);
-            // warm-up: first touches of weights and allocator
-            {
-                KvCache warm = model.newCache();
-                model.forward({1, 2, 3, 4}, warm);
-                model.forward({5}, warm);
-            }
-            KvCache cache = model.newCache();
-            auto t0 = Clock::now();
-            at::Tensor logits = model.forward(prompt, cache);
-            auto t1 = Clock::now();
-            int next = static_cast<int>(logits.argmax().item<int64_t>());
-            auto t2 = Clock::now();
-            for (int i = 0; i < decodeTokens; ++i) {
-                logits = model.forward({next}, cache);
-                next = static_cast<int>(logits.argmax().item<int64_t>());
-            }
-            auto t3 = Clock::now();
-            const double prefillTps = promptTokens / seconds(t0, t1);
-            const double decodeTps = decodeTokens / seconds(t2, t3);
-            const double fraction = decodeTps * bytesPerToken / bw;
-            std::printf("| %s | %d | %.1f | %.2f | %.0f MB | %.1f | %.0f%% |\n", computeTypeName(ct), threads, prefillTps, decodeTps,
-                        bytesPerToken / 1e6, bw / 1e9, fraction * 100);
-            std::fflush(stdout);
+    // Decode kernel paths to measure: the active one by default; "all": every path this CPU runs, and ATen's
+    // at::mv (the engine's decode before these kernels) for comparison; or a list of names.
+    const kernels::Path active = kernels::activePath();
+    std::vector<std::string> paths;
+    const std::string k = args.get("kernels", "active");
+    if (k == "active") {
+        paths.push_back(kernels::pathName(active));
+    } else if (k == "all") {
+        for (auto p : kernels::supportedPaths())
+            paths.insert(paths.begin(), kernels::pathName(p)); // best first
+        paths.push_back("aten");
+    } else {
+        for (auto& name : splitList(k)) {
+            if (name != "aten")
+                kernels::setPath(kernels::parsePath(name)); // refuses what this CPU cannot run
+            paths.push_back(name);
         }
+        kernels::setPath(active);
+    }
+    const std::string cache = args.get("cache", fs::path(defaultModelDir()).parent_path().string());
+
+    std::string runs;
+    for (auto p : kernels::supportedPaths())
+        runs += std::string(runs.empty() ? "" : ", ") + kernels::pathName(p);
+    const char* isa = std::getenv("ONEDNN_MAX_CPU_ISA");
+    if (!isa)
+        isa = std::getenv("DNNL_MAX_CPU_ISA");
+    std::printf("decode kernels: %s active (this CPU runs: %s); prefill GEMM: oneDNN/BLAS%s%s\n", kernels::pathName(active), runs.c_str(),
+                isa ? ", ONEDNN_MAX_CPU_ISA=" : " (no ISA cap)", isa ? isa : "");
+
+    if (!dtypes.empty() && !paths.empty() && !threadCounts.empty()) {
+        const std::string dir = ensureBenchModel(cache, args.getInt("layers", 22));
+        ModelConfig config = ModelConfig::fromDirectory(dir);
+        SafeTensors tensors = SafeTensors::open(dir);
+
+        std::mt19937 rng(7);
+        std::vector<int> prompt(static_cast<size_t>(promptTokens));
+        for (auto& t : prompt)
+            t = static_cast<int>(rng() % static_cast<unsigned>(config.vocabSize));
+
+        std::printf("\n| dtype | decode kernels | threads | prefill tok/s (%d) | decode tok/s (%d) | bytes/token | read GB/s | "
+                    "bandwidth share |\n",
+                    promptTokens, decodeTokens);
+        std::printf("|---|---|---|---|---|---|---|---|\n");
+        for (ComputeType ct : dtypes) {
+            LlamaModel model(config, tensors, ct);
+            const double bytesPerToken = static_cast<double>(model.weightBytesPerToken());
+            for (const std::string& path : paths) {
+                if (path == "aten" && ct == ComputeType::Q8)
+                    continue; // ATen has no q8 product
+                LlamaModel::setAtenDecode(path == "aten");
+                if (path != "aten")
+                    kernels::setPath(kernels::parsePath(path));
+                for (int threads : threadCounts) {
+                    setComputeThreads(threads);
+                    const double bw = readBandwidth(size_t(1) << 30);
+                    { // warm-up: first touches of weights and allocator
+                        KvCache warm = model.newCache();
+                        model.forward({1, 2, 3, 4}, warm);
+                        model.forward({5}, warm);
+                    }
+                    KvCache cache = model.newCache();
+                    auto t0 = Clock::now();
+                    at::Tensor logits = model.forward(prompt, cache);
+                    auto t1 = Clock::now();
+                    int next = topToken(logits);
+                    auto t2 = Clock::now();
+                    for (int i = 0; i < decodeTokens; ++i)
+                        next = topToken(model.forward({next}, cache));
+                    auto t3 = Clock::now();
+                    const double prefillTps = promptTokens / seconds(t0, t1);
+                    const double decodeTps = decodeTokens / seconds(t2, t3);
+                    const double fraction = decodeTps * bytesPerToken / bw;
+                    std::printf("| %s | %s | %d | %.1f | %.2f | %.0f MB | %.1f | %.0f%% |\n", computeTypeName(ct),
+                                path == "aten" ? "aten (at::mv)" : path.c_str(), threads, prefillTps, decodeTps, bytesPerToken / 1e6,
+                                bw / 1e9, fraction * 100);
+                    std::fflush(stdout);
+                }
+            }
+        }
+        LlamaModel::setAtenDecode(false);
+        kernels::setPath(active);
+    }
+
+    if (args.has("accuracy")) {
+        const int steps = args.getInt("accuracy-steps", 200);
+        std::vector<std::pair<std::string, std::string>> models;
+        const std::string reference = args.get("reference-model", "");
+        if (!reference.empty())
+        {
+            fs::path ref = fs::path(reference).lexically_normal();
+            if (ref.filename().empty())
+                ref = ref.parent_path();
+            models.push_back({ref.filename() == "hf" ? ref.parent_path().filename().string() : ref.filename().string(), reference});
+        }
+        models.push_back({"random (hidden 256, 4 layers)", ensureAccuracyModel(cache)});
+        std::printf("\nAgainst f32 over %d greedy steps chosen by f32 (prompt: 8 tokens), logits of every step:\n\n", steps);
+        std::printf("| model | dtype | max abs logit error | max abs f32 logit | top-1 agreement | smallest f32 top-2 margin |\n");
+        std::printf("|---|---|---|---|---|---|\n");
+        for (auto& [name, dir] : models)
+            for (ComputeType ct : {ComputeType::BF16, ComputeType::Q8}) {
+                setComputeThreads(threadCounts.empty() ? 1 : threadCounts.back());
+                const DtypeAccuracy a = compareWithF32(dir, ct, {1, 5, 9, 13, 17, 21, 25, 29}, steps);
+                std::printf("| %s | %s | %.4f | %.2f | %d/%d (%.1f%%) | %.4f |\n", name.c_str(), computeTypeName(ct), a.maxLogitError, a.maxLogit,
+                            a.top1Agree, a.steps, 100.0 * a.top1Agree / std::max(1, a.steps), a.minF32Margin);
+                std::fflush(stdout);
+            }
     }
     return 0;
 }

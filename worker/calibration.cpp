@@ -9,6 +9,7 @@
 #include "core/safetensors.h"
 #include "core/protocol.h"
 #include "core/user_dirs.h"
+#include "worker/kernels/kernels.h"
 #include "worker/llama_model.h"
 
 #include <ATen/ATen.h>
@@ -56,7 +57,8 @@ std::string kernelPath()
     for (const char* v : {"ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"})
         if (const char* e = std::getenv(v))
             s += std::string(";") + v + "=" + e;
-    return s.empty() ? "baseline" : s;
+    s += std::string(";decode=") + kernels::pathName(kernels::activePath());
+    return s;
 }
 
 // One thread's share of the read: 64-byte vector loads into four independent accumulators, compiled for each
@@ -116,13 +118,25 @@ double readBandwidth(int threads)
     return best;
 }
 
-// The engine's decode kernel: at::mv over a weight matrix far larger than the caches, in weight GB/s.
-double matvecRate(at::ScalarType type, int threads)
+// The engine's decode kernel (worker/kernels, on its thread pool) over a weight matrix far larger than the
+// caches, in weight GB/s, for a run's format ("f32", "bf16", "q8").
+double matvecRate(const std::string& dtype, int threads)
 {
     setComputeThreads(threads);
-    const int64_t rows = 4096, cols = 8192; // 128 MiB in f32, 64 MiB in bf16
-    at::Tensor w = at::randn({rows, cols}, at::kFloat).to(type);
-    at::Tensor x = at::randn({cols}, at::kFloat).to(type);
+    const int64_t rows = 4096, cols = 8192; // 128 MiB in f32, 64 MiB in bf16, 34 MiB in q8
+    at::Tensor wf = at::randn({rows, cols}, at::kFloat), xf = at::randn({cols}, at::kFloat);
+    at::Tensor w = dtype == "bf16" ? wf.to(at::kBFloat16) : wf, x = dtype == "bf16" ? xf.to(at::kBFloat16) : xf;
+    kernels::Q8Matrix q;
+    kernels::Q8Vector xq;
+    if (dtype == "q8") {
+        q = kernels::makeQ8(rows, cols);
+        kernels::quantizeRowsQ8(wf.data_ptr<float>(), 0, rows, q);
+        kernels::quantizeVectorQ8(xf.data_ptr<float>(), cols, xq);
+        w = at::Tensor();
+        wf = at::Tensor();
+    }
+    const double bytes = dtype == "q8" ? static_cast<double>(q.bytes()) : static_cast<double>(w.nbytes());
+    std::vector<float> y(static_cast<size_t>(rows));
     // The median pass of about 0.2 s of them (6 to 24 after a warm-up): a decode step streams the weights for
     // a sustained tenth of a second or more, so the typical pass predicts it and the best one reads high (on
     // this shared machine two short runs a second apart read 11 and 21 GB/s).
@@ -130,11 +144,18 @@ double matvecRate(at::ScalarType type, int threads)
     const auto start = Clock::now();
     for (int pass = 0; pass < 25 && (pass < 7 || seconds(start) < 0.2); ++pass) {
         const auto t0 = Clock::now();
-        at::Tensor y = at::mv(w, x);
-        (void)y.sum().item<float>();
+        kernels::parallelRows(rows, 16, [&](int64_t r0, int64_t r1) {
+            if (dtype == "q8")
+                kernels::gemvQ8(q, xq, y.data(), r0, r1);
+            else if (dtype == "bf16")
+                kernels::gemvBf16(reinterpret_cast<const uint16_t*>(w.data_ptr()), reinterpret_cast<const uint16_t*>(x.data_ptr()), y.data(), cols,
+                                  r0, r1);
+            else
+                kernels::gemvF32(w.data_ptr<float>(), x.data_ptr<float>(), y.data(), cols, r0, r1);
+        });
         const double s = seconds(t0);
         if (pass > 0)
-            rates.push_back(static_cast<double>(w.nbytes()) / s / 1e9);
+            rates.push_back(bytes / s / 1e9);
     }
     std::sort(rates.begin(), rates.end());
     return rates[rates.size() / 2];
@@ -217,7 +238,7 @@ private:
 std::string calibrationKey(int threads)
 {
     // "v4": vector loads for the read, the median of longer matvec runs, the layer overhead.
-    return cpuModel() + "|" + kSoftwareVersion + "|" + kernelPath() + "|threads=" + std::to_string(threads) + "|v4";
+    return cpuModel() + "|" + kSoftwareVersion + "|" + kernelPath() + "|threads=" + std::to_string(threads) + "|v5";
 }
 
 Calibration measureCalibration(int threads)
@@ -229,8 +250,8 @@ Calibration measureCalibration(int threads)
     c.kernelPath = kernelPath();
     c.readGBps1 = readBandwidth(1);
     c.readGBpsAll = c.threads > 1 ? readBandwidth(c.threads) : c.readGBps1;
-    c.matvecGBps["f32"] = {matvecRate(at::kFloat, 1), c.threads > 1 ? matvecRate(at::kFloat, c.threads) : 0};
-    c.matvecGBps["bf16"] = {matvecRate(at::kBFloat16, 1), c.threads > 1 ? matvecRate(at::kBFloat16, c.threads) : 0};
+    for (const char* dtype : {"f32", "bf16", "q8"})
+        c.matvecGBps[dtype] = {matvecRate(dtype, 1), c.threads > 1 ? matvecRate(dtype, c.threads) : 0};
     for (auto& [dtype, v] : c.matvecGBps)
         if (v.second < v.first)
             v.second = v.first;

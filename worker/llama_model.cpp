@@ -6,7 +6,11 @@
 #include "core/safetensors.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
+#include <dlfcn.h>
+
+#include <atomic>
 #include <cmath>
 #include <map>
 
@@ -18,10 +22,23 @@ ComputeType parseComputeType(const std::string& s)
         return ComputeType::F32;
     if (s == "bf16" || s == "bfloat16")
         return ComputeType::BF16;
-    throw Error("unknown dtype '" + s + "' (use bf16 or f32)");
+    if (s == "q8" || s == "q8_0")
+        return ComputeType::Q8;
+    throw Error("unknown dtype '" + s + "' (use bf16, q8 or f32)");
 }
 
-const char* computeTypeName(ComputeType t) { return t == ComputeType::BF16 ? "bf16" : "f32"; }
+const char* computeTypeName(ComputeType t)
+{
+    switch (t) {
+    case ComputeType::BF16:
+        return "bf16";
+    case ComputeType::Q8:
+        return "q8";
+    case ComputeType::F32:
+        break;
+    }
+    return "f32";
+}
 
 ComputeType defaultComputeType() { return parseComputeType(defaultDtypeName()); }
 
@@ -101,7 +118,9 @@ LlamaModel::LlamaModel(const ModelConfig& config, const WeightProvider& weights,
     , m_dims(shardDims(config, spec.tpRank, spec.tpSize))
     , m_comm(comm)
 {
+    // Linear weights load as bf16/f32, or as f32 to be quantized (q8); the embedding table of a q8 run is bf16.
     const at::ScalarType wt = compute == ComputeType::BF16 ? at::kBFloat16 : at::kFloat;
+    const at::ScalarType embedType = compute == ComputeType::F32 ? at::kFloat : at::kBFloat16;
     std::map<std::string, TensorSlice> slices;
     for (auto& s : shardTensors(config, spec))
         slices.emplace(s.name, s);
@@ -119,24 +138,26 @@ LlamaModel::LlamaModel(const ModelConfig& config, const WeightProvider& weights,
         return t;
     };
     if (spec.holdsEmbedding() || (spec.holdsHead() && config.tieWordEmbeddings))
-        m_embed = get("model.embed_tokens.weight", wt);
+        m_embed = get("model.embed_tokens.weight", embedType);
     if (spec.holdsHead()) {
         m_finalNorm = get("model.norm.weight", at::kFloat);
         if (!config.tieWordEmbeddings)
-            m_lmHead = get("lm_head.weight", wt);
-        else if (spec.holdsEmbedding()) // whole embedding here: the head is a view of our vocabulary rows
-            m_lmHead = m_embed.narrow(0, m_dims.vocabBegin, m_dims.vocab);
+            m_lmHead = makeMatrix(get("lm_head.weight", wt));
+        else if (spec.holdsEmbedding()) // whole embedding here: the head is our vocabulary rows of it
+            m_lmHead = makeMatrix(m_embed.narrow(0, m_dims.vocabBegin, m_dims.vocab));
         else
-            m_lmHead = m_embed; // loaded as exactly our rows
+            m_lmHead = makeMatrix(m_embed); // loaded as exactly our rows
+        if (m_embed.defined() && !spec.holdsEmbedding())
+            m_embed = at::Tensor(); // only the head needed it
     }
     for (int64_t l = spec.firstLayer; l <= spec.lastLayer; ++l) {
         const std::string p = "model.layers." + std::to_string(l) + ".";
         Layer L;
         L.inputNorm = get(p + "input_layernorm.weight", at::kFloat);
         L.postNorm = get(p + "post_attention_layernorm.weight", at::kFloat);
-        L.wqkv = at::cat({get(p + "self_attn.q_proj.weight", wt), get(p + "self_attn.k_proj.weight", wt),
-                          get(p + "self_attn.v_proj.weight", wt)},
-                         0);
+        L.wqkv = makeMatrix(at::cat({get(p + "self_attn.q_proj.weight", wt), get(p + "self_attn.k_proj.weight", wt),
+                                     get(p + "self_attn.v_proj.weight", wt)},
+                                    0));
         if (config.attentionBias)
             L.bqkv = at::cat({get(p + "self_attn.q_proj.bias", at::kFloat), get(p + "self_attn.k_proj.bias", at::kFloat),
                               get(p + "self_attn.v_proj.bias", at::kFloat)},
@@ -145,9 +166,9 @@ LlamaModel::LlamaModel(const ModelConfig& config, const WeightProvider& weights,
             L.qNorm = get(p + "self_attn.q_norm.weight", at::kFloat);
             L.kNorm = get(p + "self_attn.k_norm.weight", at::kFloat);
         }
-        L.wo = get(p + "self_attn.o_proj.weight", wt);
-        L.wGateUp = at::cat({get(p + "mlp.gate_proj.weight", wt), get(p + "mlp.up_proj.weight", wt)}, 0);
-        L.wDown = get(p + "mlp.down_proj.weight", wt);
+        L.wo = makeMatrix(get(p + "self_attn.o_proj.weight", wt));
+        L.wGateUp = makeMatrix(at::cat({get(p + "mlp.gate_proj.weight", wt), get(p + "mlp.up_proj.weight", wt)}, 0));
+        L.wDown = makeMatrix(get(p + "mlp.down_proj.weight", wt));
         m_layers.push_back(std::move(L));
     }
 
@@ -182,15 +203,39 @@ KvCache LlamaModel::newCache(int64_t limit) const
     return KvCache(static_cast<int64_t>(m_layers.size()), m_dims.kvHeads, m_config.headDim, cap);
 }
 
+int64_t LlamaModel::Matrix::bytes() const
+{
+    if (q8)
+        return static_cast<int64_t>(q8->bytes());
+    return w.defined() ? static_cast<int64_t>(w.nbytes()) : 0;
+}
+
+LlamaModel::Matrix LlamaModel::makeMatrix(const at::Tensor& w) const
+{
+    Matrix m;
+    m.rows = w.size(0);
+    m.cols = w.size(1);
+    if (m_compute != ComputeType::Q8) {
+        m.w = w.contiguous();
+        return m;
+    }
+    at::Tensor f = w.to(at::kFloat).contiguous();
+    auto q = std::make_shared<kernels::Q8Matrix>(kernels::makeQ8(m.rows, m.cols));
+    const float* src = f.data_ptr<float>();
+    kernels::parallelRows(m.rows, 16, [&](int64_t r0, int64_t r1) { kernels::quantizeRowsQ8(src, r0, r1, *q); });
+    m.q8 = std::move(q);
+    return m;
+}
+
 int64_t LlamaModel::weightBytesPerToken() const
 {
     int64_t total = 0;
     auto bytes = [](const at::Tensor& t) { return t.defined() ? static_cast<int64_t>(t.nbytes()) : int64_t(0); };
     for (auto& L : m_layers)
-        total += bytes(L.wqkv) + bytes(L.bqkv) + bytes(L.qNorm) + bytes(L.kNorm) + bytes(L.wo) + bytes(L.wGateUp) + bytes(L.wDown) +
+        total += L.wqkv.bytes() + bytes(L.bqkv) + bytes(L.qNorm) + bytes(L.kNorm) + L.wo.bytes() + L.wGateUp.bytes() + L.wDown.bytes() +
                  bytes(L.inputNorm) + bytes(L.postNorm);
-    if (m_lmHead.defined())
-        total += m_lmHead.nbytes() + m_finalNorm.nbytes();
+    if (m_spec.holdsHead())
+        total += m_lmHead.bytes() + m_finalNorm.nbytes();
     if (m_embed.defined() && m_spec.holdsEmbedding())
         total += m_embed.nbytes() / m_embed.size(0); // one embedding row per token
     return total;
@@ -202,14 +247,115 @@ at::Tensor LlamaModel::rmsNorm(const at::Tensor& x, const at::Tensor& w) const
     return x * at::rsqrt(var + m_config.rmsNormEps) * w;
 }
 
-at::Tensor LlamaModel::linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const
+namespace {
+
+// Up to this many rows a q8 product runs the kernel once per row (each pass reads the weights); longer inputs
+// (prefill) multiply dequantized weights with GEMM.
+constexpr int64_t kQ8KernelRows = 4;
+
+std::atomic<bool> g_atenDecode{false};
+
+} // namespace
+
+void LlamaModel::setAtenDecode(bool on) { g_atenDecode.store(on); }
+
+namespace {
+
+using OpenBlasThreads = void (*)(int);
+using OpenBlasGetThreads = int (*)();
+
+// A one-row step runs its matrix products on the kernels' pool; ATen's other operators there are tiny, and its
+// OpenMP and OpenBLAS pools busy-waiting beside the kernels' threads take their cores (measured: two threads
+// decoded slower than one). For the step, both run on the calling thread alone.
+class SerialAten {
+public:
+    explicit SerialAten(bool on)
+    {
+        if (!on || at::get_num_threads() == 1)
+            return;
+        m_threads = at::get_num_threads();
+        at::set_num_threads(1);
+        static const auto get = reinterpret_cast<OpenBlasGetThreads>(::dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+        static const auto set = reinterpret_cast<OpenBlasThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+        if (get && set) {
+            m_blas = get();
+            set(1);
+        }
+    }
+    ~SerialAten()
+    {
+        if (m_threads <= 0)
+            return;
+        at::set_num_threads(m_threads);
+        static const auto set = reinterpret_cast<OpenBlasThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+        if (set && m_blas > 0)
+            set(m_blas);
+    }
+    SerialAten(const SerialAten&) = delete;
+    SerialAten& operator=(const SerialAten&) = delete;
+
+private:
+    int m_threads = 0, m_blas = 0;
+};
+
+} // namespace
+
+at::Tensor LlamaModel::linear(const at::Tensor& x, const Matrix& m, const at::Tensor& b) const
 {
-    // One row (decode): matrix-vector product, which reads the weights at close to memory bandwidth where
-    // at::linear's GEMM path reaches about half of it (measured: bf16 12.9 vs 10 GB/s, f32 10.5 vs 5 GB/s).
-    // A bf16 product returns bf16 in libtorch 1.13: bring it back to f32.
-    at::Tensor xc = x.to(w.scalar_type());
-    at::Tensor y = x.size(0) == 1 ? at::mv(w, xc.view({x.size(1)})).view({1, w.size(0)}) : at::linear(xc, w);
-    if (y.scalar_type() != at::kFloat)
+    const int64_t T = x.size(0);
+    if (x.size(1) != m.cols)
+        throw Error("internal: a [" + std::to_string(T) + ", " + std::to_string(x.size(1)) + "] input to a [" + std::to_string(m.rows) +
+                    ", " + std::to_string(m.cols) + "] weight");
+    at::Tensor y;
+    if (T == 1 && !m.q8 && g_atenDecode.load()) {
+        y = at::mv(m.w, x.to(m.w.scalar_type()).view({m.cols})).view({1, m.rows});
+    } else if (T == 1 || (m.q8 && T <= kQ8KernelRows)) {
+        // Decode: the weights × one vector at memory speed (worker/kernels), split by output rows over the pool.
+        y = at::empty({T, m.rows}, at::kFloat);
+        at::Tensor xf = x.to(at::kFloat).contiguous();
+        for (int64_t t = 0; t < T; ++t) {
+            float* out = y.data_ptr<float>() + t * m.rows;
+            const float* in = xf.data_ptr<float>() + t * m.cols;
+            if (m.q8) {
+                kernels::Q8Vector xq;
+                kernels::quantizeVectorQ8(in, m.cols, xq);
+                kernels::parallelRows(m.rows, 16, [&](int64_t r0, int64_t r1) { kernels::gemvQ8(*m.q8, xq, out, r0, r1); });
+            } else if (m.w.scalar_type() == at::kBFloat16) {
+                at::Tensor xb = xf[t].to(at::kBFloat16).contiguous();
+                const auto* w = reinterpret_cast<const uint16_t*>(m.w.data_ptr());
+                const auto* xv = reinterpret_cast<const uint16_t*>(xb.data_ptr());
+                kernels::parallelRows(m.rows, 16, [&](int64_t r0, int64_t r1) { kernels::gemvBf16(w, xv, out, m.cols, r0, r1); });
+            } else {
+                const float* w = m.w.data_ptr<float>();
+                kernels::parallelRows(m.rows, 16, [&](int64_t r0, int64_t r1) { kernels::gemvF32(w, in, out, m.cols, r0, r1); });
+            }
+        }
+    } else if (m.q8) {
+        // Prefill in q8: GEMM over tiles of dequantized rows (bf16 where the CPU multiplies bf16 natively), each
+        // tile written into one reused buffer that stays in cache, not a fresh full-size copy per product.
+        static const bool bf16 = defaultComputeType() == ComputeType::BF16;
+        const at::ScalarType wt = bf16 ? at::kBFloat16 : at::kFloat;
+        constexpr int64_t kTileRows = 256;
+        thread_local at::Tensor tile;
+        if (!tile.defined() || tile.scalar_type() != wt || tile.numel() < kTileRows * m.cols)
+            tile = at::empty({kTileRows * m.cols}, wt);
+        at::Tensor xw = x.to(wt).contiguous();
+        y = at::empty({T, m.rows}, at::kFloat);
+        for (int64_t r0 = 0; r0 < m.rows; r0 += kTileRows) {
+            const int64_t n = std::min(kTileRows, m.rows - r0);
+            at::Tensor wd = tile.narrow(0, 0, n * m.cols).view({n, m.cols});
+            kernels::parallelRows(n, 16, [&](int64_t a, int64_t b) {
+                if (bf16)
+                    kernels::dequantizeRowsQ8Bf16(*m.q8, r0 + a, r0 + b, reinterpret_cast<uint16_t*>(wd.data_ptr()) + a * m.cols);
+                else
+                    kernels::dequantizeRowsQ8(*m.q8, r0 + a, r0 + b, wd.data_ptr<float>() + a * m.cols);
+            });
+            y.narrow(1, r0, n).copy_(at::linear(xw, wd));
+        }
+    } else {
+        y = at::linear(x.to(m.w.scalar_type()), m.w);
+    }
+    if (y.scalar_type() != at::kFloat) // a bf16 GEMM returns bf16 in libtorch 1.13
         y = y.to(at::kFloat);
     if (b.defined())
         y = y + b;
@@ -255,6 +401,7 @@ at::Tensor LlamaModel::forwardShard(const at::Tensor& input, KvCache& cache) con
         T = input.size(0);
         x = input.contiguous();
     }
+    const SerialAten serial(T == 1 && !g_atenDecode.load());
     const int64_t pos0 = cache.length();
     cache.reserve(pos0 + T);
     const int64_t L = pos0 + T;
@@ -364,6 +511,7 @@ namespace together {
 
 void setComputeThreads(int threads)
 {
+    kernels::setThreads(threads);
     at::set_num_threads(threads);
     using SetThreads = void (*)(int);
     if (auto f = reinterpret_cast<SetThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads")))

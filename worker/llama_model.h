@@ -5,9 +5,11 @@
 #include "core/model_config.h"
 #include "core/sampler.h"
 #include "core/shard_spec.h"
+#include "worker/kernels/kernels.h"
 
 #include <ATen/core/Tensor.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -15,13 +17,17 @@ namespace together {
 
 class SafeTensors;
 
-// Numerics of a run. In BF16 mode the weights and the inputs of every linear layer are bf16; the residual
-// stream, RMSNorm, rotary, attention scores, softmax, KV cache and logits stay f32.
+// Numerics of a run. In BF16 mode the weights and the inputs of every linear layer are bf16; in Q8 mode the
+// linear layers' weights are GGUF Q8_0 blocks (int8, one f16 scale per 32, quantized at load from the checkpoint)
+// and decode quantizes their inputs the same way, while prefill multiplies dequantized weights on oneDNN/BLAS;
+// the embedding table is then kept in bf16. In every mode the residual stream, RMSNorm, rotary, attention
+// scores, softmax, KV cache and logits stay f32.
 enum class ComputeType {
     F32,
     BF16,
+    Q8,
 };
-ComputeType parseComputeType(const std::string& s); // "f32" | "bf16"; throws Error otherwise
+ComputeType parseComputeType(const std::string& s); // "f32" | "bf16" | "q8"; throws Error otherwise
 const char* computeTypeName(ComputeType t);
 // bf16 where the CPU has AVX-512 BF16 (native bf16 dot products), else f32.
 ComputeType defaultComputeType();
@@ -82,15 +88,30 @@ public:
     // Bytes of weights one decode step reads (each matrix once, one embedding row).
     int64_t weightBytesPerToken() const;
 
+    // A linear layer's weight [rows, cols] in the run's format: a tensor (f32, bf16), or q8 blocks.
+    struct Matrix {
+        at::Tensor w;
+        std::shared_ptr<const kernels::Q8Matrix> q8;
+        int64_t rows = 0, cols = 0;
+        int64_t bytes() const;
+    };
+    // Y = X · Wᵀ (+ b), f32 [T, rows]. One-row steps (and q8 steps of a few rows) run the decode kernels over
+    // the shard's thread pool; longer ones oneDNN/BLAS's GEMM. Public for calibration and benchmarks.
+    at::Tensor linear(const at::Tensor& x, const Matrix& w, const at::Tensor& b = {}) const;
+    // The weight in this model's format (quantized when it runs q8).
+    Matrix makeMatrix(const at::Tensor& w) const;
+    // Benchmarks only: one-row f32/bf16 products through ATen (at::mv: oneDNN or BLAS) instead of the decode
+    // kernels, as before they existed, so both are measured side by side in one run. Process-wide.
+    static void setAtenDecode(bool on);
+
 private:
     struct Layer {
         at::Tensor inputNorm, postNorm;
-        at::Tensor wqkv, bqkv; // bqkv undefined without bias
+        Matrix wqkv, wo, wGateUp, wDown;
+        at::Tensor bqkv; // undefined without bias
         at::Tensor qNorm, kNorm; // undefined without qk norm
-        at::Tensor wo, wGateUp, wDown;
     };
     at::Tensor rmsNorm(const at::Tensor& x, const at::Tensor& w) const;
-    at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {}) const;
     at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
 
     ModelConfig m_config;
@@ -98,7 +119,8 @@ private:
     ShardSpec m_spec;
     ShardDims m_dims;
     Communicator* m_comm = nullptr;
-    at::Tensor m_embed, m_finalNorm, m_lmHead, m_invFreq;
+    at::Tensor m_embed, m_finalNorm, m_invFreq;
+    Matrix m_lmHead;
     std::vector<Layer> m_layers;
 };
 
@@ -120,7 +142,7 @@ private:
 } // namespace together
 
 namespace together {
-// Sets the compute threads for ATen's pool and for OpenBLAS's own pool (used by f32 matmuls), which
-// otherwise ignores at::set_num_threads and oversubscribes the cores.
+// Sets the compute threads for the decode kernels' pool, ATen's pool, and OpenBLAS's own pool (used by f32
+// matmuls), which otherwise ignores at::set_num_threads and oversubscribes the cores.
 void setComputeThreads(int threads);
 } // namespace together

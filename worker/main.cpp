@@ -15,6 +15,7 @@
 #include "worker/shard_processes.h"
 #include "worker/shard_server.h"
 #include "worker/service_unit.h"
+#include "worker/kernels/kernels.h"
 #include "worker/llama_model.h"
 
 #include <ATen/Parallel.h>
@@ -34,7 +35,7 @@ namespace {
 const char* kUsage =
     "usage:\n"
     "  together-worker generate [--model DIR] --prompt TEXT [--chat] [--max-tokens N] [--temperature T]\n"
-    "                           [--top-k K] [--top-p P] [--seed S] [--stop TEXT]... [--dtype bf16|f32]\n"
+    "                           [--top-k K] [--top-p P] [--seed S] [--stop TEXT]... [--dtype bf16|q8|f32]\n"
     "                           [--threads N] [--trace FILE]\n"
     "      Streams the generated text to stdout. Without --model, a small built-in random-weight model is\n"
     "      written to the cache folder and used (its output is noise).\n"
@@ -55,8 +56,13 @@ const char* kUsage =
     "  together-worker install-service [serve's flags] [--unit-dir DIR] [--no-enable]\n"
     "      Writes and enables a systemd user unit running `serve` with those flags at every boot (and enables\n"
     "      linger). uninstall-service [--unit-dir DIR] removes it.\n"
-    "  together-worker bench [--cache DIR] [--threads 1,2] [--dtypes bf16,f32] [--layers N]\n"
-    "      Prints prefill/decode speed next to this machine's read bandwidth (TinyLlama-1.1B shape).\n";
+    "  together-worker bench [--cache DIR] [--threads 1,2] [--dtypes bf16,q8,f32] [--kernels all|PATH,PATH]\n"
+    "                        [--layers N] [--accuracy]\n"
+    "      Prints prefill/decode speed next to this machine's read bandwidth (TinyLlama-1.1B shape), per dtype,\n"
+    "      thread count and decode kernel path; --accuracy compares bf16 and q8 with f32 over greedy steps.\n"
+    "  together-worker kernels\n"
+    "      Prints the decode kernel paths this CPU can run and the active one (TOGETHER_KERNELS=avx512bf16|\n"
+    "      avx512|avx2|portable forces one, in every together process it is set for).\n";
 
 int runGenerate(const std::vector<std::string>& rest)
 {
@@ -174,6 +180,13 @@ int main(int argc, char** argv)
             return runGenerate(rest);
         if (cmd == "bench")
             return runBench(rest);
+        if (cmd == "kernels") {
+            std::printf("kernel paths on this CPU:");
+            for (auto p : kernels::supportedPaths())
+                std::printf(" %s", kernels::pathName(p));
+            std::printf(" (active: %s)\n", kernels::pathName(kernels::activePath()));
+            return 0;
+        }
         if (cmd == "serve")
             return runDaemon(parseServe(CliArgs(rest, serveFlagSpecs())));
         if (cmd == "install-service")

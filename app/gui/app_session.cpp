@@ -482,7 +482,7 @@ std::map<std::string, uint64_t> AppSession::plannedBytes(const Plan& plan, const
         return out;
     const int64_t ctx = context > 0 ? std::min(context, m_config.contextLimit()) : m_config.contextLimit();
     try {
-        const DType dt = parseDType(dtype.toUpper().toStdString(), "the dtype");
+        const RunDtype dt = parseRunDtype(dtype.toStdString());
         for (size_t s = 0; s < plan.stages.size(); ++s)
             for (size_t r = 0; r < plan.stages[s].ranks.size(); ++r)
                 out[plan.stages[s].ranks[r].worker] +=
@@ -511,7 +511,7 @@ QString AppSession::memoryShortfall(const QString& dtype, int64_t context) const
     const int64_t ctx = context > 0 ? std::min(context, m_config.contextLimit()) : m_config.contextLimit();
     try {
         const std::string shortfall =
-            checkMemory(m_config, m_plan, parseDType(dtype.toUpper().toStdString(), "the dtype"), ctx, machines);
+            checkMemory(m_config, m_plan, parseRunDtype(dtype.toStdString()), ctx, machines);
         return shortfall.empty() ? QString() : "This placement " + QString::fromStdString(shortfall) + ".";
     } catch (const std::exception&) {
         return {}; // a worker discovery does not know (yet): the master checks again at launch

@@ -63,7 +63,7 @@ LaunchPane::LaunchPane(AppSession& session, QWidget* parent)
 
     auto* options = new QHBoxLayout;
     m_dtype = new QComboBox;
-    m_dtype->addItems({"bf16", "f32"});
+    m_dtype->addItems({"bf16", "q8", "f32"});
     m_dtype->setAccessibleName("Dtype");
     auto* dl = new QLabel("Dtype");
     dl->setBuddy(m_dtype);

@@ -1,0 +1,437 @@
+// SPDX-License-Identifier: MIT
+// Dispatch, number formats and the thread pool of the decode kernels (the products are in kernels_<path>.cpp).
+#include "worker/kernels/kernels.h"
+
+#include "core/error.h"
+#include "worker/kernels/paths.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <thread>
+
+#include <sched.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define TOGETHER_PAUSE() _mm_pause()
+#else
+#define TOGETHER_PAUSE() ((void)0)
+#endif
+
+namespace together::kernels {
+
+namespace {
+
+const detail::Table& tableOf(Path p)
+{
+    switch (p) {
+    case Path::Avx512Bf16:
+        return detail::avx512Bf16Table();
+    case Path::Avx512:
+        return detail::avx512Table();
+    case Path::Avx2:
+        return detail::avx2Table();
+    case Path::Portable:
+        break;
+    }
+    return detail::portableTable();
+}
+
+std::atomic<int> g_path{-1};
+std::mutex g_pathMutex;
+
+} // namespace
+
+const char* pathName(Path p)
+{
+    switch (p) {
+    case Path::Portable:
+        return "portable";
+    case Path::Avx2:
+        return "avx2";
+    case Path::Avx512:
+        return "avx512";
+    case Path::Avx512Bf16:
+        return "avx512bf16";
+    }
+    return "?";
+}
+
+Path parsePath(const std::string& name)
+{
+    for (Path p : {Path::Portable, Path::Avx2, Path::Avx512, Path::Avx512Bf16})
+        if (name == pathName(p))
+            return p;
+    throw Error("unknown kernel path '" + name + "' (use avx512bf16, avx512, avx2 or portable)");
+}
+
+bool supported(Path p)
+{
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    switch (p) {
+    case Path::Portable:
+        return true;
+    case Path::Avx2:
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    case Path::Avx512:
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    case Path::Avx512Bf16:
+        return supported(Path::Avx512) && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vnni");
+    }
+    return false;
+#else
+    return p == Path::Portable;
+#endif
+}
+
+std::vector<Path> supportedPaths()
+{
+    std::vector<Path> out;
+    for (Path p : {Path::Portable, Path::Avx2, Path::Avx512, Path::Avx512Bf16})
+        if (supported(p))
+            out.push_back(p);
+    return out;
+}
+
+void setPath(Path p)
+{
+    if (!supported(p))
+        throw Error(std::string("this CPU cannot run the ") + pathName(p) + " kernels (it runs: " + [] {
+            std::string s;
+            for (Path q : supportedPaths())
+                s += (s.empty() ? "" : ", ") + std::string(pathName(q));
+            return s;
+        }() + ")");
+    g_path.store(static_cast<int>(p));
+}
+
+Path activePath()
+{
+    int p = g_path.load();
+    if (p >= 0)
+        return static_cast<Path>(p);
+    std::lock_guard lock(g_pathMutex);
+    if (g_path.load() < 0) {
+        const char* forced = std::getenv("TOGETHER_KERNELS");
+        if (forced && *forced) {
+            const Path want = parsePath(forced);
+            if (!supported(want))
+                setPath(want); // throws with the reason
+            g_path.store(static_cast<int>(want));
+        } else {
+            g_path.store(static_cast<int>(supportedPaths().back()));
+        }
+    }
+    return static_cast<Path>(g_path.load());
+}
+
+uint16_t f32ToF16(float f)
+{
+    uint32_t x;
+    std::memcpy(&x, &f, 4);
+    const uint32_t sign = (x >> 16) & 0x8000u;
+    const uint32_t ax = x & 0x7fffffffu;
+    if (ax >= 0x7f800000u) // inf, nan (quiet)
+        return static_cast<uint16_t>(sign | (ax > 0x7f800000u ? 0x7e00u : 0x7c00u));
+    if (ax >= 0x477ff000u) // 65520 and up round to infinity
+        return static_cast<uint16_t>(sign | 0x7c00u);
+    if (ax < 0x38800000u) { // below 2^-14: a multiple of 2^-24 (subnormal, or 0x400 = the smallest normal)
+        float a;
+        std::memcpy(&a, &ax, 4);
+        return static_cast<uint16_t>(sign | static_cast<uint32_t>(std::nearbyint(a * 16777216.0f)));
+    }
+    const uint32_t mant = ax & 0x7fffffu;
+    uint32_t h = ((((ax >> 23) - 127 + 15)) << 10) | (mant >> 13);
+    const uint32_t rest = mant & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u)))
+        ++h; // a carry into the exponent is right
+    return static_cast<uint16_t>(sign | h);
+}
+
+float f16ToF32(uint16_t h)
+{
+    const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+    const uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    uint32_t bits;
+    if (e == 0) {
+        const float v = static_cast<float>(m) * (1.0f / 16777216.0f);
+        return sign ? -v : v;
+    }
+    if (e == 31)
+        bits = sign | 0x7f800000u | (m << 13);
+    else
+        bits = sign | ((e - 15 + 127) << 23) | (m << 13);
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+
+Q8Matrix makeQ8(int64_t rows, int64_t cols)
+{
+    Q8Matrix m;
+    m.rows = rows;
+    m.cols = cols;
+    m.blocks = q8Blocks(cols);
+    m.qs.assign(static_cast<size_t>(rows * m.blocks * kQ8Block), 0);
+    m.d.assign(static_cast<size_t>(rows * m.blocks), 0);
+    return m;
+}
+
+void quantizeRowsQ8(const float* w, int64_t r0, int64_t r1, Q8Matrix& m)
+{
+    for (int64_t r = r0; r < r1; ++r) {
+        const float* row = w + r * m.cols;
+        for (int64_t b = 0; b < m.blocks; ++b) {
+            const int64_t c0 = b * kQ8Block, n = std::min(kQ8Block, m.cols - c0);
+            float amax = 0;
+            for (int64_t i = 0; i < n; ++i)
+                amax = std::max(amax, std::fabs(row[c0 + i]));
+            // The stored (f16) scale is the one the values are divided by, so scale and values agree; where
+            // f16 rounded it down (always possible, and by up to half the scale among subnormals) the next f16
+            // up is taken, so the largest value still fits in ±127 and no value is clamped.
+            uint16_t dh = f32ToF16(amax / 127.0f);
+            if (amax > 0 && amax / f16ToF32(dh) > 127.0f)
+                ++dh;
+            const float d = f16ToF32(dh);
+            m.d[static_cast<size_t>(r * m.blocks + b)] = dh;
+            int8_t* q = m.qs.data() + (r * m.blocks + b) * kQ8Block;
+            for (int64_t i = 0; i < n; ++i)
+                q[i] = d > 0 ? static_cast<int8_t>(std::clamp<long>(std::lrint(row[c0 + i] / d), -127, 127)) : 0;
+        }
+    }
+}
+
+void dequantizeRowsQ8(const Q8Matrix& m, int64_t r0, int64_t r1, float* out)
+{
+    for (int64_t r = r0; r < r1; ++r) {
+        float* o = out + (r - r0) * m.cols;
+        for (int64_t b = 0; b < m.blocks; ++b) {
+            const float d = f16ToF32(m.d[static_cast<size_t>(r * m.blocks + b)]);
+            const int8_t* q = m.qs.data() + (r * m.blocks + b) * kQ8Block;
+            const int64_t c0 = b * kQ8Block;
+            if (c0 + kQ8Block <= m.cols) {
+                for (int i = 0; i < kQ8Block; ++i) // a fixed count: vectorised
+                    o[c0 + i] = d * static_cast<float>(q[i]);
+            } else {
+                for (int64_t i = 0; c0 + i < m.cols; ++i)
+                    o[c0 + i] = d * static_cast<float>(q[i]);
+            }
+        }
+    }
+}
+
+void dequantizeRowsQ8Bf16(const Q8Matrix& m, int64_t r0, int64_t r1, uint16_t* out)
+{
+    // d · q is a float times an integer of at most 7 bits: rounding it to bf16 (8 bits) is round to nearest
+    // even on the float's bits (the values are finite).
+    auto bf16 = [](float v) {
+        uint32_t bits;
+        std::memcpy(&bits, &v, 4);
+        return static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+    };
+    for (int64_t r = r0; r < r1; ++r) {
+        uint16_t* o = out + (r - r0) * m.cols;
+        for (int64_t b = 0; b < m.blocks; ++b) {
+            const float d = f16ToF32(m.d[static_cast<size_t>(r * m.blocks + b)]);
+            const int8_t* q = m.qs.data() + (r * m.blocks + b) * kQ8Block;
+            const int64_t c0 = b * kQ8Block;
+            if (c0 + kQ8Block <= m.cols) {
+                for (int i = 0; i < kQ8Block; ++i)
+                    o[c0 + i] = bf16(d * static_cast<float>(q[i]));
+            } else {
+                for (int64_t i = 0; c0 + i < m.cols; ++i)
+                    o[c0 + i] = bf16(d * static_cast<float>(q[i]));
+            }
+        }
+    }
+}
+
+void quantizeVectorQ8(const float* x, int64_t cols, Q8Vector& out)
+{
+    out.cols = cols;
+    out.blocks = q8Blocks(cols);
+    out.qs.assign(static_cast<size_t>(out.blocks * kQ8Block), 0);
+    out.d.assign(static_cast<size_t>(out.blocks), 0.0f);
+    for (int64_t b = 0; b < out.blocks; ++b) {
+        const int64_t c0 = b * kQ8Block, n = std::min(kQ8Block, cols - c0);
+        float amax = 0;
+        for (int64_t i = 0; i < n; ++i)
+            amax = std::max(amax, std::fabs(x[c0 + i]));
+        const float d = amax / 127.0f;
+        out.d[static_cast<size_t>(b)] = d;
+        if (d > 0)
+            for (int64_t i = 0; i < n; ++i)
+                out.qs[static_cast<size_t>(c0 + i)] = static_cast<int8_t>(std::clamp<long>(std::lrint(x[c0 + i] / d), -127, 127));
+    }
+}
+
+void gemvF32On(Path p, const float* w, const float* x, float* y, int64_t cols, int64_t r0, int64_t r1)
+{
+    tableOf(p).f32(w, x, y, cols, r0, r1);
+}
+
+void gemvBf16On(Path p, const uint16_t* w, const uint16_t* x, float* y, int64_t cols, int64_t r0, int64_t r1)
+{
+    tableOf(p).bf16(w, x, y, cols, r0, r1);
+}
+
+void gemvQ8On(Path p, const Q8Matrix& w, const Q8Vector& x, float* y, int64_t r0, int64_t r1)
+{
+    if (x.blocks != w.blocks)
+        throw Error("internal: q8 product of " + std::to_string(w.blocks) + " weight blocks with " + std::to_string(x.blocks) +
+                    " activation blocks");
+    tableOf(p).q8(w.qs.data(), w.d.data(), w.blocks, x.qs.data(), x.d.data(), y, r0, r1);
+}
+
+void gemvF32(const float* w, const float* x, float* y, int64_t cols, int64_t r0, int64_t r1)
+{
+    gemvF32On(activePath(), w, x, y, cols, r0, r1);
+}
+
+void gemvBf16(const uint16_t* w, const uint16_t* x, float* y, int64_t cols, int64_t r0, int64_t r1)
+{
+    gemvBf16On(activePath(), w, x, y, cols, r0, r1);
+}
+
+void gemvQ8(const Q8Matrix& w, const Q8Vector& x, float* y, int64_t r0, int64_t r1)
+{
+    gemvQ8On(activePath(), w, x, y, r0, r1);
+}
+
+// ---- the thread pool ----
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+class Pool {
+public:
+    ~Pool() { resize(1); }
+
+    int size() const { return m_size; }
+
+    void resize(int n)
+    {
+        n = std::max(1, n);
+        std::lock_guard busy(m_busy);
+        if (n == m_size)
+            return;
+        m_stop.store(true);
+        m_generation.fetch_add(1);
+        wake();
+        for (auto& t : m_workers)
+            t.join();
+        m_workers.clear();
+        m_stop.store(false);
+        m_size = n;
+        // The generation the workers start from is read here, not in the threads: a job published before a
+        // new thread first runs must still count as new for it.
+        const uint32_t start = m_generation.load();
+        for (int i = 1; i < n; ++i)
+            m_workers.emplace_back([this, i, start] { work(i, start); });
+    }
+
+    void run(int64_t rows, int64_t align, const std::function<void(int64_t, int64_t)>& fn)
+    {
+        std::unique_lock busy(m_busy, std::try_to_lock);
+        if (!busy.owns_lock() || m_size == 1 || rows < 2 * align) {
+            fn(0, rows);
+            return;
+        }
+        m_fn = &fn;
+        m_rows = rows;
+        m_align = std::max<int64_t>(1, align);
+        m_remaining.store(m_size - 1);
+        m_generation.fetch_add(1); // seq_cst: pairs with a worker's m_sleepers increment (see work)
+        if (m_sleepers.load() > 0)
+            wake();
+        part(0);
+        while (m_remaining.load(std::memory_order_acquire) > 0)
+            TOGETHER_PAUSE();
+        m_fn = nullptr;
+    }
+
+private:
+    void wake()
+    {
+        std::lock_guard lock(m_sleepMutex);
+        m_sleep.notify_all();
+    }
+
+    void part(int i)
+    {
+        // Chunks in units of `align` rows, the first ones one unit larger when they do not divide evenly.
+        const int64_t units = (m_rows + m_align - 1) / m_align, base = units / m_size, extra = units % m_size;
+        const int64_t u0 = base * i + std::min<int64_t>(i, extra), u1 = u0 + base + (i < extra ? 1 : 0);
+        const int64_t r0 = std::min(m_rows, u0 * m_align), r1 = std::min(m_rows, u1 * m_align);
+        if (r0 < r1)
+            (*m_fn)(r0, r1);
+    }
+
+    void work(int i, uint32_t seen)
+    {
+        while (true) {
+            // Spin (yielding after a while, for hosts with more threads than cores) for up to 2 ms, then sleep.
+            auto start = Clock::now();
+            int spins = 0;
+            uint32_t g;
+            while ((g = m_generation.load(std::memory_order_acquire)) == seen) {
+                TOGETHER_PAUSE();
+                if (++spins % 128)
+                    continue;
+                const auto idle = Clock::now() - start;
+                if (idle > std::chrono::milliseconds(2)) {
+                    // A job published after our increment is seen by the predicate; one published before it
+                    // finds m_sleepers > 0 and notifies under the mutex (both sides are sequentially consistent).
+                    std::unique_lock lock(m_sleepMutex);
+                    m_sleepers.fetch_add(1);
+                    m_sleep.wait(lock, [&] { return m_generation.load() != seen; });
+                    m_sleepers.fetch_sub(1);
+                    start = Clock::now();
+                } else if (idle > std::chrono::microseconds(200)) {
+                    sched_yield();
+                }
+            }
+            seen = g;
+            if (m_stop.load())
+                return;
+            part(i);
+            m_remaining.fetch_sub(1, std::memory_order_release);
+        }
+    }
+
+    std::mutex m_busy;
+    int m_size = 1;
+    std::vector<std::thread> m_workers;
+    std::atomic<uint32_t> m_generation{0};
+    std::atomic<int> m_remaining{0}, m_sleepers{0};
+    std::atomic<bool> m_stop{false};
+    std::mutex m_sleepMutex;
+    std::condition_variable m_sleep;
+    const std::function<void(int64_t, int64_t)>* m_fn = nullptr;
+    int64_t m_rows = 0, m_align = 1;
+};
+
+Pool& pool()
+{
+    static Pool p;
+    return p;
+}
+
+} // namespace
+
+void setThreads(int n) { pool().resize(n); }
+
+int threads() { return pool().size(); }
+
+void parallelRows(int64_t rows, int64_t align, const std::function<void(int64_t, int64_t)>& fn) { pool().run(rows, align, fn); }
+
+} // namespace together::kernels

@@ -1,0 +1,95 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+// Decode kernels: weights [rows, cols] (row-major, as nn.Linear stores them) times one activation vector,
+// y[r] = Σ_c W[r, c] · x[c]. A decode step is this product over every weight matrix once, so it runs at the
+// speed memory delivers the weights; oneDNN's GEMM-shaped path for N = 1 does not (it vectorises over N and
+// is compute-bound at a third of the bandwidth on CPUs without AMX). No libtorch here: plain pointers, one
+// translation unit per instruction set (kernels_<path>.cpp, each compiled for its own ISA), chosen at run time
+// by the CPU's features, or forced with TOGETHER_KERNELS=<path> (for measurements and tests).
+//
+// Weight formats:
+//   f32   4 bytes per weight.
+//   bf16  2 bytes; the activation is rounded to bf16 by the caller, products accumulate in f32.
+//   q8    GGUF's Q8_0: blocks of 32 weights along a row, each block int8 values in [-127, 127] and one f16
+//         scale (34 bytes per 32 weights). Rows are zero-padded to whole blocks. The activation is quantized
+//         the same way per call (with an f32 scale), and each block's product is an exact int32 sum scaled by
+//         d_w · d_x.
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace together::kernels {
+
+enum class Path {
+    Portable,   // plain C++
+    Avx2,       // AVX2 + FMA + F16C
+    Avx512,     // AVX-512 F/BW/VL/DQ
+    Avx512Bf16, // AVX-512 BF16 (vdpbf16ps) and VNNI (vpdpbusd)
+};
+const char* pathName(Path p); // "portable", "avx2", "avx512", "avx512bf16"
+// Parses a name from pathName; throws Error naming the choices otherwise.
+Path parsePath(const std::string& name);
+// Whether this CPU (and the OS, for the wide registers) can run the path.
+bool supported(Path p);
+// The best supported path, unless TOGETHER_KERNELS names one (an unknown or unsupported name throws Error,
+// so a forced measurement never silently runs another path). Read once, then cached; setPath overrides it.
+Path activePath();
+void setPath(Path p); // throws Error when the CPU cannot run it
+// Every path this CPU can run, best last.
+std::vector<Path> supportedPaths();
+
+constexpr int64_t kQ8Block = 32;
+inline int64_t q8Blocks(int64_t cols) { return (cols + kQ8Block - 1) / kQ8Block; }
+
+// f16 <-> f32 (IEEE binary16, round to nearest even, subnormals kept).
+uint16_t f32ToF16(float f);
+float f16ToF32(uint16_t h);
+
+// A weight matrix in q8: qs holds rows × blocks × 32 int8 (zero-padded), d rows × blocks f16 scales.
+struct Q8Matrix {
+    int64_t rows = 0, cols = 0, blocks = 0;
+    std::vector<int8_t> qs;
+    std::vector<uint16_t> d;
+    size_t bytes() const { return qs.size() + d.size() * sizeof(uint16_t); }
+};
+// Quantizes rows [r0, r1) of an f32 matrix [rows, cols] into m (already sized by makeQ8).
+void quantizeRowsQ8(const float* w, int64_t r0, int64_t r1, Q8Matrix& m);
+Q8Matrix makeQ8(int64_t rows, int64_t cols);
+// rows [r0, r1) of m back to f32 (for prefill's GEMM and for tests).
+void dequantizeRowsQ8(const Q8Matrix& m, int64_t r0, int64_t r1, float* out);
+void dequantizeRowsQ8Bf16(const Q8Matrix& m, int64_t r0, int64_t r1, uint16_t* out);
+
+// One activation vector quantized for a q8 product: blocks × 32 int8 and one f32 scale per block.
+struct Q8Vector {
+    int64_t cols = 0, blocks = 0;
+    std::vector<int8_t> qs;
+    std::vector<float> d;
+};
+void quantizeVectorQ8(const float* x, int64_t cols, Q8Vector& out);
+
+// y[r] for r in [r0, r1): the row range is how a product is split over threads.
+void gemvF32(const float* w, const float* x, float* y, int64_t cols, int64_t r0, int64_t r1);
+void gemvBf16(const uint16_t* w, const uint16_t* x, float* y, int64_t cols, int64_t r0, int64_t r1);
+void gemvQ8(const Q8Matrix& w, const Q8Vector& x, float* y, int64_t r0, int64_t r1);
+
+// The same on one path, whatever activePath() says (tests compare every path against a reference).
+void gemvF32On(Path p, const float* w, const float* x, float* y, int64_t cols, int64_t r0, int64_t r1);
+void gemvBf16On(Path p, const uint16_t* w, const uint16_t* x, float* y, int64_t cols, int64_t r0, int64_t r1);
+void gemvQ8On(Path p, const Q8Matrix& w, const Q8Vector& x, float* y, int64_t r0, int64_t r1);
+
+// The compute threads of this process: a persistent pool (the calling thread is one of them) that splits a
+// product by output rows. Sized by setThreads (a shard sets its own count, so shards sharing a host do not
+// oversubscribe it). Idle workers spin for a short while after a job (a decode step issues one product per
+// matrix, microseconds apart, and waking a sleeping thread costs 50 µs to 2 ms on a VM), then sleep.
+void setThreads(int threads);
+int threads();
+// Runs fn(r0, r1) over [0, rows) in contiguous chunks of multiples of `align` rows, one per thread. A call
+// made while another thread's job runs in the pool runs on the calling thread alone (tensor-parallel ranks
+// as threads of one process, in tests).
+void parallelRows(int64_t rows, int64_t align, const std::function<void(int64_t, int64_t)>& fn);
+
+} // namespace together::kernels
