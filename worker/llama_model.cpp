@@ -344,7 +344,9 @@ at::Tensor LlamaModel::linear(const at::Tensor& x, const Matrix& m, const at::Te
         for (int64_t r0 = 0; r0 < m.rows; r0 += kTileRows) {
             const int64_t n = std::min(kTileRows, m.rows - r0);
             at::Tensor wd = tile.narrow(0, 0, n * m.cols).view({n, m.cols});
-            kernels::parallelRows(n, 16, [&](int64_t a, int64_t b) {
+            // ATen's own pool here, as for the GEMM right after: the kernels' pool busy-waiting beside OpenMP's
+            // made two threads prefill 5x slower than one.
+            at::parallel_for(0, n, 16, [&](int64_t a, int64_t b) {
                 if (bf16)
                     kernels::dequantizeRowsQ8Bf16(*m.q8, r0 + a, r0 + b, reinterpret_cast<uint16_t*>(wd.data_ptr()) + a * m.cols);
                 else
