@@ -497,3 +497,31 @@ TEST(ClusterFailover, WhenNothingFitsItStopsWithTheReasonAndKeepsTheText)
 }
 
 } // namespace
+
+// q8 weights through the whole cluster path (the master's plan and memory checks, the shards' load and
+// quantization of their slices, the ring): TP2 × PP2 gives the token ids one q8 process gives, on the
+// large-margin model.
+TEST(ClusterQ8, Tp2Pp2GivesTheTokensOfOneQ8Process)
+{
+    const std::string model = test::largeMarginModel("kv2", 4, 2, 160);
+    const std::string dir = test::makeTempDir("q8");
+    std::string out, err;
+    ASSERT_EQ(test::runCommand(test::workerBin() + " generate --model " + model + " --prompt 'Once upon a time' --temperature 0 --dtype q8 "
+                                   "--threads 1 --max-tokens 24 --ignore-eos --trace " + dir + "/one.jsonl",
+                               &out, &err),
+              0)
+        << err;
+    ASSERT_EQ(test::runCommand(test::cliBin() + " run --model " + model + " --local tp=2,pp=2 --prompt 'Once upon a time' --temperature 0 "
+                                   "--dtype q8 --max-tokens 24 --ignore-eos --trace " + dir + "/cluster.jsonl",
+                               &out, &err),
+              0)
+        << err;
+    const auto one = test::readTrace(dir + "/one.jsonl"), cluster = test::readTrace(dir + "/cluster.jsonl");
+    ASSERT_EQ(one.size(), 24u);
+    ASSERT_EQ(cluster.size(), one.size());
+    for (size_t i = 0; i < one.size(); ++i)
+        EXPECT_EQ(cluster[i].token, one[i].token) << "step " << i;
+    // and q8 is not silently f32: its logits differ from f32's in the low digits
+    const auto f32 = test::readTrace(test::referenceTrace(model, "Once upon a time", 24));
+    EXPECT_NE(one[0].top.front().second, f32[0].top.front().second);
+}
