@@ -139,20 +139,40 @@ int64_t randomTokenizerSize()
     return static_cast<int64_t>(trainedBpe().vocab.size()) + static_cast<int64_t>(std::size(kSpecial));
 }
 
-std::string ensureBenchModel(const std::string& cacheDir, int64_t layers)
+std::string ensureBenchModel(const std::string& cacheDir, int64_t layers) { return ensureBenchModel(cacheDir, "tinyllama-1.1b", layers); }
+
+RandomModelSpec benchModelSpec(const std::string& shape, int64_t layers)
 {
     RandomModelSpec spec;
-    spec.hiddenSize = 2048;
-    spec.intermediateSize = 5632;
-    spec.numLayers = layers;
-    spec.numHeads = 32;
-    spec.numKvHeads = 4;
-    spec.vocabSize = 32000;
     spec.dtype = DType::BF16;
-    spec.maxPositionEmbeddings = 2048;
-    const std::string dir = cacheDir + "/bench-tinyllama-1.1b-" + std::to_string(layers) + "l-bf16";
+    if (shape == "tinyllama-1.1b") {
+        spec.hiddenSize = 2048;
+        spec.intermediateSize = 5632;
+        spec.numLayers = layers > 0 ? layers : 22;
+        spec.numHeads = 32;
+        spec.numKvHeads = 4;
+        spec.vocabSize = 32000;
+        spec.maxPositionEmbeddings = 2048;
+    } else if (shape == "llama3-8b") {
+        spec.hiddenSize = 4096;
+        spec.intermediateSize = 14336;
+        spec.numLayers = layers > 0 ? layers : 32;
+        spec.numHeads = 32;
+        spec.numKvHeads = 8;
+        spec.vocabSize = 128256;
+        spec.maxPositionEmbeddings = 8192;
+    } else {
+        throw Error("unknown benchmark shape '" + shape + "' (use tinyllama-1.1b or llama3-8b)");
+    }
+    return spec;
+}
+
+std::string ensureBenchModel(const std::string& cacheDir, const std::string& shape, int64_t layers)
+{
+    const RandomModelSpec spec = benchModelSpec(shape, layers);
+    const std::string dir = cacheDir + "/bench-" + shape + "-" + std::to_string(spec.numLayers) + "l-bf16";
     if (!fs::exists(dir + "/model.safetensors")) {
-        std::fprintf(stderr, "bench: writing a random TinyLlama-1.1B-shaped model to %s (once)...\n", dir.c_str());
+        std::fprintf(stderr, "bench: writing a random %s-shaped model to %s (once)...\n", shape.c_str(), dir.c_str());
         // a temporary folder renamed at the end: an interrupted write never looks like a model
         writeRandomModel(dir + ".partial", spec);
         fs::remove_all(dir);

@@ -39,5 +39,9 @@ int64_t randomTokenizerSize();
 // The benchmarks' model: TinyLlama-1.1B's shape (hidden 2048, intermediate 5632, 32 heads, 4 KV heads,
 // vocab 32000) with `layers` layers, random bf16 weights, written once under `cacheDir`; returns its folder.
 std::string ensureBenchModel(const std::string& cacheDir, int64_t layers = 22);
+// The benchmark shapes: "tinyllama-1.1b" (the above) and "llama3-8b" (hidden 4096, intermediate 14336, 32 layers,
+// 32 heads, 8 KV heads, vocab 128256; 16 GB in bf16). Throws Error naming the shapes for another name.
+RandomModelSpec benchModelSpec(const std::string& shape, int64_t layers = 0);
+std::string ensureBenchModel(const std::string& cacheDir, const std::string& shape, int64_t layers = 0);
 
 } // namespace together

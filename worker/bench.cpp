@@ -3,6 +3,9 @@
 
 #include "core/cli_args.h"
 #include "core/error.h"
+#include "core/host_info.h"
+#include "core/run_dtype.h"
+#include "core/shard_spec.h"
 #include "core/model_config.h"
 #include "core/random_model.h"
 #include "core/run_options.h"
@@ -12,6 +15,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <nlohmann/json.hpp>
 
 #include <chrono>
 #include <cmath>
@@ -104,7 +108,7 @@ DtypeAccuracy compareWithF32(const std::string& modelDir, ComputeType dtype, con
 int runBench(const std::vector<std::string>& rest)
 {
     CliArgs args(rest, {{"cache"}, {"prompt-tokens"}, {"decode-tokens"}, {"threads"}, {"dtypes"}, {"layers"}, {"kernels"},
-                        {"accuracy", false}, {"accuracy-steps"}, {"reference-model"}});
+                        {"accuracy", false}, {"accuracy-steps"}, {"reference-model"}, {"shape"}});
     const int promptTokens = args.getInt("prompt-tokens", 128);
     const int decodeTokens = args.getInt("decode-tokens", 128);
     std::vector<int> threadCounts;
@@ -144,7 +148,36 @@ int runBench(const std::vector<std::string>& rest)
                 isa ? ", ONEDNN_MAX_CPU_ISA=" : " (no ISA cap)", isa ? isa : "");
 
     if (!dtypes.empty() && !paths.empty() && !threadCounts.empty()) {
-        const std::string dir = ensureBenchModel(cache, args.getInt("layers", 22));
+        const std::string shape = args.get("shape", "tinyllama-1.1b");
+        {
+            // A large shape on a small machine: say so and skip, rather than fill the disk or run out of memory.
+            const RandomModelSpec spec = benchModelSpec(shape, args.getInt("layers", 0));
+            ModelConfig probe = ModelConfig::fromJsonText(
+                nlohmann::json{{"architectures", {"LlamaForCausalLM"}}, {"hidden_size", spec.hiddenSize}, {"intermediate_size", spec.intermediateSize},
+                               {"num_hidden_layers", spec.numLayers}, {"num_attention_heads", spec.numHeads},
+                               {"num_key_value_heads", spec.numKvHeads}, {"vocab_size", spec.vocabSize}}
+                    .dump(),
+                "bench shape");
+            const int64_t fileBytes = shardBytes(probe, ShardSpec::whole(probe), DType::BF16);
+            fs::create_directories(cache);
+            const uint64_t freeDisk = fs::space(cache).available;
+            const bool written = fs::exists(cache + "/bench-" + shape + "-" + std::to_string(spec.numLayers) + "l-bf16/model.safetensors");
+            if (!written && freeDisk < static_cast<uint64_t>(fileBytes) + (2ull << 30)) {
+                std::printf("skipped: the %s model needs %.1f GB of disk in %s, %.1f GB are free\n", shape.c_str(), fileBytes / 1e9, cache.c_str(),
+                            freeDisk / 1e9);
+                return 0;
+            }
+            const uint64_t avail = memoryAvailableBytes();
+            for (ComputeType ct : dtypes) {
+                const int64_t need = estimateShardMemory(probe, ShardSpec::whole(probe), parseRunDtype(computeTypeName(ct)), 4096).total();
+                if (avail > 0 && static_cast<uint64_t>(need) > avail) {
+                    std::printf("skipped: %s at %s needs about %.1f GB of memory, %.1f GB are available\n", shape.c_str(), computeTypeName(ct),
+                                need / 1e9, avail / 1e9);
+                    return 0;
+                }
+            }
+        }
+        const std::string dir = ensureBenchModel(cache, shape, args.getInt("layers", 0));
         ModelConfig config = ModelConfig::fromDirectory(dir);
         SafeTensors tensors = SafeTensors::open(dir);
 
