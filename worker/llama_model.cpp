@@ -2,6 +2,7 @@
 #include "worker/llama_model.h"
 
 #include "core/error.h"
+#include "core/run_dtype.h"
 #include "core/run_options.h"
 #include "core/safetensors.h"
 
@@ -16,28 +17,23 @@
 
 namespace together {
 
+// The names are core's (core/run_dtype), so the master, plans and the engine accept the same ones.
 ComputeType parseComputeType(const std::string& s)
 {
-    if (s == "f32" || s == "fp32" || s == "float32")
-        return ComputeType::F32;
-    if (s == "bf16" || s == "bfloat16")
+    switch (parseRunDtype(s)) {
+    case RunDtype::BF16:
         return ComputeType::BF16;
-    if (s == "q8" || s == "q8_0")
+    case RunDtype::Q8:
         return ComputeType::Q8;
-    throw Error("unknown dtype '" + s + "' (use bf16, q8 or f32)");
+    case RunDtype::F32:
+        break;
+    }
+    return ComputeType::F32;
 }
 
 const char* computeTypeName(ComputeType t)
 {
-    switch (t) {
-    case ComputeType::BF16:
-        return "bf16";
-    case ComputeType::Q8:
-        return "q8";
-    case ComputeType::F32:
-        break;
-    }
-    return "f32";
+    return runDtypeName(t == ComputeType::BF16 ? RunDtype::BF16 : t == ComputeType::Q8 ? RunDtype::Q8 : RunDtype::F32);
 }
 
 ComputeType defaultComputeType() { return parseComputeType(defaultDtypeName()); }
