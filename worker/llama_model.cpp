@@ -212,7 +212,12 @@ LlamaModel::Matrix LlamaModel::makeMatrix(const at::Tensor& w) const
     m.rows = w.size(0);
     m.cols = w.size(1);
     if (m_compute != ComputeType::Q8) {
-        m.w = w.contiguous();
+        // Copied into memory a decode step streams faster (kernels::allocateWeights: huge pages).
+        const size_t bytes = w.nbytes();
+        void* p = kernels::allocateWeights(bytes);
+        m.w = at::from_blob(
+            p, w.sizes(), [bytes](void* q) { kernels::freeWeights(q, bytes); }, w.options().requires_grad(false));
+        m.w.copy_(w);
         return m;
     }
     at::Tensor f = w.to(at::kFloat).contiguous();
@@ -257,41 +262,59 @@ void LlamaModel::setAtenDecode(bool on) { g_atenDecode.store(on); }
 
 namespace {
 
-using OpenBlasThreads = void (*)(int);
-using OpenBlasGetThreads = int (*)();
+// The thread counts of the pools under ATen, looked up at run time (a build may link another BLAS or none):
+// OpenMP's (ATen's intra-op parallelism) and OpenBLAS's.
+struct PoolThreads {
+    using Get = int (*)();
+    using Set = void (*)(int);
+    Get ompGet = sym<Get>("omp_get_max_threads");
+    Set ompSet = sym<Set>("omp_set_num_threads");
+    Get blasGet = sym<Get>("openblas_get_num_threads");
+    Set blasSet = sym<Set>("openblas_set_num_threads");
+
+    template <class F>
+    static F sym(const char* name)
+    {
+        return reinterpret_cast<F>(::dlsym(RTLD_DEFAULT, name));
+    }
+};
+
+const PoolThreads& poolThreads()
+{
+    static const PoolThreads p;
+    return p;
+}
 
 // A one-row step runs its matrix products on the kernels' pool; ATen's other operators there are tiny, and its
 // OpenMP and OpenBLAS pools busy-waiting beside the kernels' threads take their cores (measured: two threads
-// decoded slower than one). For the step, both run on the calling thread alone.
+// decoded slower than one). For the step, both run on the calling thread alone. OpenMP's count is set on this
+// thread directly, not with at::set_num_threads, which also rebuilds ATen's pthreadpool (a thread started and
+// joined every token).
 class SerialAten {
 public:
     explicit SerialAten(bool on)
     {
-        if (!on || at::get_num_threads() == 1)
+        const PoolThreads& p = poolThreads();
+        if (!on)
             return;
-        m_threads = at::get_num_threads();
-        at::set_num_threads(1);
-        static const auto get = reinterpret_cast<OpenBlasGetThreads>(::dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
-        static const auto set = reinterpret_cast<OpenBlasThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
-        if (get && set) {
-            m_blas = get();
-            set(1);
-        }
+        if (p.ompGet && p.ompSet && (m_omp = p.ompGet()) > 1)
+            p.ompSet(1);
+        if (p.blasGet && p.blasSet && (m_blas = p.blasGet()) > 1)
+            p.blasSet(1);
     }
     ~SerialAten()
     {
-        if (m_threads <= 0)
-            return;
-        at::set_num_threads(m_threads);
-        static const auto set = reinterpret_cast<OpenBlasThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
-        if (set && m_blas > 0)
-            set(m_blas);
+        const PoolThreads& p = poolThreads();
+        if (m_omp > 1)
+            p.ompSet(m_omp);
+        if (m_blas > 1)
+            p.blasSet(m_blas);
     }
     SerialAten(const SerialAten&) = delete;
     SerialAten& operator=(const SerialAten&) = delete;
 
 private:
-    int m_threads = 0, m_blas = 0;
+    int m_omp = 0, m_blas = 0;
 };
 
 } // namespace
@@ -499,21 +522,12 @@ StepOutput LocalStepper::step(const std::vector<int>& tokens, int64_t startPos)
     return out;
 }
 
-} // namespace together
-
-#include <ATen/Parallel.h>
-
-#include <dlfcn.h>
-
-namespace together {
-
 void setComputeThreads(int threads)
 {
     kernels::setThreads(threads);
     at::set_num_threads(threads);
-    using SetThreads = void (*)(int);
-    if (auto f = reinterpret_cast<SetThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads")))
-        f(threads);
+    if (auto set = poolThreads().blasSet)
+        set(threads);
 }
 
 } // namespace together
