@@ -17,6 +17,7 @@
 #include <ATen/Parallel.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -48,6 +49,13 @@ double readBandwidth(size_t bytes)
         best = std::min(best, seconds(t0, Clock::now()));
     }
     return static_cast<double>(bytes) / best;
+}
+
+double median(std::vector<double> v)
+{
+    std::sort(v.begin(), v.end());
+    const size_t n = v.size();
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 std::vector<std::string> splitList(const std::string& s)
@@ -108,9 +116,10 @@ DtypeAccuracy compareWithF32(const std::string& modelDir, ComputeType dtype, con
 int runBench(const std::vector<std::string>& rest)
 {
     CliArgs args(rest, {{"cache"}, {"prompt-tokens"}, {"decode-tokens"}, {"threads"}, {"dtypes"}, {"layers"}, {"kernels"},
-                        {"accuracy", false}, {"accuracy-steps"}, {"reference-model"}, {"shape"}});
+                        {"accuracy", false}, {"accuracy-steps"}, {"reference-model"}, {"shape"}, {"repeat"}});
     const int promptTokens = args.getInt("prompt-tokens", 128);
     const int decodeTokens = args.getInt("decode-tokens", 128);
+    const int repeat = std::max(1, args.getInt("repeat", 3));
     std::vector<int> threadCounts;
     for (auto& t : splitList(args.get("threads", "1,2")))
         threadCounts.push_back(std::stoi(t));
@@ -201,24 +210,31 @@ int runBench(const std::vector<std::string>& rest)
                     kernels::setPath(kernels::parsePath(path));
                 for (int threads : threadCounts) {
                     setComputeThreads(threads);
-                    const double bw = readBandwidth(size_t(1) << 30);
                     { // warm-up: first touches of weights and allocator
                         KvCache warm = model.newCache();
                         model.forward({1, 2, 3, 4}, warm);
                         model.forward({5}, warm);
                     }
-                    KvCache cache = model.newCache();
-                    auto t0 = Clock::now();
-                    at::Tensor logits = model.forward(prompt, cache);
-                    auto t1 = Clock::now();
-                    int next = topToken(logits);
-                    auto t2 = Clock::now();
-                    for (int i = 0; i < decodeTokens; ++i)
-                        next = topToken(model.forward({next}, cache));
-                    auto t3 = Clock::now();
-                    const double prefillTps = promptTokens / seconds(t0, t1);
-                    const double decodeTps = decodeTokens / seconds(t2, t3);
-                    const double fraction = decodeTps * bytesPerToken / bw;
+                    // `repeat` runs, each right after a read-bandwidth measurement: on a shared host both drift
+                    // within a minute, so the share is taken run by run and the medians are printed.
+                    std::vector<double> prefills, decodes, bws, shares;
+                    for (int rep = 0; rep < repeat; ++rep) {
+                        const double bw = readBandwidth(size_t(1) << 30);
+                        KvCache cache = model.newCache();
+                        auto t0 = Clock::now();
+                        at::Tensor logits = model.forward(prompt, cache);
+                        auto t1 = Clock::now();
+                        int next = topToken(logits);
+                        auto t2 = Clock::now();
+                        for (int i = 0; i < decodeTokens; ++i)
+                            next = topToken(model.forward({next}, cache));
+                        auto t3 = Clock::now();
+                        prefills.push_back(promptTokens / seconds(t0, t1));
+                        decodes.push_back(decodeTokens / seconds(t2, t3));
+                        bws.push_back(bw);
+                        shares.push_back(decodes.back() * bytesPerToken / bw);
+                    }
+                    const double prefillTps = median(prefills), decodeTps = median(decodes), bw = median(bws), fraction = median(shares);
                     std::printf("| %s | %s | %d | %.1f | %.2f | %.0f MB | %.1f | %.0f%% |\n", computeTypeName(ct),
                                 path == "aten" ? "aten (at::mv)" : path.c_str(), threads, prefillTps, decodeTps, bytesPerToken / 1e6,
                                 bw / 1e9, fraction * 100);

@@ -58,9 +58,10 @@ const char* kUsage =
     "      Writes and enables a systemd user unit running `serve` with those flags at every boot (and enables\n"
     "      linger). uninstall-service [--unit-dir DIR] removes it.\n"
     "  together-worker bench [--cache DIR] [--threads 1,2] [--dtypes bf16,q8,f32] [--kernels all|PATH,PATH]\n"
-    "                        [--layers N] [--shape tinyllama-1.1b|llama3-8b] [--accuracy]\n"
+    "                        [--layers N] [--shape tinyllama-1.1b|llama3-8b] [--repeat 3] [--accuracy]\n"
     "      Prints prefill/decode speed next to this machine's read bandwidth (random weights of a model shape), per dtype,\n"
-    "      thread count and decode kernel path; --accuracy compares bf16 and q8 with f32 over greedy steps.\n"
+    "      thread count and decode kernel path (medians of --repeat runs, each beside its own\n"
+    "      bandwidth reading); --accuracy compares bf16 and q8 with f32 over greedy steps.\n"
     "  together-worker kernels\n"
     "      Prints the decode kernel paths this CPU can run and the active one (TOGETHER_KERNELS=avx512bf16|\n"
     "      avx512|avx2|portable forces one, in every together process it is set for).\n";
