@@ -76,6 +76,11 @@ struct GlooCommunicator::Cached {
 
 GlooCommunicator::GlooCommunicator(const Credentials& credentials, const std::string& storeAddress, const std::string& prefix,
                                    const std::string& bindHost, int rank, int size, std::chrono::milliseconds timeout, bool busyPoll)
+    : m_credentials(credentials)
+    , m_storeAddress(storeAddress)
+    , m_prefix(prefix)
+    , m_rank(rank)
+    , m_size(size)
 {
     try {
         gloo::transport::tcp::attr attr;
@@ -99,6 +104,17 @@ GlooCommunicator::GlooCommunicator(const Credentials& credentials, const std::st
 }
 
 GlooCommunicator::~GlooCommunicator() = default;
+
+void GlooCommunicator::finish(std::chrono::milliseconds timeout)
+{
+    GrpcStore store(m_credentials, m_storeAddress, timeout);
+    gloo::rendezvous::PrefixStore prefixed(m_prefix, store);
+    prefixed.set("end/" + std::to_string(m_rank), {'1'});
+    std::vector<std::string> keys;
+    for (int i = 0; i < m_size; ++i)
+        keys.push_back("end/" + std::to_string(i));
+    prefixed.wait(keys, timeout);
+}
 
 GlooCommunicator::Cached& GlooCommunicator::algorithmFor(size_t count)
 {

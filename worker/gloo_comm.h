@@ -29,6 +29,10 @@ public:
                      int rank, int size, std::chrono::milliseconds timeout, bool busyPoll);
     ~GlooCommunicator() override;
     void allReduceSum(float* data, size_t count) override;
+    // Returns once every rank has called it (through the rendezvous store), so no rank closes its sockets while
+    // another still reads its last all-reduce: a rank that has its result can be done before its peer has read
+    // the last bytes, and a close then can reset the connection under the peer ("connection closed by peer").
+    void finish(std::chrono::milliseconds timeout);
 
     // Time spent inside all-reduces since the last reset, and how many there were.
     double takeSeconds(uint32_t* calls);
@@ -45,6 +49,9 @@ private:
     struct Cached;
     Cached& algorithmFor(size_t count);
     std::shared_ptr<gloo::Context> m_context;
+    Credentials m_credentials;
+    std::string m_storeAddress, m_prefix;
+    int m_rank = 0, m_size = 1;
     std::vector<std::unique_ptr<Cached>> m_cache; // one halving-doubling instance per buffer size, most recent last
     uint32_t m_tag = 0;
     double m_seconds = 0;

@@ -158,6 +158,7 @@ v1::ProbeLinkReply probeLink(const Credentials& credentials, const v1::ProbeLink
             GlooCommunicator comm(credentials, req.self_address(), prefix, hostOf(req.self_address()), 0, 2, std::chrono::seconds(10), false);
             std::vector<double> medians;
             allReduces(comm, measured, repeats, &medians);
+            comm.finish(std::chrono::seconds(10));
             for (size_t i = 0; i < medians.size(); ++i)
                 reply.mutable_samples(static_cast<int>(i))->set_all_reduce_ms(medians[i]);
         } catch (const std::exception& e) {
@@ -176,6 +177,7 @@ void answerAllReduceProbe(const Credentials& credentials, const v1::ProbeAllRedu
 {
     GlooCommunicator comm(credentials, req.store_address(), req.prefix(), req.bind_host(), 1, 2, std::chrono::seconds(10), false);
     allReduces(comm, std::vector<uint32_t>(req.sizes().begin(), req.sizes().end()), req.repeats(), nullptr);
+    comm.finish(std::chrono::seconds(10));
 }
 
 } // namespace together
