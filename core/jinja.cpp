@@ -8,6 +8,8 @@
 #include "core/unicode.h"
 
 #include <algorithm>
+#include <cerrno>
+#include <climits>
 #include <cstring>
 #include <optional>
 #include <cmath>
@@ -24,6 +26,95 @@ using json = nlohmann::json;
 namespace {
 
 // ---------------------------------------------------------------------------------------------------------
+// Limits. A chat template comes with a downloaded model: it is untrusted code. Like Jinja's sandbox (which
+// caps range() at 100 000 items) it runs under limits that no real template comes near, each checked where
+// its concern lives: nesting in the parser, recursion, loop iterations and sizes in the evaluator.
+
+constexpr int kMaxExprDepth = 200;           // depth of an expression's tree: (((…))), a+a+…, x.y.z…
+constexpr int kMaxBlockDepth = 100;          // statements nested in statements
+constexpr int kMaxCallDepth = 64;            // macro calls inside macro calls
+constexpr int kMaxEvalDepth = 2000;          // expression and statement evaluation on the stack at once
+constexpr int64_t kMaxRange = 100000;        // items range() makes
+constexpr int64_t kMaxIterations = 1000000;  // loop iterations of one render, all loops together
+constexpr size_t kMaxStringBytes = 8u << 20; // any one string, the output included
+constexpr int64_t kMaxBuiltBytes = int64_t{512} << 20; // string bytes one render may build in all
+constexpr size_t kMaxItems = 1000000;        // items of one list
+
+[[noreturn]] void limitError(const std::string& msg) { throw Error("chat template: " + msg); }
+
+// What one render has used, for the limits above that span the whole render. Set by Template::render for its
+// thread; null outside a render (parsing builds strings too).
+struct RenderBudget {
+    int evalDepth = 0, callDepth = 0;
+    int64_t iterations = 0, builtBytes = 0;
+};
+thread_local RenderBudget* t_budget = nullptr;
+
+void chargeBytes(size_t n)
+{
+    if (t_budget && (t_budget->builtBytes += static_cast<int64_t>(n)) > kMaxBuiltBytes)
+        limitError("the template built more than " + std::to_string(kMaxBuiltBytes >> 20) + " MiB of text (the limit)");
+}
+
+void checkStringSize(size_t n)
+{
+    if (n > kMaxStringBytes)
+        limitError("a string would be " + std::to_string(n) + " bytes, over the " + std::to_string(kMaxStringBytes >> 20) + " MiB limit");
+}
+
+void checkItems(size_t n)
+{
+    if (n > kMaxItems)
+        limitError("a list would have " + std::to_string(n) + " items, over the limit of " + std::to_string(kMaxItems));
+}
+
+void chargeIterations(int64_t n)
+{
+    if (t_budget && (t_budget->iterations += n) > kMaxIterations)
+        limitError("loops ran more than " + std::to_string(kMaxIterations) + " iterations (the limit)");
+}
+
+// One level of evaluation on the stack (RAII); `call` marks a macro call.
+class DepthGuard {
+public:
+    explicit DepthGuard(bool call = false)
+        : m_call(call)
+    {
+        if (!t_budget)
+            return;
+        if (++t_budget->evalDepth > kMaxEvalDepth) {
+            --t_budget->evalDepth;
+            limitError("evaluation nested deeper than " + std::to_string(kMaxEvalDepth) + " levels");
+        }
+        if (m_call && ++t_budget->callDepth > kMaxCallDepth) {
+            --t_budget->callDepth;
+            --t_budget->evalDepth;
+            limitError("macros called each other deeper than " + std::to_string(kMaxCallDepth) + " levels (runaway recursion?)");
+        }
+    }
+    ~DepthGuard()
+    {
+        if (!t_budget)
+            return;
+        --t_budget->evalDepth;
+        if (m_call)
+            --t_budget->callDepth;
+    }
+    DepthGuard(const DepthGuard&) = delete;
+    DepthGuard& operator=(const DepthGuard&) = delete;
+
+private:
+    bool m_call;
+};
+
+// Integer arithmetic as Python's would give it, or an error where Python's result would not fit in 64 bits
+// (signed overflow is undefined behaviour in C++, and a wrapped number a silent wrong answer).
+void checkOverflow(bool overflow, int line);
+
+// A float made an integer (range() bounds, the int filter): NaN, infinities and values beyond 64 bits are errors.
+int64_t floatToInt(double d, int line);
+
+// ---------------------------------------------------------------------------------------------------------
 // Values
 
 struct Value;
@@ -37,6 +128,8 @@ struct Str {
     bool anyMarked() const { return std::find(mark.begin(), mark.end(), true) != mark.end(); }
     void append(const Str& o)
     {
+        checkStringSize(s.size() + o.s.size());
+        chargeBytes(o.s.size());
         if (!mark.empty() || !o.mark.empty()) {
             mark.resize(s.size(), false);
             if (o.mark.empty())
@@ -57,6 +150,8 @@ struct Str {
     // A derived string (upper, replace, tojson...) is untrusted as a whole if any input byte was.
     static Str derived(std::string text, bool untrusted)
     {
+        checkStringSize(text.size());
+        chargeBytes(text.size());
         Str r;
         r.s = std::move(text);
         if (untrusted)
@@ -158,9 +253,40 @@ struct Callable {
     std::function<Value(const Args&)> call;
 };
 
-Value makeArray(Array a = {}) { return Value(std::make_shared<Array>(std::move(a))); }
+Value makeArray(Array a = {})
+{
+    checkItems(a.size());
+    return Value(std::make_shared<Array>(std::move(a)));
+}
 Value makeObject() { return Value(std::make_shared<Object>()); }
 Value makeFn(std::function<Value(const Args&)> f) { return Value(std::make_shared<Callable>(Callable{std::move(f)})); }
+
+// Whether `container` is, or holds at any depth, the list or mapping at `target`. A value that held itself
+// would make printing it recurse without end (and leak: the values are reference-counted), so the two ways a
+// template mutates a value (list.append, ns.attr = …) refuse it.
+bool reaches(const Value& container, const void* target)
+{
+    std::vector<const Value*> todo{&container};
+    size_t visited = 0;
+    while (!todo.empty()) {
+        const Value* v = todo.back();
+        todo.pop_back();
+        if (++visited > kMaxItems)
+            limitError("a value nests more than " + std::to_string(kMaxItems) + " items");
+        if (v->isArray()) {
+            if (&v->arr() == target)
+                return true;
+            for (auto& x : v->arr())
+                todo.push_back(&x);
+        } else if (v->isObject()) {
+            if (&v->obj() == target)
+                return true;
+            for (auto& kv : v->obj().items)
+                todo.push_back(&kv.second);
+        }
+    }
+    return false;
+}
 
 bool truthy(const Value& v)
 {
@@ -205,7 +331,7 @@ std::string formatFloat(double d)
         std::ostringstream t;
         t.precision(p);
         t << d;
-        if (std::stod(t.str()) == d)
+        if (std::strtod(t.str().c_str(), nullptr) == d) // (not stod: it throws on subnormals)
             return t.str();
     }
     return ss.str();
@@ -663,6 +789,7 @@ struct Expr {
     std::vector<ExprPtr> args;   // call/filter/test positional args
     std::vector<std::pair<std::string, ExprPtr>> kwargs;
     bool negate = false;         // Test: "is not"
+    int depth = 1;               // of the tree below, this node included (bounded by kMaxExprDepth)
 };
 
 struct Node;
@@ -729,6 +856,7 @@ public:
 
     ExprPtr parseExpression(bool allowTernary = true)
     {
+        const Nesting guard(*this);
         ExprPtr e = parseOr();
         if (allowTernary && isName("if")) {
             int line = next().line;
@@ -742,7 +870,7 @@ public:
             t->kids.push_back(std::move(cond));
             t->kids.push_back(std::move(e));
             t->kids.push_back(std::move(otherwise));
-            return t;
+            return sealed(std::move(t));
         }
         return e;
     }
@@ -750,6 +878,38 @@ public:
     // expressions separated by commas in brackets.
 
 private:
+    // The parser recurses for parentheses, brackets, calls and unary operators: bounded, so a template of
+    // 100 000 '(' is an error, not a stack overflow.
+    struct Nesting {
+        explicit Nesting(ExprParser& p)
+            : m_p(p)
+        {
+            if (++m_p.m_nesting > kMaxExprDepth)
+                syntaxError(m_p.peek().line, "expression nested deeper than " + std::to_string(kMaxExprDepth) + " levels");
+        }
+        ~Nesting() { --m_p.m_nesting; }
+        Nesting(const Nesting&) = delete;
+        Nesting& operator=(const Nesting&) = delete;
+        ExprParser& m_p;
+    };
+    // A finished node: its depth is one more than its deepest child's. Chains the parser builds in loops
+    // (a+a+…, x.y.z…, f|g|h…) grow the tree without recursing, and evaluating or freeing a tree recurses over
+    // its depth, so the depth is bounded here too.
+    static ExprPtr sealed(ExprPtr e)
+    {
+        int d = 0;
+        for (auto& k : e->kids)
+            if (k)
+                d = std::max(d, k->depth);
+        for (auto& k : e->args)
+            d = std::max(d, k->depth);
+        for (auto& kv : e->kwargs)
+            d = std::max(d, kv.second->depth);
+        e->depth = d + 1;
+        if (e->depth > kMaxExprDepth)
+            syntaxError(e->line, "expression nested deeper than " + std::to_string(kMaxExprDepth) + " levels");
+        return e;
+    }
     static ExprPtr mk(Expr::Kind k, int line)
     {
         auto e = std::make_unique<Expr>();
@@ -763,7 +923,7 @@ private:
         e->name = op;
         e->kids.push_back(std::move(a));
         e->kids.push_back(std::move(b));
-        return e;
+        return sealed(std::move(e));
     }
     ExprPtr parseOr()
     {
@@ -786,11 +946,12 @@ private:
     ExprPtr parseNot()
     {
         if (isName("not")) {
+            const Nesting guard(*this);
             int line = next().line;
             auto e = mk(Expr::Unary, line);
             e->name = "not";
             e->kids.push_back(parseNot());
-            return e;
+            return sealed(std::move(e));
         }
         return parseCompare();
     }
@@ -855,11 +1016,12 @@ private:
     ExprPtr parseUnary()
     {
         if (isOp("-") || isOp("+")) {
+            const Nesting guard(*this);
             Token t = next();
             auto e = mk(Expr::Unary, t.line);
             e->name = t.text;
             e->kids.push_back(parseUnary());
-            return e;
+            return sealed(std::move(e));
         }
         return parsePostfix(parsePrimary());
     }
@@ -891,7 +1053,7 @@ private:
                 else
                     a->name = expectName();
                 a->kids.push_back(std::move(e));
-                e = std::move(a);
+                e = sealed(std::move(a));
             } else if (isOp("[")) {
                 next();
                 ExprPtr parts[3];
@@ -917,12 +1079,12 @@ private:
                         syntaxError(line, "empty subscript");
                     s->kids.push_back(std::move(parts[0]));
                 }
-                e = std::move(s);
+                e = sealed(std::move(s));
             } else if (isOp("(")) {
                 auto c = mk(Expr::Call, line);
                 c->kids.push_back(std::move(e));
                 parseCallArgs(c->args, c->kwargs);
-                e = std::move(c);
+                e = sealed(std::move(c));
             } else if (isOp("|")) {
                 next();
                 auto f = mk(Expr::Filter, line);
@@ -933,7 +1095,7 @@ private:
                 f->kids.push_back(std::move(e));
                 if (isOp("("))
                     parseCallArgs(f->args, f->kwargs);
-                e = std::move(f);
+                e = sealed(std::move(f));
             } else if (isName("is")) {
                 next();
                 auto t = mk(Expr::Test, line);
@@ -950,7 +1112,7 @@ private:
                             !isName("if") && !isName("in") && !isName("not") && !isName("is"))) {
                     t->args.push_back(parsePrimary()); // `is divisibleby 3`, `is equalto x`
                 }
-                e = std::move(t);
+                e = sealed(std::move(t));
             } else {
                 return e;
             }
@@ -970,12 +1132,16 @@ private:
         }
         case Tok::Int: {
             auto e = mk(Expr::Literal, t.line);
-            e->literal = Value(static_cast<int64_t>(std::stoll(t.text)));
+            errno = 0;
+            const long long v = std::strtoll(t.text.c_str(), nullptr, 10);
+            if (errno == ERANGE)
+                syntaxError(t.line, "integer " + t.text + " does not fit in 64 bits");
+            e->literal = Value(static_cast<int64_t>(v));
             return e;
         }
         case Tok::Float: {
             auto e = mk(Expr::Literal, t.line);
-            e->literal = Value(std::stod(t.text));
+            e->literal = Value(std::strtod(t.text.c_str(), nullptr)); // too large: inf, as Python's float()
             return e;
         }
         case Tok::Name: {
@@ -1005,7 +1171,7 @@ private:
                         l->kids.push_back(parseExpression());
                     }
                     expectOp(")");
-                    return l;
+                    return sealed(std::move(l));
                 }
                 expectOp(")");
                 return inner;
@@ -1018,7 +1184,7 @@ private:
                         expectOp(",");
                 }
                 expectOp("]");
-                return l;
+                return sealed(std::move(l));
             }
             if (t.text == "{") {
                 auto d = mk(Expr::DictLit, t.line);
@@ -1030,7 +1196,7 @@ private:
                         expectOp(",");
                 }
                 expectOp("}");
-                return d;
+                return sealed(std::move(d));
             }
             break;
         case Tok::End:
@@ -1041,6 +1207,7 @@ private:
 
     const std::vector<Token>& m_t;
     size_t m_i;
+    int m_nesting = 0;
 };
 
 class TemplateParser {
@@ -1099,6 +1266,13 @@ private:
     NodePtr parseStatement()
     {
         Segment& s = m_segs[m_i++];
+        // Blocks recurse (if inside for inside macro…): bounded like expressions.
+        struct Depth {
+            int& d;
+            ~Depth() { --d; }
+        } depth{++m_depth};
+        if (m_depth > kMaxBlockDepth)
+            syntaxError(s.line, "statements nested deeper than " + std::to_string(kMaxBlockDepth) + " levels");
         ExprParser p(s.tokens);
         std::string w = p.expectName();
         auto n = std::make_unique<Node>();
@@ -1208,6 +1382,7 @@ private:
 
     std::vector<Segment> m_segs;
     size_t m_i = 0;
+    int m_depth = 0;
 };
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1252,6 +1427,20 @@ private:
 [[noreturn]] void runtimeError(int line, const std::string& msg)
 {
     throw Error("chat template line " + std::to_string(line) + ": " + msg);
+}
+
+void checkOverflow(bool overflow, int line)
+{
+    if (overflow)
+        runtimeError(line, "integer result does not fit in 64 bits");
+}
+
+int64_t floatToInt(double d, int line)
+{
+    // 2^63 is exactly representable; anything at or beyond it (or NaN) has no int64_t.
+    if (!(d >= -9223372036854775808.0 && d < 9223372036854775808.0))
+        runtimeError(line, "number " + formatFloat(d) + " cannot be made an integer");
+    return static_cast<int64_t>(d);
 }
 
 class Evaluator {
@@ -1545,15 +1734,24 @@ Value Evaluator::getAttr(const Value& obj, const std::string& name, int line)
     if (obj.isArray()) {
         if (name == "append") {
             auto self = std::get<std::shared_ptr<Array>>(obj.v);
-            return makeFn([self](const Args& a) -> Value {
-                for (auto& x : a.positional)
+            return makeFn([self, line](const Args& a) -> Value {
+                for (auto& x : a.positional) {
+                    if (reaches(x, self.get()))
+                        runtimeError(line, "a list cannot contain itself");
+                    checkItems(self->size() + 1);
                     self->push_back(x);
+                }
                 return Value(None{});
             });
         }
         // numeric attribute access (x.0) is an index
-        if (!name.empty() && std::isdigit(static_cast<unsigned char>(name[0])))
-            return getIndex(obj, Value(static_cast<int64_t>(std::stoll(name))), line);
+        if (!name.empty() && std::isdigit(static_cast<unsigned char>(name[0]))) {
+            errno = 0;
+            const long long i = std::strtoll(name.c_str(), nullptr, 10);
+            if (errno == ERANGE)
+                runtimeError(line, "index " + name + " does not fit in 64 bits");
+            return getIndex(obj, Value(static_cast<int64_t>(i)), line);
+        }
         return Value();
     }
     return Value(); // undefined.attr stays undefined, as HF's renderers treat missing fields
@@ -1608,6 +1806,7 @@ int64_t lengthOf(const Value& v, int line)
 
 Value Evaluator::eval(const Expr& e, Scope& scope)
 {
+    const DepthGuard depth;
     switch (e.kind) {
     case Expr::Literal:
         return e.literal;
@@ -1672,8 +1871,11 @@ Value Evaluator::eval(const Expr& e, Scope& scope)
         };
         int64_t b = clamp(start, st > 0 ? 0 : n - 1), en = clamp(stop, st > 0 ? n : -1);
         std::vector<int64_t> idx;
-        for (int64_t i = b; st > 0 ? i < en : i > en; i += st)
+        for (int64_t i = b; st > 0 ? i < en : i > en;) {
             idx.push_back(i);
+            if (__builtin_add_overflow(i, st, &i))
+                break; // a step beyond the end (x[::2**62])
+        }
         if (base.isArray()) {
             Array out;
             for (auto i : idx)
@@ -1706,7 +1908,13 @@ Value Evaluator::eval(const Expr& e, Scope& scope)
         if (!v.isNumber())
             runtimeError(e.line, "unary " + e.name + " needs a number");
         if (e.name == "-")
-            return v.isInt() ? Value(-v.integer()) : Value(-v.num());
+        {
+            if (!v.isInt())
+                return Value(-v.num());
+            if (v.integer() == INT64_MIN)
+                runtimeError(e.line, "integer result does not fit in 64 bits");
+            return Value(-v.integer());
+        }
         return v;
     }
     case Expr::Ternary: {
@@ -1776,6 +1984,9 @@ Value Evaluator::eval(const Expr& e, Scope& scope)
         if (op == "*" && ((a.isString() && b.isInt()) || (a.isInt() && b.isString()))) {
             const Value& s = a.isString() ? a : b;
             int64_t n = a.isInt() ? a.integer() : b.integer();
+            // Checked before building: 'x' * 10**12 is refused at once, not after filling memory.
+            if (n > 0 && s.str().s.size() > 0 && static_cast<uint64_t>(n) > kMaxStringBytes / s.str().s.size())
+                checkStringSize(kMaxStringBytes + 1);
             Str out;
             for (int64_t i = 0; i < n; ++i)
                 out.append(s.str());
@@ -1784,12 +1995,16 @@ Value Evaluator::eval(const Expr& e, Scope& scope)
         if (!a.isNumber() || !b.isNumber())
             runtimeError(e.line, "operator " + op + " needs numbers (got " + pyRepr(a, true) + " and " + pyRepr(b, true) + ")");
         bool ints = a.isInt() && b.isInt();
-        if (op == "+")
-            return ints ? Value(a.integer() + b.integer()) : Value(a.num() + b.num());
-        if (op == "-")
-            return ints ? Value(a.integer() - b.integer()) : Value(a.num() - b.num());
-        if (op == "*")
-            return ints ? Value(a.integer() * b.integer()) : Value(a.num() * b.num());
+        int64_t r = 0;
+        if (op == "+" || op == "-" || op == "*") {
+            if (!ints)
+                return Value(op == "+" ? a.num() + b.num() : op == "-" ? a.num() - b.num() : a.num() * b.num());
+            const bool overflow = op == "+"   ? __builtin_add_overflow(a.integer(), b.integer(), &r)
+                                  : op == "-" ? __builtin_sub_overflow(a.integer(), b.integer(), &r)
+                                              : __builtin_mul_overflow(a.integer(), b.integer(), &r);
+            checkOverflow(overflow, e.line);
+            return Value(r);
+        }
         if (op == "/") {
             if (b.num() == 0)
                 runtimeError(e.line, "division by zero");
@@ -1799,7 +2014,13 @@ Value Evaluator::eval(const Expr& e, Scope& scope)
             if (b.num() == 0)
                 runtimeError(e.line, "division by zero");
             if (ints) {
-                int64_t q = a.integer() / b.integer(), r = a.integer() % b.integer();
+                if (a.integer() == INT64_MIN && b.integer() == -1) {
+                    if (op == "//") // -INT64_MIN does not fit; the remainder is 0
+                        runtimeError(e.line, "integer result does not fit in 64 bits");
+                    return Value(int64_t(0));
+                }
+                int64_t q = a.integer() / b.integer();
+                r = a.integer() % b.integer();
                 if (r != 0 && ((r < 0) != (b.integer() < 0))) {
                     --q;
                     r += b.integer();
@@ -1809,9 +2030,20 @@ Value Evaluator::eval(const Expr& e, Scope& scope)
             double q = std::floor(a.num() / b.num());
             return op == "//" ? Value(q) : Value(a.num() - q * b.num());
         }
-        if (op == "**")
-            return ints && b.integer() >= 0 ? Value(static_cast<int64_t>(std::llround(std::pow(a.num(), b.num()))))
-                                            : Value(std::pow(a.num(), b.num()));
+        if (op == "**") {
+            if (!ints || b.integer() < 0)
+                return Value(std::pow(a.num(), b.num()));
+            // Exact, by squaring, with every product checked.
+            int64_t base = a.integer(), exp = b.integer(), acc = 1;
+            while (exp > 0) {
+                if (exp & 1)
+                    checkOverflow(__builtin_mul_overflow(acc, base, &acc), e.line);
+                exp >>= 1;
+                if (exp > 0)
+                    checkOverflow(__builtin_mul_overflow(base, base, &base), e.line);
+            }
+            return Value(acc);
+        }
         runtimeError(e.line, "unknown operator " + op);
     }
     }
@@ -1941,12 +2173,12 @@ Value Evaluator::callFilter(const Expr& e, Scope& scope)
         if (v.isInt())
             return v;
         if (v.isFloat())
-            return Value(static_cast<int64_t>(v.num()));
+            return std::isfinite(v.num()) && std::fabs(v.num()) < 9.2e18 ? Value(static_cast<int64_t>(v.num())) : Value(int64_t(0));
         if (v.isString()) {
             try {
                 return Value(static_cast<int64_t>(std::stoll(v.str().s)));
             } catch (...) {
-                return Value(int64_t(0));
+                return Value(int64_t(0)); // Jinja's int filter: the default (0) for what does not convert
             }
         }
         return Value(int64_t(0));
@@ -1966,7 +2198,9 @@ Value Evaluator::callFilter(const Expr& e, Scope& scope)
     if (f == "abs") {
         if (!v.isNumber())
             runtimeError(line, "abs needs a number");
-        return v.isInt() ? Value(std::llabs(v.integer())) : Value(std::fabs(v.num()));
+        if (v.isInt() && v.integer() == INT64_MIN)
+            runtimeError(line, "integer result does not fit in 64 bits");
+        return v.isInt() ? Value(static_cast<int64_t>(std::llabs(v.integer()))) : Value(std::fabs(v.num()));
     }
     if (f == "round") {
         const Value* prec = a.get(0, "precision");
@@ -2088,6 +2322,7 @@ Value Evaluator::callFilter(const Expr& e, Scope& scope)
 
 void Evaluator::execNode(const Node& n, Scope& scope)
 {
+    const DepthGuard depth;
     switch (n.kind) {
     case Node::Text:
         m_out.append(Str{n.text, {}});
@@ -2128,6 +2363,7 @@ void Evaluator::execNode(const Node& n, Scope& scope)
             return;
         }
         const int64_t len = static_cast<int64_t>(items.size());
+        chargeIterations(len);
         // Jinja scoping: variables set inside a loop body do not leak out, except through namespaces.
         for (int64_t i = 0; i < len; ++i) {
             Scope inner(&scope);
@@ -2173,6 +2409,8 @@ void Evaluator::execNode(const Node& n, Scope& scope)
             Value target = scope.lookup(n.targets[0]);
             if (!target.isObject() || !target.obj().isNamespace)
                 runtimeError(n.line, "'" + n.targets[0] + "' is not a namespace; only namespace attributes can be set");
+            if (reaches(v, &target.obj()))
+                runtimeError(n.line, "a namespace cannot contain itself");
             target.obj().set(n.attrTarget, v);
             return;
         }
@@ -2197,6 +2435,7 @@ void Evaluator::execNode(const Node& n, Scope& scope)
         const Node* node = &n;
         std::shared_ptr<Scope> defScope = scope.snapshot();
         scope.set(n.targets[0], makeFn([node, defScope](const Args& a) -> Value {
+                      const DepthGuard call(true);
                       Scope local(defScope.get());
                       for (size_t k = 0; k < node->params.size(); ++k) {
                           const auto& [pname, def] = node->params[k];
@@ -2264,6 +2503,13 @@ Template::Template(Template&&) noexcept = default;
 
 MarkedText Template::render(const json& context, const std::vector<std::string>& untrustedMessageKeys) const
 {
+    // This render's limits (see the top of this file), for every evaluator it makes on this thread.
+    RenderBudget budget;
+    struct Active {
+        RenderBudget* saved;
+        ~Active() { t_budget = saved; }
+    } active{t_budget};
+    t_budget = &budget;
     Scope globals;
     globals.set("raise_exception", makeFn([](const Args& a) -> Value {
                     throw Error("chat template raised an error: " + (a.positional.empty() ? std::string() : toStr(a.positional[0]).s));
@@ -2280,7 +2526,11 @@ MarkedText Template::render(const json& context, const std::vector<std::string>&
                 }));
     globals.set("range", makeFn([](const Args& a) -> Value {
                     int64_t start = 0, stop = 0, step = 1;
-                    auto num = [](const Value& v) { return v.isInt() ? v.integer() : static_cast<int64_t>(v.num()); };
+                    auto num = [](const Value& v) {
+                        if (!v.isNumber())
+                            limitError("range() needs numbers");
+                        return v.isInt() ? v.integer() : floatToInt(v.num(), 0);
+                    };
                     if (a.positional.size() == 1)
                         stop = num(a.positional[0]);
                     else if (a.positional.size() >= 2) {
@@ -2291,9 +2541,16 @@ MarkedText Template::render(const json& context, const std::vector<std::string>&
                     }
                     if (step == 0)
                         throw Error("chat template: range() step cannot be zero");
+                    // The length first (in 128 bits: stop - start can overflow 64), refused beyond the limit as
+                    // Jinja's sandbox does, so range(10**12) costs nothing.
+                    const __int128 span = step > 0 ? static_cast<__int128>(stop) - start : static_cast<__int128>(start) - stop;
+                    const __int128 absStep = step > 0 ? static_cast<__int128>(step) : -static_cast<__int128>(step);
+                    const __int128 count = span <= 0 ? 0 : (span + absStep - 1) / absStep;
+                    if (count > kMaxRange)
+                        limitError("range() of more than " + std::to_string(kMaxRange) + " items (the limit)");
                     Array out;
-                    for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step)
-                        out.push_back(Value(i));
+                    for (int64_t k = 0; k < static_cast<int64_t>(count); ++k)
+                        out.push_back(Value(start + k * step));
                     return makeArray(std::move(out));
                 }));
     globals.set("dict", makeFn([](const Args& a) -> Value {

@@ -22,8 +22,17 @@ Plan Plan::fromJson(const std::string& text, const std::string& where)
     }
     if (!j.is_object() || !j.contains("stages") || !j["stages"].is_array())
         throw Error(where + ": a plan is an object with a \"stages\" array");
+    // Optional fields are checked for their type here, so a wrong one is named with where it is, not left to
+    // surface as the JSON library's message (or, for a number, silently truncated).
+    auto optionalString = [](const json& o, const char* key, const std::string& at) {
+        if (!o.contains(key))
+            return std::string();
+        if (!o[key].is_string())
+            throw Error(at + ": \"" + key + "\" must be a string");
+        return o[key].get<std::string>();
+    };
     Plan p;
-    p.dtype = j.value("dtype", std::string());
+    p.dtype = optionalString(j, "dtype", where);
     size_t si = 0;
     for (auto& s : j["stages"]) {
         const std::string at = where + ": stage " + std::to_string(si++);
@@ -40,8 +49,16 @@ Plan Plan::fromJson(const std::string& text, const std::string& where)
                 throw Error(at + ": each rank needs a \"worker\" address");
             PlanRank pr;
             pr.worker = r["worker"].get<std::string>();
-            pr.threads = r.value("threads", 1);
-            pr.modelDir = r.value("model_dir", std::string());
+            if (r.contains("threads")) {
+                const json& t = r["threads"];
+                if (!t.is_number_integer())
+                    throw Error(at + ": worker " + pr.worker + ": threads must be a whole number (got " + t.dump() + ")");
+                const int64_t n = t.get<int64_t>();
+                if (n < 1 || n > 1024)
+                    throw Error(at + ": worker " + pr.worker + ": threads must be between 1 and 1024");
+                pr.threads = static_cast<int>(n);
+            }
+            pr.modelDir = optionalString(r, "model_dir", at + ": worker " + pr.worker);
             st.ranks.push_back(pr);
         }
         p.stages.push_back(std::move(st));
@@ -86,7 +103,7 @@ Plan Plan::even(const ModelConfig& config, int tp, int pp, const std::vector<std
         st.lastLayer = first + n - 1;
         first += n;
         for (int r = 0; r < tp; ++r)
-            st.ranks.push_back({workers[w++], threadsPerRank});
+            st.ranks.push_back({workers[w++], threadsPerRank, {}});
         p.stages.push_back(st);
     }
     return p;

@@ -280,11 +280,17 @@ void SafeTensors::addFile(const std::string& file, const std::vector<std::string
             throw Error(where + ": tensor appears in more than one file");
         m_tensors.emplace(name, std::move(t));
     }
+    // Each non-empty range is checked against the one reaching furthest so far, not only its neighbour: a range
+    // can sit inside an earlier, longer one with others (an empty tensor) sorted between them.
     std::sort(ranges.begin(), ranges.end(), [](auto& a, auto& b) { return a.begin < b.begin; });
-    for (size_t i = 1; i < ranges.size(); ++i) {
-        if (ranges[i].begin < ranges[i - 1].end && ranges[i].end > ranges[i].begin)
-            throw Error(file + ": tensors " + ranges[i - 1].name + " and " + ranges[i].name +
-                        " overlap in the data section");
+    const Range* furthest = nullptr;
+    for (const Range& r : ranges) {
+        if (r.end == r.begin)
+            continue; // an empty tensor owns no bytes
+        if (furthest && r.begin < furthest->end)
+            throw Error(file + ": tensors " + furthest->name + " and " + r.name + " overlap in the data section");
+        if (!furthest || r.end > furthest->end)
+            furthest = &r;
     }
     if (onlyThese) {
         for (auto& n : *onlyThese)

@@ -178,15 +178,41 @@ void readPattern(const json& p, std::string& literal, std::unique_ptr<Regex>& re
         throw Error(where + ": pattern must be String or Regex");
 }
 
-std::unique_ptr<Normalizer> makeNormalizer(const json& j, const std::string& where)
+// Limits on what a downloaded tokenizer.json may ask for. Real files nest a Sequence once or twice and use
+// ids below ~260k (the largest Llama-family vocabularies); these bound the recursion and the id table's memory.
+constexpr int kMaxSequenceDepth = 16;
+constexpr int64_t kMaxTokenId = (int64_t{1} << 22) - 1;
+
+void checkSequenceDepth(int depth, const char* what)
+{
+    if (depth >= kMaxSequenceDepth)
+        throw Error(std::string(what) + " Sequences nest deeper than " + std::to_string(kMaxSequenceDepth) + " levels");
+}
+
+// A token id from the file: a whole number in [0, kMaxTokenId].
+int tokenId(const json& v, const std::string& what)
+{
+    if (!v.is_number_integer())
+        throw Error(what + " has id " + v.dump() + ", not a whole number");
+    const int64_t id = v.is_number_unsigned() ? static_cast<int64_t>(std::min<uint64_t>(v.get<uint64_t>(), uint64_t(INT64_MAX)))
+                                              : v.get<int64_t>();
+    if (id < 0)
+        throw Error(what + " has a negative id (" + std::to_string(id) + ")");
+    if (id > kMaxTokenId)
+        throw Error(what + " has id " + std::to_string(id) + ", beyond the largest supported (" + std::to_string(kMaxTokenId) + ")");
+    return static_cast<int>(id);
+}
+
+std::unique_ptr<Normalizer> makeNormalizer(const json& j, const std::string& where, int depth)
 {
     if (j.is_null())
         return nullptr;
     std::string type = j.value("type", "");
     if (type == "Sequence") {
+        checkSequenceDepth(depth, "normalizer");
         auto seq = std::make_unique<NormalizerSequence>();
         for (auto& n : j["normalizers"])
-            if (auto made = makeNormalizer(n, where))
+            if (auto made = makeNormalizer(n, where, depth + 1))
                 seq->items.push_back(std::move(made));
         return seq;
     }
@@ -407,15 +433,16 @@ struct RegexPreTokenizer : PreTokenizer { // Whitespace, Digits: keep matches, d
     }
 };
 
-std::unique_ptr<PreTokenizer> makePreTokenizer(const json& j, const std::string& where)
+std::unique_ptr<PreTokenizer> makePreTokenizer(const json& j, const std::string& where, int depth)
 {
     if (j.is_null())
         return nullptr;
     std::string type = j.value("type", "");
     if (type == "Sequence") {
+        checkSequenceDepth(depth, "pre_tokenizer");
         auto seq = std::make_unique<PreTokenizerSequence>();
         for (auto& p : j["pretokenizers"])
-            if (auto made = makePreTokenizer(p, where))
+            if (auto made = makePreTokenizer(p, where, depth + 1))
                 seq->items.push_back(std::move(made));
         return seq;
     }
@@ -482,14 +509,15 @@ struct DecodeStep {
     bool metaspaceStripFirst = true;
 };
 
-void readDecoders(const json& j, std::vector<DecodeStep>& out, const std::string& where)
+void readDecoders(const json& j, std::vector<DecodeStep>& out, const std::string& where, int depth)
 {
     if (j.is_null())
         return;
     std::string type = j.value("type", "");
     if (type == "Sequence") {
+        checkSequenceDepth(depth, "decoder");
         for (auto& d : j["decoders"])
-            readDecoders(d, out, where);
+            readDecoders(d, out, where, depth + 1);
     } else if (type == "ByteLevel") {
         out.push_back({DecodeStep::ByteLevel, {}, {}});
     } else if (type == "Replace") {
@@ -748,14 +776,12 @@ Tokenizer Tokenizer::fromJson(const std::string& tokenizerJson, const std::strin
             throw Error("tokenizer model type '" + type + "' is not supported (only BPE)");
         int maxId = -1;
         for (auto& [tok, id] : model.at("vocab").items()) {
-            int i = id.get<int>();
-            if (i < 0)
-                throw Error("vocab id for '" + tok + "' is negative");
+            const int i = tokenId(id, "vocabulary token '" + tok + "'");
             m.vocab[tok] = i;
             maxId = std::max(maxId, i);
         }
         for (auto& a : j.value("added_tokens", json::array()))
-            maxId = std::max(maxId, a.at("id").get<int>());
+            maxId = std::max(maxId, tokenId(a.at("id"), "added token " + a.value("content", json("?")).dump()));
         m.idToTokenStr.assign(static_cast<size_t>(maxId + 1), std::string());
         for (auto& [tok, id] : m.vocab)
             m.idToTokenStr[static_cast<size_t>(id)] = tok;
@@ -792,13 +818,13 @@ Tokenizer Tokenizer::fromJson(const std::string& tokenizerJson, const std::strin
                 throw Error("merge '" + a + " " + b + "' uses tokens missing from the vocabulary");
             m.merges.emplace(Impl::pairKey(ia->second, ib->second), Impl::Merge{rank++, im->second});
         }
-        m.normalizer = makeNormalizer(j.value("normalizer", json()), where);
-        m.preTokenizer = makePreTokenizer(j.value("pre_tokenizer", json()), where);
-        readDecoders(j.value("decoder", json()), m.decoders, where);
+        m.normalizer = makeNormalizer(j.value("normalizer", json()), where, 0);
+        m.preTokenizer = makePreTokenizer(j.value("pre_tokenizer", json()), where, 0);
+        readDecoders(j.value("decoder", json()), m.decoders, where, 0);
 
         for (auto& a : j.value("added_tokens", json::array())) {
             AddedToken tok;
-            tok.id = a.at("id").get<int>();
+            tok.id = tokenId(a.at("id"), "added token");
             tok.content = a.at("content").get<std::string>();
             tok.special = a.value("special", false);
             tok.lstrip = a.value("lstrip", false);
@@ -817,14 +843,22 @@ Tokenizer Tokenizer::fromJson(const std::string& tokenizerJson, const std::strin
             std::sort(bucket.begin(), bucket.end(),
                       [&](size_t x, size_t y) { return m.added[x].content.size() > m.added[y].content.size(); });
 
-        // Post-processor: collect TemplateProcessing's special tokens around the single sequence.
-        std::function<void(const json&)> readPost = [&](const json& p) {
+        // Post-processor: collect TemplateProcessing's special tokens around the single sequence. Their ids
+        // must name tokens of this vocabulary (they are decoded like any other).
+        auto checkedId = [&](int id) {
+            if (static_cast<size_t>(id) >= m.idToTokenStr.size())
+                throw Error("post_processor uses token id " + std::to_string(id) + ", outside the vocabulary (size " +
+                            std::to_string(m.idToTokenStr.size()) + ")");
+            return id;
+        };
+        std::function<void(const json&, int)> readPost = [&](const json& p, int depth) {
             if (p.is_null())
                 return;
             std::string ptype = p.value("type", "");
             if (ptype == "Sequence") {
+                checkSequenceDepth(depth, "post_processor");
                 for (auto& x : p["processors"])
-                    readPost(x);
+                    readPost(x, depth + 1);
             } else if (ptype == "TemplateProcessing") {
                 bool seenSeq = false;
                 for (auto& item : p.at("single")) {
@@ -835,19 +869,19 @@ Tokenizer Tokenizer::fromJson(const std::string& tokenizerJson, const std::strin
                     std::string name = item.at("SpecialToken").at("id").get<std::string>();
                     const json& st = p.at("special_tokens").at(name);
                     for (auto& id : st.at("ids"))
-                        (seenSeq ? m.suffixIds : m.prefixIds).push_back(id.get<int>());
+                        (seenSeq ? m.suffixIds : m.prefixIds).push_back(checkedId(tokenId(id, "post_processor token " + name)));
                 }
             } else if (ptype == "ByteLevel") {
                 // offsets only; ids unchanged
             } else if (ptype == "BertProcessing" || ptype == "RobertaProcessing") {
                 auto cls = p.at("cls"), sep = p.at("sep");
-                m.prefixIds.push_back(cls.at(1).get<int>());
-                m.suffixIds.push_back(sep.at(1).get<int>());
+                m.prefixIds.push_back(checkedId(tokenId(cls.at(1), "post_processor cls")));
+                m.suffixIds.push_back(checkedId(tokenId(sep.at(1), "post_processor sep")));
             } else {
                 throw Error("post_processor type '" + ptype + "' is not supported");
             }
         };
-        readPost(j.value("post_processor", json()));
+        readPost(j.value("post_processor", json()), 0);
     } catch (const Error& e) {
         throw Error(where + ": " + e.what());
     } catch (const json::exception& e) {

@@ -1,0 +1,234 @@
+// SPDX-License-Identifier: MIT
+// Issue 12's cases, as an attacker would write them into a downloaded model folder or a plan: each crashed,
+// hung, filled memory or gave a raw library message before. Every one must now be a clear error, quickly.
+#include "core/error.h"
+#include "core/jinja.h"
+#include "core/model_config.h"
+#include "core/plan.h"
+#include "core/safetensors.h"
+#include "core/tokenizer.h"
+#include "tests/test_support.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+
+using namespace together;
+namespace fs = std::filesystem;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// The error a template gives (parsing or rendering), and that it came within a few seconds (a hang guard, not a
+// speed assertion: the limits make each of these take milliseconds).
+std::string templateError(const std::string& src, const nlohmann::json& ctx = nlohmann::json::object())
+{
+    const auto t0 = Clock::now();
+    std::string what;
+    try {
+        jinja::Template(src).renderText(ctx);
+    } catch (const Error& e) {
+        what = e.what();
+    }
+    EXPECT_LT(Clock::now() - t0, std::chrono::seconds(20)) << src.substr(0, 80);
+    return what;
+}
+
+std::string render(const std::string& src) { return jinja::Template(src).renderText(nlohmann::json::object()); }
+
+TEST(HostileTemplate, SelfCallingMacroIsRefusedNotAStackOverflow)
+{
+    // Was SIGSEGV (`together-cli chat-template` died of stack overflow).
+    const std::string e = templateError("{% macro m(f) %}{{ f(f) }}{% endmacro %}{{ m(m) }}");
+    EXPECT_NE(e.find("macros called each other deeper than 64 levels"), std::string::npos) << e;
+    // Recursion that ends within the limit still works.
+    EXPECT_EQ(render("{% macro c(f, n) %}{% if n > 0 %}{{ n }}{{ f(f, n - 1) }}{% endif %}{% endmacro %}{{ c(c, 30) }}").size(), 51u);
+}
+
+TEST(HostileTemplate, HugeRangeAndStringAreRefusedBeforeAllocating)
+{
+    std::string e = templateError("{% for i in range(10**12) %}x{% endfor %}");
+    EXPECT_NE(e.find("range() of more than 100000 items"), std::string::npos) << e;
+    e = templateError("{{ 'x' * 10**12 }}");
+    EXPECT_NE(e.find("over the 8 MiB limit"), std::string::npos) << e;
+    // Doubling a string in a loop stops at the size limit, not at the machine's memory.
+    e = templateError("{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}");
+    EXPECT_NE(e.find("MiB limit"), std::string::npos) << e;
+    // Nested loops: the iterations of one render are bounded in all.
+    e = templateError("{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}");
+    EXPECT_NE(e.find("iterations (the limit)"), std::string::npos) << e;
+    // Sizes a real template uses are fine.
+    EXPECT_EQ(render("{{ ('ab' * 3)|length }} {{ range(5)|list|length }}"), "6 5");
+}
+
+TEST(HostileTemplate, IntegerOverflowIsAnErrorNotATrapOrAWrongNumber)
+{
+    // INT64_MIN // -1 trapped (SIGFPE).
+    std::string e = templateError("{{ (-9223372036854775807 - 1) // -1 }}");
+    EXPECT_NE(e.find("does not fit in 64 bits"), std::string::npos) << e;
+    EXPECT_EQ(render("{{ (-9223372036854775807 - 1) % -1 }}"), "0");
+    for (const char* src : {"{{ 9223372036854775807 + 1 }}", "{{ -9223372036854775807 - 2 }}", "{{ 3037000500 * 3037000500 }}",
+                            "{{ 2 ** 64 }}", "{{ -(-9223372036854775807 - 1) }}", "{{ (-9223372036854775807 - 1)|abs }}"}) {
+        e = templateError(src);
+        EXPECT_NE(e.find("does not fit in 64 bits"), std::string::npos) << src << ": " << e;
+    }
+    e = templateError("{{ 99999999999999999999 }}");
+    EXPECT_NE(e.find("does not fit in 64 bits"), std::string::npos) << e;
+    EXPECT_EQ(render("{{ 2 ** 62 }} {{ (-2) ** 63 }} {{ -7 // 2 }} {{ -7 % 2 }}"), "4611686018427387904 -9223372036854775808 -4 1");
+    e = templateError("{% for i in range(10.0 ** 300) %}{% endfor %}");
+    EXPECT_NE(e.find("cannot be made an integer"), std::string::npos) << e;
+    EXPECT_EQ(render("{{ 2.0 ** -1074 }}"), "5e-324"); // formatting a subnormal threw std::out_of_range
+}
+
+TEST(HostileTemplate, DeepNestingIsASyntaxErrorNotAStackOverflow)
+{
+    // The parser recursed once per parenthesis with no limit.
+    std::string e = templateError("{{ " + std::string(100000, '(') + "1" + std::string(100000, ')') + " }}");
+    EXPECT_NE(e.find("nested deeper than 200 levels"), std::string::npos) << e;
+    std::string notChain = "{{ ";
+    for (int i = 0; i < 100000; ++i)
+        notChain += "not ";
+    std::string filters = "{{ 'x'";
+    for (int i = 0; i < 100000; ++i)
+        filters += "|trim";
+    for (const std::string& src : {"{{ " + std::string(100000, '[') + std::string(100000, ']') + " }}",
+                                   "{{ " + std::string(100000, '-') + "1 }}", notChain + "1 }}",
+                                   filters + " }}"}) {
+        e = templateError(src);
+        EXPECT_NE(e.find("nested deeper than 200 levels"), std::string::npos) << src.substr(0, 20) << ": " << e;
+    }
+    // Chains the parser builds in a loop make deep trees too (evaluating and freeing them recursed).
+    std::string chain = "{{ 1";
+    for (int i = 0; i < 100000; ++i)
+        chain += " + 1";
+    e = templateError(chain + " }}");
+    EXPECT_NE(e.find("nested deeper than 200 levels"), std::string::npos) << e;
+    std::string blocks;
+    for (int i = 0; i < 10000; ++i)
+        blocks += "{% if true %}";
+    e = templateError(blocks);
+    EXPECT_NE(e.find("statements nested deeper than 100 levels"), std::string::npos) << e;
+    // Real depths parse: 150 parentheses.
+    EXPECT_EQ(render("{{ " + std::string(150, '(') + "7" + std::string(150, ')') + " }}"), "7");
+}
+
+TEST(HostileTemplate, ValuesThatContainThemselvesAreRefused)
+{
+    std::string e = templateError("{% set l = [] %}{{ l.append(l) }}{{ l }}");
+    EXPECT_NE(e.find("a list cannot contain itself"), std::string::npos) << e;
+    e = templateError("{% set ns = namespace(a=1) %}{% set ns.self = ns %}{{ ns }}");
+    EXPECT_NE(e.find("a namespace cannot contain itself"), std::string::npos) << e;
+    EXPECT_EQ(render("{% set l = [] %}{{ l.append(1) }}{{ l.append([2]) }}{{ l }}"), "NoneNone[1, [2]]");
+}
+
+std::string tokenizerError(const std::string& tokenizerJson)
+{
+    try {
+        Tokenizer::fromJson(tokenizerJson, "", "dl/tokenizer.json");
+    } catch (const Error& e) {
+        return e.what();
+    }
+    return "";
+}
+
+TEST(HostileTokenizer, NegativeOrHugeAddedTokenIdsAreRefused)
+{
+    // An added token with id -5 was written at idToToken[-5]: SIGSEGV, or heap corruption with a crafted id.
+    const std::string base = R"({"model":{"type":"BPE","vocab":{"a":0,"b":1},"merges":[]},"added_tokens":[{"id":)";
+    std::string e = tokenizerError(base + R"(-5,"content":"<x>"}]})");
+    EXPECT_NE(e.find("dl/tokenizer.json"), std::string::npos) << e;
+    EXPECT_NE(e.find("negative id (-5)"), std::string::npos) << e;
+    // 2^31-1 asked for a table of two billion strings.
+    e = tokenizerError(base + R"(2147483647,"content":"<x>"}]})");
+    EXPECT_NE(e.find("beyond the largest supported"), std::string::npos) << e;
+    e = tokenizerError(base + R"("7","content":"<x>"}]})");
+    EXPECT_NE(e.find("not a whole number"), std::string::npos) << e;
+    e = tokenizerError(R"({"model":{"type":"BPE","vocab":{"a":-1},"merges":[]}})");
+    EXPECT_NE(e.find("negative id"), std::string::npos) << e;
+    // Post-processor ids outside the vocabulary (they are decoded like any token).
+    e = tokenizerError(R"({"model":{"type":"BPE","vocab":{"a":0},"merges":[]},"post_processor":{"type":"TemplateProcessing",
+        "single":[{"SpecialToken":{"id":"<s>"}},{"Sequence":{"id":"A"}}],"special_tokens":{"<s>":{"ids":[99]}}}})");
+    EXPECT_NE(e.find("outside the vocabulary"), std::string::npos) << e;
+    // Sequences nested without end recursed per level.
+    std::string deep = R"({"type":"Sequence","normalizers":[)";
+    std::string nested;
+    for (int i = 0; i < 5000; ++i)
+        nested += deep;
+    nested += R"({"type":"NFC"})";
+    for (int i = 0; i < 5000; ++i)
+        nested += "]}";
+    e = tokenizerError(R"({"model":{"type":"BPE","vocab":{"a":0},"merges":[]},"normalizer":)" + nested + "}");
+    EXPECT_NE(e.find("nest deeper than 16 levels"), std::string::npos) << e;
+}
+
+class HostileSafeTensors : public ::testing::Test {
+protected:
+    void SetUp() override
+    {
+        dir = (fs::temp_directory_path() / ("together-hostile-" + std::to_string(::getpid()))).string();
+        fs::create_directories(dir);
+    }
+    void TearDown() override { fs::remove_all(dir); }
+    std::string write(const std::string& header, size_t dataBytes)
+    {
+        const std::string path = dir + "/model.safetensors";
+        std::ofstream out(path, std::ios::binary);
+        const uint64_t n = header.size();
+        for (int i = 0; i < 8; ++i)
+            out.put(static_cast<char>((n >> (8 * i)) & 0xff));
+        out << header << std::string(dataBytes, '\0');
+        return path;
+    }
+    std::string dir;
+};
+
+TEST_F(HostileSafeTensors, RangeNestedBehindAnEmptyTensorIsAnOverlap)
+{
+    // Sorted by start: a [0,64), e [16,16) (empty), b [32,48). Comparing neighbours only (a-e, e-b) missed that
+    // b lies inside a: two tensors aliasing the same bytes.
+    const std::string p = write(R"({"a":{"dtype":"F32","shape":[16],"data_offsets":[0,64]},"e":{"dtype":"F32","shape":[0],"data_offsets":[16,16]},)"
+                                R"("b":{"dtype":"F32","shape":[4],"data_offsets":[32,48]}})",
+                                64);
+    try {
+        SafeTensors::openFile(p);
+        FAIL() << "opened a file whose tensors overlap";
+    } catch (const Error& e) {
+        const std::string what = e.what();
+        EXPECT_NE(what.find("tensors a and b overlap"), std::string::npos) << what;
+        EXPECT_NE(what.find("model.safetensors"), std::string::npos) << what;
+    }
+}
+
+std::string planError(const std::string& planJson)
+{
+    const ModelConfig config = ModelConfig::fromJsonText(R"({"architectures":["LlamaForCausalLM"],"hidden_size":64,"intermediate_size":100,
+        "num_hidden_layers":6,"num_attention_heads":8,"num_key_value_heads":2,"vocab_size":100})",
+                                                         "c");
+    try {
+        Plan::fromJson(planJson, "plan.json").validate(config, {});
+    } catch (const Error& e) {
+        return e.what();
+    }
+    return "";
+}
+
+TEST(HostilePlan, ThreadsMustBeAWholeNumber)
+{
+    // "two" surfaced the JSON library's type_error; 1.5 was silently truncated to 1.
+    std::string e = planError(R"({"stages":[{"layers":[0,5],"ranks":[{"worker":"a:1","threads":"two"}]}]})");
+    EXPECT_NE(e.find("plan.json: stage 0: worker a:1: threads must be a whole number (got \"two\")"), std::string::npos) << e;
+    e = planError(R"({"stages":[{"layers":[0,5],"ranks":[{"worker":"a:1","threads":1.5}]}]})");
+    EXPECT_NE(e.find("threads must be a whole number (got 1.5)"), std::string::npos) << e;
+    e = planError(R"({"stages":[{"layers":[0,5],"ranks":[{"worker":"a:1","threads":99999999999}]}]})");
+    EXPECT_NE(e.find("threads must be between 1 and 1024"), std::string::npos) << e;
+    e = planError(R"({"dtype":7,"stages":[{"layers":[0,5],"ranks":[{"worker":"a:1"}]}]})");
+    EXPECT_NE(e.find("\"dtype\" must be a string"), std::string::npos) << e;
+    e = planError(R"({"stages":[{"layers":[0,5],"ranks":[{"worker":"a:1","model_dir":[]}]}]})");
+    EXPECT_NE(e.find("\"model_dir\" must be a string"), std::string::npos) << e;
+    EXPECT_EQ(planError(R"({"stages":[{"layers":[0,5],"ranks":[{"worker":"a:1","threads":3}]}]})"), "");
+}
+
+} // namespace
