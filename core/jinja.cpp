@@ -71,7 +71,7 @@ void checkItems(size_t n)
 void chargeIterations(int64_t n)
 {
     if (t_budget && (t_budget->iterations += n) > kMaxIterations)
-        limitError("loops ran more than " + std::to_string(kMaxIterations) + " iterations (the limit)");
+        limitError("loops ran more than " + std::to_string(kMaxIterations) + " iterations (the limit, comparisons of unique included)");
 }
 
 // One level of evaluation on the stack (RAII); `call` marks a macro call.
@@ -2088,7 +2088,8 @@ bool testValue(const std::string& name, const Value& v, const Args& a, int line)
     if (name == "divisibleby") {
         if (!v.isInt() || a.positional.empty() || !a.positional[0].isInt() || a.positional[0].integer() == 0)
             runtimeError(line, "test 'divisibleby' needs integers");
-        return v.integer() % a.positional[0].integer() == 0;
+        const int64_t d = a.positional[0].integer();
+        return d == -1 || v.integer() % d == 0; // (INT64_MIN % -1 traps)
     }
     if (name == "equalto" || name == "eq" || name == "sameas" || name == "==")
         return !a.positional.empty() && equals(v, a.positional[0]);
@@ -2205,6 +2206,8 @@ Value Evaluator::callFilter(const Expr& e, Scope& scope)
     if (f == "round") {
         const Value* prec = a.get(0, "precision");
         double p = std::pow(10.0, prec && prec->isInt() ? static_cast<double>(prec->integer()) : 0.0);
+        if (!v.isNumber())
+            runtimeError(line, "round needs a number");
         return Value(std::round(v.num() * p) / p);
     }
     if (f == "items") {
@@ -2223,9 +2226,11 @@ Value Evaluator::callFilter(const Expr& e, Scope& scope)
     }
     if (f == "unique") {
         Array out;
-        for (auto& x : iterate(v, line))
+        for (auto& x : iterate(v, line)) {
+            chargeIterations(static_cast<int64_t>(out.size())); // comparisons: quadratic in the list's length
             if (std::none_of(out.begin(), out.end(), [&](auto& y) { return equals(x, y); }))
                 out.push_back(x);
+        }
         return makeArray(std::move(out));
     }
     if (f == "sort") {
@@ -2494,8 +2499,16 @@ struct Template::Impl {
 Template::Template(const std::string& source)
     : m(std::make_unique<Impl>())
 {
-    TemplateParser p(lex(source));
-    m->body = p.parseAll();
+    try {
+        TemplateParser p(lex(source));
+        m->body = p.parseAll();
+    } catch (const Error&) {
+        throw;
+    } catch (const std::exception& e) {
+        // A case the checks above missed (a wrong-type access, a conversion out of range) is still an error
+        // about this template, never an exception its callers do not expect.
+        throw Error(std::string("chat template: cannot parse: ") + e.what());
+    }
 }
 
 Template::~Template() = default;
@@ -2585,6 +2598,10 @@ MarkedText Template::render(const json& context, const std::vector<std::string>&
         throw Error("chat template: 'break' outside a loop");
     } catch (const ContinueSignal&) {
         throw Error("chat template: 'continue' outside a loop");
+    } catch (const Error&) {
+        throw;
+    } catch (const std::exception& e) {
+        throw Error(std::string("chat template: cannot render: ") + e.what()); // (see the constructor)
     }
     MarkedText r;
     r.text = std::move(out.s);

@@ -59,7 +59,7 @@ TEST(HostileTemplate, HugeRangeAndStringAreRefusedBeforeAllocating)
     EXPECT_NE(e.find("MiB limit"), std::string::npos) << e;
     // Nested loops: the iterations of one render are bounded in all.
     e = templateError("{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}");
-    EXPECT_NE(e.find("iterations (the limit)"), std::string::npos) << e;
+    EXPECT_NE(e.find("iterations (the limit"), std::string::npos) << e;
     // Sizes a real template uses are fine.
     EXPECT_EQ(render("{{ ('ab' * 3)|length }} {{ range(5)|list|length }}"), "6 5");
 }
@@ -113,6 +113,18 @@ TEST(HostileTemplate, DeepNestingIsASyntaxErrorNotAStackOverflow)
     EXPECT_NE(e.find("statements nested deeper than 100 levels"), std::string::npos) << e;
     // Real depths parse: 150 parentheses.
     EXPECT_EQ(render("{{ " + std::string(150, '(') + "7" + std::string(150, ')') + " }}"), "7");
+}
+
+TEST(HostileTemplate, FoundByFuzzing)
+{
+    // fuzz_jinja: a filter given the wrong type threw std::bad_variant_access, which no caller expects.
+    std::string e = templateError("{{ [1,2] | round }}");
+    EXPECT_NE(e.find("round needs a number"), std::string::npos) << e;
+    e = templateError("{{ (-9223372036854775807 - 1) is divisibleby(-1) }}"); // trapped like //
+    EXPECT_EQ(e, "");
+    EXPECT_EQ(render("{{ (-9223372036854775807 - 1) is divisibleby(-1) }} {{ 6 is divisibleby 4 }}"), "True False");
+    e = templateError("{{ range(100000)|list|unique|length }}{{ range(100000)|list|unique|length }}");
+    EXPECT_NE(e.find("iterations (the limit"), std::string::npos) << e;
 }
 
 TEST(HostileTemplate, ValuesThatContainThemselvesAreRefused)
