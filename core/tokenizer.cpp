@@ -34,8 +34,10 @@ public:
     {
         int err = 0;
         PCRE2_SIZE offset = 0;
-        m_code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
-                               PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK, &err, &offset, nullptr);
+        // The pattern comes from the downloaded file: PCRE2 checks it is valid UTF-8 (with NO_UTF_CHECK an
+        // invalid one is undefined behaviour).
+        m_code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), PCRE2_UTF | PCRE2_UCP, &err, &offset,
+                               nullptr);
         if (!m_code) {
             PCRE2_UCHAR buf[256];
             pcre2_get_error_message(err, buf, sizeof buf);
@@ -43,8 +45,19 @@ public:
                         reinterpret_cast<char*>(buf));
         }
         pcre2_jit_compile(m_code, PCRE2_JIT_COMPLETE);
+        // A pattern that backtracks without end (a file's "(a+)+$") fails a match with an error instead of
+        // running for minutes: real pre-tokenizer patterns take a few hundred steps per match.
+        m_context = pcre2_match_context_create(nullptr);
+        if (!m_context)
+            throw std::bad_alloc();
+        pcre2_set_match_limit(m_context, 1000000);
+        pcre2_set_depth_limit(m_context, 10000);
     }
-    ~Regex() { pcre2_code_free(m_code); }
+    ~Regex()
+    {
+        pcre2_match_context_free(m_context);
+        pcre2_code_free(m_code);
+    }
     Regex(const Regex&) = delete;
     Regex& operator=(const Regex&) = delete;
 
@@ -57,14 +70,14 @@ public:
         // Subjects are valid UTF-8 (encode() sanitizes its input), so skip PCRE2's per-call validity scan,
         // which would make a long text quadratic.
         while (start <= s.size()) {
-            int rc = pcre2_match(m_code, reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), start, PCRE2_NO_UTF_CHECK, md, nullptr);
+            int rc = pcre2_match(m_code, reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), start, PCRE2_NO_UTF_CHECK, md, m_context);
             if (rc == PCRE2_ERROR_NOMATCH)
                 break;
             if (rc < 0) {
                 pcre2_match_data_free(md);
                 PCRE2_UCHAR buf[256];
                 pcre2_get_error_message(rc, buf, sizeof buf);
-                throw Error(std::string("regex match failed: ") + reinterpret_cast<char*>(buf));
+                throw Error(std::string("tokenizer: a pre-tokenizer regex failed on this text: ") + reinterpret_cast<char*>(buf));
             }
             PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
             size_t b = ov[0], e = ov[1];
@@ -83,6 +96,7 @@ public:
 
 private:
     pcre2_code* m_code = nullptr;
+    pcre2_match_context* m_context = nullptr;
 };
 
 std::vector<std::pair<size_t, size_t>> findLiteral(std::string_view s, const std::string& lit)

@@ -176,6 +176,27 @@ TEST(HostileTokenizer, NegativeOrHugeAddedTokenIdsAreRefused)
     EXPECT_NE(e.find("nest deeper than 16 levels"), std::string::npos) << e;
 }
 
+TEST(HostileTokenizer, RegexesFromTheFileAreCheckedAndBounded)
+{
+    auto withSplit = [](const std::string& pattern) {
+        return R"({"model":{"type":"BPE","vocab":{"a":0,"b":1},"merges":[]},"pre_tokenizer":{"type":"Split","pattern":{"Regex":")" + pattern +
+               R"("},"behavior":"Isolated","invert":false}})";
+    };
+    // Backtracking without end: a match gives up with an error after PCRE2's step limit, not after minutes.
+    const Tokenizer t = Tokenizer::fromJson(withSplit("(a+)+$"), "", "dl/tokenizer.json");
+    const auto t0 = Clock::now();
+    try {
+        t.encode(std::string(64, 'a') + "b", false);
+        FAIL() << "a catastrophic pattern matched";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("regex failed"), std::string::npos) << e.what();
+    }
+    EXPECT_LT(Clock::now() - t0, std::chrono::seconds(20));
+    // A pattern that does not compile is named when the file loads.
+    const std::string e = tokenizerError(withSplit("(a"));
+    EXPECT_NE(e.find("does not compile"), std::string::npos) << e;
+}
+
 class HostileSafeTensors : public ::testing::Test {
 protected:
     void SetUp() override
