@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -367,22 +368,46 @@ float bf16ToFloat(uint16_t v)
     return f;
 }
 
+// IEEE half precision by bit manipulation (not _Float16: clang 14 has no such type on x86 without AVX512-FP16,
+// and the fuzz build uses clang). Round to nearest, ties to even; NaN becomes the quiet NaN 0x7e00.
 uint16_t floatToF16(float f)
 {
-    return static_cast<uint16_t>(_Float16(f) == _Float16(f) ? [&] {
-        _Float16 h = static_cast<_Float16>(f);
-        uint16_t r;
-        std::memcpy(&r, &h, 2);
-        return r;
-    }()
-                                                             : 0x7e00);
+    uint32_t x;
+    std::memcpy(&x, &f, 4);
+    const uint32_t sign = (x >> 16) & 0x8000u, mag = x & 0x7fffffffu;
+    if (mag > 0x7f800000u)
+        return 0x7e00;
+    if (mag < 0x38800000u) { // below 2^-14, f16's smallest normal: a subnormal (or zero), in units of 2^-24
+        float a;
+        std::memcpy(&a, &mag, 4);
+        return static_cast<uint16_t>(sign | static_cast<uint32_t>(std::nearbyint(a * 16777216.0f))); // exact scaling
+    }
+    const uint32_t e = (mag >> 23) - 127 + 15;
+    if (e >= 31)
+        return static_cast<uint16_t>(sign | 0x7c00u); // beyond f16's range (infinity included)
+    uint32_t h = (e << 10) | ((mag & 0x7fffffu) >> 13);
+    const uint32_t rest = mag & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u)))
+        ++h; // a carry into the exponent is right (up to infinity at 65520)
+    return static_cast<uint16_t>(sign | h);
 }
 
 float f16ToFloat(uint16_t v)
 {
-    _Float16 h;
-    std::memcpy(&h, &v, 2);
-    return static_cast<float>(h);
+    const uint32_t sign = static_cast<uint32_t>(v & 0x8000u) << 16, e = (v >> 10) & 0x1fu, m = v & 0x3ffu;
+    uint32_t bits;
+    if (e == 0) {
+        const float a = static_cast<float>(m) / 16777216.0f; // m · 2^-24, exact
+        std::memcpy(&bits, &a, 4);
+        bits |= sign;
+    } else if (e == 31) {
+        bits = sign | 0x7f800000u | (m << 13);
+    } else {
+        bits = sign | ((e - 15 + 127) << 23) | (m << 13);
+    }
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
 }
 
 } // namespace together

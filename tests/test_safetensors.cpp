@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -195,6 +196,41 @@ TEST_F(SafeTensorsTest, MissingFolderContents)
     } catch (const Error& e) {
         EXPECT_NE(std::string(e.what()).find("no model.safetensors"), std::string::npos) << e.what();
     }
+}
+
+TEST(F16, ConversionsAreExactAndRoundToNearestEven)
+{
+    // Every half converts to float and back unchanged (NaNs to the quiet NaN).
+    for (uint32_t v = 0; v < 65536; ++v) {
+        const float f = f16ToFloat(static_cast<uint16_t>(v));
+        const uint32_t e = (v >> 10) & 31, m = v & 1023;
+        const float expect = e == 0 ? std::ldexp(static_cast<float>(m), -24) : e == 31 ? (m ? NAN : INFINITY) : std::ldexp(1.0f + m / 1024.0f, static_cast<int>(e) - 15);
+        if (e == 31 && m) {
+            EXPECT_TRUE(std::isnan(f)) << v;
+            EXPECT_EQ(floatToF16(f), 0x7e00) << v;
+            continue;
+        }
+        EXPECT_EQ(std::fabs(f), expect) << v;
+        EXPECT_EQ(std::signbit(f), (v & 0x8000) != 0) << v;
+        EXPECT_EQ(floatToF16(f), v) << v;
+    }
+    EXPECT_EQ(floatToF16(65519.0f), 0x7bff);               // rounds down to the largest half, 65504
+    EXPECT_EQ(floatToF16(65520.0f), 0x7c00);               // halfway to 65536: to infinity
+    EXPECT_EQ(floatToF16(std::ldexp(1.0f, -25)), 0x0000);  // halfway to the smallest subnormal: to even (0)
+    EXPECT_EQ(floatToF16(std::ldexp(3.0f, -26)), 0x0001);  // 0.75 of it: up
+    EXPECT_EQ(floatToF16(1.0f + std::ldexp(1.0f, -11)), 0x3c00); // halfway: to even
+    EXPECT_EQ(floatToF16(-1e10f), 0xfc00);
+#ifdef __FLT16_MAX__
+    // The compiler's own conversion agrees on a sweep of floats (normals, subnormals, ties).
+    for (uint32_t bits = 0; bits < 0x7f800000u; bits += 4093) {
+        float f;
+        std::memcpy(&f, &bits, 4);
+        const _Float16 h = static_cast<_Float16>(f);
+        uint16_t hb;
+        std::memcpy(&hb, &h, 2);
+        ASSERT_EQ(floatToF16(f), hb) << bits;
+    }
+#endif
 }
 
 TEST(Bf16, RoundsToNearestEven)
