@@ -47,14 +47,12 @@ ModelConfig ModelConfig::fromDirectory(const std::string& dir)
     return fromJsonText(readTextFile(p.string()), p.string());
 }
 
-ModelConfig ModelConfig::fromJsonText(const std::string& text, const std::string& where)
+namespace {
+
+// The fields of a parsed config.json. Fields read with a default (value()) throw the JSON library's type_error
+// when present with another type; fromJsonText names the file around it.
+ModelConfig configFromJson(json j, const std::string& where)
 {
-    json j;
-    try {
-        j = json::parse(text);
-    } catch (const json::exception& e) {
-        throw Error(where + ": malformed JSON: " + e.what());
-    }
     if (!j.is_object())
         throw Error(where + ": not a JSON object");
     ModelConfig c;
@@ -133,6 +131,23 @@ ModelConfig ModelConfig::fromJsonText(const std::string& text, const std::string
     if (j.contains("eos_token_id"))
         c.eosTokenIds = idList(j["eos_token_id"]);
     return c;
+}
+
+} // namespace
+
+ModelConfig ModelConfig::fromJsonText(const std::string& text, const std::string& where)
+{
+    json j;
+    try {
+        j = json::parse(text);
+    } catch (const json::exception& e) {
+        throw Error(where + ": malformed JSON: " + e.what());
+    }
+    try {
+        return configFromJson(std::move(j), where);
+    } catch (const json::exception& e) {
+        throw Error(where + ": a field has the wrong type: " + e.what());
+    }
 }
 
 int64_t ModelConfig::contextLimit() const

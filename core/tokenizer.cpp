@@ -185,9 +185,9 @@ struct ReplaceNormalizer : Normalizer {
 void readPattern(const json& p, std::string& literal, std::unique_ptr<Regex>& regex, const std::string& where)
 {
     if (p.contains("String"))
-        literal = p["String"].get<std::string>();
+        literal = p.at("String").get<std::string>();
     else if (p.contains("Regex"))
-        regex = std::make_unique<Regex>(p["Regex"].get<std::string>());
+        regex = std::make_unique<Regex>(p.at("Regex").get<std::string>());
     else
         throw Error(where + ": pattern must be String or Regex");
 }
@@ -225,7 +225,7 @@ std::unique_ptr<Normalizer> makeNormalizer(const json& j, const std::string& whe
     if (type == "Sequence") {
         checkSequenceDepth(depth, "normalizer");
         auto seq = std::make_unique<NormalizerSequence>();
-        for (auto& n : j["normalizers"])
+        for (auto& n : j.at("normalizers"))
             if (auto made = makeNormalizer(n, where, depth + 1))
                 seq->items.push_back(std::move(made));
         return seq;
@@ -238,13 +238,13 @@ std::unique_ptr<Normalizer> makeNormalizer(const json& j, const std::string& whe
         return std::make_unique<LowercaseNormalizer>();
     if (type == "Prepend") {
         auto p = std::make_unique<PrependNormalizer>();
-        p->prefix = j["prepend"].get<std::string>();
+        p->prefix = j.at("prepend").get<std::string>();
         return p;
     }
     if (type == "Replace") {
         auto r = std::make_unique<ReplaceNormalizer>();
-        readPattern(j["pattern"], r->from, r->regex, where);
-        r->to = j["content"].get<std::string>();
+        readPattern(j.at("pattern"), r->from, r->regex, where);
+        r->to = j.at("content").get<std::string>();
         return r;
     }
     throw Error(where + ": normalizer type '" + type + "' is not supported");
@@ -455,14 +455,14 @@ std::unique_ptr<PreTokenizer> makePreTokenizer(const json& j, const std::string&
     if (type == "Sequence") {
         checkSequenceDepth(depth, "pre_tokenizer");
         auto seq = std::make_unique<PreTokenizerSequence>();
-        for (auto& p : j["pretokenizers"])
+        for (auto& p : j.at("pretokenizers"))
             if (auto made = makePreTokenizer(p, where, depth + 1))
                 seq->items.push_back(std::move(made));
         return seq;
     }
     if (type == "Split") {
         auto s = std::make_unique<SplitPreTokenizer>();
-        readPattern(j["pattern"], s->literal, s->regex, where);
+        readPattern(j.at("pattern"), s->literal, s->regex, where);
         s->behavior = parseBehavior(j.value("behavior", "Isolated"), where);
         s->invert = j.value("invert", false);
         return s;
@@ -478,9 +478,9 @@ std::unique_ptr<PreTokenizer> makePreTokenizer(const json& j, const std::string&
         auto m = std::make_unique<MetaspacePreTokenizer>();
         m->replacement = j.value("replacement", kMetaspace);
         if (j.contains("prepend_scheme"))
-            m->prependScheme = j["prepend_scheme"].get<std::string>();
+            m->prependScheme = j.at("prepend_scheme").get<std::string>();
         else if (j.contains("add_prefix_space"))
-            m->prependScheme = j["add_prefix_space"].get<bool>() ? "always" : "never";
+            m->prependScheme = j.at("add_prefix_space").get<bool>() ? "always" : "never";
         m->split = j.value("split", true);
         return m;
     }
@@ -530,16 +530,16 @@ void readDecoders(const json& j, std::vector<DecodeStep>& out, const std::string
     std::string type = j.value("type", "");
     if (type == "Sequence") {
         checkSequenceDepth(depth, "decoder");
-        for (auto& d : j["decoders"])
+        for (auto& d : j.at("decoders"))
             readDecoders(d, out, where, depth + 1);
     } else if (type == "ByteLevel") {
         out.push_back({DecodeStep::ByteLevel, {}, {}});
     } else if (type == "Replace") {
         DecodeStep s{DecodeStep::Replace, {}, {}};
-        if (!j["pattern"].contains("String"))
+        if (!j.at("pattern").contains("String"))
             throw Error(where + ": decoder Replace supports only String patterns");
-        s.from = j["pattern"]["String"].get<std::string>();
-        s.to = j["content"].get<std::string>();
+        s.from = j.at("pattern")["String"].get<std::string>();
+        s.to = j.at("content").get<std::string>();
         out.push_back(s);
     } else if (type == "ByteFallback") {
         out.push_back({DecodeStep::ByteFallback, {}, {}});
@@ -556,7 +556,7 @@ void readDecoders(const json& j, std::vector<DecodeStep>& out, const std::string
     } else if (type == "Metaspace") {
         DecodeStep s{DecodeStep::Metaspace, {}, {}};
         s.from = j.value("replacement", kMetaspace);
-        std::string scheme = j.contains("prepend_scheme") ? j["prepend_scheme"].get<std::string>()
+        std::string scheme = j.contains("prepend_scheme") ? j.at("prepend_scheme").get<std::string>()
                                                           : (j.value("add_prefix_space", true) ? "always" : "never");
         s.metaspaceStripFirst = scheme != "never";
         out.push_back(s);
@@ -871,7 +871,7 @@ Tokenizer Tokenizer::fromJson(const std::string& tokenizerJson, const std::strin
             std::string ptype = p.value("type", "");
             if (ptype == "Sequence") {
                 checkSequenceDepth(depth, "post_processor");
-                for (auto& x : p["processors"])
+                for (auto& x : p.at("processors"))
                     readPost(x, depth + 1);
             } else if (ptype == "TemplateProcessing") {
                 bool seenSeq = false;

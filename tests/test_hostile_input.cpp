@@ -197,6 +197,32 @@ TEST(HostileTokenizer, RegexesFromTheFileAreCheckedAndBounded)
     EXPECT_NE(e.find("does not compile"), std::string::npos) << e;
 }
 
+TEST(HostileTokenizer, FoundByFuzzing)
+{
+    // fuzz_tokenizer: a Sequence without its list read a missing key of a const JSON object (heap use after
+    // free under ASan); every Sequence kind.
+    for (const char* part : {R"("decoder":{"type":"Sequence"})", R"("normalizer":{"type":"Sequence"})",
+                             R"("pre_tokenizer":{"type":"Sequence"})", R"("post_processor":{"type":"Sequence"})",
+                             R"("decoder":{"type":"Replace","content":"x"})", R"("normalizer":{"type":"Prepend"})"}) {
+        const std::string e = tokenizerError(std::string(R"({"model":{"type":"BPE","vocab":{"a":0},"merges":[]},)") + part + "}");
+        EXPECT_NE(e.find("dl/tokenizer.json"), std::string::npos) << part << ": " << e;
+    }
+}
+
+TEST(HostileConfig, FoundByFuzzing)
+{
+    // fuzz_config: a field read with a default and present with another type threw the JSON library's
+    // type_error out of ModelConfig (terminate in the fuzzer; a raw message at best).
+    try {
+        ModelConfig::fromJsonText(R"({"architectures":["LlamaForCausalLM"],"hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,
+            "num_attention_heads":4,"vocab_size":100,"tie_word_embeddings":"yes"})",
+                                  "dl/config.json");
+        FAIL();
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("dl/config.json: a field has the wrong type"), std::string::npos) << e.what();
+    }
+}
+
 class HostileSafeTensors : public ::testing::Test {
 protected:
     void SetUp() override
