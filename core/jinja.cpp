@@ -44,9 +44,13 @@ constexpr size_t kMaxItems = 1000000;        // items of one list
 
 // What one render has used, for the limits above that span the whole render. Set by Template::render for its
 // thread; null outside a render (parsing builds strings too).
+class Scope;
 struct RenderBudget {
     int evalDepth = 0, callDepth = 0;
     int64_t iterations = 0, builtBytes = 0;
+    // The scopes macros captured: a macro stored where its own scope reaches it (ns.f = m, l.append(m)) is a
+    // reference cycle; the render clears these when it ends, so nothing outlives it.
+    std::vector<std::shared_ptr<Scope>> captured;
 };
 thread_local RenderBudget* t_budget = nullptr;
 
@@ -1405,6 +1409,7 @@ public:
         return Value();
     }
     void set(const std::string& name, Value v) { m_vars[name] = std::move(v); }
+    void clear() { m_vars.clear(); }
     // Everything visible from here, as a parentless scope that owns it: what a macro keeps, because the
     // scope it was defined in (a loop body, say) may be gone when a namespace hands the macro out later.
     std::shared_ptr<Scope> snapshot() const
@@ -2439,6 +2444,8 @@ void Evaluator::execNode(const Node& n, Scope& scope)
     case Node::Macro: {
         const Node* node = &n;
         std::shared_ptr<Scope> defScope = scope.snapshot();
+        if (t_budget)
+            t_budget->captured.push_back(defScope);
         scope.set(n.targets[0], makeFn([node, defScope](const Args& a) -> Value {
                       const DepthGuard call(true);
                       Scope local(defScope.get());
@@ -2520,8 +2527,14 @@ MarkedText Template::render(const json& context, const std::vector<std::string>&
     RenderBudget budget;
     struct Active {
         RenderBudget* saved;
-        ~Active() { t_budget = saved; }
-    } active{t_budget};
+        RenderBudget& mine;
+        ~Active()
+        {
+            t_budget = saved;
+            for (auto& s : mine.captured)
+                s->clear();
+        }
+    } active{t_budget, budget};
     t_budget = &budget;
     Scope globals;
     globals.set("raise_exception", makeFn([](const Args& a) -> Value {
