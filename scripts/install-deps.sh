@@ -22,6 +22,11 @@ packages=(
   dbus at-spi2-core python3-pyatspi xdotool
 )
 
+# --sanitize: also clang and its libFuzzer runtime (scripts/fuzz.sh)
+if [ "${1:-}" = "--sanitize" ]; then
+  packages+=(clang libclang-rt-14-dev)
+fi
+
 if [ "$(id -u)" -ne 0 ]; then
   exec sudo -E bash "$0" "$@"
 fi
