@@ -21,6 +21,12 @@ public:
 [[noreturn]] void rethrowWithContext(const std::string& context);
 
 std::string readTextFile(const std::string& path);
+
+// JSON from a downloaded file or a peer nests at most this deep. The JSON library parses iteratively but copies,
+// compares and converts values recursively: 100 000 nested brackets in a tokenizer.json overflowed the stack.
+constexpr int kMaxJsonDepth = 100;
+// A linear scan of `text` (strings and escapes skipped); throws "<where>: JSON nested deeper than 100 levels".
+void checkJsonNesting(const std::string& text, const std::string& where);
 void writeTextFile(const std::string& path, const std::string& text);
 
 } // namespace together

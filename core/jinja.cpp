@@ -1989,8 +1989,11 @@ Value Evaluator::eval(const Expr& e, Scope& scope)
         if (op == "*" && ((a.isString() && b.isInt()) || (a.isInt() && b.isString()))) {
             const Value& s = a.isString() ? a : b;
             int64_t n = a.isInt() ? a.integer() : b.integer();
-            // Checked before building: 'x' * 10**12 is refused at once, not after filling memory.
-            if (n > 0 && s.str().s.size() > 0 && static_cast<uint64_t>(n) > kMaxStringBytes / s.str().s.size())
+            // Checked before building: 'x' * 10**12 is refused at once, not after filling memory ('' * 10**18
+            // is '' at once, not 10**18 empty appends).
+            if (s.str().s.empty() || n <= 0)
+                return Value(Str{});
+            if (static_cast<uint64_t>(n) > kMaxStringBytes / s.str().s.size())
                 checkStringSize(kMaxStringBytes + 1);
             Str out;
             for (int64_t i = 0; i < n; ++i)
@@ -2139,7 +2142,10 @@ Value Evaluator::callFilter(const Expr& e, Scope& scope)
     if (f == "tojson") {
         const Value* ind = a.get(0, "indent");
         std::string out;
-        dumpPython(toJson(v), out, ind && ind->isInt() ? static_cast<int>(ind->integer()) : 0, 0);
+        const int64_t indent = ind && ind->isInt() ? ind->integer() : 0;
+        if (indent < 0 || indent > 64)
+            runtimeError(line, "tojson indent must be 0 to 64");
+        dumpPython(toJson(v), out, static_cast<int>(indent), 0);
         return Value(Str::derived(out, isMarked(v)));
     }
     if (f == "safe" || f == "e" || f == "escape" || f == "forceescape")
@@ -2303,7 +2309,10 @@ Value Evaluator::callFilter(const Expr& e, Scope& scope)
         const Value* w = a.get(0, "width");
         const Value* firstV = a.get(1, "first");
         const Value* blankV = a.get(2, "blank");
-        std::string pad = w && w->isString() ? w->str().s : std::string(static_cast<size_t>(w && w->isInt() ? w->integer() : 4), ' ');
+        const int64_t width = w && w->isInt() ? w->integer() : 4;
+        if (!(w && w->isString()) && (width < 0 || width > 1024))
+            runtimeError(line, "indent width must be 0 to 1024");
+        std::string pad = w && w->isString() ? w->str().s : std::string(static_cast<size_t>(width), ' ');
         bool first = firstV && truthy(*firstV), blank = blankV && truthy(*blankV);
         Str s = toStr(v);
         std::string out;
@@ -2315,6 +2324,7 @@ Value Evaluator::callFilter(const Expr& e, Scope& scope)
             if ((!isFirst || first) && (blank || !ln.empty()))
                 out += pad;
             out += ln;
+            checkStringSize(out.size()); // (padding every line of a long text multiplies it)
             if (nl == std::string::npos)
                 break;
             out += '\n';
@@ -2576,7 +2586,7 @@ MarkedText Template::render(const json& context, const std::vector<std::string>&
                         limitError("range() of more than " + std::to_string(kMaxRange) + " items (the limit)");
                     Array out;
                     for (int64_t k = 0; k < static_cast<int64_t>(count); ++k)
-                        out.push_back(Value(start + k * step));
+                        out.push_back(Value(static_cast<int64_t>(start + static_cast<__int128>(k) * step))); // within [start, stop)
                     return makeArray(std::move(out));
                 }));
     globals.set("dict", makeFn([](const Args& a) -> Value {

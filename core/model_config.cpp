@@ -15,13 +15,20 @@ namespace fs = std::filesystem;
 
 namespace {
 
-int64_t requireInt(const json& j, const char* key, const std::string& where)
+// `max` bounds what a downloaded config may claim, far above real models (hidden 16k, intermediate 64k,
+// vocabularies 260k, 128 layers), so every size computed from these (bytes of a shard, of the KV cache) fits in
+// 64 bits: a hidden_size of 2^62 made a later division by zero (SIGFPE).
+int64_t requireInt(const json& j, const char* key, const std::string& where, int64_t max)
 {
     if (!j.contains(key) || !j[key].is_number_integer())
         throw Error(where + ": \"" + key + "\" is missing or not an integer");
+    if (j[key].is_number_unsigned() && j[key].get<uint64_t>() > static_cast<uint64_t>(max))
+        throw Error(where + ": \"" + key + "\" is " + j[key].dump() + ", more than the largest supported (" + std::to_string(max) + ")");
     int64_t v = j[key].get<int64_t>();
     if (v <= 0)
         throw Error(where + ": \"" + key + "\" must be positive, got " + std::to_string(v));
+    if (v > max)
+        throw Error(where + ": \"" + key + "\" is " + std::to_string(v) + ", more than the largest supported (" + std::to_string(max) + ")");
     return v;
 }
 
@@ -77,17 +84,18 @@ ModelConfig configFromJson(json j, const std::string& where)
     if (act != "silu")
         throw Error(where + ": hidden_act " + act + " is not supported (only silu)");
 
-    c.hiddenSize = requireInt(j, "hidden_size", where);
-    c.intermediateSize = requireInt(j, "intermediate_size", where);
-    c.numLayers = requireInt(j, "num_hidden_layers", where);
-    c.numHeads = requireInt(j, "num_attention_heads", where);
+    c.hiddenSize = requireInt(j, "hidden_size", where, int64_t{1} << 20);
+    c.intermediateSize = requireInt(j, "intermediate_size", where, int64_t{1} << 22);
+    c.numLayers = requireInt(j, "num_hidden_layers", where, int64_t{1} << 12);
+    c.numHeads = requireInt(j, "num_attention_heads", where, int64_t{1} << 12);
     c.numKvHeads = j.contains("num_key_value_heads") && !j["num_key_value_heads"].is_null()
-                       ? requireInt(j, "num_key_value_heads", where)
+                       ? requireInt(j, "num_key_value_heads", where, int64_t{1} << 12)
                        : c.numHeads;
-    c.vocabSize = requireInt(j, "vocab_size", where);
-    c.maxPositionEmbeddings = j.contains("max_position_embeddings") ? requireInt(j, "max_position_embeddings", where) : 2048;
+    c.vocabSize = requireInt(j, "vocab_size", where, int64_t{1} << 22);
+    c.maxPositionEmbeddings =
+        j.contains("max_position_embeddings") ? requireInt(j, "max_position_embeddings", where, int64_t{1} << 24) : 2048;
     if (j.contains("head_dim") && !j["head_dim"].is_null())
-        c.headDim = requireInt(j, "head_dim", where);
+        c.headDim = requireInt(j, "head_dim", where, int64_t{1} << 12);
     else {
         if (c.hiddenSize % c.numHeads != 0)
             throw Error(where + ": hidden_size " + std::to_string(c.hiddenSize) + " is not divisible by num_attention_heads " +
@@ -139,6 +147,7 @@ ModelConfig ModelConfig::fromJsonText(const std::string& text, const std::string
 {
     json j;
     try {
+        checkJsonNesting(text, where);
         j = json::parse(text);
     } catch (const json::exception& e) {
         throw Error(where + ": malformed JSON: " + e.what());
@@ -212,7 +221,9 @@ GenerationDefaults GenerationDefaults::fromDirectory(const std::string& dir)
         return g;
     json j;
     try {
-        j = json::parse(readTextFile(p.string()));
+        const std::string text = readTextFile(p.string());
+        checkJsonNesting(text, p.string());
+        j = json::parse(text);
     } catch (const json::exception& e) {
         throw Error(p.string() + ": malformed JSON: " + e.what());
     }

@@ -16,6 +16,7 @@ Plan Plan::fromJson(const std::string& text, const std::string& where)
 {
     json j;
     try {
+        checkJsonNesting(text, where);
         j = json::parse(text);
     } catch (const json::exception& e) {
         throw Error(where + ": malformed JSON: " + e.what());

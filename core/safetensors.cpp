@@ -156,7 +156,9 @@ SafeTensors SafeTensors::open(const std::string& path, bool map)
     if (fs::exists(index)) {
         json j;
         try {
-            j = json::parse(readTextFile(index.string()));
+            const std::string text = readTextFile(index.string());
+            checkJsonNesting(text, index.string());
+            j = json::parse(text);
         } catch (const json::exception& e) {
             throw Error(index.string() + ": malformed JSON: " + e.what());
         }
@@ -214,6 +216,7 @@ void SafeTensors::addFile(const std::string& file, const std::vector<std::string
     mapped->read(8, headerLen, reinterpret_cast<std::byte*>(header.data()));
     json j;
     try {
+        checkJsonNesting(header, file);
         j = json::parse(header);
     } catch (const json::exception& e) {
         throw Error(file + ": header is not valid JSON: " + e.what());

@@ -779,6 +779,7 @@ Tokenizer Tokenizer::fromJson(const std::string& tokenizerJson, const std::strin
     Impl& m = *t.m;
     json j;
     try {
+        checkJsonNesting(tokenizerJson, where);
         j = json::parse(tokenizerJson);
     } catch (const json::exception& e) {
         throw Error(where + ": malformed JSON: " + e.what());
@@ -905,6 +906,7 @@ Tokenizer Tokenizer::fromJson(const std::string& tokenizerJson, const std::strin
     if (!tokenizerConfigJson.empty()) {
         json c;
         try {
+            checkJsonNesting(tokenizerConfigJson, where + " (tokenizer_config.json)");
             c = json::parse(tokenizerConfigJson);
         } catch (const json::exception& e) {
             throw Error(where + ": tokenizer_config.json is malformed JSON: " + e.what());
@@ -919,8 +921,11 @@ Tokenizer Tokenizer::fromJson(const std::string& tokenizerJson, const std::strin
                 m.chatTemplate = ct.get<std::string>();
             } else if (ct.is_array()) { // [{"name": "default", "template": ...}, ...]
                 for (auto& e : ct)
-                    if (e.value("name", "") == "default")
-                        m.chatTemplate = e.value("template", "");
+                    if (e.is_object() && e.contains("name") && e["name"] == "default") {
+                        if (!e.contains("template") || !e["template"].is_string())
+                            throw Error(where + ": tokenizer_config.json: the default chat_template is not a string");
+                        m.chatTemplate = e["template"].get<std::string>();
+                    }
             }
         }
     }

@@ -130,6 +130,16 @@ TEST(HostileTemplate, FoundByFuzzing)
               "x=7None1");
     e = templateError("{{ range(100000)|list|unique|length }}{{ range(100000)|list|unique|length }}");
     EXPECT_NE(e.find("iterations (the limit"), std::string::npos) << e;
+    // From an attacker-side review: '' * 10**18 looped 10**18 times; widths of indent and tojson built their
+    // padding before any size check; range's last item overflowed in start + k * step.
+    EXPECT_EQ(render("[{{ '' * 1000000000000000000 }}]"), "[]");
+    e = templateError("{{ 'a\\nb'|indent(5000000000) }}");
+    EXPECT_NE(e.find("indent width must be 0 to 1024"), std::string::npos) << e;
+    e = templateError("{{ ('\\n' * 10000)|indent(1024, true, true) }}");
+    EXPECT_NE(e.find("MiB limit"), std::string::npos) << e;
+    e = templateError("{{ [[1]]|tojson(indent=1500000000) }}");
+    EXPECT_NE(e.find("tojson indent must be 0 to 64"), std::string::npos) << e;
+    EXPECT_EQ(render("{{ range(-9223372036854775807 - 1, 9223372036854775807, 2 ** 48)|length }}"), "65536");
 }
 
 TEST(HostileTemplate, ValuesThatContainThemselvesAreRefused)
@@ -172,13 +182,17 @@ TEST(HostileTokenizer, NegativeOrHugeAddedTokenIdsAreRefused)
     // Sequences nested without end recursed per level.
     std::string deep = R"({"type":"Sequence","normalizers":[)";
     std::string nested;
-    for (int i = 0; i < 5000; ++i)
+    for (int i = 0; i < 20; ++i)
         nested += deep;
     nested += R"({"type":"NFC"})";
-    for (int i = 0; i < 5000; ++i)
+    for (int i = 0; i < 20; ++i)
         nested += "]}";
     e = tokenizerError(R"({"model":{"type":"BPE","vocab":{"a":0},"merges":[]},"normalizer":)" + nested + "}");
     EXPECT_NE(e.find("nest deeper than 16 levels"), std::string::npos) << e;
+    // JSON itself nested without end: the JSON library copies values recursively (a stack overflow under ASan
+    // with 5000 levels); refused by a scan before parsing.
+    e = tokenizerError(R"({"model":{"type":"BPE","vocab":{"a":0},"merges":[]},"x":)" + std::string(100000, '[') + std::string(100000, ']') + "}");
+    EXPECT_NE(e.find("dl/tokenizer.json: JSON nested deeper than 100 levels"), std::string::npos) << e;
 }
 
 TEST(HostileTokenizer, RegexesFromTheFileAreCheckedAndBounded)
@@ -211,6 +225,28 @@ TEST(HostileTokenizer, FoundByFuzzing)
                              R"("decoder":{"type":"Replace","content":"x"})", R"("normalizer":{"type":"Prepend"})"}) {
         const std::string e = tokenizerError(std::string(R"({"model":{"type":"BPE","vocab":{"a":0},"merges":[]},)") + part + "}");
         EXPECT_NE(e.find("dl/tokenizer.json"), std::string::npos) << part << ": " << e;
+    }
+}
+
+TEST(HostileConfig, SizesBeyondAnyModelAreRefused)
+{
+    // A hidden_size of 2^62 passed (positive) and a shard's memory estimate then divided by zero (SIGFPE).
+    try {
+        ModelConfig::fromJsonText(R"({"architectures":["LlamaForCausalLM"],"hidden_size":4611686018427387904,"intermediate_size":8,
+            "num_hidden_layers":1,"num_attention_heads":1,"head_dim":2,"vocab_size":8})",
+                                  "dl/config.json");
+        FAIL();
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("\"hidden_size\" is 4611686018427387904, more than the largest supported"), std::string::npos)
+            << e.what();
+    }
+    try {
+        ModelConfig::fromJsonText(R"({"architectures":["LlamaForCausalLM"],"hidden_size":64,"intermediate_size":8,"num_hidden_layers":1,
+            "num_attention_heads":1,"vocab_size":18446744073709551615})",
+                                  "dl/config.json");
+        FAIL();
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("more than the largest supported"), std::string::npos) << e.what();
     }
 }
 
