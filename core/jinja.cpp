@@ -75,7 +75,8 @@ void checkItems(size_t n)
 void chargeIterations(int64_t n)
 {
     if (t_budget && (t_budget->iterations += n) > kMaxIterations)
-        limitError("loops ran more than " + std::to_string(kMaxIterations) + " iterations (the limit, comparisons of unique included)");
+        limitError("loops ran more than " + std::to_string(kMaxIterations) +
+                   " iterations (the limit; macro calls and the comparisons of unique count too)");
 }
 
 // One level of evaluation on the stack (RAII); `call` marks a macro call.
@@ -2363,6 +2364,7 @@ void Evaluator::execNode(const Node& n, Scope& scope)
     case Node::For: {
         Value iterable = eval(*n.expr, scope);
         Array all = iterate(iterable, n.line);
+        chargeIterations(static_cast<int64_t>(all.size())); // items a loop's `if` skips cost a test each too
         Array items;
         // `for x in xs if cond`: filter first so that loop.index/length count only kept items
         for (auto& x : all) {
@@ -2383,7 +2385,6 @@ void Evaluator::execNode(const Node& n, Scope& scope)
             return;
         }
         const int64_t len = static_cast<int64_t>(items.size());
-        chargeIterations(len);
         // Jinja scoping: variables set inside a loop body do not leak out, except through namespaces.
         for (int64_t i = 0; i < len; ++i) {
             Scope inner(&scope);
@@ -2458,6 +2459,7 @@ void Evaluator::execNode(const Node& n, Scope& scope)
             t_budget->captured.push_back(defScope);
         scope.set(n.targets[0], makeFn([node, defScope](const Args& a) -> Value {
                       const DepthGuard call(true);
+                      chargeIterations(1); // calls count like iterations: f(f) twice per call is 2^depth calls
                       Scope local(defScope.get());
                       for (size_t k = 0; k < node->params.size(); ++k) {
                           const auto& [pname, def] = node->params[k];

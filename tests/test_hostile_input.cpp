@@ -140,6 +140,12 @@ TEST(HostileTemplate, FoundByFuzzing)
     e = templateError("{{ [[1]]|tojson(indent=1500000000) }}");
     EXPECT_NE(e.find("tojson indent must be 0 to 64"), std::string::npos) << e;
     EXPECT_EQ(render("{{ range(-9223372036854775807 - 1, 9223372036854775807, 2 ** 48)|length }}"), "65536");
+    // Work under the depth limit that was never charged: 2^60 macro calls with empty output, and items skipped by
+    // a loop's `if` (10^10 tests).
+    e = templateError("{% macro c(f, n) %}{% if n > 0 %}{{ f(f, n - 1) }}{{ f(f, n - 1) }}{% endif %}{% endmacro %}{{ c(c, 60) }}");
+    EXPECT_NE(e.find("iterations (the limit"), std::string::npos) << e;
+    e = templateError("{% for a in range(100000) %}{% for b in range(100000) if false %}{% endfor %}{% endfor %}");
+    EXPECT_NE(e.find("iterations (the limit"), std::string::npos) << e;
 }
 
 TEST(HostileTemplate, ValuesThatContainThemselvesAreRefused)
