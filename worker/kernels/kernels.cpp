@@ -3,6 +3,7 @@
 #include "worker/kernels/kernels.h"
 
 #include "core/error.h"
+#include "core/safetensors.h"
 #include "worker/kernels/paths.h"
 
 #include <algorithm>
@@ -135,46 +136,11 @@ Path activePath()
     return static_cast<Path>(g_path.load());
 }
 
-uint16_t f32ToF16(float f)
-{
-    uint32_t x;
-    std::memcpy(&x, &f, 4);
-    const uint32_t sign = (x >> 16) & 0x8000u;
-    const uint32_t ax = x & 0x7fffffffu;
-    if (ax >= 0x7f800000u) // inf, nan (quiet)
-        return static_cast<uint16_t>(sign | (ax > 0x7f800000u ? 0x7e00u : 0x7c00u));
-    if (ax >= 0x477ff000u) // 65520 and up round to infinity
-        return static_cast<uint16_t>(sign | 0x7c00u);
-    if (ax < 0x38800000u) { // below 2^-14: a multiple of 2^-24 (subnormal, or 0x400 = the smallest normal)
-        float a;
-        std::memcpy(&a, &ax, 4);
-        return static_cast<uint16_t>(sign | static_cast<uint32_t>(std::nearbyint(a * 16777216.0f)));
-    }
-    const uint32_t mant = ax & 0x7fffffu;
-    uint32_t h = ((((ax >> 23) - 127 + 15)) << 10) | (mant >> 13);
-    const uint32_t rest = mant & 0x1fffu;
-    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u)))
-        ++h; // a carry into the exponent is right
-    return static_cast<uint16_t>(sign | h);
-}
+// IEEE half precision: core's conversions (round to nearest even), the ones safetensors files are read and
+// written with.
+uint16_t f32ToF16(float f) { return floatToF16(f); }
 
-float f16ToF32(uint16_t h)
-{
-    const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-    const uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
-    uint32_t bits;
-    if (e == 0) {
-        const float v = static_cast<float>(m) * (1.0f / 16777216.0f);
-        return sign ? -v : v;
-    }
-    if (e == 31)
-        bits = sign | 0x7f800000u | (m << 13);
-    else
-        bits = sign | ((e - 15 + 127) << 23) | (m << 13);
-    float f;
-    std::memcpy(&f, &bits, 4);
-    return f;
-}
+float f16ToF32(uint16_t h) { return f16ToFloat(h); }
 
 Q8Matrix makeQ8(int64_t rows, int64_t cols)
 {
