@@ -10,6 +10,7 @@
 #include "core/safetensors.h"
 #include "core/shard_spec.h"
 #include "core/user_dirs.h"
+#include "core/wire_checks.h"
 #include "proto/together.grpc.pb.h"
 
 #include <openssl/sha.h>
@@ -636,6 +637,8 @@ std::string Cluster::generate(const RingRequest& request, const std::function<bo
         }
         if (ev.generation() != generation)
             continue;
+        if (std::string bad = wire::check(ev, m_config.vocabSize, request.topLogits); !bad.empty())
+            fail("shard " + last->name() + " sent a malformed token event: " + bad);
         if (!ev.error().empty())
             fail(ev.error());
         if (ev.has_token() && !stopping) {
@@ -782,6 +785,11 @@ void Cluster::pollOnce(Rank& r)
         const int64_t recvUs = wallMicros();
         if (m_stopThreads)
             return;
+        if (s.ok())
+            if (std::string bad = wire::check(rep); !bad.empty()) {
+                setFatal("worker " + r.name() + " sent a malformed status: " + bad, r.worker->address);
+                return;
+            }
         if (s.ok()) {
             std::vector<Incoming> records;
             bool loading = false;

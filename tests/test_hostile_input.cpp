@@ -7,11 +7,14 @@
 #include "core/plan.h"
 #include "core/safetensors.h"
 #include "core/tokenizer.h"
+#include "core/wire_checks.h"
 #include "tests/test_support.h"
 
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cmath>
+#include <limits>
 #include <filesystem>
 #include <fstream>
 
@@ -335,6 +338,170 @@ TEST(HostilePlan, ThreadsMustBeAWholeNumber)
     e = planError(R"({"stages":[{"layers":[0,5],"ranks":[{"worker":"a:1","model_dir":[]}]}]})");
     EXPECT_NE(e.find("\"model_dir\" must be a string"), std::string::npos) << e;
     EXPECT_EQ(planError(R"({"stages":[{"layers":[0,5],"ranks":[{"worker":"a:1","threads":3}]}]})"), "");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Messages peers send (core/wire_checks): what a key holder can put in a message is refused before use.
+// ---------------------------------------------------------------------------------------------------------
+
+wire::ShardLimits laterStage()
+{
+    wire::ShardLimits s;
+    s.contextLimit = 256;
+    s.vocabSize = 512;
+    s.hiddenSize = 64;
+    return s;
+}
+
+// A store answers with one value per key asked: one 1 MiB value asked 1024 times made the store build a 1 GiB
+// reply (gRPC refuses to send it only after it is built).
+TEST(HostileMessage, StoreKeysAskedTwiceAreRefused)
+{
+    v1::KvGetRequest get;
+    for (int i = 0; i < 1024; ++i)
+        get.add_keys("big");
+    EXPECT_EQ(wire::check(get), "store: a key is asked twice");
+    get.Clear();
+    for (int i = 0; i < 1024; ++i)
+        get.add_keys("k" + std::to_string(i));
+    EXPECT_EQ(wire::check(get), "");
+    get.add_keys("one more");
+    EXPECT_EQ(wire::check(get), "store: too many keys asked");
+    v1::KvSetRequest set;
+    set.set_key("k");
+    set.set_value(std::string((1 << 20) + 1, 'x'));
+    EXPECT_EQ(wire::check(set), "store: key or value too large");
+}
+
+TEST(HostileMessage, PipelineMessagesAreCheckedAgainstTheShard)
+{
+    const auto shard = laterStage();
+    v1::PipeMessage m;
+    m.set_rows(2);
+    m.set_hidden(std::string(2 * 64 * 4, '\0'));
+    m.set_start_pos(10);
+    EXPECT_EQ(wire::check(m, shard), "");
+    m.add_tokens(5);
+    EXPECT_EQ(wire::check(m, shard), "a later stage takes hidden states, not tokens");
+    m.clear_tokens();
+    m.set_rows(3); // fewer bytes than the rows say: the model would read past the message
+    EXPECT_NE(wire::check(m, shard).find("does not match 3 rows of 64 floats"), std::string::npos);
+    m.set_rows(2);
+    m.set_start_pos(255); // two rows from 255 run past a context of 256
+    EXPECT_EQ(wire::check(m, shard), "rows past the context");
+    m.set_start_pos(-1);
+    EXPECT_NE(wire::check(m, shard).find("outside the context"), std::string::npos);
+    m.set_start_pos(0);
+    m.mutable_header()->set_generation(1);
+    for (int i = 0; i < 65; ++i)
+        m.mutable_header()->add_eos_ids(2);
+    EXPECT_EQ(wire::check(m, shard), "65 EOS ids (at most 64)");
+
+    auto first = shard;
+    first.firstStage = true;
+    v1::PipeMessage t;
+    t.add_tokens(512);
+    EXPECT_EQ(wire::check(t, first), "token id 512 is outside the vocabulary (size 512)");
+    t.set_tokens(0, 511);
+    EXPECT_EQ(wire::check(t, first), "");
+    t.add_tokens(1);
+    EXPECT_EQ(wire::check(t, first), "stage 0 takes one sampled token per message");
+}
+
+TEST(HostileMessage, StartAndConnectAreChecked)
+{
+    auto shard = laterStage();
+    shard.firstStage = true;
+    v1::StartRequest start;
+    start.mutable_header()->set_generation(1);
+    start.set_start_pos(250);
+    for (int i = 0; i < 7; ++i)
+        start.add_tokens(1);
+    EXPECT_NE(wire::check(start, shard).find("7 tokens at position 250 do not fit the context of 256"), std::string::npos);
+    start.set_start_pos(std::numeric_limits<int64_t>::max()); // start + count must not overflow into a pass
+    EXPECT_NE(wire::check(start, shard).find("do not fit"), std::string::npos);
+    start.set_start_pos(0);
+    start.mutable_header()->mutable_sampling()->set_top_p(std::nan(""));
+    EXPECT_EQ(wire::check(start, shard), "sampling settings out of range");
+
+    v1::ConnectRequest c;
+    c.add_next_addresses("10.0.0.2:7600");
+    EXPECT_EQ(wire::check(c), "");
+    c.add_next_addresses("no port");
+    EXPECT_EQ(wire::check(c), "a peer address is not host:port");
+    c.clear_next_addresses();
+    for (int i = 0; i < 65; ++i)
+        c.add_token_addresses("10.0.0.2:7600");
+    EXPECT_EQ(wire::check(c), "too many peers");
+}
+
+TEST(HostileMessage, AWeightChunkIsCheckedBeforeItsBufferIsAllocated)
+{
+    v1::WeightChunk chunk;
+    chunk.set_name("w");
+    chunk.add_shape(4);
+    chunk.add_shape(8);
+    chunk.set_dtype("BF16");
+    chunk.set_total_bytes(uint64_t(1) << 40); // a buffer of 1 TiB for a 64-byte slice
+    uint64_t bytes = 0;
+    EXPECT_EQ(wire::checkFirstChunk(chunk, {4, 8}, bytes), "tensor w: 1099511627776 bytes announced, the slice needs 64");
+    chunk.set_total_bytes(64);
+    EXPECT_EQ(wire::checkFirstChunk(chunk, {4, 8}, bytes), "");
+    EXPECT_EQ(bytes, 64u);
+    EXPECT_NE(wire::checkFirstChunk(chunk, {8, 4}, bytes).find("has shape [4, 8] but this shard's slice is [8, 4]"), std::string::npos);
+    chunk.set_dtype("I64");
+    EXPECT_NE(wire::checkFirstChunk(chunk, {4, 8}, bytes), "");
+}
+
+// The master's side: what a worker answers is checked before the app shows or counts it.
+TEST(HostileMessage, TokenEventsAndStatusRepliesAreCheckedByTheMaster)
+{
+    v1::ObserveEvent ev;
+    ev.mutable_token()->set_token(-1);
+    EXPECT_EQ(wire::check(ev, 512, 10), "token id -1 is outside the vocabulary (size 512)");
+    ev.mutable_token()->set_token(3);
+    EXPECT_EQ(wire::check(ev, 512, 10), "");
+    for (int i = 0; i < 11; ++i) {
+        ev.mutable_token()->add_top_ids(i);
+        ev.mutable_token()->add_top_logits(1.0f);
+    }
+    EXPECT_EQ(wire::check(ev, 512, 10), "11 top ids with 11 logits (10 asked)");
+    ev.mutable_token()->clear_top_ids();
+    ev.mutable_token()->add_top_ids(1 << 30);
+    EXPECT_NE(wire::check(ev, 512, 64), "");
+    ev.mutable_token()->clear_top_ids();
+    ev.mutable_token()->clear_top_logits();
+    ev.set_error(std::string(1 << 20, 'e'));
+    EXPECT_EQ(wire::check(ev, 512, 10), "an error or end text over 64 KiB");
+
+    v1::StatusReply rep;
+    rep.add_records()->add_allreduce_spans(5);
+    EXPECT_NE(wire::check(rep).find("1 all-reduce span ends"), std::string::npos);
+    rep.Clear();
+    for (int i = 0; i < 2001; ++i)
+        rep.add_records();
+    EXPECT_EQ(wire::check(rep), "2001 step records in one reply (at most 2000)");
+}
+
+TEST(HostileMessage, ProbesAndLaunchesAreChecked)
+{
+    v1::ProbeLinkRequest p;
+    p.set_self_address("10.0.0.1:7600");
+    p.set_target_address("10.0.0.2:7600");
+    p.add_sizes(4096);
+    p.set_repeats(3);
+    EXPECT_EQ(wire::check(p), "");
+    p.set_repeats(1000000);
+    EXPECT_EQ(wire::check(p), "probe: repeats must be 1 to 8");
+    p.set_repeats(3);
+    p.set_target_address("10.0.0.2:99999999999999999999");
+    EXPECT_NE(wire::check(p), "");
+    v1::LaunchShardRequest l;
+    l.set_launch_id("../../etc");
+    l.set_bind_host("127.0.0.1");
+    EXPECT_EQ(wire::check(l), "bad launch id, bind host or thread count");
+    l.set_launch_id("a-1_b");
+    EXPECT_EQ(wire::check(l), "");
 }
 
 } // namespace

@@ -11,6 +11,7 @@
 #include "core/rpc.h"
 #include "core/service_log.h"
 #include "core/user_dirs.h"
+#include "core/wire_checks.h"
 #include "proto/together.grpc.pb.h"
 #include "worker/calibration.h"
 #include "worker/kv_store.h"
@@ -42,16 +43,6 @@ namespace together {
 namespace {
 
 std::string hostOf(const std::string& address) { return address.substr(0, address.rfind(':')); }
-
-bool validLaunchId(const std::string& id)
-{
-    if (id.empty() || id.size() > 64)
-        return false;
-    for (char c : id)
-        if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_')
-            return false;
-    return true;
-}
 
 // The worker id: made once, kept in the state folder, so a daemon that restarts is the same worker.
 std::string loadWorkerId(const std::string& dir)
@@ -172,8 +163,8 @@ public:
 
     grpc::Status LaunchShard(grpc::ServerContext* ctx, const v1::LaunchShardRequest* req, v1::LaunchShardReply* rep) override
     {
-        if (!validLaunchId(req->launch_id()) || req->bind_host().empty() || req->bind_host().size() > 256 || req->threads() > 1024)
-            return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "launch: bad launch id, bind host or thread count");
+        if (std::string bad = wire::check(*req); !bad.empty())
+            return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "launch: " + bad);
         ShardProcesses::Request r;
         r.launchId = req->launch_id();
         r.index = req->shard_index();
@@ -205,7 +196,7 @@ public:
 
     grpc::Status StopShards(grpc::ServerContext* ctx, const v1::StopShardsRequest* req, v1::StopShardsReply* rep) override
     {
-        if (!validLaunchId(req->launch_id()))
+        if (!wire::validLaunchId(req->launch_id()))
             return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "stop: give the launch id to stop");
         if (grpc::Status s = ownerOnly(*ctx, req->launch_id(), "stop"); !s.ok())
             return s;
@@ -246,7 +237,7 @@ public:
 
     grpc::Status ProbeLink(grpc::ServerContext* ctx, const v1::ProbeLinkRequest* req, v1::ProbeLinkReply* rep) override
     {
-        if (std::string bad = checkProbeRequest(*req); !bad.empty())
+        if (std::string bad = wire::check(*req); !bad.empty())
             return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, bad);
         std::unique_lock lock(m_probeMutex, std::defer_lock);
         if (!lock.try_lock_for(std::chrono::seconds(10)))
@@ -278,7 +269,7 @@ public:
 
     grpc::Status ProbeAllReduce(grpc::ServerContext*, const v1::ProbeAllReduceRequest* req, v1::ProbeAllReduceReply*) override
     {
-        if (std::string bad = checkProbeRequest(*req); !bad.empty())
+        if (std::string bad = wire::check(*req); !bad.empty())
             return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, bad);
         std::unique_lock lock(m_probeMutex, std::defer_lock);
         if (!lock.try_lock_for(std::chrono::seconds(10)))

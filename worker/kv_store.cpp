@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "worker/kv_store.h"
 
+#include "core/wire_checks.h"
+
 #include <algorithm>
 #include <chrono>
 
@@ -15,8 +17,8 @@ grpc::Status KvStoreService::Set(grpc::ServerContext* ctx, const v1::KvSetReques
 {
     if (grpc::Status s = m_admit(*ctx); !s.ok())
         return s;
-    if (req->key().size() > 1024 || req->value().size() > (1 << 20))
-        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "store: key or value too large");
+    if (std::string bad = wire::check(*req); !bad.empty())
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, bad);
     std::lock_guard lock(m_mutex);
     const auto old = m_kv.find(req->key());
     const uint64_t bytes = m_bytes - (old == m_kv.end() ? 0 : old->first.size() + old->second.size()) + req->key().size() + req->value().size();
@@ -32,8 +34,8 @@ grpc::Status KvStoreService::Get(grpc::ServerContext* ctx, const v1::KvGetReques
 {
     if (grpc::Status s = m_admit(*ctx); !s.ok())
         return s;
-    if (req->keys_size() > 1024)
-        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "store: too many keys asked");
+    if (std::string bad = wire::check(*req); !bad.empty())
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, bad);
     std::unique_lock lock(m_mutex);
     auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(std::min<uint32_t>(req->timeout_ms(), 120000));
     auto ready = [&] {

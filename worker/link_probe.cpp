@@ -4,6 +4,7 @@
 #include "core/error.h"
 #include "core/hex.h"
 #include "core/rpc.h"
+#include "core/wire_checks.h"
 #include "worker/gloo_comm.h"
 
 #include <algorithm>
@@ -14,32 +15,12 @@ namespace together {
 
 namespace {
 
-constexpr uint32_t kMinProbe = 1024, kMaxProbe = 4u << 20;
-constexpr int kMaxSizes = 12, kMaxRepeats = 8;
+constexpr uint32_t kMinProbe = wire::kMinProbeBytes, kMaxProbe = wire::kMaxProbeBytes;
 // A probe of a slow link (Wi-Fi) must not hold the pair for long: each transport stops at this budget and
 // keeps the sizes it measured.
 constexpr auto kBudget = std::chrono::milliseconds(2500);
 
 std::string hostOf(const std::string& address) { return address.substr(0, address.rfind(':')); }
-
-bool plausibleAddress(const std::string& a)
-{
-    const auto colon = a.rfind(':');
-    return !a.empty() && a.size() <= 256 && colon != std::string::npos && colon > 0 && colon + 1 < a.size() &&
-           a.find_first_not_of("0123456789", colon + 1) == std::string::npos;
-}
-
-template <class Sizes> std::string checkSizes(const Sizes& sizes, uint32_t repeats)
-{
-    if (sizes.empty() || sizes.size() > kMaxSizes)
-        return "probe: give 1 to " + std::to_string(kMaxSizes) + " payload sizes";
-    for (uint32_t s : sizes)
-        if (s < kMinProbe || s > kMaxProbe || s % 4 != 0)
-            return "probe: payload sizes must be multiples of 4 bytes from 1 KiB to 4 MiB (got " + std::to_string(s) + ")";
-    if (repeats < 1 || repeats > kMaxRepeats)
-        return "probe: repeats must be 1 to " + std::to_string(kMaxRepeats);
-    return {};
-}
 
 double median(std::vector<double> v)
 {
@@ -71,24 +52,6 @@ void allReduces(GlooCommunicator& comm, const std::vector<uint32_t>& sizes, uint
 }
 
 } // namespace
-
-std::string checkProbeRequest(const v1::ProbeLinkRequest& req)
-{
-    if (!plausibleAddress(req.self_address()) || !plausibleAddress(req.target_address()))
-        return "probe: give this daemon's and the target's address as host:port";
-    if (req.self_address() == req.target_address())
-        return "probe: the target is this daemon";
-    return checkSizes(req.sizes(), req.repeats());
-}
-
-std::string checkProbeRequest(const v1::ProbeAllReduceRequest& req)
-{
-    if (!plausibleAddress(req.store_address()) || req.bind_host().empty() || req.bind_host().size() > 256)
-        return "probe: give the prober's store address and this side's bind host";
-    if (req.prefix().empty() || req.prefix().size() > 64)
-        return "probe: bad rendezvous prefix";
-    return checkSizes(req.sizes(), req.repeats());
-}
 
 v1::ProbeLinkReply probeLink(const Credentials& credentials, const v1::ProbeLinkRequest& req, KvStoreService& store)
 {

@@ -12,10 +12,6 @@ namespace together {
 // Link probes between daemons (WorkerControl.ProbeLink): the transports inference uses, timed with payloads
 // of 1 KiB to 4 MiB. The master fits the samples (core/survey) to latency and throughput per pair.
 
-// "" or why the request is refused (sizes outside 1 KiB-4 MiB, too many, bad addresses).
-std::string checkProbeRequest(const v1::ProbeLinkRequest& req);
-std::string checkProbeRequest(const v1::ProbeAllReduceRequest& req);
-
 // The prober's side: streams each payload to the target's ProbeEcho and times its acknowledgement, then
 // (when asked) runs two-rank all-reduces with the target over gloo, rendezvous on this daemon's `store`.
 // Throws Error naming the target when the stream cannot be probed.

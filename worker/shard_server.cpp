@@ -12,6 +12,7 @@
 #include "core/shard_spec.h"
 #include "core/slice_cache.h"
 #include "core/user_dirs.h"
+#include "core/wire_checks.h"
 #include "proto/together.grpc.pb.h"
 #include "worker/gloo_comm.h"
 #include "worker/kv_store.h"
@@ -238,20 +239,14 @@ public:
                 throw Error("this shard is already configured");
             m_config = ModelConfig::fromJsonText(req->config_json(), "config.json from the master");
             m_configJson = req->config_json();
-            if (req->tp_size() < 1 || req->tp_size() > 64 || req->tp_rank() >= req->tp_size() || req->num_stages() < 1 ||
-                req->num_stages() > 256 || req->stage() >= req->num_stages())
-                throw Error("bad rank or stage numbers");
-            if (req->first_layer() < 0 || req->last_layer() < req->first_layer() || req->last_layer() >= m_config.numLayers)
-                throw Error("layers " + std::to_string(req->first_layer()) + ".." + std::to_string(req->last_layer()) + " are not in the model's " +
-                            std::to_string(m_config.numLayers));
+            if (std::string bad = wire::check(*req, m_config); !bad.empty())
+                throw Error(bad);
             m_spec = ShardSpec{req->first_layer(), req->last_layer(), static_cast<int>(req->tp_rank()), static_cast<int>(req->tp_size()),
                                req->stage() == 0, req->stage() + 1 == req->num_stages()};
             m_stage = req->stage();
             m_launchId = req->launch_id();
             m_worker = req->worker().substr(0, 256);
             m_compute = parseComputeType(req->dtype());
-            if (req->context_limit() < 1 || req->context_limit() > m_config.contextLimit())
-                throw Error("context limit " + std::to_string(req->context_limit()) + " is outside 1.." + std::to_string(m_config.contextLimit()));
             m_contextLimit = req->context_limit();
             // Never more than the daemon admitted this shard with (its --threads): that is what the machine donates.
             if (req->threads() > 0)
@@ -308,22 +303,14 @@ public:
                         throw Error("tensor " + current + " is not part of this shard's slice");
                     if (m_weights.tensors.count(current))
                         throw Error("tensor " + current + " sent twice");
-                    std::vector<int64_t> shape(chunk.shape().begin(), chunk.shape().end());
-                    if (shape != it->second.shape())
-                        throw Error("tensor " + current + " has shape " + shapeString(shape) + " but this shard's slice is " +
-                                    shapeString(it->second.shape()));
-                    DType dt = parseDType(chunk.dtype(), "tensor " + current);
-                    int64_t n = 1;
-                    for (auto d : shape)
-                        n *= d;
-                    // Size is checked against the plan before any allocation.
-                    if (chunk.total_bytes() != static_cast<uint64_t>(n) * dtypeSize(dt))
-                        throw Error("tensor " + current + ": " + std::to_string(chunk.total_bytes()) + " bytes announced, the slice needs " +
-                                    std::to_string(static_cast<uint64_t>(n) * dtypeSize(dt)));
+                    // Shape, dtype and size are checked against the plan before any allocation.
+                    uint64_t bytes = 0;
+                    if (std::string bad = wire::checkFirstChunk(chunk, it->second.shape(), bytes); !bad.empty())
+                        throw Error(bad);
                     auto& t = m_weights.tensors[current];
-                    t.dtype = dt;
-                    t.shape = shape;
-                    t.bytes.reserve(chunk.total_bytes());
+                    t.dtype = parseDType(chunk.dtype(), "tensor " + current);
+                    t.shape = it->second.shape();
+                    t.bytes.reserve(bytes);
                     EVP_DigestInit_ex(md, EVP_sha256(), nullptr);
                 } else if (current.empty()) {
                     throw Error("weight chunk without a tensor name");
@@ -476,8 +463,8 @@ public:
             return fail(grpc::StatusCode::FAILED_PRECONDITION, "connect: weights are not loaded");
         if (m_connected)
             return fail(grpc::StatusCode::FAILED_PRECONDITION, "connect: already connected");
-        if (req->next_addresses_size() > 64 || req->token_addresses_size() > 64)
-            return fail(grpc::StatusCode::INVALID_ARGUMENT, "connect: too many peers");
+        if (std::string bad = wire::check(*req); !bad.empty())
+            return fail(grpc::StatusCode::INVALID_ARGUMENT, "connect: " + bad);
         try {
             setActivity("joining the tensor-parallel group");
             if (m_spec.tpSize > 1) {
@@ -547,17 +534,11 @@ public:
                                                                    (m_connected ? " is not a first-stage rank" : " is not connected"));
         if (std::string e = error(); !e.empty())
             return fail(grpc::StatusCode::FAILED_PRECONDITION, e);
+        if (std::string bad = wire::check(*req, limits()); !bad.empty())
+            return fail(grpc::StatusCode::INVALID_ARGUMENT, "start: " + bad);
         const auto& h = req->header();
         const int64_t n = req->tokens_size();
-        if (n < 1 || n > m_contextLimit || req->start_pos() < 0 || req->start_pos() > m_contextLimit - n)
-            return fail(grpc::StatusCode::INVALID_ARGUMENT, "start: " + std::to_string(n) + " tokens at position " + std::to_string(req->start_pos()) +
-                                                                " do not fit the context of " + std::to_string(m_contextLimit));
-        if (std::string bad = checkHeader(h); !bad.empty())
-            return fail(grpc::StatusCode::INVALID_ARGUMENT, "start: " + bad);
-        for (int32_t id : req->tokens())
-            if (id < 0 || id >= m_config.vocabSize)
-                return fail(grpc::StatusCode::INVALID_ARGUMENT, "start: token id " + std::to_string(id) + " is outside the vocabulary");
-        const int64_t maxRows = std::max<int64_t>(1, static_cast<int64_t>(kChunkBytes) / (m_config.hiddenSize * 4));
+        const int64_t maxRows = wire::maxPipeRows(m_config.hiddenSize);
         std::vector<Work> items;
         for (int64_t done = 0; done < n; done += maxRows) {
             Work w;
@@ -649,10 +630,16 @@ public:
         // enough to check and queue messages (the runner starts once connected).
         if (!m_loaded)
             return fail(grpc::StatusCode::FAILED_PRECONDITION, "pipe: this shard holds no weights");
-        const int64_t H = m_config.hiddenSize;
-        const int64_t maxRows = std::max<int64_t>(1, static_cast<int64_t>(kChunkBytes) / (H * 4));
+        const wire::ShardLimits shard = limits();
         v1::PipeMessage m;
         while (stream->Read(&m)) {
+            // Everything a peer sends is checked against this shard's limits before it is used.
+            if (const std::string bad = wire::check(m, shard); !bad.empty()) {
+                // The sender is at fault, not this rank: reported as a peer failure, so the master does not
+                // blame (or fail over away from) the rank that refused it.
+                setError(m_me + ": a malformed pipeline message from " + peerIdentity(*ctx) + ": " + bad, true);
+                return fail(grpc::StatusCode::INVALID_ARGUMENT, m_me + ": " + bad);
+            }
             Work w;
             w.generation = m.generation();
             w.step = m.step();
@@ -660,34 +647,11 @@ public:
             w.sample = m.sample();
             if (m.has_header())
                 w.header = m.header();
-            // Everything a peer sends is checked against this shard's limits before it is used.
-            std::string bad = m.has_header() ? checkHeader(m.header()) : std::string();
-            if (!bad.empty()) {
-            } else if (m.start_pos() < 0 || m.start_pos() >= m_contextLimit)
-                bad = "position " + std::to_string(m.start_pos()) + " is outside the context of " + std::to_string(m_contextLimit);
-            else if (m_spec.firstStage) {
-                if (m.tokens_size() != 1 || !m.hidden().empty())
-                    bad = "stage 0 takes one sampled token per message";
-                else if (m.tokens(0) < 0 || m.tokens(0) >= m_config.vocabSize)
-                    bad = "token id " + std::to_string(m.tokens(0)) + " is outside the vocabulary";
-                else
-                    w.tokens.assign(1, m.tokens(0));
+            if (shard.firstStage) {
+                w.tokens.assign(1, m.tokens(0));
             } else {
-                if (m.rows() < 1 || m.rows() > maxRows || static_cast<uint64_t>(m.hidden().size()) != uint64_t(m.rows()) * uint64_t(H) * 4)
-                    bad = "hidden state of " + std::to_string(m.hidden().size()) + " bytes does not match " + std::to_string(m.rows()) +
-                          " rows of " + std::to_string(H) + " floats (at most " + std::to_string(maxRows) + " rows)";
-                else if (m.start_pos() + m.rows() > m_contextLimit)
-                    bad = "rows past the context";
-                else {
-                    w.rows = m.rows();
-                    w.hidden = std::move(*m.mutable_hidden());
-                }
-            }
-            if (!bad.empty()) {
-                // The sender is at fault, not this rank: reported as a peer failure, so the master does not
-                // blame (or fail over away from) the rank that refused it.
-                setError(m_me + ": a malformed pipeline message from " + peerIdentity(*ctx) + ": " + bad, true);
-                return fail(grpc::StatusCode::INVALID_ARGUMENT, m_me + ": " + bad);
+                w.rows = m.rows();
+                w.hidden = std::move(*m.mutable_hidden());
             }
             v1::PipeAck ack;
             ack.set_generation(m.generation());
@@ -754,21 +718,14 @@ private:
         bool complete = true;
     };
 
-    // The limits of a generation's header, wherever it comes from (the master's Start, a previous stage's pipe).
-    static std::string checkHeader(const v1::GenerationHeader& h)
+    wire::ShardLimits limits() const
     {
-        if (h.generation() == 0)
-            return "generation 0 is not a generation";
-        if (h.eos_ids_size() > 64)
-            return std::to_string(h.eos_ids_size()) + " EOS ids (at most 64)";
-        if (h.top_logits() > 64)
-            return std::to_string(h.top_logits()) + " top logits asked (at most 64)";
-        if (h.window() > 1024)
-            return "a window of " + std::to_string(h.window()) + " tokens (at most 1024)";
-        const double t = h.sampling().temperature(), p = h.sampling().top_p();
-        if (!(t >= 0 && t <= 100) || !(p >= 0 && p <= 1) || h.sampling().top_k() < 0)
-            return "sampling settings out of range";
-        return {};
+        wire::ShardLimits l;
+        l.contextLimit = m_contextLimit;
+        l.vocabSize = m_config.vocabSize;
+        l.hiddenSize = m_config.hiddenSize;
+        l.firstStage = m_spec.firstStage;
+        return l;
     }
 
     grpc::Status canLoad()
