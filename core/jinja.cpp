@@ -15,6 +15,7 @@ using namespace detail;
 namespace {
 
 constexpr int64_t kMaxRange = 100000; // items range() makes (Jinja's sandbox has the same limit)
+constexpr int kMaxContextDepth = 100;  // nesting of the context (messages, tools) a render is given
 
 Value markMessages(const json& messages, const std::vector<std::string>& keys)
 {
@@ -134,6 +135,20 @@ MarkedText Template::render(const json& context, const std::vector<std::string>&
                     return Value(std::string(buf, n));
                 }));
     Scope scope(&globals);
+    // The context (the messages of a chat, tools) is converted recursively: its nesting is checked first,
+    // without recursion. No chat comes near this.
+    {
+        std::vector<std::pair<const json*, int>> todo{{&context, 0}};
+        while (!todo.empty()) {
+            auto [j, d] = todo.back();
+            todo.pop_back();
+            if (d > kMaxContextDepth)
+                throw Error("chat template: the messages nest deeper than " + std::to_string(kMaxContextDepth) + " levels");
+            if (j->is_structured())
+                for (auto& x : *j)
+                    todo.push_back({&x, d + 1});
+        }
+    }
     if (context.is_object()) {
         for (auto& [k, v] : context.items()) {
             if (k == "messages")

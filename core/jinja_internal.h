@@ -35,11 +35,12 @@ using json = nlohmann::json;
 constexpr size_t kMaxStringBytes = 8u << 20;           // any one string, the output included
 constexpr int64_t kMaxBuiltBytes = int64_t{512} << 20; // string bytes one render may build in all
 constexpr size_t kMaxItems = 1000000;                  // items of one list
+constexpr int64_t kMaxVisits = 50000000;               // items the walks over values visit in one render
 
 class Scope;
 struct RenderBudget {
     int evalDepth = 0, callDepth = 0;
-    int64_t iterations = 0, builtBytes = 0;
+    int64_t iterations = 0, builtBytes = 0, visits = 0;
     // The scopes macros captured: a macro stored where its own scope reaches it (ns.f = m, l.append(m)) is a
     // reference cycle; the render clears these when it ends, so nothing outlives it.
     std::vector<std::shared_ptr<Scope>> captured;
@@ -47,6 +48,9 @@ struct RenderBudget {
 extern thread_local RenderBudget* t_budget;
 
 void chargeBytes(size_t n);
+// Items visited by the walks over values (printing, comparing, tojson, the checks of append and set): a value
+// shared many times over (x = [x, x], forty times) is small in memory but 2^40 items to walk.
+void chargeVisits(int64_t n);
 void checkStringSize(size_t n);
 void checkItems(size_t n);
 // Loop iterations, macro calls and unique's comparisons, against the render's budget (jinja_eval.cpp).
@@ -149,6 +153,14 @@ struct Value {
         : v(static_cast<int64_t>(x))
     {
     }
+    // Releasing the last reference to a list or mapping frees what it holds one level at a time, not by
+    // recursion: a template can nest a list a million deep (a loop of `set ns.a = [ns.a]`), and freeing that
+    // recursively would overflow the stack.
+    ~Value();
+    Value(const Value&) = default;
+    Value(Value&&) noexcept = default;
+    Value& operator=(const Value&) = default;
+    Value& operator=(Value&&) noexcept = default;
 
     bool isUndefined() const { return std::holds_alternative<Undefined>(v); }
     bool isNone() const { return std::holds_alternative<None>(v); }

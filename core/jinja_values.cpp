@@ -20,6 +20,41 @@ void chargeBytes(size_t n)
         limitError("the template built more than " + std::to_string(kMaxBuiltBytes >> 20) + " MiB of text (the limit)");
 }
 
+void chargeVisits(int64_t n)
+{
+    if (t_budget && (t_budget->visits += n) > kMaxVisits)
+        limitError("printing and comparing values visited more than " + std::to_string(kMaxVisits) +
+                   " items (the limit; a value shared many times over is as large as its expansion)");
+}
+
+namespace {
+
+thread_local std::vector<std::shared_ptr<void>> t_released;
+thread_local bool t_releasing = false;
+
+} // namespace
+
+Value::~Value()
+{
+    std::shared_ptr<void> last;
+    if (auto* a = std::get_if<std::shared_ptr<Array>>(&v); a && a->use_count() == 1)
+        last = std::move(*a);
+    else if (auto* o = std::get_if<std::shared_ptr<Object>>(&v); o && o->use_count() == 1)
+        last = std::move(*o);
+    else
+        return;
+    t_released.push_back(std::move(last));
+    if (t_releasing)
+        return; // an outer destructor is emptying the list
+    t_releasing = true;
+    while (!t_released.empty()) {
+        std::shared_ptr<void> next = std::move(t_released.back());
+        t_released.pop_back();
+        next.reset(); // its items' destructors add their own containers to the list
+    }
+    t_releasing = false;
+}
+
 void checkStringSize(size_t n)
 {
     if (n > kMaxStringBytes)
@@ -52,6 +87,7 @@ bool reaches(const Value& container, const void* target)
         todo.pop_back();
         if (++visited > kMaxItems)
             limitError("a value nests more than " + std::to_string(kMaxItems) + " items");
+        chargeVisits(1);
         if (v->isArray()) {
             if (&v->arr() == target)
                 return true;
@@ -116,54 +152,77 @@ std::string formatFloat(double d)
     return ss.str();
 }
 
-std::string pyRepr(const Value& v, bool quoteStrings)
+namespace {
+
+// Appends v's Python repr to out, checking the size as it grows (a shared value's repr can be far larger than
+// the value) and the depth (a list nested a million deep).
+void reprInto(const Value& v, bool quoteStrings, std::string& out)
 {
+    const DepthGuard depth;
+    chargeVisits(1);
     if (v.isUndefined())
-        return "";
+        return;
     if (v.isNone())
-        return "None";
-    if (v.isBool())
-        return std::get<bool>(v.v) ? "True" : "False";
-    if (v.isInt())
-        return std::to_string(v.integer());
-    if (v.isFloat())
-        return formatFloat(v.num());
-    if (v.isString()) {
-        if (!quoteStrings)
-            return v.str().s;
-        std::string q = v.str().s.find('\'') != std::string::npos && v.str().s.find('"') == std::string::npos ? "\"" : "'";
-        std::string out = q;
-        for (char c : v.str().s) {
+        out += "None";
+    else if (v.isBool())
+        out += std::get<bool>(v.v) ? "True" : "False";
+    else if (v.isInt())
+        out += std::to_string(v.integer());
+    else if (v.isFloat())
+        out += formatFloat(v.num());
+    else if (v.isString() && !quoteStrings) {
+        checkStringSize(out.size() + v.str().s.size());
+        out += v.str().s;
+    } else if (v.isString()) {
+        const std::string& s = v.str().s; // (at most kMaxStringBytes: quoting at most doubles it)
+        const char q = s.find('\'') != std::string::npos && s.find('"') == std::string::npos ? '"' : '\'';
+        out += q;
+        for (char c : s) {
             if (c == '\\')
                 out += "\\\\";
             else if (c == '\n')
                 out += "\\n";
-            else if (c == std::string(q)[0])
+            else if (c == q)
                 out += std::string("\\") + c;
             else
                 out += c;
         }
-        return out + q;
-    }
-    if (v.isArray()) {
-        std::string out = "[";
+        out += q;
+        checkStringSize(out.size());
+    } else if (v.isArray()) {
+        out += '[';
         bool first = true;
         for (auto& x : v.arr()) {
-            out += (first ? "" : ", ") + pyRepr(x, true);
+            out += first ? "" : ", ";
+            reprInto(x, true, out);
+            checkStringSize(out.size());
             first = false;
         }
-        return out + "]";
-    }
-    if (v.isObject()) {
-        std::string out = "{";
+        out += ']';
+    } else if (v.isObject()) {
+        out += '{';
         bool first = true;
         for (auto& [k, x] : v.obj().items) {
-            out += (first ? "'" : ", '") + k + "': " + pyRepr(x, true);
+            out += first ? "'" : ", '";
+            out += k;
+            out += "': ";
+            reprInto(x, true, out);
+            checkStringSize(out.size());
             first = false;
         }
-        return out + "}";
+        out += '}';
+    } else {
+        out += "<function>";
     }
-    return "<function>";
+}
+
+} // namespace
+
+std::string pyRepr(const Value& v, bool quoteStrings)
+{
+    std::string out;
+    reprInto(v, quoteStrings, out);
+    return out;
 }
 
 Str toStr(const Value& v)
@@ -175,6 +234,8 @@ Str toStr(const Value& v)
 
 bool isMarked(const Value& v)
 {
+    const DepthGuard depth;
+    chargeVisits(1);
     if (v.isString())
         return v.str().anyMarked();
     if (v.isArray()) {
@@ -190,8 +251,16 @@ bool isMarked(const Value& v)
     return false;
 }
 
-json toJson(const Value& v)
+namespace {
+
+// `nodes` counts what this conversion built: a value shared many times over would become a JSON tree of its
+// full expansion.
+json toJsonCounted(const Value& v, size_t& nodes)
 {
+    const DepthGuard depth;
+    chargeVisits(1);
+    if (++nodes > kMaxItems)
+        limitError("a value of more than " + std::to_string(kMaxItems) + " items cannot be made JSON (the limit)");
     if (v.isUndefined() || v.isNone())
         return nullptr;
     if (v.isBool())
@@ -205,16 +274,24 @@ json toJson(const Value& v)
     if (v.isArray()) {
         json a = json::array();
         for (auto& x : v.arr())
-            a.push_back(toJson(x));
+            a.push_back(toJsonCounted(x, nodes));
         return a;
     }
     if (v.isObject()) {
         json o = json::object();
         for (auto& [k, x] : v.obj().items)
-            o[k] = toJson(x);
+            o[k] = toJsonCounted(x, nodes);
         return o;
     }
     return nullptr;
+}
+
+} // namespace
+
+json toJson(const Value& v)
+{
+    size_t nodes = 0;
+    return toJsonCounted(v, nodes);
 }
 
 // json.dumps as transformers' tojson calls it: ensure_ascii=False, insertion order, separators (", ", ": ")
@@ -307,6 +384,8 @@ Value fromJson(const json& j, bool mark)
 
 bool equals(const Value& a, const Value& b)
 {
+    const DepthGuard depth;
+    chargeVisits(1);
     if (a.isNumber() && b.isNumber())
         return a.num() == b.num();
     if (a.isBool() && b.isBool())

@@ -151,6 +151,49 @@ TEST(HostileTemplate, FoundByFuzzing)
     EXPECT_NE(e.find("iterations (the limit"), std::string::npos) << e;
 }
 
+// A list a few hundred thousand deep, built by appending to the innermost list (each step small, so under
+// every per-step check): freeing it at the end of the render recursed once per level and overflowed the stack
+// (SIGSEGV); printing it did too.
+TEST(HostileTemplate, DeeplyNestedValuesAreFreedAndPrintedWithoutRecursion)
+{
+    const std::string build = "{% set ns = namespace(root=[]) %}{% set ns.cur = ns.root %}"
+                              "{% for i in range(3) %}{% for j in range(100000) %}"
+                              "{% set n = [] %}{% set _ = ns.cur.append(n) %}{% set ns.cur = n %}"
+                              "{% endfor %}{% endfor %}";
+    EXPECT_EQ(render(build + "built"), "built");
+    const std::string e = templateError(build + "{{ ns.root }}");
+    EXPECT_NE(e.find("nested deeper than 2000 levels"), std::string::npos) << e;
+    EXPECT_NE(templateError(build + "{{ ns.root == ns.root }}").find("nested deeper"), std::string::npos);
+    EXPECT_NE(templateError(build + "{{ ns.root | tojson }}").find("nested deeper"), std::string::npos);
+}
+
+// x = [x, x] forty times is 40 lists in memory and 2^40 items to print, compare or check: every walk over
+// values is charged to the render's budget, and a repr is checked as it grows, not after.
+TEST(HostileTemplate, ValuesSharedManyTimesOverAreBoundedWork)
+{
+    const std::string build = "{% set ns = namespace(x=[1]) %}{% for i in range(40) %}{% set ns.x = [ns.x, ns.x] %}{% endfor %}";
+    std::string e = templateError(build + "{{ ns.x }}");
+    EXPECT_NE(e.find("a value nests more than 1000000 items"), std::string::npos) << e;
+    const std::string shared = "{% set a = [1, 2, 3, 4, 5, 6, 7, 8] %}{% set b = [a, a, a, a, a, a, a, a] %}{% set c = [b, b, b, b, b, b, b, b] %}"
+                               "{% set d = [c, c, c, c, c, c, c, c] %}{% set e = [d, d, d, d, d, d, d, d] %}{% set f = [e, e, e, e, e, e, e, e] %}"
+                               "{% set g = [f, f, f, f, f, f, f, f] %}{% set h = [g, g, g, g, g, g, g, g] %}{% set k = [h, h, h, h, h, h, h, h] %}";
+    for (const char* use : {"{{ k }}", "{{ k == k }}", "{{ k | tojson }}", "{{ k | string | length }}"}) {
+        e = templateError(shared + use);
+        EXPECT_NE(e.find("limit"), std::string::npos) << use << ": " << e;
+    }
+}
+
+// The context a render is given is converted recursively: its nesting is checked first.
+TEST(HostileTemplate, MessagesNestedDeeplyAreRefused)
+{
+    nlohmann::json deep = "x";
+    for (int i = 0; i < 100000; ++i)
+        deep = nlohmann::json::array({std::move(deep)});
+    nlohmann::json ctx = {{"messages", nlohmann::json::array({{{"role", "user"}, {"content", std::move(deep)}}})}};
+    const std::string e = templateError("{{ messages | length }}", ctx);
+    EXPECT_NE(e.find("the messages nest deeper than 100 levels"), std::string::npos) << e;
+}
+
 TEST(HostileTemplate, ValuesThatContainThemselvesAreRefused)
 {
     std::string e = templateError("{% set l = [] %}{{ l.append(l) }}{{ l }}");
