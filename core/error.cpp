@@ -3,8 +3,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
-#include <sstream>
 
 namespace together {
 
@@ -24,14 +24,28 @@ std::string readTextFile(const std::string& path)
     std::ifstream in(path, std::ios::binary);
     if (!in)
         throw Error("cannot open " + path + ": " + std::strerror(errno));
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(path, ec))
+        throw Error(path + " is not a regular file");
+    const auto size = std::filesystem::file_size(path, ec);
+    if (!ec && size > kMaxTextFileBytes)
+        throw Error(path + " is larger than " + std::to_string(kMaxTextFileBytes >> 20) + " MiB");
+    std::string text;
+    char buf[1 << 16];
+    while (in.read(buf, sizeof buf) || in.gcount() > 0) {
+        text.append(buf, static_cast<size_t>(in.gcount()));
+        if (text.size() > kMaxTextFileBytes)
+            throw Error(path + " is larger than " + std::to_string(kMaxTextFileBytes >> 20) + " MiB");
+    }
+    if (in.bad())
+        throw Error("cannot read " + path + ": " + std::strerror(errno));
+    return text;
 }
 
-void checkJsonNesting(const std::string& text, const std::string& where)
+void checkJsonNesting(const std::string& text, const std::string& where, size_t maxValues)
 {
     int depth = 0;
+    size_t values = 0;
     bool inString = false;
     for (size_t i = 0; i < text.size(); ++i) {
         const char c = text[i];
@@ -45,9 +59,16 @@ void checkJsonNesting(const std::string& text, const std::string& where)
         } else if (c == '[' || c == '{') {
             if (++depth > kMaxJsonDepth)
                 throw Error(where + ": JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+            ++values;
         } else if (c == ']' || c == '}') {
             --depth;
+        } else if (c == ',') {
+            ++values;
+        } else {
+            continue;
         }
+        if (values > maxValues)
+            throw Error(where + ": more than " + std::to_string(maxValues) + " JSON values");
     }
 }
 

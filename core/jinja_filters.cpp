@@ -95,7 +95,7 @@ Value stringMethod(const Value& self, const std::string& name, int line)
         return makeFn([s, l, r, strArg](const Args& a) -> Value { return Value(stripStr(s, strArg(a, 0, "chars"), l, r)); });
     }
     if (name == "split") {
-        return makeFn([s, strArg, line](const Args& a) -> Value {
+        return makeFn([s, strArg](const Args& a) -> Value {
             std::string sep = strArg(a, 0, "sep");
             const Value* mv = a.get(1, "maxsplit");
             int64_t maxsplit = mv && mv->isInt() ? mv->integer() : -1;
@@ -140,7 +140,7 @@ Value stringMethod(const Value& self, const std::string& name, int line)
         });
     }
     if (name == "replace") {
-        return makeFn([s, marked, strArg, line](const Args& a) -> Value {
+        return makeFn([s, marked, strArg](const Args& a) -> Value {
             std::string from = strArg(a, 0, "old"), to = strArg(a, 1, "new");
             const Value* cv = a.get(2, "count");
             int64_t count = cv && cv->isInt() ? cv->integer() : -1;

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <unordered_set>
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -120,6 +121,8 @@ namespace {
 
 // Largest header we accept: real headers are a few hundred KB even for 100B-parameter shards.
 constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
+// A tensor's entry is about ten values (dtype, shape, offsets); real files hold at most a few thousand tensors.
+constexpr size_t kMaxHeaderValues = 4u << 20;
 
 } // namespace
 
@@ -216,7 +219,7 @@ void SafeTensors::addFile(const std::string& file, const std::vector<std::string
     mapped->read(8, headerLen, reinterpret_cast<std::byte*>(header.data()));
     json j;
     try {
-        checkJsonNesting(header, file);
+        checkJsonNesting(header, file, kMaxHeaderValues);
         j = json::parse(header);
     } catch (const json::exception& e) {
         throw Error(file + ": header is not valid JSON: " + e.what());
@@ -225,6 +228,9 @@ void SafeTensors::addFile(const std::string& file, const std::vector<std::string
         throw Error(file + ": header is not a JSON object");
     const size_t dataStart = 8 + headerLen;
     const size_t dataSize = fileSize - dataStart;
+    std::unordered_set<std::string> wanted; // what the index assigns to this file (a set: indexes list 100k names)
+    if (onlyThese)
+        wanted.insert(onlyThese->begin(), onlyThese->end());
 
     struct Range {
         uint64_t begin, end;
@@ -278,7 +284,7 @@ void SafeTensors::addFile(const std::string& file, const std::vector<std::string
         t.fileOffset = dataStart + begin;
         t.file = mapped;
         ranges.push_back({begin, end, name});
-        if (onlyThese && std::find(onlyThese->begin(), onlyThese->end(), name) == onlyThese->end())
+        if (onlyThese && !wanted.count(name))
             continue; // present in the shard but the index assigns it elsewhere: validate, don't use
         if (m_tensors.count(name))
             throw Error(where + ": tensor appears in more than one file");

@@ -135,47 +135,79 @@ const char* kGpt2Pattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p
 // ---------------------------------------------------------------------------------------------------------
 // Normalizers
 
+// Real normalizers change a text's length a little (a space becomes the 3-byte "▁", NFKC expands ligatures).
+constexpr size_t kMaxNormalizedGrowth = 8;
+// Normalizers, pre-tokenizers or decoders one file may chain: real files use at most a handful.
+constexpr size_t kMaxSequenceItems = 64;
+
+// A normalizer's output may not exceed `limit` bytes: a downloaded file's Replace normalizers, chained, could
+// otherwise multiply the text (each a 16-byte replacement of one byte, nine deep: 16^9 times).
 struct Normalizer {
     virtual ~Normalizer() = default;
-    virtual std::string apply(std::string s) const = 0;
+    virtual std::string apply(std::string s, size_t limit) const = 0;
 };
+
+void checkNormalized(size_t size, size_t limit)
+{
+    if (size > limit)
+        throw Error("tokenizer.json's normalizers make the text more than " + std::to_string(kMaxNormalizedGrowth) + " times longer");
+}
+
+std::string checked(std::string s, size_t limit)
+{
+    checkNormalized(s.size(), limit);
+    return s;
+}
 
 struct NormalizerSequence : Normalizer {
     std::vector<std::unique_ptr<Normalizer>> items;
-    std::string apply(std::string s) const override
+    std::string apply(std::string s, size_t limit) const override
     {
         for (auto& n : items)
-            s = n->apply(std::move(s));
+            s = n->apply(std::move(s), limit);
         return s;
     }
 };
 struct NfcNormalizer : Normalizer {
-    std::string apply(std::string s) const override { return unicode::normalizeNfc(s); }
+    std::string apply(std::string s, size_t limit) const override { return checked(unicode::normalizeNfc(s), limit); }
 };
 struct NfkcNormalizer : Normalizer {
-    std::string apply(std::string s) const override { return unicode::normalizeNfkc(s); }
+    std::string apply(std::string s, size_t limit) const override { return checked(unicode::normalizeNfkc(s), limit); }
 };
 struct LowercaseNormalizer : Normalizer {
-    std::string apply(std::string s) const override { return unicode::toLowerUnicode(s); }
+    std::string apply(std::string s, size_t limit) const override { return checked(unicode::toLowerUnicode(s), limit); }
 };
 struct PrependNormalizer : Normalizer {
     std::string prefix;
-    std::string apply(std::string s) const override { return s.empty() ? s : prefix + s; }
+    std::string apply(std::string s, size_t limit) const override
+    {
+        checkNormalized(s.empty() ? 0 : s.size() + prefix.size(), limit);
+        return s.empty() ? s : prefix + s;
+    }
 };
 struct ReplaceNormalizer : Normalizer {
     std::string from, to;
     std::unique_ptr<Regex> regex;
-    std::string apply(std::string s) const override
+    std::string apply(std::string s, size_t limit) const override
     {
-        if (!regex)
-            return replaceAll(std::move(s), from, to);
         std::string out;
         size_t prev = 0;
-        for (auto [b, e] : regex->findAll(s)) {
+        auto replace = [&](size_t b, size_t e) {
+            checkNormalized(out.size() + (b - prev) + to.size(), limit);
             out.append(s, prev, b - prev);
             out += to;
             prev = e;
+        };
+        if (!regex) {
+            if (from.empty())
+                return s;
+            for (size_t pos; (pos = s.find(from, prev)) != std::string::npos;)
+                replace(pos, pos + from.size());
+        } else {
+            for (auto [b, e] : regex->findAll(s))
+                replace(b, e);
         }
+        checkNormalized(out.size() + (s.size() - prev), limit);
         out.append(s, prev, std::string::npos);
         return out;
     }
@@ -228,6 +260,8 @@ std::unique_ptr<Normalizer> makeNormalizer(const json& j, const std::string& whe
         for (auto& n : j.at("normalizers"))
             if (auto made = makeNormalizer(n, where, depth + 1))
                 seq->items.push_back(std::move(made));
+        if (seq->items.size() > kMaxSequenceItems)
+            throw Error(where + ": more than " + std::to_string(kMaxSequenceItems) + " normalizers in a Sequence");
         return seq;
     }
     if (type == "NFC")
@@ -458,6 +492,8 @@ std::unique_ptr<PreTokenizer> makePreTokenizer(const json& j, const std::string&
         for (auto& p : j.at("pretokenizers"))
             if (auto made = makePreTokenizer(p, where, depth + 1))
                 seq->items.push_back(std::move(made));
+        if (seq->items.size() > kMaxSequenceItems)
+            throw Error(where + ": more than " + std::to_string(kMaxSequenceItems) + " pre-tokenizers in a Sequence");
         return seq;
     }
     if (type == "Split") {
@@ -532,6 +568,8 @@ void readDecoders(const json& j, std::vector<DecodeStep>& out, const std::string
         checkSequenceDepth(depth, "decoder");
         for (auto& d : j.at("decoders"))
             readDecoders(d, out, where, depth + 1);
+        if (out.size() > kMaxSequenceItems)
+            throw Error(where + ": more than " + std::to_string(kMaxSequenceItems) + " decoders");
     } else if (type == "ByteLevel") {
         out.push_back({DecodeStep::ByteLevel, {}, {}});
     } else if (type == "Replace") {
@@ -548,6 +586,8 @@ void readDecoders(const json& j, std::vector<DecodeStep>& out, const std::string
     } else if (type == "Strip") {
         DecodeStep s{DecodeStep::Strip, {}, {}};
         s.from = j.value("content", " ");
+        if (s.from.empty())
+            throw Error(where + ": decoder Strip needs a character to strip");
         s.stripStart = j.value("start", 0);
         s.stripStop = j.value("stop", 0);
         if (s.stripStop != 0)
@@ -744,7 +784,7 @@ void Tokenizer::Impl::bpeWord(const std::string& word, std::vector<int>& out) co
 
 void Tokenizer::Impl::encodeChunk(const std::string& chunk, bool firstChunk, std::vector<int>& out) const
 {
-    std::string text = normalizer ? normalizer->apply(chunk) : chunk;
+    std::string text = normalizer ? normalizer->apply(chunk, kMaxNormalizedGrowth * chunk.size() + 4096) : chunk;
     if (text.empty())
         return;
     std::vector<std::string> words{text};

@@ -268,6 +268,60 @@ TEST(HostileTokenizer, RegexesFromTheFileAreCheckedAndBounded)
     EXPECT_NE(e.find("does not compile"), std::string::npos) << e;
 }
 
+// Found in review: nine chained Replace normalizers, each turning one byte into sixteen, made 16^9 bytes of a
+// one-byte prompt; a Strip decoder with nothing to strip looped 2^31 times per token.
+TEST(HostileTokenizer, NormalizersCannotMultiplyTheTextAndDecodersCannotSpin)
+{
+    std::string chain;
+    for (int i = 0; i < 9; ++i)
+        chain += std::string(i ? "," : "") + R"({"type":"Replace","pattern":{"String":"a"},"content":"aaaaaaaaaaaaaaaa"})";
+    const Tokenizer t = Tokenizer::fromJson(R"({"model":{"type":"BPE","vocab":{"a":0},"merges":[]},"normalizer":{"type":"Sequence","normalizers":[)" +
+                                                chain + "]}}",
+                                            "", "dl/tokenizer.json");
+    const auto t0 = Clock::now();
+    try {
+        t.encode("a", false);
+        FAIL() << "the normalizers ran";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("normalizers make the text more than 8 times longer"), std::string::npos) << e.what();
+    }
+    EXPECT_LT(Clock::now() - t0, std::chrono::seconds(20));
+
+    std::string many;
+    for (int i = 0; i < 65; ++i)
+        many += std::string(i ? "," : "") + R"({"type":"Lowercase"})";
+    EXPECT_NE(tokenizerError(R"({"model":{"type":"BPE","vocab":{"a":0},"merges":[]},"normalizer":{"type":"Sequence","normalizers":[)" + many + "]}}")
+                  .find("more than 64 normalizers"),
+              std::string::npos);
+
+    const std::string e = tokenizerError(R"({"model":{"type":"BPE","vocab":{"a":0},"merges":[]},"decoder":{"type":"Strip","content":"","start":2147483647,"stop":0}})");
+    EXPECT_NE(e.find("decoder Strip needs a character to strip"), std::string::npos) << e;
+}
+
+// A file in a downloaded folder that is a symlink to /dev/zero was read without end (memory exhausted).
+TEST(HostileConfig, FilesThatAreNotRegularOrTooLargeAreRefused)
+{
+    const fs::path dir = test::makeTempDir("hostile-devzero");
+    fs::create_symlink("/dev/zero", dir / "config.json");
+    try {
+        ModelConfig::fromDirectory(dir.string());
+        FAIL() << "read /dev/zero";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("config.json is not a regular file"), std::string::npos) << e.what();
+    }
+    {
+        std::ofstream big(dir / "tokenizer_config.json", std::ios::binary);
+        big.seekp(static_cast<std::streamoff>(kMaxTextFileBytes) + 1);
+        big.put('}');
+    }
+    try {
+        readTextFile((dir / "tokenizer_config.json").string());
+        FAIL() << "read a file over the limit";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("is larger than 256 MiB"), std::string::npos) << e.what();
+    }
+}
+
 TEST(HostileTokenizer, FoundByFuzzing)
 {
     // fuzz_tokenizer: a Sequence without its list read a missing key of a const JSON object (heap use after
@@ -351,6 +405,23 @@ TEST_F(HostileSafeTensors, RangeNestedBehindAnEmptyTensorIsAnOverlap)
         const std::string what = e.what();
         EXPECT_NE(what.find("tensors a and b overlap"), std::string::npos) << what;
         EXPECT_NE(what.find("model.safetensors"), std::string::npos) << what;
+    }
+}
+
+// Found in review: 99 MB of empty objects in a header parsed into 3.3 GB. The header is refused by count.
+TEST_F(HostileSafeTensors, AHeaderOfMillionsOfValuesIsRefusedBeforeParsing)
+{
+    std::string header = R"({"__metadata__":{},"x":[)";
+    header.reserve(12u << 20);
+    for (int i = 0; i < (5 << 20) / 2; ++i)
+        header += "{},";
+    header += "{}]}";
+    const std::string p = write(header, 0);
+    try {
+        SafeTensors::openFile(p);
+        FAIL() << "parsed the header";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("more than 4194304 JSON values"), std::string::npos) << e.what();
     }
 }
 
