@@ -71,8 +71,9 @@ MarkedText Template::render(const json& context, const std::vector<std::string>&
         ~Active()
         {
             t_budget = saved;
-            for (auto& s : mine.captured)
-                s->clear();
+            for (auto& weak : mine.callables)
+                if (auto c = weak.lock())
+                    c->call = nullptr;
         }
     } active{t_budget, budget};
     t_budget = &budget;

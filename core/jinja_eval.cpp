@@ -67,8 +67,10 @@ int64_t floatToInt(double d, int line)
 
 Array iterate(const Value& v, int line)
 {
-    if (v.isArray())
+    if (v.isArray()) {
+        chargeVisits(static_cast<int64_t>(v.arr().size())); // filters and loops over a list, however often
         return v.arr();
+    }
     if (v.isObject()) {
         Array keys;
         for (auto& [k, x] : v.obj().items)
@@ -546,8 +548,6 @@ void Evaluator::execNode(const Node& n, Scope& scope)
     case Node::Macro: {
         const Node* node = &n;
         std::shared_ptr<Scope> defScope = scope.snapshot();
-        if (t_budget)
-            t_budget->captured.push_back(defScope);
         scope.set(n.targets[0], makeFn([node, defScope](const Args& a) -> Value {
                       const DepthGuard call(true);
                       chargeIterations(1); // calls count like iterations: f(f) twice per call is 2^depth calls

@@ -37,13 +37,14 @@ constexpr int64_t kMaxBuiltBytes = int64_t{512} << 20; // string bytes one rende
 constexpr size_t kMaxItems = 1000000;                  // items of one list
 constexpr int64_t kMaxVisits = 50000000;               // items the walks over values visit in one render
 
-class Scope;
+struct Callable;
 struct RenderBudget {
     int evalDepth = 0, callDepth = 0;
     int64_t iterations = 0, builtBytes = 0, visits = 0;
-    // The scopes macros captured: a macro stored where its own scope reaches it (ns.f = m, l.append(m)) is a
-    // reference cycle; the render clears these when it ends, so nothing outlives it.
-    std::vector<std::shared_ptr<Scope>> captured;
+    // Every function made during the render (macros, bound methods, builtins). A function can hold what holds
+    // it — a macro stored where its own scope reaches it (ns.f = m), a list's method appended to the list
+    // (l.append(l.append)) — a reference cycle; the render empties them all when it ends, so nothing outlives it.
+    std::vector<std::weak_ptr<Callable>> callables;
 };
 extern thread_local RenderBudget* t_budget;
 
@@ -86,6 +87,31 @@ struct Callable;
 struct Str {
     std::string s;
     std::vector<bool> mark; // empty: no byte untrusted; else one flag per byte
+    Str() = default;
+    Str(std::string text, std::vector<bool> marks)
+        : s(std::move(text))
+        , mark(std::move(marks))
+    {
+    }
+    // A copy counts as text built: values are read by value, and reading an 8 MiB string in a loop copied it
+    // every time (terabytes, within every other limit).
+    Str(const Str& o)
+        : s(o.s)
+        , mark(o.mark)
+    {
+        chargeBytes(o.s.size());
+    }
+    Str(Str&&) noexcept = default;
+    Str& operator=(const Str& o)
+    {
+        if (this != &o) {
+            chargeBytes(o.s.size());
+            s = o.s;
+            mark = o.mark;
+        }
+        return *this;
+    }
+    Str& operator=(Str&&) noexcept = default;
     bool anyMarked() const { return std::find(mark.begin(), mark.end(), true) != mark.end(); }
     void append(const Str& o)
     {
@@ -356,7 +382,6 @@ public:
         return Value();
     }
     void set(const std::string& name, Value v) { m_vars[name] = std::move(v); }
-    void clear() { m_vars.clear(); }
     // Everything visible from here, as a parentless scope that owns it: what a macro keeps, because the
     // scope it was defined in (a loop body, say) may be gone when a namespace hands the macro out later.
     std::shared_ptr<Scope> snapshot() const

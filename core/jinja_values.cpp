@@ -73,7 +73,13 @@ Value makeArray(Array a)
     return Value(std::make_shared<Array>(std::move(a)));
 }
 Value makeObject() { return Value(std::make_shared<Object>()); }
-Value makeFn(std::function<Value(const Args&)> f) { return Value(std::make_shared<Callable>(Callable{std::move(f)})); }
+Value makeFn(std::function<Value(const Args&)> f)
+{
+    auto c = std::make_shared<Callable>(Callable{std::move(f)});
+    if (t_budget)
+        t_budget->callables.push_back(c);
+    return Value(std::move(c));
+}
 
 // Whether `container` is, or holds at any depth, the list or mapping at `target`. A value that held itself
 // would make printing it recurse without end (and leak: the values are reference-counted), so the two ways a

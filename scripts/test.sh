@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
 # Configures, builds and runs the whole test suite. Needs the packages from scripts/install-deps.sh.
-#   --sanitize: AddressSanitizer + UndefinedBehaviorSanitizer build (folder build-asan) of the tests of the
-#               parsers of untrusted input (model files, tokenizers, chat templates, plans), run the same way.
+#   --sanitize: the same suite built with AddressSanitizer + UndefinedBehaviorSanitizer (folder build-asan): every
+#               test, with leak detection on; a sanitizer report fails the test that triggered it (the spawned
+#               workers and shards are instrumented too). Suppressions, each with its reason: tests/sanitizers/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--sanitize" ]; then
   build=${TOGETHER_BUILD_DIR:-build-asan}
-  parsers=(test_safetensors test_model_config test_tokenizer test_jinja test_chat test_plan test_hostile_input)
   cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTOGETHER_SANITIZE=ON
-  cmake --build "$build" --target "${parsers[@]}"
-  export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-  for t in "${parsers[@]}"; do "$build/bin/$t" --gtest_brief=1; done
+  cmake --build "$build"
+  supp="$PWD/tests/sanitizers"
+  export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:suppressions=$supp/asan.supp
+  export LSAN_OPTIONS=suppressions=$supp/lsan.supp:print_suppressions=0
+  export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:suppressions=$supp/ubsan.supp
+  ctest --test-dir "$build" --output-on-failure -j 2 --timeout 2700
   exit 0
 fi
 build=${TOGETHER_BUILD_DIR:-build}

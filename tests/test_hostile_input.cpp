@@ -183,6 +183,17 @@ TEST(HostileTemplate, ValuesSharedManyTimesOverAreBoundedWork)
     }
 }
 
+// Found in review: work under every count limit but still unbounded in time. Reading a variable copied its
+// string (an 8 MiB string read 100 000 times: 800 GB of copying); a filter over a 100 000-item list ran once
+// per iteration (sort in a loop). Copies count as text built, and every pass over a list as items visited.
+TEST(HostileTemplate, RepeatedWorkOnLargeValuesIsBounded)
+{
+    std::string e = templateError("{% set s = 'x' * 8000000 %}{% for i in range(100000) %}{% if s %}{% endif %}{% endfor %}ok");
+    EXPECT_NE(e.find("built more than 512 MiB"), std::string::npos) << e;
+    e = templateError("{% set l = range(100000) | list %}{% for i in range(100000) %}{{ l | sort | first }}{% endfor %}");
+    EXPECT_NE(e.find("visited more than 50000000 items"), std::string::npos) << e;
+}
+
 // The context a render is given is converted recursively: its nesting is checked first.
 TEST(HostileTemplate, MessagesNestedDeeplyAreRefused)
 {
@@ -192,6 +203,16 @@ TEST(HostileTemplate, MessagesNestedDeeplyAreRefused)
     nlohmann::json ctx = {{"messages", nlohmann::json::array({{{"role", "user"}, {"content", std::move(deep)}}})}};
     const std::string e = templateError("{{ messages | length }}", ctx);
     EXPECT_NE(e.find("the messages nest deeper than 100 levels"), std::string::npos) << e;
+}
+
+// Found in review: a list's method appended to the list (or a namespace's, set on it) is a reference cycle
+// through the function, which leaked every render. The render now empties every function it made when it
+// ends; the sanitizer build (scripts/test.sh --sanitize, leak detection on) fails on a leak here.
+TEST(HostileTemplate, FunctionsStoredInWhatTheyHoldDoNotLeak)
+{
+    EXPECT_EQ(render("{% set l = [] %}{% set _ = l.append(l.append) %}{{ l | length }}"), "1");
+    EXPECT_EQ(render("{% set ns = namespace(d={}) %}{% set ns.f = ns.d.items %}ok"), "ok");
+    EXPECT_EQ(render("{% macro m() %}x{% endmacro %}{% set ns = namespace() %}{% set ns.m = m %}{{ ns.m() }}"), "x");
 }
 
 TEST(HostileTemplate, ValuesThatContainThemselvesAreRefused)
