@@ -143,12 +143,7 @@ int detokenize(const CliArgs& a)
 int chatTemplate(const CliArgs& a)
 {
     Tokenizer t = Tokenizer::fromDirectory(a.get("model"));
-    nlohmann::json messages;
-    try {
-        messages = nlohmann::json::parse(readTextFile(a.get("messages")));
-    } catch (const nlohmann::json::exception& e) {
-        throw Error(a.get("messages") + ": malformed JSON: " + e.what());
-    }
+    const nlohmann::json messages = parseUntrustedJson(readTextFile(a.get("messages")), a.get("messages"));
     ChatPrompt p = renderChat(t, messages, !a.has("no-generation-prompt"));
     if (p.usedFallbackTemplate)
         std::fprintf(stderr, "together-cli: warning: the model has no chat_template; using a plain fallback format\n");

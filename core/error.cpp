@@ -4,6 +4,8 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+
+#include <nlohmann/json.hpp>
 #include <fstream>
 
 namespace together {
@@ -69,6 +71,16 @@ void checkJsonNesting(const std::string& text, const std::string& where, size_t 
         }
         if (values > maxValues)
             throw Error(where + ": more than " + std::to_string(maxValues) + " JSON values");
+    }
+}
+
+nlohmann::json parseUntrustedJson(const std::string& text, const std::string& where, size_t maxValues, const char* what)
+{
+    checkJsonNesting(text, where, maxValues);
+    try {
+        return nlohmann::json::parse(text);
+    } catch (const nlohmann::json::exception& e) {
+        throw Error(where + ": " + what + ": " + e.what());
     }
 }
 

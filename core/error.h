@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <string>
 
+#include <nlohmann/json_fwd.hpp>
+
 namespace together {
 
 // Every expected failure (bad file, bad flag, bad template) is an Error with a message a person can act on.
@@ -33,6 +35,10 @@ constexpr int kMaxJsonDepth = 100;
 // or, past `maxValues` lists, objects and separated items, "<where>: more than N JSON values" (a parsed value
 // takes ten to forty times the bytes of its text: `[{},{},…]` in a 100 MiB header was 3 GB).
 void checkJsonNesting(const std::string& text, const std::string& where, size_t maxValues = SIZE_MAX);
+// JSON from a file or a peer: checkJsonNesting, then parsed; a syntax error becomes "<where>: <what>: <why>"
+// ("malformed JSON" unless the caller names it otherwise).
+nlohmann::json parseUntrustedJson(const std::string& text, const std::string& where, size_t maxValues = SIZE_MAX,
+                                  const char* what = "malformed JSON");
 void writeTextFile(const std::string& path, const std::string& text);
 
 } // namespace together

@@ -40,7 +40,7 @@ bool chatTemplateIn(const fs::path& dir)
     if (fs::is_regular_file(dir / "chat_template.jinja", ec))
         return true;
     try {
-        const auto j = nlohmann::json::parse(readTextFile((dir / "tokenizer_config.json").string()));
+        const auto j = parseUntrustedJson(readTextFile((dir / "tokenizer_config.json").string()), (dir / "tokenizer_config.json").string());
         return j.is_object() && j.contains("chat_template") && (j["chat_template"].is_string() || j["chat_template"].is_array());
     } catch (const std::exception&) {
         return false;
@@ -73,7 +73,7 @@ ModelEntry describeModelFolder(const std::string& dirText, const std::string& dt
     }
     e.hasChatTemplate = chatTemplateIn(dir);
     try {
-        const auto j = nlohmann::json::parse(readTextFile((dir / "config.json").string()));
+        const auto j = parseUntrustedJson(readTextFile((dir / "config.json").string()), (dir / "config.json").string());
         if (j.is_object() && j.contains("architectures") && j["architectures"].is_array() && !j["architectures"].empty() && j["architectures"][0].is_string())
             e.architecture = j["architectures"][0].get<std::string>();
     } catch (const std::exception&) {

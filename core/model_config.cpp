@@ -145,13 +145,7 @@ ModelConfig configFromJson(json j, const std::string& where)
 
 ModelConfig ModelConfig::fromJsonText(const std::string& text, const std::string& where)
 {
-    json j;
-    try {
-        checkJsonNesting(text, where);
-        j = json::parse(text);
-    } catch (const json::exception& e) {
-        throw Error(where + ": malformed JSON: " + e.what());
-    }
+    json j = parseUntrustedJson(text, where);
     try {
         return configFromJson(std::move(j), where);
     } catch (const json::exception& e) {
@@ -219,14 +213,7 @@ GenerationDefaults GenerationDefaults::fromDirectory(const std::string& dir)
     fs::path p = fs::path(dir) / "generation_config.json";
     if (!fs::exists(p))
         return g;
-    json j;
-    try {
-        const std::string text = readTextFile(p.string());
-        checkJsonNesting(text, p.string());
-        j = json::parse(text);
-    } catch (const json::exception& e) {
-        throw Error(p.string() + ": malformed JSON: " + e.what());
-    }
+    json j = parseUntrustedJson(readTextFile(p.string()), p.string());
     if (j.contains("temperature") && j["temperature"].is_number())
         g.temperature = j["temperature"].get<double>();
     if (j.contains("top_k") && j["top_k"].is_number_integer())

@@ -14,13 +14,7 @@ using json = nlohmann::json;
 
 Plan Plan::fromJson(const std::string& text, const std::string& where)
 {
-    json j;
-    try {
-        checkJsonNesting(text, where);
-        j = json::parse(text);
-    } catch (const json::exception& e) {
-        throw Error(where + ": malformed JSON: " + e.what());
-    }
+    json j = parseUntrustedJson(text, where);
     if (!j.is_object() || !j.contains("stages") || !j["stages"].is_array())
         throw Error(where + ": a plan is an object with a \"stages\" array");
     // Optional fields are checked for their type here, so a wrong one is named with where it is, not left to

@@ -90,11 +90,7 @@ std::vector<int> promptIds(const Tokenizer& tokenizer, const RunOptions& options
         return tokenizer.encode(options.prompt, /*addSpecialTokens=*/true);
     nlohmann::json messages = nlohmann::json::array({{{"role", "user"}, {"content", options.prompt}}});
     if (!options.messagesFile.empty()) {
-        try {
-            messages = nlohmann::json::parse(readTextFile(options.messagesFile));
-        } catch (const nlohmann::json::exception& e) {
-            throw Error(options.messagesFile + ": malformed JSON: " + e.what());
-        }
+        messages = parseUntrustedJson(readTextFile(options.messagesFile), options.messagesFile);
     }
     ChatPrompt p = renderChat(tokenizer, messages, true);
     if (p.usedFallbackTemplate && warning)

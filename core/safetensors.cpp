@@ -157,14 +157,7 @@ SafeTensors SafeTensors::open(const std::string& path, bool map)
     fs::path index = dir / "model.safetensors.index.json";
     SafeTensors st;
     if (fs::exists(index)) {
-        json j;
-        try {
-            const std::string text = readTextFile(index.string());
-            checkJsonNesting(text, index.string());
-            j = json::parse(text);
-        } catch (const json::exception& e) {
-            throw Error(index.string() + ": malformed JSON: " + e.what());
-        }
+        json j = parseUntrustedJson(readTextFile(index.string()), index.string());
         if (!j.contains("weight_map") || !j["weight_map"].is_object())
             throw Error(index.string() + ": no \"weight_map\" object");
         std::map<std::string, std::vector<std::string>> byFile;
@@ -217,13 +210,7 @@ void SafeTensors::addFile(const std::string& file, const std::vector<std::string
         throw Error(file + ": header length " + std::to_string(headerLen) + " exceeds the 100 MiB limit");
     std::string header(headerLen, '\0');
     mapped->read(8, headerLen, reinterpret_cast<std::byte*>(header.data()));
-    json j;
-    try {
-        checkJsonNesting(header, file, kMaxHeaderValues);
-        j = json::parse(header);
-    } catch (const json::exception& e) {
-        throw Error(file + ": header is not valid JSON: " + e.what());
-    }
+    json j = parseUntrustedJson(header, file, kMaxHeaderValues, "header is not valid JSON");
     if (!j.is_object())
         throw Error(file + ": header is not a JSON object");
     const size_t dataStart = 8 + headerLen;

@@ -817,13 +817,7 @@ Tokenizer Tokenizer::fromJson(const std::string& tokenizerJson, const std::strin
 {
     Tokenizer t;
     Impl& m = *t.m;
-    json j;
-    try {
-        checkJsonNesting(tokenizerJson, where);
-        j = json::parse(tokenizerJson);
-    } catch (const json::exception& e) {
-        throw Error(where + ": malformed JSON: " + e.what());
-    }
+    json j = parseUntrustedJson(tokenizerJson, where);
     try {
         const json& model = j.at("model");
         std::string type = model.value("type", "BPE");
@@ -944,13 +938,7 @@ Tokenizer Tokenizer::fromJson(const std::string& tokenizerJson, const std::strin
     }
 
     if (!tokenizerConfigJson.empty()) {
-        json c;
-        try {
-            checkJsonNesting(tokenizerConfigJson, where + " (tokenizer_config.json)");
-            c = json::parse(tokenizerConfigJson);
-        } catch (const json::exception& e) {
-            throw Error(where + ": tokenizer_config.json is malformed JSON: " + e.what());
-        }
+        json c = parseUntrustedJson(tokenizerConfigJson, where + ": tokenizer_config.json", SIZE_MAX);
         if (c.contains("bos_token"))
             m.bosToken = getStringOrContent(c["bos_token"]);
         if (c.contains("eos_token"))

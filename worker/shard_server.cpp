@@ -426,13 +426,8 @@ public:
                 if (std::filesystem::exists(dir + "/" + name) || std::string(name) == "config.json")
                     checkModelFolderAllowed(dir + "/" + name, m_modelsRoots);
             // Same model as the master's? config.json first, then every slice by hash.
-            nlohmann::json local, master;
-            try {
-                local = nlohmann::json::parse(readTextFile(dir + "/config.json"));
-                master = nlohmann::json::parse(m_configJson);
-            } catch (const nlohmann::json::exception& e) {
-                throw Error(dir + "/config.json: malformed JSON: " + e.what());
-            }
+            const nlohmann::json local = parseUntrustedJson(readTextFile(dir + "/config.json"), dir + "/config.json");
+            const nlohmann::json master = parseUntrustedJson(m_configJson, "config.json from the master");
             if (local != master)
                 throw Error("the model in " + dir + " on this worker is not the master's model (config.json differs)");
             std::map<std::string, std::string> hashes;
