@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
+#include "core/sanitizers.h"
+
 #include "core/cost_model.h"
 #include "core/credentials.h"
 
@@ -33,7 +35,7 @@ struct LinkMeasurement {
 };
 
 struct SurveyOptions {
-    std::chrono::milliseconds calibrationWait{20000}; // for daemons still calibrating
+    std::chrono::milliseconds calibrationWait{20000 * kSanitizerSlowdown}; // for daemons still calibrating
     bool probeLinks = true;
     bool allReduce = true;
     std::vector<uint32_t> sizes = {1u << 10, 16u << 10, 256u << 10, 1u << 20, 4u << 20};

@@ -9,6 +9,7 @@
 #include "core/protocol.h"
 #include "core/random_model.h"
 #include "core/rpc.h"
+#include "core/sanitizers.h"
 #include "proto/together.grpc.pb.h"
 #include "tests/test_support.h"
 
@@ -368,7 +369,7 @@ TEST(Daemon, AStoppedMasterLosesItsLaunch)
     ASSERT_TRUE(test::waitFor([&] { return a.shards().size() == 1; }, std::chrono::seconds(60)));
     const pid_t shard = a.shards()[0];
     ::kill(master, SIGSTOP);
-    EXPECT_TRUE(test::waitFor([&] { return !test::alive(shard); }, std::chrono::seconds(10)));
+    EXPECT_TRUE(test::waitFor([&] { return !test::alive(shard); }, std::chrono::seconds(10 * kSanitizerSlowdown)));
     ::kill(master, SIGKILL);
     ::waitpid(master, nullptr, 0);
     ::close(fifo);
