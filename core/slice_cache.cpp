@@ -500,10 +500,15 @@ std::optional<std::vector<CachedTensor>> SliceCache::load(const std::string& key
     struct stat st {};
     std::optional<std::vector<CachedTensor>> tensors;
     if (fd.valid() && ::fstat(fd.get(), &st) == 0) {
-        try {
-            tensors = readEntry(fd.get(), st, key, expected, shapes);
-        } catch (const std::exception&) { // malformed JSON, too deep, or more than the memory holds
-            tensors.reset();
+        // Reading an entry allocates its size: one larger than the cache itself was never stored by it (store
+        // refuses those), and a sparse file can claim a terabyte. Refused before reading (found by ASan, which
+        // aborts on such an allocation where a normal build threw std::bad_alloc).
+        if (static_cast<uint64_t>(st.st_size) <= m_maxBytes) {
+            try {
+                tensors = readEntry(fd.get(), st, key, expected, shapes);
+            } catch (const std::exception&) { // malformed JSON, too deep, or more than the memory holds
+                tensors.reset();
+            }
         }
     } else if (errno == ENOENT) {
         return std::nullopt; // a plain miss

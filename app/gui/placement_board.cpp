@@ -828,6 +828,10 @@ void BoardCanvas::removeRankFrom(int stage, const std::string& worker)
 
 // ---- PlacementBoard ----
 
+// The undo stack is a child, destroyed after this object's members: clearing itself it emits indexChanged,
+// whose handler reads this board (found by UBSan: a member access within a destroyed PlacementBoard).
+PlacementBoard::~PlacementBoard() { m_undo->disconnect(this); }
+
 PlacementBoard::PlacementBoard(AppSession& session, QWidget* parent)
     : QWidget(parent)
     , m_session(session)

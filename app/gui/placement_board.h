@@ -193,6 +193,7 @@ class PlacementBoard : public QWidget {
     Q_OBJECT
 public:
     PlacementBoard(AppSession& session, QWidget* parent = nullptr);
+    ~PlacementBoard() override;
 
     void refresh();               // from the session's plan, workers and options
     void setLaunchOptions(const QString& dtype, int64_t context);
