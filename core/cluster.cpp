@@ -265,6 +265,8 @@ void Cluster::launch(const Plan& plan, const std::string& modelDir, const std::s
         grpc::Status s = w.stub->Hello(&call.ctx, req, &rep);
         if (!s.ok())
             fail("worker " + describeRpcError(s, w.address));
+        if (std::string bad = wire::check(rep); !bad.empty())
+            fail("worker " + w.address + " sent a malformed Hello: " + bad);
         w.cores = std::max<uint32_t>(1, rep.cores());
         w.hostname = rep.hostname();
         w.freeMemoryBytes = rep.free_memory_bytes();

@@ -6,6 +6,7 @@
 #include "core/protocol.h"
 #include "core/rpc.h"
 #include "core/user_dirs.h"
+#include "core/wire_checks.h"
 #include "proto/together.grpc.pb.h"
 
 #include <nlohmann/json.hpp>
@@ -45,6 +46,9 @@ HelloResult hello(const std::shared_ptr<grpc::Channel>& channel, const std::stri
         const auto t0 = Clock::now();
         r.status = stub->Hello(&ctx, req, &r.reply);
         r.rttMs = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+        if (r.status.ok())
+            if (std::string bad = wire::check(r.reply); !bad.empty())
+                r.status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "a malformed Hello: " + bad);
         if (!r.status.ok())
             return r;
         r.peer = peerIdentity(ctx);

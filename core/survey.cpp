@@ -4,6 +4,7 @@
 #include "core/error.h"
 #include "core/protocol.h"
 #include "core/rpc.h"
+#include "core/wire_checks.h"
 #include "proto/together.grpc.pb.h"
 
 #include <algorithm>
@@ -178,6 +179,8 @@ Survey surveyWorkers(const Credentials& credentials, const std::vector<std::stri
             grpc::Status s = stub->Hello(&ctx, req, &rep);
             if (!s.ok())
                 throw Error("worker " + describeRpcError(s, addresses[i]));
+            if (std::string bad = wire::check(rep); !bad.empty())
+                throw Error("worker " + addresses[i] + " sent a malformed Hello: " + bad);
             if (!rep.calibrating() || std::chrono::steady_clock::now() > deadline) {
                 survey.machines[i] = profileFromHello(addresses[i], rep);
                 return;

@@ -212,6 +212,27 @@ std::string check(const v1::KvGetRequest& req)
     return {};
 }
 
+std::string check(const v1::HelloReply& rep)
+{
+    if (rep.hostname().size() > 255 || rep.worker_id().size() > 64 || rep.software_version().size() > 64)
+        return "a hostname, worker id or version too long";
+    if (rep.cpu_flags_size() > 64 || rep.addresses_size() > 64 || rep.launches_size() > 1024)
+        return "too many CPU flags, addresses or launches";
+    for (auto& f : rep.cpu_flags())
+        if (f.size() > 32)
+            return "a CPU flag too long";
+    for (auto& a : rep.addresses())
+        if (a.size() > 64)
+            return "an address too long";
+    for (auto& l : rep.launches())
+        if (l.launch_id().size() > 64 || l.master().size() > kMaxAddressBytes)
+            return "a launch id or master name too long";
+    const auto& c = rep.calibration();
+    if (c.matvec_size() > 16 || c.cpu_model().size() > 256 || c.kernel_path().size() > 256 || c.error().size() > kMaxReplyTextBytes)
+        return "a calibration too large";
+    return {};
+}
+
 std::string check(const v1::ObserveEvent& ev, int64_t vocabSize, uint32_t topLogits)
 {
     if (ev.error().size() > kMaxReplyTextBytes || ev.end().size() > kMaxReplyTextBytes)

@@ -66,6 +66,8 @@ std::string check(const v1::KvGetRequest& req);
 
 // ---- the master's side: from workers ----
 
+// A daemon's Hello: names, flags, addresses and launches within sizes the app can show.
+std::string check(const v1::HelloReply& rep);
 // A token event of a generation that asked for `topLogits` pairs.
 std::string check(const v1::ObserveEvent& ev, int64_t vocabSize, uint32_t topLogits);
 std::string check(const v1::StatusReply& rep);

@@ -128,6 +128,14 @@ template <class M> void plain(const uint8_t* data, size_t size)
         (void)wire::check(m);
 }
 
+void hello(const uint8_t* data, size_t size)
+{
+    v1::HelloReply r;
+    if (!parse(r, data, size) || !wire::check(r).empty())
+        return;
+    require(r.hostname().size() <= 255 && r.addresses_size() <= 64 && r.launches_size() <= 1024);
+}
+
 void kvGet(const uint8_t* data, size_t size)
 {
     v1::KvGetRequest r;
@@ -152,7 +160,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
     const uint8_t kind = data[0];
     ++data;
     --size;
-    switch (kind % 13) {
+    switch (kind % 14) {
     case 0: discovery(data, size); break;
     case 1: pipe(data, size); break;
     case 2: start(data, size); break;
@@ -166,6 +174,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
     case 10: kvGet(data, size); break;
     case 11: observe(data, size); break;
     case 12: status(data, size); break;
+    case 13: hello(data, size); break;
     }
     return 0;
 }

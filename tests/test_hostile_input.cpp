@@ -618,6 +618,22 @@ TEST(HostileMessage, TokenEventsAndStatusRepliesAreCheckedByTheMaster)
     EXPECT_EQ(wire::check(rep), "2001 step records in one reply (at most 2000)");
 }
 
+TEST(HostileMessage, AHelloWithOversizedNamesIsRefusedByTheMaster)
+{
+    v1::HelloReply h;
+    h.set_hostname("laptop");
+    h.set_worker_id("w-1");
+    h.add_cpu_flags("avx2");
+    h.add_addresses("192.168.1.20");
+    EXPECT_EQ(wire::check(h), "");
+    h.set_hostname(std::string(4 << 20, 'h')); // shown in the machines pane as it came
+    EXPECT_EQ(wire::check(h), "a hostname, worker id or version too long");
+    h.set_hostname("laptop");
+    for (int i = 0; i < 100; ++i)
+        h.add_addresses("10.0.0.1");
+    EXPECT_EQ(wire::check(h), "too many CPU flags, addresses or launches");
+}
+
 TEST(HostileMessage, ProbesAndLaunchesAreChecked)
 {
     v1::ProbeLinkRequest p;
