@@ -50,15 +50,15 @@ std::string encodeBeacon(const BeaconInfo& b)
     p.set_magic(kMagic);
     auto* m = p.mutable_beacon();
     m->set_worker_id(b.workerId);
-    m->set_hostname(b.hostname.substr(0, 64));
-    for (size_t i = 0; i < b.addresses.size() && i < 16; ++i)
+    m->set_hostname(b.hostname.substr(0, kMaxBeaconNameBytes));
+    for (size_t i = 0; i < b.addresses.size() && i < kMaxBeaconAddresses; ++i)
         m->add_addresses(b.addresses[i]);
     m->set_grpc_port(b.grpcPort);
     m->set_protocol_version(b.protocol);
     m->set_cores(b.cores);
     m->set_memory_total_bytes(b.memoryTotalBytes);
     m->set_key_fingerprint(b.keyFingerprint);
-    m->set_software_version(b.softwareVersion.substr(0, 32));
+    m->set_software_version(b.softwareVersion.substr(0, kMaxBeaconVersionBytes));
     return p.SerializeAsString();
 }
 
@@ -97,8 +97,9 @@ DiscoveryMessage decodeDiscovery(const void* data, size_t size)
     b.keyFingerprint = m.key_fingerprint();
     b.softwareVersion = m.software_version();
     const bool hexFingerprint = b.keyFingerprint.size() == 16 && b.keyFingerprint.find_first_not_of("0123456789abcdef") == std::string::npos;
-    if (b.workerId.empty() || !printable(b.workerId, 64) || !printable(b.hostname, 64) || !hexFingerprint ||
-        !printable(b.softwareVersion, 32) || m.grpc_port() == 0 || m.grpc_port() > 65535 || m.addresses_size() > 16)
+    if (b.workerId.empty() || !printable(b.workerId, kMaxBeaconNameBytes) || !printable(b.hostname, kMaxBeaconNameBytes) ||
+        !hexFingerprint || !printable(b.softwareVersion, kMaxBeaconVersionBytes) || m.grpc_port() == 0 ||
+        m.grpc_port() > 65535 || m.addresses_size() > static_cast<int>(kMaxBeaconAddresses))
         return out;
     for (const auto& a : m.addresses()) {
         if (!isUnicastIpv4(a))

@@ -17,8 +17,10 @@ namespace together {
 
 constexpr uint16_t kDefaultDiscoveryPort = 7601;
 constexpr size_t kMaxDiscoveryPacket = 1400;
-// Probes smaller than this are ignored: a beacon (at most 64-byte names and 16 addresses) is smaller, so an
-// answer is never larger than the question.
+// What a beacon may hold: the worker id and hostname, the version, and the addresses it lists.
+constexpr size_t kMaxBeaconNameBytes = 64, kMaxBeaconVersionBytes = 32, kMaxBeaconAddresses = 16;
+// Probes smaller than this are ignored: a beacon (names and addresses within the limits above) is smaller, so
+// an answer is never larger than the question.
 constexpr size_t kMinProbeBytes = 1024;
 
 struct BeaconInfo {

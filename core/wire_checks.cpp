@@ -139,7 +139,7 @@ std::string check(const v1::ConnectRequest& req)
     return {};
 }
 
-std::string checkFirstChunk(const v1::WeightChunk& chunk, const std::vector<int64_t>& sliceShape, uint64_t& bytes)
+std::string checkFirstChunk(const v1::WeightChunk& chunk, const std::vector<int64_t>& sliceShape, FirstChunk& out)
 {
     const std::string& name = chunk.name();
     std::vector<int64_t> shape(chunk.shape().begin(), chunk.shape().end());
@@ -158,7 +158,7 @@ std::string checkFirstChunk(const v1::WeightChunk& chunk, const std::vector<int6
     const uint64_t need = elements * dtypeSize(dt);
     if (chunk.total_bytes() != need)
         return "tensor " + name + ": " + std::to_string(chunk.total_bytes()) + " bytes announced, the slice needs " + std::to_string(need);
-    bytes = need;
+    out = {dt, need};
     return {};
 }
 
@@ -214,21 +214,23 @@ std::string check(const v1::KvGetRequest& req)
 
 std::string check(const v1::HelloReply& rep)
 {
-    if (rep.hostname().size() > 255 || rep.worker_id().size() > 64 || rep.software_version().size() > 64)
+    if (rep.hostname().size() > kMaxHostnameBytes || rep.worker_id().size() > kMaxNameBytes ||
+        rep.software_version().size() > kMaxNameBytes)
         return "a hostname, worker id or version too long";
-    if (rep.cpu_flags_size() > 64 || rep.addresses_size() > 64 || rep.launches_size() > 1024)
+    if (rep.cpu_flags_size() > kMaxCpuFlags || rep.addresses_size() > kMaxHelloAddresses || rep.launches_size() > kMaxLaunches)
         return "too many CPU flags, addresses or launches";
     for (auto& f : rep.cpu_flags())
-        if (f.size() > 32)
+        if (f.size() > kMaxCpuFlagBytes)
             return "a CPU flag too long";
     for (auto& a : rep.addresses())
-        if (a.size() > 64)
+        if (a.size() > kMaxNameBytes)
             return "an address too long";
     for (auto& l : rep.launches())
-        if (l.launch_id().size() > 64 || l.master().size() > kMaxAddressBytes)
+        if (l.launch_id().size() > kMaxNameBytes || l.master().size() > kMaxAddressBytes)
             return "a launch id or master name too long";
     const auto& c = rep.calibration();
-    if (c.matvec_size() > 16 || c.cpu_model().size() > 256 || c.kernel_path().size() > 256 || c.error().size() > kMaxReplyTextBytes)
+    if (c.matvec_size() > kMaxMatvecRates || c.cpu_model().size() > kMaxCpuTextBytes ||
+        c.kernel_path().size() > kMaxCpuTextBytes || c.error().size() > kMaxReplyTextBytes)
         return "a calibration too large";
     return {};
 }

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "core/safetensors.h"
 #include "proto/together.pb.h"
 
 namespace together {
@@ -33,6 +34,13 @@ constexpr uint32_t kMaxProbeSizes = 12, kMaxProbeRepeats = 8, kMinProbeBytes = 1
 constexpr int kMaxRecordsPerReply = 2000;
 constexpr int kMaxSpansPerRecord = 2 * 4096; // start and end of each all-reduce of a step
 constexpr size_t kMaxReplyTextBytes = 64 << 10; // activity, error and end texts the master shows
+// A daemon's Hello, within what the app's machine list shows.
+constexpr size_t kMaxHostnameBytes = 255;                // a DNS name's limit
+constexpr size_t kMaxNameBytes = 64;                     // worker id, software version, address, launch id
+constexpr int kMaxHelloAddresses = 64, kMaxCpuFlags = 64, kMaxLaunches = 1024;
+constexpr size_t kMaxCpuFlagBytes = 32;
+constexpr int kMaxMatvecRates = 16;                      // calibration's rates, one per kernel path and dtype
+constexpr size_t kMaxCpuTextBytes = 256;                 // calibration's CPU model and kernel path
 
 // Rows of hidden state one pipeline message (or one prefill chunk) carries: what fits kChunkBytes in f32.
 int64_t maxPipeRows(int64_t hiddenSize);
@@ -56,8 +64,13 @@ std::string check(const v1::PipeMessage& m, const ShardLimits& shard);
 // A shard's place in the plan against the model it was given (ranks, stages, layers, context).
 std::string check(const v1::ShardConfig& req, const ModelConfig& model);
 std::string check(const v1::ConnectRequest& req);
-// The first chunk of a tensor against the shape this shard's slice has; on success `bytes` is its size.
-std::string checkFirstChunk(const v1::WeightChunk& chunk, const std::vector<int64_t>& sliceShape, uint64_t& bytes);
+// The first chunk of a tensor against the shape this shard's slice has; on success `out` holds its dtype and
+// the size of the whole tensor in bytes (what the receiver may allocate).
+struct FirstChunk {
+    DType dtype = DType::F32;
+    uint64_t bytes = 0;
+};
+std::string checkFirstChunk(const v1::WeightChunk& chunk, const std::vector<int64_t>& sliceShape, FirstChunk& out);
 std::string check(const v1::LaunchShardRequest& req);
 std::string check(const v1::ProbeLinkRequest& req);
 std::string check(const v1::ProbeAllReduceRequest& req);

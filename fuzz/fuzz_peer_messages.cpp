@@ -95,9 +95,9 @@ void chunk(const uint8_t* data, size_t size)
     v1::WeightChunk c;
     if (!parse(c, data, size))
         return;
-    uint64_t bytes = 0;
-    if (wire::checkFirstChunk(c, {4, 8}, bytes).empty())
-        require(bytes == c.total_bytes() && bytes <= 4 * 8 * 4);
+    wire::FirstChunk first;
+    if (wire::checkFirstChunk(c, {4, 8}, first).empty())
+        require(first.bytes == c.total_bytes() && first.bytes == 4 * 8 * dtypeSize(first.dtype));
 }
 
 void observe(const uint8_t* data, size_t size)
@@ -133,7 +133,9 @@ void hello(const uint8_t* data, size_t size)
     v1::HelloReply r;
     if (!parse(r, data, size) || !wire::check(r).empty())
         return;
-    require(r.hostname().size() <= 255 && r.addresses_size() <= 64 && r.launches_size() <= 1024);
+    require(r.hostname().size() <= wire::kMaxHostnameBytes && r.worker_id().size() <= wire::kMaxNameBytes &&
+            r.addresses_size() <= wire::kMaxHelloAddresses && r.launches_size() <= wire::kMaxLaunches &&
+            r.cpu_flags_size() <= wire::kMaxCpuFlags && r.calibration().matvec_size() <= wire::kMaxMatvecRates);
 }
 
 void kvGet(const uint8_t* data, size_t size)
@@ -148,7 +150,8 @@ void discovery(const uint8_t* data, size_t size)
 {
     const DiscoveryMessage m = decodeDiscovery(data, size);
     if (m.kind == DiscoveryMessage::Kind::Beacon)
-        require(m.beacon.addresses.size() <= 16 && m.beacon.workerId.size() <= 64 && m.beacon.hostname.size() <= 64);
+        require(m.beacon.addresses.size() <= kMaxBeaconAddresses && m.beacon.workerId.size() <= kMaxBeaconNameBytes &&
+                m.beacon.hostname.size() <= kMaxBeaconNameBytes && m.beacon.softwareVersion.size() <= kMaxBeaconVersionBytes);
 }
 
 } // namespace

@@ -304,13 +304,13 @@ public:
                     if (m_weights.tensors.count(current))
                         throw Error("tensor " + current + " sent twice");
                     // Shape, dtype and size are checked against the plan before any allocation.
-                    uint64_t bytes = 0;
-                    if (std::string bad = wire::checkFirstChunk(chunk, it->second.shape(), bytes); !bad.empty())
+                    wire::FirstChunk first;
+                    if (std::string bad = wire::checkFirstChunk(chunk, it->second.shape(), first); !bad.empty())
                         throw Error(bad);
                     auto& t = m_weights.tensors[current];
-                    t.dtype = parseDType(chunk.dtype(), "tensor " + current);
+                    t.dtype = first.dtype;
                     t.shape = it->second.shape();
-                    t.bytes.reserve(bytes);
+                    t.bytes.reserve(first.bytes);
                     EVP_DigestInit_ex(md, EVP_sha256(), nullptr);
                 } else if (current.empty()) {
                     throw Error("weight chunk without a tensor name");
