@@ -328,7 +328,7 @@ Value Evaluator::eval(const Expr& e, Scope& scope)
             if (b.isString()) {
                 if (!a.isString())
                     runtimeError(e.line, "'in <string>' needs a string on the left");
-                found = b.str().s.find(a.str().s) != std::string::npos;
+                found = Finder(a.str().s).find(b.str().s) != std::string::npos;
             } else if (b.isArray()) {
                 for (auto& x : b.arr())
                     found = found || equals(a, x);

@@ -122,7 +122,8 @@ Value stringMethod(const Value& self, const std::string& name, int line)
                 return makeArray(std::move(parts));
             }
             size_t prev = 0, pos;
-            while ((pos = s.s.find(sep, prev)) != std::string::npos &&
+            const Finder finder(sep);
+            while ((pos = finder.find(s.s, prev)) != std::string::npos &&
                    (maxsplit < 0 || static_cast<int64_t>(parts.size()) < maxsplit)) {
                 parts.push_back(Value(s.sub(prev, pos - prev)));
                 prev = pos + sep.size();
@@ -149,7 +150,8 @@ Value stringMethod(const Value& self, const std::string& name, int line)
             int64_t done = 0;
             if (from.empty())
                 return Value(s);
-            while ((count < 0 || done < count) && (pos = s.s.find(from, prev)) != std::string::npos) {
+            const Finder finder(from);
+            while ((count < 0 || done < count) && (pos = finder.find(s.s, prev)) != std::string::npos) {
                 out.append(s.sub(prev, pos - prev));
                 out.append(Str::derived(to, marked));
                 prev = pos + from.size();
@@ -162,15 +164,16 @@ Value stringMethod(const Value& self, const std::string& name, int line)
     if (name == "find" || name == "count") {
         bool isFind = name == "find";
         return makeFn([s, strArg, isFind](const Args& a) -> Value {
-            std::string needle = strArg(a, 0, "sub");
+            const std::string sub = strArg(a, 0, "sub");
+            const Finder needle(sub);
             if (isFind) {
-                size_t p = s.s.find(needle);
+                size_t p = needle.find(s.s);
                 return Value(p == std::string::npos ? int64_t(-1) : static_cast<int64_t>(p));
             }
-            if (needle.empty())
+            if (needle.size() == 0)
                 return Value(static_cast<int64_t>(s.s.size() + 1));
             int64_t n = 0;
-            for (size_t p = s.s.find(needle); p != std::string::npos; p = s.s.find(needle, p + needle.size()))
+            for (size_t p = needle.find(s.s); p != std::string::npos; p = needle.find(s.s, p + needle.size()))
                 ++n;
             return Value(n);
         });

@@ -413,4 +413,19 @@ bool equals(const Value& a, const Value& b)
     return false;
 }
 
+Finder::Finder(std::string_view needle) : m_needle(needle) {}
+
+size_t Finder::find(std::string_view text, size_t from) const
+{
+    if (from > text.size())
+        return std::string::npos;
+    if (m_needle.empty())
+        return from;
+    // glibc's memmem: the two-way algorithm (linear time, constant space) for long needles, a bounded
+    // shift-table scan for short ones. std::boyer_moore_searcher's good-suffix table is built in time
+    // quadratic in a repetitive needle ('a' * 4000000 + 'b'), and std::string::find compares at every position.
+    const void* hit = ::memmem(text.data() + from, text.size() - from, m_needle.data(), m_needle.size());
+    return hit ? static_cast<size_t>(static_cast<const char*>(hit) - text.data()) : std::string::npos;
+}
+
 } // namespace together::jinja::detail

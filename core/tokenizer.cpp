@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <functional>
@@ -112,21 +113,6 @@ std::vector<std::pair<size_t, size_t>> findLiteral(std::string_view s, const std
     return out;
 }
 
-std::string replaceAll(std::string s, const std::string& from, const std::string& to)
-{
-    if (from.empty())
-        return s;
-    std::string out;
-    size_t pos = 0, prev = 0;
-    while ((pos = s.find(from, prev)) != std::string::npos) {
-        out.append(s, prev, pos - prev);
-        out += to;
-        prev = pos + from.size();
-    }
-    out.append(s, prev, std::string::npos);
-    return out;
-}
-
 const std::string kMetaspace = "\xE2\x96\x81"; // U+2581 LOWER ONE EIGHTH BLOCK, SentencePiece's space
 
 // The GPT-2 pre-tokenizer regex, used by ByteLevel when use_regex is true.
@@ -157,6 +143,29 @@ std::string checked(std::string s, size_t limit)
 {
     checkNormalized(s.size(), limit);
     return s;
+}
+
+// `s` with each of the (ordered, disjoint) ranges replaced by `to`; refused, before it is built past it, when
+// the result would exceed `limit` bytes.
+std::string replaceRanges(const std::string& s, const std::vector<std::pair<size_t, size_t>>& ranges, const std::string& to,
+                          size_t limit = SIZE_MAX)
+{
+    std::string out;
+    size_t prev = 0;
+    for (auto [b, e] : ranges) {
+        checkNormalized(out.size() + (b - prev) + to.size(), limit);
+        out.append(s, prev, b - prev);
+        out += to;
+        prev = e;
+    }
+    checkNormalized(out.size() + (s.size() - prev), limit);
+    out.append(s, prev, std::string::npos);
+    return out;
+}
+
+std::string replaceAll(const std::string& s, const std::string& from, const std::string& to)
+{
+    return replaceRanges(s, findLiteral(s, from), to);
 }
 
 struct NormalizerSequence : Normalizer {
@@ -190,26 +199,7 @@ struct ReplaceNormalizer : Normalizer {
     std::unique_ptr<Regex> regex;
     std::string apply(std::string s, size_t limit) const override
     {
-        std::string out;
-        size_t prev = 0;
-        auto replace = [&](size_t b, size_t e) {
-            checkNormalized(out.size() + (b - prev) + to.size(), limit);
-            out.append(s, prev, b - prev);
-            out += to;
-            prev = e;
-        };
-        if (!regex) {
-            if (from.empty())
-                return s;
-            for (size_t pos; (pos = s.find(from, prev)) != std::string::npos;)
-                replace(pos, pos + from.size());
-        } else {
-            for (auto [b, e] : regex->findAll(s))
-                replace(b, e);
-        }
-        checkNormalized(out.size() + (s.size() - prev), limit);
-        out.append(s, prev, std::string::npos);
-        return out;
+        return replaceRanges(s, regex ? regex->findAll(s) : findLiteral(s, from), to, limit);
     }
 };
 
@@ -228,6 +218,9 @@ void readPattern(const json& p, std::string& literal, std::unique_ptr<Regex>& re
 // ids below ~260k (the largest Llama-family vocabularies); these bound the recursion and the id table's memory.
 constexpr int kMaxSequenceDepth = 16;
 constexpr int64_t kMaxTokenId = (int64_t{1} << 22) - 1;
+// Added tokens are matched at every position of a text, each step one byte of the longest candidate: real ones
+// are markers like "<|im_start|>" (a few dozen bytes), so this bounds the work per position, not real files.
+constexpr size_t kMaxAddedTokenBytes = 1024;
 
 void checkSequenceDepth(int depth, const char* what)
 {
@@ -666,8 +659,45 @@ struct Tokenizer::Impl {
     std::vector<AddedToken> added;
     std::unordered_map<int, size_t> addedById;
     std::unordered_map<std::string, int> addedByContent;
-    // added tokens bucketed by first byte, longest first, for leftmost-longest matching
-    std::array<std::vector<size_t>, 256> addedByFirstByte;
+    // Indices into `added`, sorted by content (equal contents in file order): the tokens that begin with a
+    // given prefix are one contiguous run, so matching at a text position narrows a range byte by byte
+    // (matchAdded) instead of comparing every added token there.
+    std::vector<uint32_t> addedSorted;
+
+    // The added tokens whose content starts `text` at `i`, longest first (equal contents in file order), into
+    // `out.tokens`. Each step narrows the run to the tokens whose next byte is the text's: one binary search per
+    // byte of the longest match, however many tokens there are.
+    struct AddedMatches {
+        std::vector<std::pair<size_t, size_t>> runs; // runs of addedSorted that end at successive depths
+        std::vector<uint32_t> tokens;
+    };
+    void matchAdded(std::string_view text, size_t i, AddedMatches& out) const
+    {
+        out.runs.clear();
+        out.tokens.clear();
+        size_t lo = 0, hi = addedSorted.size();
+        for (size_t d = 0; lo < hi; ++d) {
+            // Sorted by content, the tokens of length d come first in a run sharing its first d bytes.
+            size_t end = lo;
+            while (end < hi && added[addedSorted[end]].content.size() == d)
+                ++end;
+            if (end > lo)
+                out.runs.emplace_back(lo, end);
+            lo = end;
+            if (lo == hi || i + d >= text.size())
+                break;
+            const auto c = static_cast<unsigned char>(text[i + d]);
+            auto byteAt = [&](uint32_t idx) { return static_cast<unsigned char>(added[idx].content[d]); };
+            const auto first = std::partition_point(addedSorted.begin() + lo, addedSorted.begin() + hi,
+                                                    [&](uint32_t idx) { return byteAt(idx) < c; });
+            const auto last = std::partition_point(first, addedSorted.begin() + hi, [&](uint32_t idx) { return byteAt(idx) == c; });
+            lo = first - addedSorted.begin();
+            hi = last - addedSorted.begin();
+        }
+        for (auto r = out.runs.rbegin(); r != out.runs.rend(); ++r)
+            for (size_t k = r->first; k < r->second; ++k)
+                out.tokens.push_back(addedSorted[k]);
+    }
 
     std::string bosToken, eosToken, chatTemplate;
 
@@ -881,16 +911,23 @@ Tokenizer Tokenizer::fromJson(const std::string& tokenizerJson, const std::strin
             tok.singleWord = a.value("single_word", false);
             if (tok.content.empty())
                 continue;
+            if (tok.content.size() > kMaxAddedTokenBytes)
+                throw Error("added token " + std::to_string(tok.id) + " is " + std::to_string(tok.content.size()) +
+                            " bytes long (the limit is " + std::to_string(kMaxAddedTokenBytes) + ")");
             m.addedById[tok.id] = m.added.size();
             m.addedByContent[tok.content] = tok.id;
             m.idToTokenStr[static_cast<size_t>(tok.id)] = tok.content;
             m.added.push_back(tok);
         }
+        m.addedSorted.resize(m.added.size());
         for (size_t i = 0; i < m.added.size(); ++i)
-            m.addedByFirstByte[static_cast<unsigned char>(m.added[i].content[0])].push_back(i);
-        for (auto& bucket : m.addedByFirstByte)
-            std::sort(bucket.begin(), bucket.end(),
-                      [&](size_t x, size_t y) { return m.added[x].content.size() > m.added[y].content.size(); });
+            m.addedSorted[i] = static_cast<uint32_t>(i);
+        // Bytes compared as unsigned, as matchAdded narrows by them.
+        std::stable_sort(m.addedSorted.begin(), m.addedSorted.end(), [&](uint32_t x, uint32_t y) {
+            const std::string &a = m.added[x].content, &b = m.added[y].content;
+            return std::lexicographical_compare(a.begin(), a.end(), b.begin(), b.end(),
+                                                [](char p, char q) { return static_cast<unsigned char>(p) < static_cast<unsigned char>(q); });
+        });
 
         // Post-processor: collect TemplateProcessing's special tokens around the single sequence. Their ids
         // must name tokens of this vocabulary (they are decoded like any other).
@@ -979,12 +1016,12 @@ std::vector<int> Tokenizer::encode(std::string_view rawText, bool addSpecialToke
     size_t chunkStart = 0;
     bool firstChunk = true;
     size_t i = 0;
+    Impl::AddedMatches candidates;
     while (i < text.size()) {
         const AddedToken* hit = nullptr;
-        for (size_t idx : m->addedByFirstByte[static_cast<unsigned char>(text[i])]) {
+        m->matchAdded(text, i, candidates);
+        for (uint32_t idx : candidates.tokens) {
             const AddedToken& a = m->added[idx];
-            if (text.compare(i, a.content.size(), a.content) != 0)
-                continue;
             if (a.special && specialAllowed) {
                 bool ok = true;
                 for (size_t k = i; k < i + a.content.size() && ok; ++k)

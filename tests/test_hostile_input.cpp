@@ -6,17 +6,21 @@
 #include "core/model_config.h"
 #include "core/plan.h"
 #include "core/safetensors.h"
+#include "core/sanitizers.h"
 #include "core/tokenizer.h"
 #include "core/wire_checks.h"
 #include "tests/test_support.h"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <filesystem>
 #include <fstream>
+#include <random>
 
 using namespace together;
 namespace fs = std::filesystem;
@@ -36,7 +40,7 @@ std::string templateError(const std::string& src, const nlohmann::json& ctx = nl
     } catch (const Error& e) {
         what = e.what();
     }
-    EXPECT_LT(Clock::now() - t0, std::chrono::seconds(20)) << src.substr(0, 80);
+    EXPECT_LT(Clock::now() - t0, std::chrono::seconds(20 * kSanitizerSlowdown)) << src.substr(0, 80);
     return what;
 }
 
@@ -194,6 +198,50 @@ TEST(HostileTemplate, RepeatedWorkOnLargeValuesIsBounded)
     EXPECT_NE(e.find("visited more than 50000000 items"), std::string::npos) << e;
 }
 
+// Substring search compared the needle at every position: a 4 MB needle in an 8 MB string is 1.6e13 byte
+// comparisons (minutes per search, and a template can search many times). It is linear in the text now.
+TEST(HostileTemplate, SubstringSearchIsLinearInTheText)
+{
+    const auto t0 = Clock::now();
+    for (const char* needle : {"'a' * 4000000 + 'b'", "'b' + 'a' * 4000000", "'a' * 2000000 + 'b' + 'a' * 2000000"}) {
+        const std::string src = std::string("{% set h = 'a' * 8000000 %}{% set n = ") + needle +
+                                " %}{{ n in h }} {{ h.find(n) }} {{ h.count(n) }} {{ h.replace(n, 'x') | length }} {{ h.split(n) | length }}";
+        EXPECT_EQ(render(src), "False -1 0 8000000 1") << needle;
+    }
+    // Found many times over: every occurrence, not overlapping, as Python counts them.
+    EXPECT_EQ(render("{% set h = 'ab' * 3000000 %}{% set n = 'ab' * 1000 %}{{ h.count(n) }} {{ h.replace(n, '') | length }} "
+                     "{{ h.split(n) | length }} {{ (h + 'c').find(n + 'c') }}"),
+              "3000 0 3001 5998000");
+    EXPECT_LT(Clock::now() - t0, std::chrono::seconds(60 * kSanitizerSlowdown)); // a hang guard: this takes well under a second
+}
+
+// The search against std::string::find on random text over a small alphabet (many partial matches), every
+// needle length from empty to 23 bytes.
+TEST(HostileTemplate, SubstringSearchFindsWhatStdFindFinds)
+{
+    std::mt19937 rng(12);
+    for (int round = 0; round < 400; ++round) {
+        std::string text(rng() % 300, ' '), needle(round % 24, ' ');
+        for (auto& c : text)
+            c = "ab"[rng() % 2];
+        for (auto& c : needle)
+            c = "ab"[rng() % 2];
+        if (round % 3 == 0 && text.size() > needle.size())
+            text.replace(rng() % (text.size() - needle.size()), needle.size(), needle); // at least one occurrence
+        const std::string src = "{{ t.find(n) }} {{ t.count(n) }} {{ n in t }}";
+        int64_t count = 0;
+        if (needle.empty())
+            count = static_cast<int64_t>(text.size()) + 1;
+        else
+            for (size_t p = text.find(needle); p != std::string::npos; p = text.find(needle, p + needle.size()))
+                ++count;
+        const size_t first = text.find(needle);
+        const std::string want = std::to_string(first == std::string::npos ? -1 : static_cast<int64_t>(first)) + " " +
+                                 std::to_string(count) + " " + (first == std::string::npos ? "False" : "True");
+        EXPECT_EQ(jinja::Template(src).renderText({{"t", text}, {"n", needle}}), want) << text << " / " << needle;
+    }
+}
+
 // The context a render is given is converted recursively: its nesting is checked first.
 TEST(HostileTemplate, MessagesNestedDeeplyAreRefused)
 {
@@ -268,6 +316,63 @@ TEST(HostileTokenizer, NegativeOrHugeAddedTokenIdsAreRefused)
     EXPECT_NE(e.find("dl/tokenizer.json: JSON nested deeper than 100 levels"), std::string::npos) << e;
 }
 
+// Added tokens were compared one by one at every position of the text (all of those sharing its first byte):
+// a file with 10 000 long tokens made each position cost 10 000 comparisons of up to their length. They are
+// matched by narrowing a sorted run byte by byte now, and a token's length is bounded.
+TEST(HostileTokenizer, ManyLongAddedTokensAreMatchedWithoutComparingEachOne)
+{
+    nlohmann::json j = {{"model", {{"type", "BPE"}, {"vocab", {{"a", 0}, {"b", 1}}}, {"merges", nlohmann::json::array()}}}};
+    auto& added = j["added_tokens"] = nlohmann::json::array();
+    for (int i = 0; i < 10000; ++i) {
+        char digits[8];
+        std::snprintf(digits, sizeof digits, "%04d", i);
+        added.push_back({{"id", 2 + i}, {"content", std::string(990, 'a') + digits}, {"special", true}});
+    }
+    const Tokenizer t = Tokenizer::fromJson(j.dump(), "", "dl/tokenizer.json");
+    const auto t0 = Clock::now();
+    const auto ids = t.encode(std::string(20000, 'a') + std::string(990, 'a') + "0042b", false);
+    EXPECT_LT(Clock::now() - t0, std::chrono::seconds(60 * kSanitizerSlowdown)); // a hang guard: milliseconds now
+    ASSERT_EQ(ids.size(), 20002u);
+    EXPECT_EQ(std::count(ids.begin(), ids.end(), 0), 20000);
+    EXPECT_EQ(ids[20000], 2 + 42);
+    EXPECT_EQ(ids[20001], 1);
+
+    added.push_back({{"id", 20000}, {"content", std::string(2000, 'b')}});
+    const std::string e = tokenizerError(j.dump());
+    EXPECT_NE(e.find("dl/tokenizer.json: added token 20000 is 2000 bytes long (the limit is 1024)"), std::string::npos) << e;
+}
+
+// The matching against the simplest reading of it: at each position the longest added token that starts
+// there (equal contents: the first in the file), else one character of the text.
+TEST(HostileTokenizer, AddedTokensMatchLeftmostLongest)
+{
+    std::mt19937 rng(7);
+    for (int round = 0; round < 200; ++round) {
+        std::vector<std::string> contents(1 + rng() % 12);
+        nlohmann::json j = {{"model", {{"type", "BPE"}, {"vocab", {{"a", 0}, {"b", 1}}}, {"merges", nlohmann::json::array()}}}};
+        auto& added = j["added_tokens"] = nlohmann::json::array();
+        for (size_t k = 0; k < contents.size(); ++k) {
+            contents[k].resize(1 + rng() % 5);
+            for (auto& c : contents[k])
+                c = "ab"[rng() % 2];
+            added.push_back({{"id", 2 + k}, {"content", contents[k]}});
+        }
+        std::string text(rng() % 40, ' ');
+        for (auto& c : text)
+            c = "ab"[rng() % 2];
+        std::vector<int> want;
+        for (size_t i = 0; i < text.size();) {
+            int best = -1;
+            for (size_t k = 0; k < contents.size(); ++k)
+                if (text.compare(i, contents[k].size(), contents[k]) == 0 && (best < 0 || contents[k].size() > contents[best].size()))
+                    best = static_cast<int>(k);
+            want.push_back(best < 0 ? text[i] - 'a' : 2 + best);
+            i += best < 0 ? 1 : contents[best].size();
+        }
+        EXPECT_EQ(Tokenizer::fromJson(j.dump(), "", "t").encode(text, false), want) << text << " " << added.dump();
+    }
+}
+
 TEST(HostileTokenizer, RegexesFromTheFileAreCheckedAndBounded)
 {
     auto withSplit = [](const std::string& pattern) {
@@ -283,7 +388,7 @@ TEST(HostileTokenizer, RegexesFromTheFileAreCheckedAndBounded)
     } catch (const Error& e) {
         EXPECT_NE(std::string(e.what()).find("regex failed"), std::string::npos) << e.what();
     }
-    EXPECT_LT(Clock::now() - t0, std::chrono::seconds(20));
+    EXPECT_LT(Clock::now() - t0, std::chrono::seconds(20 * kSanitizerSlowdown));
     // A pattern that does not compile is named when the file loads.
     const std::string e = tokenizerError(withSplit("(a"));
     EXPECT_NE(e.find("does not compile"), std::string::npos) << e;
@@ -306,7 +411,7 @@ TEST(HostileTokenizer, NormalizersCannotMultiplyTheTextAndDecodersCannotSpin)
     } catch (const Error& e) {
         EXPECT_NE(std::string(e.what()).find("normalizers make the text more than 8 times longer"), std::string::npos) << e.what();
     }
-    EXPECT_LT(Clock::now() - t0, std::chrono::seconds(20));
+    EXPECT_LT(Clock::now() - t0, std::chrono::seconds(20 * kSanitizerSlowdown));
 
     std::string many;
     for (int i = 0; i < 65; ++i)
@@ -578,14 +683,15 @@ TEST(HostileMessage, AWeightChunkIsCheckedBeforeItsBufferIsAllocated)
     chunk.add_shape(8);
     chunk.set_dtype("BF16");
     chunk.set_total_bytes(uint64_t(1) << 40); // a buffer of 1 TiB for a 64-byte slice
-    uint64_t bytes = 0;
-    EXPECT_EQ(wire::checkFirstChunk(chunk, {4, 8}, bytes), "tensor w: 1099511627776 bytes announced, the slice needs 64");
+    wire::FirstChunk first;
+    EXPECT_EQ(wire::checkFirstChunk(chunk, {4, 8}, first), "tensor w: 1099511627776 bytes announced, the slice needs 64");
     chunk.set_total_bytes(64);
-    EXPECT_EQ(wire::checkFirstChunk(chunk, {4, 8}, bytes), "");
-    EXPECT_EQ(bytes, 64u);
-    EXPECT_NE(wire::checkFirstChunk(chunk, {8, 4}, bytes).find("has shape [4, 8] but this shard's slice is [8, 4]"), std::string::npos);
+    EXPECT_EQ(wire::checkFirstChunk(chunk, {4, 8}, first), "");
+    EXPECT_EQ(first.bytes, 64u);
+    EXPECT_EQ(first.dtype, DType::BF16);
+    EXPECT_NE(wire::checkFirstChunk(chunk, {8, 4}, first).find("has shape [4, 8] but this shard's slice is [8, 4]"), std::string::npos);
     chunk.set_dtype("I64");
-    EXPECT_NE(wire::checkFirstChunk(chunk, {4, 8}, bytes), "");
+    EXPECT_NE(wire::checkFirstChunk(chunk, {4, 8}, first), "");
 }
 
 // The master's side: what a worker answers is checked before the app shows or counts it.
