@@ -7,6 +7,7 @@
 #include "core/process.h"
 #include "core/protocol.h"
 #include "core/random_model.h"
+#include "core/sanitizers.h"
 #include "proto/together.grpc.pb.h"
 #include "tests/test_support.h"
 
@@ -249,7 +250,8 @@ TEST_P(WorkerDies, MasterNamesItKeepsTheTextAndLeavesNoProcess)
     // Wait for generation to be well under way (trace lines), then kill one worker process of stage 1.
     auto steps = [&] { return lineCount(traceFile); };
     auto start = std::chrono::steady_clock::now();
-    while (steps() < 20 && std::chrono::steady_clock::now() - start < std::chrono::seconds(60))
+    // Four daemons calibrate and load first: several times slower in sanitized builds.
+    while (steps() < 20 && std::chrono::steady_clock::now() - start < std::chrono::seconds(60 * kSanitizerSlowdown))
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
     ASSERT_GE(steps(), 20) << "generation did not start";
     std::vector<pid_t> tree = test::descendants(master);
@@ -307,7 +309,7 @@ TEST_P(WorkerDies, MasterNamesItKeepsTheTextAndLeavesNoProcess)
     EXPECT_GE(fs::file_size(outFile), printedAtKill); // what was printed stays printed
     // Nothing left behind.
     bool anyAlive = true;
-    for (int i = 0; i < 100 && anyAlive; ++i) {
+    for (int i = 0; i < 100 * kSanitizerSlowdown && anyAlive; ++i) {
         anyAlive = false;
         for (pid_t p : tree)
             anyAlive = anyAlive || test::alive(p);

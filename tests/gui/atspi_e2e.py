@@ -157,12 +157,17 @@ def normalize(s):
     return re.sub(r"\s+", " ", s).strip()
 
 
-# The whole run stays within ctest's TIMEOUT (300 s), with room to stop the app and say why: a wait is cut short
-# when the budget would run out.
-BUDGET_END = time.monotonic() + 270
+# Sanitized builds (ASan + UBSan) run several times slower: ctest sets TOGETHER_TEST_SLOWDOWN there (the factor of
+# core/sanitizers.h), and every wait, the budget and ctest's TIMEOUT are stretched by it. Nowhere else.
+SLOWDOWN = max(1, int(os.environ.get("TOGETHER_TEST_SLOWDOWN", "1") or "1"))
+# The whole run stays within ctest's TIMEOUT (300 s times SLOWDOWN), with room to stop the app and say why: a
+# wait is cut short when the budget would run out.
+BUDGET = 270 * SLOWDOWN
+BUDGET_END = time.monotonic() + BUDGET
 
 
 def wait_for(what, timeout, predicate, interval=0.5):
+    timeout *= SLOWDOWN
     deadline = time.monotonic() + timeout
     cut = deadline > BUDGET_END
     deadline = min(deadline, BUDGET_END)
@@ -181,7 +186,7 @@ def wait_for(what, timeout, predicate, interval=0.5):
         if time.monotonic() >= deadline:
             extra = f" (last error: {last_exc})" if last_exc else ""
             if cut:
-                raise Failure(f"timed out after {time.monotonic() - start:.0f} s, when the test's 270 s budget ran "
+                raise Failure(f"timed out after {time.monotonic() - start:.0f} s, when the test's {BUDGET} s budget ran "
                               f"out, waiting for: {what}{extra}")
             raise Failure(f"timed out after {timeout} s waiting for: {what}{extra}")
         time.sleep(interval)
