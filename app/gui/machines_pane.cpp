@@ -7,6 +7,7 @@
 #include <QClipboard>
 #include <QDialog>
 #include <QDialogButtonBox>
+#include <QFontMetrics>
 #include <QHBoxLayout>
 #include <QHeaderView>
 #include <QKeySequence>
@@ -101,7 +102,9 @@ MachinesPane::MachinesPane(AppSession& session, QWidget* parent)
     m_table->horizontalHeader()->setStretchLastSection(true);
     m_table->horizontalHeader()->setSectionResizeMode(QHeaderView::Interactive);
     m_table->setColumnWidth(MachinesModel::Machine, 150);
-    m_table->setColumnWidth(MachinesModel::State, 110);
+    // The longest state without a reason fits whatever the font ("ready (calibrating)" was cut at a fixed 110
+    // px); a reason, when there is one, is in the details line below.
+    m_table->setColumnWidth(MachinesModel::State, m_table->fontMetrics().horizontalAdvance("ready (calibrating)") + 24);
     m_table->setColumnWidth(MachinesModel::Cores, 44);
     m_table->setColumnWidth(MachinesModel::Memory, 250);
     m_table->setColumnWidth(MachinesModel::Donated, 150);
