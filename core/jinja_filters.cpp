@@ -116,6 +116,7 @@ Value stringMethod(const Value& self, const std::string& name, int line)
                     }
                     while (j < s.s.size() && !std::isspace(static_cast<unsigned char>(s.s[j])))
                         ++j;
+                    checkItems(parts.size() + 1); // refused while splitting, not after building every piece
                     parts.push_back(Value(s.sub(i, j - i)));
                     i = j;
                 }
@@ -125,6 +126,7 @@ Value stringMethod(const Value& self, const std::string& name, int line)
             const Finder finder(sep);
             while ((pos = finder.find(s.s, prev)) != std::string::npos &&
                    (maxsplit < 0 || static_cast<int64_t>(parts.size()) < maxsplit)) {
+                checkItems(parts.size() + 2); // this piece and the last one
                 parts.push_back(Value(s.sub(prev, pos - prev)));
                 prev = pos + sep.size();
             }
@@ -201,6 +203,7 @@ Value stringMethod(const Value& self, const std::string& name, int line)
             for (size_t i = 0; i < s.s.size(); ++i) {
                 if (s.s[i] == '{' && i + 1 < s.s.size() && s.s[i + 1] == '}' && ai < a.positional.size()) {
                     out += toStr(a.positional[ai]).s;
+                    checkStringSize(out.size()); // before the next argument, not after all of them
                     m = m || isMarked(a.positional[ai]);
                     ++ai;
                     ++i;

@@ -198,6 +198,26 @@ TEST(HostileTemplate, RepeatedWorkOnLargeValuesIsBounded)
     EXPECT_NE(e.find("visited more than 50000000 items"), std::string::npos) << e;
 }
 
+// Found in review: `format` appended every argument before checking the result's size, and `split` built every
+// piece before checking the count: 100 copies of a 5 MB string were joined (500 MB) before the 8 MiB limit
+// refused them, and 4 million pieces were built before the 1 million item limit. Each is refused as it passes
+// its limit now: at the second argument, at piece 1 000 001.
+TEST(HostileTemplate, FormatAndSplitAreRefusedAtTheLimitNotAfterBuildingEverything)
+{
+    std::string args = "x";
+    for (int i = 1; i < 100; ++i)
+        args += ", x";
+    std::string e = templateError("{% set x = 'a' * 5000000 %}{{ ('{}' * 100).format(" + args + ") }}");
+    EXPECT_NE(e.find("a string would be 10000000 bytes"), std::string::npos) << e;
+    e = templateError("{{ ('a,' * 4000000).split(',') | length }}");
+    EXPECT_NE(e.find("a list would have 1000001 items"), std::string::npos) << e;
+    e = templateError("{{ ('a ' * 4000000).split() | length }}");
+    EXPECT_NE(e.find("a list would have 1000001 items"), std::string::npos) << e;
+    // Under the limits both still give what Python gives.
+    EXPECT_EQ(render("{{ '{}-{}'.format('a', 2) }} {{ ('a,' * 999999).split(',') | length }} {{ ' a  b '.split() | join('|') }}"),
+              "a-2 1000000 a|b");
+}
+
 // Substring search compared the needle at every position: a 4 MB needle in an 8 MB string is 1.6e13 byte
 // comparisons (minutes per search, and a template can search many times). It is linear in the text now.
 TEST(HostileTemplate, SubstringSearchIsLinearInTheText)
