@@ -78,9 +78,21 @@ Array iterate(const Value& v, int line)
         return keys;
     }
     if (v.isString()) {
+        // One item per character, held to the limits of a list of as many items before any is built.
+        const std::string& text = v.str().s;
+        const size_t n = unicode::countCodepoints(text);
+        if (n > kMaxItems)
+            limitError("iterating a string of " + std::to_string(n) + " characters would make as many items, over the limit of " +
+                       std::to_string(kMaxItems) + " of a list");
+        chargeVisits(static_cast<int64_t>(n));
+        const bool marked = v.str().anyMarked();
         Array chars;
-        for (auto& c : unicode::splitCodepoints(v.str().s))
-            chars.push_back(Str::derived(c, v.str().anyMarked()));
+        chars.reserve(n);
+        for (size_t i = 0; i < text.size();) {
+            const size_t end = unicode::nextCodepoint(text, i);
+            chars.push_back(Str::derived(text.substr(i, end - i), marked));
+            i = end;
+        }
         return chars;
     }
     if (v.isUndefined() || v.isNone())
@@ -171,16 +183,17 @@ Value Evaluator::getIndex(const Value& obj, const Value& key, int line)
     if (obj.isString()) {
         if (!key.isInt())
             runtimeError(line, "string index must be an integer");
-        auto cps = unicode::splitCodepoints(obj.str().s);
-        int64_t i = key.integer(), n = static_cast<int64_t>(cps.size());
+        // Walked, not split: a string can be 8 MiB, and a template can index it in a loop.
+        const std::string& text = obj.str().s;
+        int64_t i = key.integer();
         if (i < 0)
-            i += n;
-        if (i < 0 || i >= n)
+            i += static_cast<int64_t>(unicode::countCodepoints(text));
+        if (i < 0)
             return Value();
-        size_t byte = 0;
-        for (int64_t k = 0; k < i; ++k)
-            byte += cps[static_cast<size_t>(k)].size();
-        return Value(obj.str().sub(byte, cps[static_cast<size_t>(i)].size()));
+        const size_t byte = unicode::codepointOffset(text, static_cast<size_t>(i));
+        if (byte >= text.size())
+            return Value();
+        return Value(obj.str().sub(byte, unicode::nextCodepoint(text, byte) - byte));
     }
     return Value();
 }
@@ -225,19 +238,16 @@ Value Evaluator::eval(const Expr& e, Scope& scope)
         int64_t st = step.value_or(1);
         if (st == 0)
             runtimeError(e.line, "slice step cannot be zero");
-        std::vector<size_t> starts; // for strings: code point byte offsets
-        std::vector<std::string> cps;
+        std::vector<size_t> starts; // for strings: each code point's byte offset, and the end
         int64_t n;
         if (base.isArray())
             n = static_cast<int64_t>(base.arr().size());
         else if (base.isString()) {
-            cps = unicode::splitCodepoints(base.str().s);
-            n = static_cast<int64_t>(cps.size());
-            size_t off = 0;
-            for (auto& c : cps) {
-                starts.push_back(off);
-                off += c.size();
-            }
+            const std::string& text = base.str().s;
+            for (size_t i = 0; i < text.size(); i = unicode::nextCodepoint(text, i))
+                starts.push_back(i);
+            n = static_cast<int64_t>(starts.size());
+            starts.push_back(text.size());
         } else if (base.isUndefined() || base.isNone())
             return Value();
         else
@@ -265,7 +275,7 @@ Value Evaluator::eval(const Expr& e, Scope& scope)
         }
         Str out;
         for (auto i : idx)
-            out.append(base.str().sub(starts[static_cast<size_t>(i)], cps[static_cast<size_t>(i)].size()));
+            out.append(base.str().sub(starts[static_cast<size_t>(i)], starts[static_cast<size_t>(i) + 1] - starts[static_cast<size_t>(i)]));
         return Value(out);
     }
     case Expr::Call: {

@@ -226,7 +226,7 @@ int64_t lengthOf(const Value& v, int line)
     if (v.isObject())
         return static_cast<int64_t>(v.obj().items.size());
     if (v.isString())
-        return static_cast<int64_t>(unicode::splitCodepoints(v.str().s).size());
+        return static_cast<int64_t>(unicode::countCodepoints(v.str().s));
     if (v.isUndefined())
         return 0;
     runtimeError(line, "value has no length");
@@ -347,11 +347,16 @@ Value Evaluator::callFilter(const Expr& e, Scope& scope)
         return makeArray(iterate(v, line));
     if (f == "reverse") {
         if (v.isString()) {
-            auto cps = unicode::splitCodepoints(v.str().s);
-            std::string out;
-            for (auto it = cps.rbegin(); it != cps.rend(); ++it)
-                out += *it;
-            return Value(Str::derived(out, v.str().anyMarked()));
+            // Each code point copied to its mirrored place: no string per character.
+            const std::string& text = v.str().s;
+            std::string out(text.size(), '\0');
+            for (size_t i = 0; i < text.size();) {
+                const size_t end = unicode::nextCodepoint(text, i);
+                std::copy(text.begin() + static_cast<std::ptrdiff_t>(i), text.begin() + static_cast<std::ptrdiff_t>(end),
+                          out.end() - static_cast<std::ptrdiff_t>(end));
+                i = end;
+            }
+            return Value(Str::derived(std::move(out), v.str().anyMarked()));
         }
         Array items = iterate(v, line);
         std::reverse(items.begin(), items.end());

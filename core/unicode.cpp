@@ -82,16 +82,37 @@ char32_t decodeCodepoint(std::string_view s, size_t& pos)
     return cp;
 }
 
+size_t nextCodepoint(std::string_view s, size_t pos)
+{
+    if (pos >= s.size())
+        return s.size();
+    const int len = validSequenceAt(s, pos, nullptr);
+    return pos + (len == 0 ? 1 : static_cast<size_t>(len));
+}
+
+size_t countCodepoints(std::string_view s)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < s.size(); i = nextCodepoint(s, i))
+        ++n;
+    return n;
+}
+
+size_t codepointOffset(std::string_view s, size_t index)
+{
+    size_t i = 0;
+    for (; i < s.size() && index > 0; --index)
+        i = nextCodepoint(s, i);
+    return i;
+}
+
 std::vector<std::string> splitCodepoints(std::string_view s)
 {
     std::vector<std::string> out;
-    size_t i = 0;
-    while (i < s.size()) {
-        int len = validSequenceAt(s, i, nullptr);
-        if (len == 0)
-            len = 1;
-        out.emplace_back(s.substr(i, len));
-        i += len;
+    for (size_t i = 0; i < s.size();) {
+        const size_t end = nextCodepoint(s, i);
+        out.emplace_back(s.substr(i, end - i));
+        i = end;
     }
     return out;
 }

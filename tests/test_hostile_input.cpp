@@ -8,6 +8,7 @@
 #include "core/safetensors.h"
 #include "core/sanitizers.h"
 #include "core/tokenizer.h"
+#include "core/unicode.h"
 #include "core/wire_checks.h"
 #include "tests/test_support.h"
 
@@ -153,6 +154,12 @@ TEST(HostileTemplate, FoundByFuzzing)
     EXPECT_NE(e.find("iterations (the limit"), std::string::npos) << e;
     e = templateError("{% for a in range(100000) %}{% for b in range(100000) if false %}{% endfor %}{% endfor %}");
     EXPECT_NE(e.find("iterations (the limit"), std::string::npos) << e;
+    // A join of a joined string iterates its characters: five joins with long separators grew the text to
+    // megabytes, and the next join built millions of one-character values before its result passed the string
+    // limit (a 12 s timeout and 1.6 GB in the fuzzer; fuzz/corpus/fuzz_jinja/found_join_of_joined_strings.jinja).
+    const std::string sep = "'" + std::string(200, 'f') + "'";
+    e = templateError("{{ ['a', 'b'] | join(" + sep + ") | join(" + sep + ") | join(" + sep + ") | join(" + sep + ") }}");
+    EXPECT_NE(e.find("iterating a string of"), std::string::npos) << e;
 }
 
 // A list a few hundred thousand deep, built by appending to the innermost list (each step small, so under
@@ -216,6 +223,56 @@ TEST(HostileTemplate, FormatAndSplitAreRefusedAtTheLimitNotAfterBuildingEverythi
     // Under the limits both still give what Python gives.
     EXPECT_EQ(render("{{ '{}-{}'.format('a', 2) }} {{ ('a,' * 999999).split(',') | length }} {{ ' a  b '.split() | join('|') }}"),
               "a-2 1000000 a|b");
+}
+
+// Found in review: iterating a string (`for c in s`, `s | list`) built one value per character with no item
+// limit: an 8 MiB string became 8 million values (hundreds of MB) that a list may never hold (1 million
+// items). Indexing, slicing, `length` and `reverse` split the whole string into one std::string per character
+// each time (256 MB for 8 MiB of ASCII). Iterating is now held to the item limit before anything is built; the
+// others walk the string.
+TEST(HostileTemplate, StringsAreWalkedNotSplitIntoOneStringPerCharacter)
+{
+    std::string e = templateError("{% for c in 'ab' * 600000 %}{% endfor %}");
+    EXPECT_NE(e.find("iterating a string of 1200000 characters"), std::string::npos) << e;
+    e = templateError("{{ ('ab' * 600000) | list | length }}");
+    EXPECT_NE(e.find("over the limit of 1000000"), std::string::npos) << e;
+    // Up to the limit a string iterates as before, one character at a time (code points, not bytes).
+    EXPECT_EQ(render("{{ ('\xc3\xa9' * 1000000) | list | length }} {% for c in 'h\xc3\xa9!' %}[{{ c }}]{% endfor %}"), "1000000 [h][\xc3\xa9][!]");
+    EXPECT_EQ(render("{{ 'h\xc3\xa9llo' | reverse }} {{ 'h\xc3\xa9llo'[::-2] }} {{ 'h\xc3\xa9llo'[-4] }} {{ 'h\xc3\xa9llo'[5] is undefined }} "
+                     "{{ 'h\xc3\xa9llo'[-6] is undefined }} {{ 'h\xc3\xa9llo' | length }} {{ ''[0] is undefined }} {{ '' | reverse }}|"),
+              "oll\xc3\xa9h olh \xc3\xa9 True True 5 True |");
+    // An 8 MB string indexed from both ends, measured and reversed, as often as the byte budget lets a template
+    // read it (each read copies it).
+    std::string out = render("{% set s = '\xc3\xa9' * 3999999 + 'z' %}{% for i in range(15) %}{{ s[-1] }}{{ s[3999998] }}{{ s | length }}{% endfor %}"
+                             "{{ (s | reverse)[0] }}");
+    std::string want;
+    for (int i = 0; i < 15; ++i)
+        want += "z\xc3\xa9" "4000000";
+    EXPECT_EQ(out, want + "z");
+}
+
+// The walk over code points gives the pieces splitCodepoints gives, on random bytes (valid UTF-8 of every
+// length, stray continuation bytes, truncated sequences, overlong forms, surrogates).
+TEST(HostileTemplate, CodePointWalkAgreesWithTheSplitOnRandomBytes)
+{
+    std::mt19937 rng(12);
+    const unsigned char alphabet[] = {'a', 0x7f, 0x80, 0xbf, 0xc0, 0xc3, 0xa9, 0xe2, 0x82, 0xac, 0xed, 0xa0, 0xf0, 0x9f, 0x98, 0x80, 0xf4, 0x90, 0xff};
+    for (int round = 0; round < 2000; ++round) {
+        std::string s(rng() % 24, '\0');
+        for (auto& c : s)
+            c = static_cast<char>(alphabet[rng() % sizeof(alphabet)]);
+        const auto pieces = unicode::splitCodepoints(s);
+        ASSERT_EQ(unicode::countCodepoints(s), pieces.size());
+        size_t pos = 0;
+        for (size_t k = 0; k < pieces.size(); ++k) {
+            ASSERT_EQ(unicode::codepointOffset(s, k), pos);
+            ASSERT_EQ(unicode::nextCodepoint(s, pos) - pos, pieces[k].size());
+            pos += pieces[k].size();
+        }
+        ASSERT_EQ(unicode::codepointOffset(s, pieces.size()), s.size());
+        ASSERT_EQ(unicode::codepointOffset(s, pieces.size() + 5), s.size());
+        ASSERT_EQ(unicode::nextCodepoint(s, s.size()), s.size());
+    }
 }
 
 // Substring search compared the needle at every position: a 4 MB needle in an 8 MB string is 1.6e13 byte
