@@ -394,14 +394,10 @@ void PerformancePane::onControllerEvent(const ControllerEvent& e)
 {
     if (e.kind == ControllerEvent::Kind::Launched || e.kind == ControllerEvent::Kind::Unloaded || e.kind == ControllerEvent::Kind::LaunchFailed)
         refresh();
-    if (e.kind == ControllerEvent::Kind::Failed && m_verifyAfterUnload && !m_session.launched()) {
-        m_verifyAfterUnload = false; // the shards are gone anyway: verify now
-        QTimer::singleShot(0, this, &PerformancePane::verify);
-    }
-    if (e.kind == ControllerEvent::Kind::Unloaded && m_verifyAfterUnload) {
-        m_verifyAfterUnload = false;
-        QTimer::singleShot(0, this, &PerformancePane::verify);
-    }
+    // Unloaded, or failed with the shards gone anyway: verify now, from the event loop (not inside the
+    // controller's event). Verify stays "running" until then, so nothing sees it finished in between.
+    if (m_verifyAfterUnload && (e.kind == ControllerEvent::Kind::Unloaded || (e.kind == ControllerEvent::Kind::Failed && !m_session.launched())))
+        QTimer::singleShot(0, this, &PerformancePane::resumeVerifyAfterUnload);
     if (!benching())
         return;
     switch (e.kind) {
@@ -551,6 +547,20 @@ void PerformancePane::verify()
     Q_EMIT verifyRunning(true);
     m_verify->start();
     refresh();
+}
+
+void PerformancePane::resumeVerifyAfterUnload()
+{
+    if (!m_verifyAfterUnload)
+        return; // already resumed, or abandoned (the model was closed)
+    m_verifyAfterUnload = false;
+    verify();
+    if (!verifying()) {
+        // Refused after all (the plan or the machines changed while unloading): the verdict says why, and Launch
+        // no longer waits for it.
+        Q_EMIT verifyRunning(false);
+        refresh();
+    }
 }
 
 void PerformancePane::verifyEnded(const QString& verdict, bool same)

@@ -73,6 +73,7 @@ private:
     void addRow(const BenchRow& row);
     void fillSplit(size_t index, int attempt);
     void verifyEnded(const QString& verdict, bool same);
+    void resumeVerifyAfterUnload();
     void showRow(size_t index);
     void finishBench(const QString& message, bool error);
 
