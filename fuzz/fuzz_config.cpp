@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: MIT
 // libFuzzer target: config.json as a download holds it, and a plan (JSON) checked against it. The input is the
 // config, a 0 byte, then the plan.
-#include "core/error.h"
-#include "core/model_config.h"
-#include "core/plan.h"
+#include "base/error.h"
+#include "model/model_config.h"
+#include "model/plan.h"
 
 #include <cstdint>
 #include <string>

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 // libFuzzer target: a chat template (tokenizer_config.json's chat_template) parsed and rendered over a
 // conversation with tools, as chat prompts render it. Any outcome but a together::Error is a finding.
-#include "core/error.h"
-#include "core/jinja.h"
+#include "base/error.h"
+#include "text/jinja/jinja.h"
 
 #include <cstdint>
 #include <string>

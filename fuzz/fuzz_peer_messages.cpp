@@ -5,11 +5,11 @@
 // fuzzer reports as a crash). Discovery packets (UDP, from anyone on the LAN, no key) go through the decoder
 // the daemon and the master use; a shard's configuration through the model parser and the slicing it drives.
 // Seeds (fuzz/corpus/fuzz_peer_messages) are wire encodings made with `protoc --encode` from text format.
-#include "core/beacon.h"
-#include "core/error.h"
-#include "core/model_config.h"
-#include "core/shard_spec.h"
-#include "core/wire_checks.h"
+#include "base/error.h"
+#include "model/model_config.h"
+#include "model/shard_spec.h"
+#include "wire/beacon.h"
+#include "wire/checks.h"
 
 #include <google/protobuf/stubs/logging.h>
 
@@ -51,7 +51,7 @@ void pipe(const uint8_t* data, size_t size)
         if (first) {
             require(m.tokens_size() == 1 && m.tokens(0) >= 0 && m.tokens(0) < s.vocabSize && m.hidden().empty());
         } else {
-            require(m.rows() >= 1 && m.rows() <= wire::maxPipeRows(s.hiddenSize));
+            require(m.rows() >= 1 && m.rows() <= prefillChunkRows(s.hiddenSize));
             require(m.hidden().size() == size_t(m.rows()) * size_t(s.hiddenSize) * 4);
             require(m.start_pos() + m.rows() <= s.contextLimit);
         }

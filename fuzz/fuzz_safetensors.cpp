@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 // libFuzzer target: a .safetensors file (8-byte header length, JSON header, data), opened as the loader opens
 // a downloaded one, every tensor's view read through.
-#include "core/error.h"
-#include "core/safetensors.h"
+#include "base/error.h"
+#include "model/safetensors.h"
 
 #include <cstdint>
 #include <cstdio>

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 // libFuzzer target: tokenizer.json (and tokenizer_config.json) as a download holds them, then encoding and
 // decoding with what loaded. The input is the tokenizer file, a 0 byte, the config file, a 0 byte, and text.
-#include "core/error.h"
-#include "core/tokenizer.h"
+#include "base/error.h"
+#include "text/tokenizer.h"
 
 #include <cstdint>
 #include <string>

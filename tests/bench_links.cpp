@@ -10,16 +10,17 @@
 //
 // Per decode token: "step" is 1000 / the master's decode tokens/s; "compute" the sum over stages of the
 // shards' own compute time (from --trace); "communication" the rest (links, serialisation, sampling).
-#include "core/cli_args.h"
-#include "core/cluster_key.h"
-#include "core/credentials.h"
-#include "core/model_config.h"
-#include "core/plan.h"
-#include "core/survey.h"
-#include "core/error.h"
-#include "core/random_model.h"
-#include "tests/tcp_proxy.h"
-#include "tests/test_support.h"
+#include "base/cli_args.h"
+#include "base/error.h"
+#include "base/files.h"
+#include "master/survey.h"
+#include "model/model_config.h"
+#include "model/plan.h"
+#include "model/random_model.h"
+#include "net/cluster_key.h"
+#include "net/credentials.h"
+#include "tcp_proxy.h"
+#include "test_support.h"
 
 #include <nlohmann/json.hpp>
 

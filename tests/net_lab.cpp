@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
-#include "tests/net_lab.h"
+#include "net_lab.h"
 
-#include "core/error.h"
-#include "tests/test_support.h"
+#include "base/error.h"
+#include "test_support.h"
 
 #include <algorithm>
 #include <atomic>

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
-#include "tests/packet_capture.h"
+#include "packet_capture.h"
 
-#include "core/error.h"
+#include "base/error.h"
 
 #include <cerrno>
 #include <cstring>

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
-#include "tests/tcp_proxy.h"
+#include "tcp_proxy.h"
 
-#include "core/error.h"
+#include "base/error.h"
 
 #include <algorithm>
 #include <cerrno>

@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: MIT
 // The worker's slice cache (entries on disk, checked on the way back in, LRU eviction, shared by processes)
 // and the master's tensor-hash cache (valid while the model file is unchanged, persistent, thread-safe).
-#include "core/error.h"
-#include "core/hash_cache.h"
-#include "core/slice_cache.h"
-#include "tests/test_support.h"
+#include "base/error.h"
+#include "model/hash_cache.h"
+#include "shard/slice_cache.h"
+#include "test_support.h"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -113,11 +113,14 @@ std::string handMadeEntry(const std::string& header, const std::string& data, ui
     return out + header + data;
 }
 
+// Files in the cache folder that are neither an entry nor the lock: what a store left behind.
 size_t tempFilesIn(const std::string& dir)
 {
     size_t n = 0;
-    for (auto& e : fs::directory_iterator(dir))
-        n += e.path().filename().string().rfind("tmp-", 0) == 0;
+    for (auto& e : fs::directory_iterator(dir)) {
+        const std::string name = e.path().filename().string();
+        n += name != "lock" && !(name.size() > 6 && name.compare(name.size() - 6, 6, ".slice") == 0);
+    }
     return n;
 }
 

@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: MIT
-#include "core/chat.h"
-#include "core/error.h"
-#include "core/random_model.h"
-#include "core/tokenizer.h"
-#include "tests/test_support.h"
+#include "base/error.h"
+#include "model/random_model.h"
+#include "test_support.h"
+#include "text/chat.h"
+#include "text/tokenizer.h"
 
 #include <gtest/gtest.h>
 

@@ -1,15 +1,17 @@
 // SPDX-License-Identifier: MIT
 // The command-line contract scripts rely on: together-worker generate and together-cli tokenize /
 // chat-template, predict, bench and verify, their output, and their errors.
-#include "core/cluster_key.h"
-#include "core/error.h"
-#include "core/model_catalog.h"
-#include "core/model_config.h"
-#include "core/plan.h"
-#include "core/process.h"
-#include "core/random_model.h"
-#include "core/shard_spec.h"
-#include "tests/test_support.h"
+#include "base/error.h"
+#include "base/files.h"
+#include "base/process.h"
+#include "master/local_daemons.h"
+#include "model/model_catalog.h"
+#include "model/model_config.h"
+#include "model/plan.h"
+#include "model/random_model.h"
+#include "model/shard_spec.h"
+#include "net/cluster_key.h"
+#include "test_support.h"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>

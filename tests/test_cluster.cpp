@@ -2,14 +2,16 @@
 // End to end with real processes on loopback: worker daemons, shard processes, gloo groups and gRPC links.
 // Distributed greedy decoding must give the single-process engine's tokens, and its per-step top logits
 // within 1e-3 (compared through --trace).
-#include "core/cluster_key.h"
-#include "core/error.h"
-#include "core/process.h"
-#include "core/protocol.h"
-#include "core/random_model.h"
-#include "core/sanitizers.h"
+#include "base/error.h"
+#include "base/files.h"
+#include "base/process.h"
+#include "base/sanitizers.h"
+#include "master/local_daemons.h"
+#include "model/random_model.h"
+#include "net/cluster_key.h"
 #include "proto/together.grpc.pb.h"
-#include "tests/test_support.h"
+#include "test_support.h"
+#include "wire/protocol.h"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 // The cluster key: typeable text, typo detection, key files, the public fingerprint, and keygen.
-#include "core/cluster_key.h"
-#include "core/error.h"
-#include "tests/test_support.h"
+#include "base/error.h"
+#include "net/cluster_key.h"
+#include "test_support.h"
 
 #include <gtest/gtest.h>
 

@@ -1,13 +1,14 @@
 // SPDX-License-Identifier: MIT
 // The asynchronous controller over real worker daemons and shard processes on loopback: launch progress,
 // cancel, unload, the workers' slice cache, Stop mid-answer and the next turn, and per-step records.
-#include "core/cluster_key.h"
-#include "core/controller.h"
-#include "core/credentials.h"
-#include "core/process.h"
-#include "core/random_model.h"
-#include "core/tokenizer.h"
-#include "tests/test_support.h"
+#include "base/process.h"
+#include "master/controller.h"
+#include "master/local_daemons.h"
+#include "model/random_model.h"
+#include "net/cluster_key.h"
+#include "net/credentials.h"
+#include "test_support.h"
+#include "text/tokenizer.h"
 
 #include <gtest/gtest.h>
 

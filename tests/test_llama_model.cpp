@@ -1,15 +1,15 @@
 // SPDX-License-Identifier: MIT
 // The engine against (1) an independent C implementation's outputs for a real trained model (stories260K) and
 // (2) a naive double-precision reference written here, for every architecture variant on random models.
-#include "core/error.h"
-#include "core/model_config.h"
-#include "core/random_model.h"
-#include "core/safetensors.h"
-#include "core/tokenizer.h"
-#include "tests/test_support.h"
-#include "worker/bench.h"
-#include "worker/kernels/kernels.h"
-#include "worker/llama_model.h"
+#include "base/error.h"
+#include "engine/bench.h"
+#include "engine/llama_model.h"
+#include "kernels/kernels.h"
+#include "model/model_config.h"
+#include "model/random_model.h"
+#include "model/safetensors.h"
+#include "test_support.h"
+#include "text/tokenizer.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

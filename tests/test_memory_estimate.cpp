@@ -4,14 +4,15 @@
 // the master, a prompt that fills the context and a short generation, then each shard's peak (VmHWM, as the
 // shard's Status and its daemon's Health report it to the master) must be within 15% of the estimate for its
 // slice.
-#include "core/cluster.h"
-#include "core/cluster_key.h"
-#include "core/credentials.h"
-#include "core/process.h"
-#include "core/random_model.h"
-#include "core/sanitizers.h"
-#include "core/shard_spec.h"
-#include "tests/test_support.h"
+#include "base/process.h"
+#include "base/sanitizers.h"
+#include "master/cluster.h"
+#include "master/local_daemons.h"
+#include "model/random_model.h"
+#include "model/shard_spec.h"
+#include "net/cluster_key.h"
+#include "net/credentials.h"
+#include "test_support.h"
 
 #include <gtest/gtest.h>
 

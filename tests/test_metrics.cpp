@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-#include "core/metrics.h"
+#include "master/metrics.h"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>

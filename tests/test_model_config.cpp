@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
-#include "core/error.h"
-#include "core/model_config.h"
+#include "base/error.h"
+#include "model/model_config.h"
 
 #include <gtest/gtest.h>
 

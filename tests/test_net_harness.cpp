@@ -1,12 +1,13 @@
 // SPDX-License-Identifier: MIT
 // The test harness for real networks: namespaces on a bridge, the user-space TCP proxy, packet capture.
 // Timing checks are lower bounds only (plus generous bounds that catch a hang): the machine is shared.
-#include "tests/net_lab.h"
-#include "tests/packet_capture.h"
-#include "tests/tcp_proxy.h"
-#include "tests/test_support.h"
+#include "net_lab.h"
+#include "packet_capture.h"
+#include "tcp_proxy.h"
+#include "test_support.h"
 
-#include "core/error.h"
+#include "base/error.h"
+#include "base/files.h"
 
 #include <gtest/gtest.h>
 

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
-#include "core/error.h"
-#include "core/model_config.h"
-#include "core/plan.h"
+#include "base/error.h"
+#include "model/model_config.h"
+#include "model/plan.h"
 
 #include <gtest/gtest.h>
 

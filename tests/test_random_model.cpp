@@ -1,13 +1,20 @@
 // SPDX-License-Identifier: MIT
-#include "core/model_config.h"
-#include "core/random_model.h"
-#include "core/safetensors.h"
-#include "core/tokenizer.h"
-#include "tests/test_support.h"
+#include "base/error.h"
+#include "model/model_config.h"
+#include "model/random_model.h"
+#include "model/safetensors.h"
+#include "test_support.h"
+#include "text/tokenizer.h"
 
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include <sys/wait.h>
+#include <unistd.h>
 
 using namespace together;
 
@@ -58,6 +65,78 @@ TEST(RandomModel, SameSeedSameWeights)
     float f;
     std::memcpy(&f, tx.data, 4);
     EXPECT_NE(f, 0.0f);
+}
+
+} // namespace
+
+namespace {
+
+// The named shapes are the one table: each writes a model whose config says its numbers.
+TEST(ModelShapes, EachNameIsAShapeAndAnUnknownNameListsThem)
+{
+    std::set<std::string> names;
+    for (auto& s : modelShapes()) {
+        EXPECT_TRUE(names.insert(s.name).second) << s.name << " twice";
+        EXPECT_FALSE(s.what.empty()) << s.name;
+        EXPECT_GT(s.spec.hiddenSize, 0) << s.name;
+        EXPECT_EQ(s.spec.hiddenSize % s.spec.numHeads, 0) << s.name;
+    }
+    for (const char* needed : {"default", "tiny", "small", "large-margin", "accuracy", "layer-overhead", "tinyllama-1.1b", "llama3-8b"})
+        EXPECT_TRUE(names.count(needed)) << needed;
+    EXPECT_EQ(modelShape("tinyllama-1.1b").hiddenSize, 2048);
+    EXPECT_EQ(modelShape("tinyllama-1.1b", 3).numLayers, 3);
+    EXPECT_EQ(modelShape("llama3-8b").vocabSize, 128256);
+    try {
+        modelShape("llama-70b");
+        FAIL() << "an unknown shape must be refused";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("unknown model shape 'llama-70b'"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("tinyllama-1.1b"), std::string::npos) << e.what();
+    }
+    const std::string dir = test::makeTempDir("shape");
+    writeRandomModel(dir, modelShape("tiny"));
+    const ModelConfig c = ModelConfig::fromDirectory(dir);
+    EXPECT_EQ(c.hiddenSize, 16);
+    EXPECT_EQ(c.numLayers, 1);
+}
+
+// Processes that need the same model at once each get a whole one: written into a folder of its own and renamed,
+// the first finished is kept and nothing else is left beside it.
+TEST(ModelShapes, EnsureWritesOnceEvenWhenProcessesRace)
+{
+    const std::string parent = test::makeTempDir("ensure");
+    const std::string dir = parent + "/default-model";
+    std::vector<pid_t> pids;
+    for (int i = 0; i < 3; ++i) {
+        const pid_t pid = ::fork();
+        if (pid == 0) {
+            try {
+                ensureRandomModel(dir, modelShape("tiny"));
+                ::_exit(isModelFolder(dir) ? 0 : 2);
+            } catch (...) {
+                ::_exit(1);
+            }
+        }
+        pids.push_back(pid);
+    }
+    for (pid_t pid : pids) {
+        int status = 0;
+        ::waitpid(pid, &status, 0);
+        EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    }
+    EXPECT_NO_THROW(SafeTensors::open(dir));
+    EXPECT_EQ(ModelConfig::fromDirectory(dir).hiddenSize, 16);
+    std::vector<std::string> left;
+    for (auto& e : std::filesystem::directory_iterator(parent))
+        left.push_back(e.path().filename().string());
+    EXPECT_EQ(left, std::vector<std::string>{"default-model"});
+    // A folder an interrupted writer left (no model in it) is replaced.
+    const std::string broken = parent + "/broken";
+    std::filesystem::create_directories(broken);
+    std::ofstream(broken + "/config.json") << "{";
+    ensureRandomModel(broken, modelShape("tiny"));
+    EXPECT_TRUE(isModelFolder(broken));
+    EXPECT_EQ(ModelConfig::fromDirectory(broken).numLayers, 1);
 }
 
 } // namespace

@@ -6,17 +6,17 @@
 // Each test marked "Found in review" failed on the first version of the ring (together 0.3.0 before review);
 // the comment above it says what an attacker could do then. Tests marked "BASELINE" check the behaviour the
 // defect contradicted.
-#include "core/cluster.h"
-#include "core/cluster_key.h"
-#include "core/controller.h"
-#include "core/credentials.h"
-#include "core/plan.h"
-#include "core/protocol.h"
-#include "core/rpc.h"
-#include "core/slice_cache.h"
-#include "core/tokenizer.h"
+#include "master/cluster.h"
+#include "master/controller.h"
+#include "model/plan.h"
+#include "net/cluster_key.h"
+#include "net/credentials.h"
+#include "net/rpc.h"
 #include "proto/together.grpc.pb.h"
-#include "tests/test_support.h"
+#include "shard/slice_cache.h"
+#include "test_support.h"
+#include "text/tokenizer.h"
+#include "wire/protocol.h"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>

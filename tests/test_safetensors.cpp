@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
-#include "core/error.h"
-#include "core/model_config.h"
-#include "core/safetensors.h"
-#include "tests/test_support.h"
+#include "base/error.h"
+#include "model/model_config.h"
+#include "model/safetensors.h"
+#include "test_support.h"
 
 #include <gtest/gtest.h>
 

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-#include "core/sampler.h"
+#include "text/sampler.h"
 
 #include <gtest/gtest.h>
 

@@ -1,19 +1,20 @@
 // SPDX-License-Identifier: MIT
 // From the attacker's side: what a sniffer on the LAN sees of a run, what replaying a recorded connection to a
 // daemon does, and what a keyless peer's 16 MiB message costs a daemon.
-#include "core/cluster_key.h"
-#include "core/credentials.h"
-#include "core/error.h"
-#include "core/host_info.h"
-#include "core/protocol.h"
-#include "core/random_model.h"
-#include "core/rpc.h"
-#include "core/safetensors.h"
+#include "base/error.h"
+#include "base/files.h"
+#include "base/host_info.h"
+#include "model/random_model.h"
+#include "model/safetensors.h"
+#include "net/cluster_key.h"
+#include "net/credentials.h"
+#include "net/rpc.h"
+#include "net_lab.h"
+#include "packet_capture.h"
 #include "proto/together.grpc.pb.h"
-#include "tests/net_lab.h"
-#include "tests/packet_capture.h"
-#include "tests/tcp_proxy.h"
-#include "tests/test_support.h"
+#include "tcp_proxy.h"
+#include "test_support.h"
+#include "wire/protocol.h"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>

@@ -2,13 +2,13 @@
 // Sharded numerics against the unsharded model: tensor-parallel ranks run as threads with an in-process
 // all-reduce, pipeline stages hand the hidden state on, and the last stage's logits must match the whole
 // model's at every step.
-#include "core/error.h"
-#include "core/model_config.h"
-#include "core/random_model.h"
-#include "core/safetensors.h"
-#include "core/shard_spec.h"
-#include "tests/test_support.h"
-#include "worker/llama_model.h"
+#include "base/error.h"
+#include "engine/llama_model.h"
+#include "model/model_config.h"
+#include "model/random_model.h"
+#include "model/safetensors.h"
+#include "model/shard_spec.h"
+#include "test_support.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: MIT
-#include "tests/test_support.h"
+#include "test_support.h"
 
-#include "core/error.h"
-#include "core/process.h"
-#include "core/random_model.h"
+#include "base/error.h"
+#include "base/process.h"
+#include "model/random_model.h"
 
 #include <gtest/gtest.h>
 
@@ -105,41 +105,23 @@ std::string cliBin() { return binDir() + "/together-cli"; }
 std::string writeTinyModel(const std::string& tag)
 {
     std::string dir = makeTempDir(tag);
-    RandomModelSpec s;
-    s.hiddenSize = 16;
-    s.intermediateSize = 32;
-    s.numLayers = 1;
-    s.numHeads = 2;
-    s.numKvHeads = 1;
-    writeRandomModel(dir, s);
+    writeRandomModel(dir, modelShape("tiny"));
     return dir;
 }
 
 std::string smallModel(const std::string& tag)
 {
     std::string dir = makeTempDir(tag);
-    RandomModelSpec s;
-    s.hiddenSize = 128;
-    s.intermediateSize = 256;
-    s.numLayers = 4;
-    s.numHeads = 4;
-    s.numKvHeads = 2;
-    s.maxPositionEmbeddings = 8192;
-    writeRandomModel(dir, s);
+    writeRandomModel(dir, modelShape("small"));
     return dir;
 }
 
 RandomModelSpec largeMarginSpec(int64_t heads, int64_t kvHeads, int64_t intermediate)
 {
-    RandomModelSpec s;
-    s.hiddenSize = 96;
-    s.headDim = 16;
+    RandomModelSpec s = modelShape("large-margin");
     s.numHeads = heads;
     s.numKvHeads = kvHeads;
     s.intermediateSize = intermediate;
-    s.numLayers = 5;
-    s.logitScale = 6.0;
-    s.seed = 21;
     return s;
 }
 

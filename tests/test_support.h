@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
-#include "core/random_model.h"
+#include "model/random_model.h"
 
 #include <nlohmann/json.hpp>
 

@@ -1,13 +1,13 @@
 // SPDX-License-Identifier: MIT
 // What the master learns before placing a model: each daemon's calibration through Hello, and link probes
 // between daemons over the pipeline's stream and the all-reduce (real daemons on loopback, discovery off).
-#include "core/cluster_key.h"
-#include "core/credentials.h"
-#include "core/protocol.h"
-#include "core/rpc.h"
-#include "core/survey.h"
+#include "master/survey.h"
+#include "net/cluster_key.h"
+#include "net/credentials.h"
+#include "net/rpc.h"
 #include "proto/together.grpc.pb.h"
-#include "tests/test_support.h"
+#include "test_support.h"
+#include "wire/protocol.h"
 
 #include <gtest/gtest.h>
 

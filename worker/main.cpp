@@ -2,21 +2,21 @@
 // together-worker: the libtorch side. `generate` runs a model in this one process; `bench` prints the
 // single-process speed table; `serve` is the daemon of one machine of a cluster (worker/daemon.h), which starts
 // `shard` processes; `install-service` makes it a systemd user service.
-#include "core/cli_args.h"
-#include "core/error.h"
-#include "core/process.h"
-#include "core/model_config.h"
-#include "core/run_options.h"
-#include "core/safetensors.h"
-#include "core/tokenizer.h"
-#include "worker/bench.h"
-#include "worker/calibration.h"
-#include "worker/daemon.h"
-#include "worker/shard_processes.h"
-#include "worker/shard_server.h"
-#include "worker/service_unit.h"
-#include "worker/kernels/kernels.h"
-#include "worker/llama_model.h"
+#include "base/cli_args.h"
+#include "base/error.h"
+#include "base/process.h"
+#include "daemon/calibration.h"
+#include "daemon/daemon.h"
+#include "daemon/service_unit.h"
+#include "engine/bench.h"
+#include "engine/llama_model.h"
+#include "kernels/kernels.h"
+#include "model/model_config.h"
+#include "model/safetensors.h"
+#include "net/rpc.h"
+#include "shard/shard_server.h"
+#include "text/run_options.h"
+#include "text/tokenizer.h"
 
 #include <ATen/Parallel.h>
 

@@ -1,13 +1,14 @@
 // SPDX-License-Identifier: MIT
-#include "app/gui/charts_pane.h"
+#include "gui/charts_pane.h"
 
-#include "app/gui/theme.h"
+#include "base/files.h"
+#include "session/theme.h"
 
 #include <QCheckBox>
 #include <QFileDialog>
 #include <QMessageBox>
 #include <QPushButton>
-#include <QSaveFile>
+#include <QBuffer>
 #include <QScrollArea>
 #include <QGridLayout>
 #include <QHBoxLayout>
@@ -343,12 +344,11 @@ QString ChartsPane::exportTimeline(const QString& path) const
 {
     if (!m_trace)
         return "nothing has run yet";
-    QSaveFile f(path);
-    if (!f.open(QIODevice::WriteOnly))
-        return "cannot write " + path + ": " + f.errorString();
-    f.write(QByteArray::fromStdString(m_trace(0)));
-    if (!f.commit())
-        return "cannot write " + path + ": " + f.errorString();
+    try {
+        atomicWrite(path.toStdString(), m_trace(0));
+    } catch (const std::exception& e) {
+        return e.what();
+    }
     return {};
 }
 
@@ -358,8 +358,16 @@ QString ChartsPane::saveCharts(const QString& prefix)
         {m_tokens, "-tokens.png"}, {m_links, "-links.png"}, {m_stack, "-time-per-token.png"}, {m_timeline, "-timeline.png"}};
     for (auto& [plot, suffix] : plots) {
         plot->replot(QCustomPlot::rpImmediateRefresh);
-        if (!plot->savePng(prefix + suffix, std::max(plot->width(), 640), std::max(plot->height(), 360)))
-            return "cannot write " + prefix + suffix;
+        QByteArray png;
+        QBuffer buffer(&png);
+        buffer.open(QIODevice::WriteOnly);
+        if (!plot->toPixmap(std::max(plot->width(), 640), std::max(plot->height(), 360)).save(&buffer, "PNG"))
+            return "cannot draw " + prefix + suffix;
+        try {
+            atomicWrite((prefix + suffix).toStdString(), std::string_view(png.constData(), static_cast<size_t>(png.size())));
+        } catch (const std::exception& e) {
+            return e.what();
+        }
     }
     return {};
 }

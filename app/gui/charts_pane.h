@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
-#include "core/metrics.h"
+#include "master/metrics.h"
 
 #include <QElapsedTimer>
 #include <QWidget>

@@ -1,10 +1,9 @@
 // SPDX-License-Identifier: MIT
-#include "app/gui/chat_pane.h"
+#include "gui/chat_pane.h"
 
-#include "app/gui/app_session.h"
-#include "app/gui/theme.h"
-#include "core/model_config.h"
-#include "core/tokenizer.h"
+#include "model/model_config.h"
+#include "session/app_session.h"
+#include "session/theme.h"
 
 #include <QApplication>
 #include <QCheckBox>
@@ -369,7 +368,7 @@ void ChatPane::start(bool continueLast)
             c.messages.pop_back(); // the empty answer
         c.complete = m_complete->isChecked();
         c.systemPrompt = m_system->text();
-        g.ids = promptIds(c, *m_session.tokenizer(), continueLast);
+        g.ids = m_session.promptIds(c, continueLast);
     } catch (const std::exception& e) {
         // Nothing is lost: a message just sent goes back into the box; the conversation is as it was.
         auto& msgs = conv().messages;

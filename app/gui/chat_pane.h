@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
-#include "app/gui/conversation.h"
-#include "core/controller.h"
+#include "master/controller.h"
+#include "session/conversation.h"
 
 #include <QElapsedTimer>
 #include <QWidget>

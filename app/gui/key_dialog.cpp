@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
-#include "app/gui/key_dialog.h"
+#include "gui/key_dialog.h"
 
-#include "app/gui/app_session.h"
+#include "session/app_session.h"
 
 #include <QApplication>
 #include <QClipboard>

@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: MIT
-#include "app/gui/launch_pane.h"
+#include "gui/launch_pane.h"
 
-#include "app/gui/app_session.h"
-#include "app/gui/placement_board.h"
-#include "app/gui/theme.h"
-#include "app/placements.h"
+#include "common/placements.h"
+#include "gui/placement_board.h"
+#include "session/app_session.h"
+#include "session/theme.h"
 
 #include <QCheckBox>
 #include <QComboBox>

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
-#include "core/controller.h"
+#include "master/controller.h"
 
 #include <QWidget>
 

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
-#include "app/gui/machines_pane.h"
+#include "gui/machines_pane.h"
 
-#include "app/gui/app_session.h"
+#include "session/app_session.h"
 
 #include <QApplication>
 #include <QClipboard>

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
-#include "app/gui/machines_model.h"
+#include "session/machines_model.h"
 
 #include <QWidget>
 

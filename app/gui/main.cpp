@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: MIT
 // together: the desktop app. Without a display it says so and runs the headless main job instead
 // (together-cli run on the same options).
-#include "app/gui/main_window.h"
-#include "core/run_dtype.h"
-#include "core/process.h"
+#include "base/process.h"
+#include "gui/main_window.h"
+#include "model/run_dtype.h"
 
 #include <QApplication>
 #include <QCommandLineParser>

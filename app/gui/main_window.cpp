@@ -1,19 +1,19 @@
 // SPDX-License-Identifier: MIT
-#include "app/gui/main_window.h"
+#include "gui/main_window.h"
 
-#include "app/gui/app_session.h"
-#include "app/gui/charts_pane.h"
-#include "app/gui/chat_pane.h"
-#include "app/gui/key_dialog.h"
-#include "app/gui/launch_pane.h"
-#include "app/gui/machines_pane.h"
-#include "app/gui/models_dialog.h"
-#include "app/gui/performance_pane.h"
-#include "app/gui/theme.h"
-#include "core/cluster_key.h"
-#include "core/error.h"
-#include "core/run_options.h"
-#include "core/tokenizer.h"
+#include "base/error.h"
+#include "gui/charts_pane.h"
+#include "gui/chat_pane.h"
+#include "gui/key_dialog.h"
+#include "gui/launch_pane.h"
+#include "gui/machines_pane.h"
+#include "gui/models_dialog.h"
+#include "gui/performance_pane.h"
+#include "model/random_model.h"
+#include "model/run_dtype.h"
+#include "session/app_session.h"
+#include "session/settings.h"
+#include "session/theme.h"
 
 #include <QAction>
 #include <QCloseEvent>
@@ -26,7 +26,6 @@
 #include <QMessageBox>
 #include <QPlainTextEdit>
 #include <QScrollArea>
-#include <QSettings>
 #include <QStatusBar>
 #include <QTimer>
 #include <QToolBar>
@@ -57,7 +56,7 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
     setWindowTitle("together");
     setObjectName("mainWindow");
     setDockOptions(QMainWindow::AnimatedDocks | QMainWindow::AllowTabbedDocks | QMainWindow::AllowNestedDocks);
-    QSettings settings;
+    Settings& settings = m_settings;
 
     // The chat in the middle, under the banner.
     auto* centre = new QWidget;
@@ -109,7 +108,7 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
     auto* tools = addToolBar("Main");
     tools->setObjectName("mainToolBar");
     QAction* openAct = tools->addAction("Open model folder…", this, [this] {
-        const QString dir = QFileDialog::getExistingDirectory(this, "Open model folder", QSettings().value("lastModel").toString());
+        const QString dir = QFileDialog::getExistingDirectory(this, "Open model folder", m_settings.value("lastModel").toString());
         if (!dir.isEmpty())
             openModel(dir);
     });
@@ -239,6 +238,7 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
     const QString keyFile = !options.keyFile.isEmpty() ? options.keyFile : settings.value("keyFile").toString();
     m_session->useKeyFile(keyFile);
     settings.setValue("keyFile", m_session->keyFile());
+    saveSettingsFile();
     m_session->startDiscovery(options.localWorkers == 0 && options.broadcast);
     if (options.localWorkers > 0)
         m_session->startLocalWorkers(options.localWorkers, options.localWorkerArgs);
@@ -275,7 +275,7 @@ void MainWindow::openModel(const QString& dir) { m_session->openModel(dir); }
 
 void MainWindow::onModelOpened(const QString& dir)
 {
-    QSettings settings;
+    Settings& settings = m_settings;
     settings.setValue("lastModel", dir);
     QStringList recent = settings.value("recentModels").toStringList();
     recent.removeAll(dir);
@@ -283,6 +283,7 @@ void MainWindow::onModelOpened(const QString& dir)
     while (recent.size() > 10)
         recent.removeLast();
     settings.setValue("recentModels", recent);
+    saveSettingsFile();
     m_banner->setVisible(sameFolder(dir, QString::fromStdString(defaultModelDir())));
     m_chat->modelChanged(m_session->modelHasChatTemplate());
     m_launch->refresh();
@@ -345,7 +346,7 @@ uint64_t MainWindow::availableBytes() const
 
 void MainWindow::browseModels()
 {
-    auto* d = new ModelsDialog(QSettings().value("recentModels").toStringList(), m_launch->dtype(), availableBytes(), this);
+    auto* d = new ModelsDialog(m_settings.value("recentModels").toStringList(), m_launch->dtype(), availableBytes(), this);
     d->setAttribute(Qt::WA_DeleteOnClose);
     connect(d, &QDialog::accepted, this, [this, d] {
         if (!d->chosen().isEmpty())
@@ -361,9 +362,15 @@ void MainWindow::showKeyDialog()
     d->open();
 }
 
+void MainWindow::saveSettingsFile()
+{
+    if (const QString why = m_settings.save(); !why.isEmpty())
+        statusBar()->showMessage("the settings were not saved: " + why, 10000);
+}
+
 void MainWindow::saveSettings()
 {
-    QSettings settings;
+    Settings& settings = m_settings;
     settings.setValue("geometry", saveGeometry());
     settings.setValue("windowState", saveState());
     settings.setValue("dtype", m_launch->dtype());
@@ -371,6 +378,7 @@ void MainWindow::saveSettings()
     settings.setValue("temperature", m_chat->temperatureBox()->value());
     settings.setValue("maxTokens", m_chat->maxTokensBox()->value());
     settings.setValue("keyFile", m_session->keyFile());
+    saveSettingsFile();
 }
 
 void MainWindow::closeEvent(QCloseEvent* event)

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
+#include "session/settings.h"
+
 #include <QMainWindow>
 #include <QString>
 
@@ -31,7 +33,7 @@ struct StartOptions {
 };
 
 // The app's window: Machines and Placement on the left, the Chat in the middle, Charts and Performance below.
-// Window layout, dock state and options persist with QSettings.
+// Window layout, dock state and options persist in the settings file (session/settings.h).
 class MainWindow : public QMainWindow {
     Q_OBJECT
 public:
@@ -56,11 +58,13 @@ private:
     QDockWidget* dock(const QString& name, QWidget* content, Qt::DockWidgetArea area);
     void onModelOpened(const QString& dir);
     void maybePropose();
-    void saveSettings();
+    void saveSettings();     // the window's and the panes' state, at close
+    void saveSettingsFile(); // what was set, now (a failure is shown in the status bar)
     void loadPlanFile();
     uint64_t availableBytes() const;
 
     StartOptions m_options;
+    Settings m_settings;
     AppSession* m_session;
     MachinesPane* m_machines;
     LaunchPane* m_launch;

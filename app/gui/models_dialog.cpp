@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
-#include "app/gui/models_dialog.h"
+#include "gui/models_dialog.h"
 
-#include "app/gui/theme.h"
-#include "core/model_catalog.h"
+#include "model/model_catalog.h"
+#include "session/theme.h"
 
 #include <QCoreApplication>
 #include <QDialogButtonBox>

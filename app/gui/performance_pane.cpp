@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: MIT
-#include "app/gui/performance_pane.h"
+#include "gui/performance_pane.h"
 
-#include "app/gui/app_session.h"
-#include "app/gui/theme.h"
-#include "app/placements.h"
-#include "core/error.h"
-#include "core/process.h"
+#include "base/error.h"
+#include "base/process.h"
+#include "common/placements.h"
+#include "session/app_session.h"
+#include "session/theme.h"
 
 #include <QCoreApplication>
 #include <QCheckBox>
@@ -22,10 +22,8 @@
 #include <QProgressBar>
 #include <QPushButton>
 #include <QRegularExpression>
-#include <QSaveFile>
 #include <QSpinBox>
 #include <QTableWidget>
-#include <QTemporaryDir>
 #include <QTimer>
 #include <QVBoxLayout>
 
@@ -47,9 +45,11 @@ qint64 nowNs()
 
 QString writeText(const QString& path, const std::string& text)
 {
-    QSaveFile f(path); // a failed write leaves the old file as it was
-    if (!f.open(QIODevice::WriteOnly) || f.write(text.data(), static_cast<qint64>(text.size())) < 0 || !f.commit())
-        return "cannot write " + path + ": " + f.errorString();
+    try {
+        atomicWrite(path.toStdString(), text); // a failed write leaves the old file as it was
+    } catch (const std::exception& e) {
+        return e.what();
+    }
     return {};
 }
 } // namespace
@@ -170,7 +170,6 @@ PerformancePane::~PerformancePane()
         if (!m_verify->waitForFinished(5000))
             m_verify->kill();
         m_verify->waitForFinished(1000);
-        QFile::remove(m_verifyPlan);
     }
 }
 
@@ -504,9 +503,13 @@ void PerformancePane::verify()
     }
     // The check is the CLI's own (`together-cli verify`): the placement against the whole model on one of its
     // machines, greedy, the token ids and the logits compared.
-    const QString dir = QDir::tempPath() + "/together-verify-" + QString::number(QCoreApplication::applicationPid());
-    QDir().mkpath(dir);
-    m_verifyPlan = dir + "/plan.json";
+    try {
+        m_verifyDir = std::make_unique<TempDir>("verify");
+    } catch (const std::exception& e) {
+        verifyEnded(QString("Cannot verify: ") + e.what(), false);
+        return;
+    }
+    m_verifyPlan = QString::fromStdString(m_verifyDir->path()) + "/plan.json";
     Plan plan = m_session.plan();
     if (Controller* c = m_session.controller(); c && m_session.launched() && !c->plan().dtype.empty())
         plan.dtype = c->plan().dtype;
@@ -571,7 +574,7 @@ void PerformancePane::verifyEnded(const QString& verdict, bool same)
         m_verify->deleteLater();
         m_verify = nullptr;
     }
-    QFile::remove(m_verifyPlan);
+    m_verifyDir.reset();
     Q_EMIT verifyRunning(false);
     refresh();
 }

@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
-#include "app/bench_table.h"
-#include "core/controller.h"
+#include "base/files.h"
+#include "common/bench_table.h"
+#include "master/controller.h"
 
 #include <QWidget>
 
 #include <functional>
+#include <memory>
 #include <vector>
 
 class QCheckBox;
@@ -102,6 +104,7 @@ private:
     qint64 m_benchStartNs = 0, m_firstTokenNs = 0, m_lastTokenNs = 0;
     QProcess* m_verify = nullptr;
     bool m_verifyAfterUnload = false;
+    std::unique_ptr<TempDir> m_verifyDir; // the plan file the check reads (removed with it)
     QString m_verifyPlan;
     QString m_verifyOutput;
 };

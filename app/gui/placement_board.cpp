@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: MIT
-#include "app/gui/placement_board.h"
+#include "gui/placement_board.h"
 
-#include "app/gui/app_session.h"
-#include "app/gui/plan_edit.h"
-#include "app/gui/theme.h"
-#include "core/cost_model.h"
-#include "core/error.h"
+#include "base/error.h"
+#include "base/files.h"
+#include "gui/plan_edit.h"
+#include "master/cost_model.h"
+#include "session/app_session.h"
+#include "session/theme.h"
 
 #include <QApplication>
 #include <QComboBox>
@@ -24,7 +25,6 @@
 #include <QMimeData>
 #include <QPainter>
 #include <QPainterPath>
-#include <QSaveFile>
 #include <QScrollArea>
 #include <QScrollBar>
 #include <QTabWidget>
@@ -1421,9 +1421,11 @@ QString PlacementBoard::savePlan(const QString& path) const
         return "there is no placement to save";
     if (p.dtype.empty())
         p.dtype = m_dtype.toStdString();
-    QSaveFile f(path); // a failed write leaves the old file as it was
-    if (!f.open(QIODevice::WriteOnly) || f.write(QByteArray::fromStdString(p.toJson())) < 0 || !f.commit())
-        return "cannot write " + path + ": " + f.errorString();
+    try {
+        atomicWrite(path.toStdString(), p.toJson()); // a failed write leaves the old file as it was
+    } catch (const std::exception& e) {
+        return e.what();
+    }
     return {};
 }
 

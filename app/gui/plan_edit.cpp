@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
-#include "app/gui/plan_edit.h"
+#include "gui/plan_edit.h"
 
-#include "core/error.h"
+#include "base/error.h"
 
 #include <algorithm>
 

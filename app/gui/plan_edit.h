@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
-#include "core/plan.h"
+#include "model/plan.h"
 
 #include <cstdint>
 #include <string>

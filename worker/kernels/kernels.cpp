@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: MIT
 // Dispatch, number formats and the thread pool of the decode kernels (the products are in kernels_<path>.cpp).
-#include "worker/kernels/kernels.h"
+#include "kernels/kernels.h"
 
-#include "core/error.h"
-#include "core/safetensors.h"
-#include "worker/kernels/paths.h"
+#include "base/error.h"
+#include "kernels/paths.h"
+#include "model/safetensors.h"
 
 #include <algorithm>
 #include <atomic>

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // The AVX2 + FMA + F16C path (compiled with those flags only; chosen at run time).
-#include "worker/kernels/paths.h"
+#include "kernels/paths.h"
 
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -131,7 +131,7 @@ void bf16(const uint16_t* w, const uint16_t* x, float* y, int64_t cols, int64_t 
 }
 
 #define TOGETHER_Q8_DOT(a, b) _mm256_madd_epi16(_mm256_maddubs_epi16((a), (b)), _mm256_set1_epi16(1))
-#include "worker/kernels/q8_256.inc"
+#include "kernels/q8_256.inc"
 #undef TOGETHER_Q8_DOT
 
 } // namespace

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // The AVX-512 F/BW/VL/DQ path (compiled with those flags only; chosen at run time). See kernels_avx512.inc.
-#include "worker/kernels/paths.h"
+#include "kernels/paths.h"
 
 #if defined(__AVX512BW__)
 #include <immintrin.h>
@@ -13,7 +13,7 @@ namespace together::kernels::detail {
 #if defined(__AVX512BW__)
 namespace {
 #define TOGETHER_AVX512_NATIVE 0
-#include "worker/kernels/kernels_avx512.inc"
+#include "kernels/kernels_avx512.inc"
 } // namespace
 
 const Table& avx512Table()

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // The AVX-512 BF16 + VNNI path (compiled with those flags; chosen at run time). See kernels_avx512.inc.
-#include "worker/kernels/paths.h"
+#include "kernels/paths.h"
 
 #if defined(__AVX512BF16__)
 #include <immintrin.h>
@@ -13,7 +13,7 @@ namespace together::kernels::detail {
 #if defined(__AVX512BF16__)
 namespace {
 #define TOGETHER_AVX512_NATIVE 1
-#include "worker/kernels/kernels_avx512.inc"
+#include "kernels/kernels_avx512.inc"
 } // namespace
 
 const Table& avx512Bf16Table()

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // The portable path: plain C++ (the compiler vectorises what the baseline ISA allows). Also the reference
 // the other paths' structure follows: rows are independent, each a sum over columns (or q8 blocks).
-#include "worker/kernels/paths.h"
+#include "kernels/paths.h"
 
 #include <cstring>
 

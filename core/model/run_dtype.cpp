@@ -1,0 +1,74 @@
+// SPDX-License-Identifier: MIT
+#include "model/run_dtype.h"
+
+#include "base/error.h"
+
+#include <fstream>
+
+namespace together {
+
+RunDtype parseRunDtype(const std::string& s)
+{
+    if (s == "f32" || s == "fp32" || s == "float32")
+        return RunDtype::F32;
+    if (s == "bf16" || s == "bfloat16")
+        return RunDtype::BF16;
+    if (s == "q8" || s == "q8_0")
+        return RunDtype::Q8;
+    throw Error("unknown dtype '" + s + "' (use bf16, q8 or f32)");
+}
+
+bool isRunDtype(const std::string& s)
+{
+    try {
+        parseRunDtype(s);
+        return true;
+    } catch (const Error&) {
+        return false;
+    }
+}
+
+const char* runDtypeName(RunDtype d)
+{
+    switch (d) {
+    case RunDtype::BF16:
+        return "bf16";
+    case RunDtype::Q8:
+        return "q8";
+    case RunDtype::F32:
+        break;
+    }
+    return "f32";
+}
+
+RunDtype runDtypeOf(DType d) { return d == DType::F32 ? RunDtype::F32 : RunDtype::BF16; }
+
+int64_t matrixBytes(RunDtype d, int64_t rows, int64_t cols)
+{
+    switch (d) {
+    case RunDtype::F32:
+        return rows * cols * 4;
+    case RunDtype::BF16:
+        return rows * cols * 2;
+    case RunDtype::Q8:
+        return rows * ((cols + kQ8BlockSize - 1) / kQ8BlockSize) * kQ8BlockBytes;
+    }
+    return 0;
+}
+
+double bytesPerWeight(RunDtype d)
+{
+    return d == RunDtype::F32 ? 4.0 : d == RunDtype::BF16 ? 2.0 : static_cast<double>(kQ8BlockBytes) / kQ8BlockSize;
+}
+
+std::string defaultDtypeName()
+{
+    std::ifstream in("/proc/cpuinfo");
+    std::string line;
+    while (std::getline(in, line))
+        if (line.rfind("flags", 0) == 0)
+            return line.find(" avx512_bf16") != std::string::npos ? "bf16" : "f32";
+    return "f32";
+}
+
+} // namespace together

@@ -1,0 +1,533 @@
+// SPDX-License-Identifier: MIT
+#include "engine/llama_model.h"
+
+#include "base/error.h"
+#include "model/run_dtype.h"
+#include "model/safetensors.h"
+#include "text/run_options.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <dlfcn.h>
+
+#include <atomic>
+#include <cmath>
+#include <map>
+
+namespace together {
+
+// The names are core's (core/run_dtype), so the master, plans and the engine accept the same ones.
+ComputeType parseComputeType(const std::string& s)
+{
+    switch (parseRunDtype(s)) {
+    case RunDtype::BF16:
+        return ComputeType::BF16;
+    case RunDtype::Q8:
+        return ComputeType::Q8;
+    case RunDtype::F32:
+        break;
+    }
+    return ComputeType::F32;
+}
+
+const char* computeTypeName(ComputeType t)
+{
+    return runDtypeName(t == ComputeType::BF16 ? RunDtype::BF16 : t == ComputeType::Q8 ? RunDtype::Q8 : RunDtype::F32);
+}
+
+ComputeType defaultComputeType() { return parseComputeType(defaultDtypeName()); }
+
+namespace {
+
+at::ScalarType scalarOf(DType d)
+{
+    switch (d) {
+    case DType::F32:
+        return at::kFloat;
+    case DType::F16:
+        return at::kHalf;
+    case DType::BF16:
+        return at::kBFloat16;
+    }
+    return at::kFloat;
+}
+
+// Copies a mapped tensor into owned memory of the wanted type (the map is released after loading).
+at::Tensor load(const TensorView& t, at::ScalarType to)
+{
+    at::Tensor view = at::from_blob(const_cast<std::byte*>(t.data), t.shape, at::TensorOptions().dtype(scalarOf(t.dtype)));
+    return view.to(to, /*non_blocking=*/false, /*copy=*/true).contiguous();
+}
+
+} // namespace
+
+KvCache::KvCache(int64_t layers, int64_t kvHeads, int64_t headDim, int64_t limit)
+    : m_k(static_cast<size_t>(layers))
+    , m_v(static_cast<size_t>(layers))
+    , m_kvHeads(kvHeads)
+    , m_headDim(headDim)
+    , m_limit(limit)
+{
+}
+
+void KvCache::truncate(int64_t n)
+{
+    if (n < 0 || n > m_length)
+        throw Error("KV cache: cannot keep " + std::to_string(n) + " of " + std::to_string(m_length) + " positions");
+    m_length = n;
+}
+
+void KvCache::reserve(int64_t needed)
+{
+    if (needed > m_limit)
+        throw Error("context full: " + std::to_string(needed) + " positions needed, the cache holds " + std::to_string(m_limit));
+    if (needed <= m_capacity)
+        return;
+    int64_t cap = std::max<int64_t>(m_capacity, 256);
+    while (cap < needed)
+        cap *= 2;
+    cap = std::min(cap, m_limit);
+    for (size_t l = 0; l < m_k.size(); ++l) {
+        at::Tensor k = at::zeros({m_kvHeads, cap, m_headDim}, at::kFloat);
+        at::Tensor v = at::zeros({m_kvHeads, cap, m_headDim}, at::kFloat);
+        if (m_length > 0) {
+            k.narrow(1, 0, m_length).copy_(m_k[l].narrow(1, 0, m_length));
+            v.narrow(1, 0, m_length).copy_(m_v[l].narrow(1, 0, m_length));
+        }
+        m_k[l] = k;
+        m_v[l] = v;
+    }
+    m_capacity = cap;
+}
+
+LlamaModel::LlamaModel(const ModelConfig& config, const SafeTensors& tensors, ComputeType compute)
+    : LlamaModel(config, SafeTensorsWeights(tensors), compute, ShardSpec::whole(config), nullptr)
+{
+}
+
+LlamaModel::LlamaModel(const ModelConfig& config, const WeightProvider& weights, ComputeType compute, const ShardSpec& spec,
+                       Communicator* comm)
+    : m_config(config)
+    , m_compute(compute)
+    , m_spec(spec)
+    , m_dims(shardDims(config, spec.tpRank, spec.tpSize))
+    , m_comm(comm)
+{
+    // Linear weights load as bf16/f32, or as f32 to be quantized (q8); the embedding table of a q8 run is bf16.
+    const at::ScalarType wt = compute == ComputeType::BF16 ? at::kBFloat16 : at::kFloat;
+    const at::ScalarType embedType = compute == ComputeType::F32 ? at::kFloat : at::kBFloat16;
+    std::map<std::string, TensorSlice> slices;
+    for (auto& s : shardTensors(config, spec))
+        slices.emplace(s.name, s);
+    auto get = [&](const std::string& name, at::ScalarType to) {
+        auto it = slices.find(name);
+        if (it == slices.end())
+            throw Error("internal: tensor " + name + " is not part of this shard");
+        std::vector<std::byte> scratch;
+        TensorView v = weights.get(it->second, scratch);
+        if (v.shape != it->second.shape())
+            throw Error("tensor " + name + " has shape " + shapeString(v.shape) + " but this shard needs " +
+                        shapeString(it->second.shape()));
+        at::Tensor t = load(v, to);
+        weights.release(it->second);
+        return t;
+    };
+    if (spec.holdsEmbedding() || (spec.holdsHead() && config.tieWordEmbeddings))
+        m_embed = get("model.embed_tokens.weight", embedType);
+    if (spec.holdsHead()) {
+        m_finalNorm = get("model.norm.weight", at::kFloat);
+        if (!config.tieWordEmbeddings)
+            m_lmHead = makeMatrix(get("lm_head.weight", wt));
+        else if (spec.holdsEmbedding()) // whole embedding here: the head is our vocabulary rows of it
+            m_lmHead = makeMatrix(m_embed.narrow(0, m_dims.vocabBegin, m_dims.vocab));
+        else
+            m_lmHead = makeMatrix(m_embed); // loaded as exactly our rows
+        if (m_embed.defined() && !spec.holdsEmbedding())
+            m_embed = at::Tensor(); // only the head needed it
+    }
+    for (int64_t l = spec.firstLayer; l <= spec.lastLayer; ++l) {
+        const std::string p = "model.layers." + std::to_string(l) + ".";
+        Layer L;
+        L.inputNorm = get(p + "input_layernorm.weight", at::kFloat);
+        L.postNorm = get(p + "post_attention_layernorm.weight", at::kFloat);
+        L.wqkv = makeMatrix(at::cat({get(p + "self_attn.q_proj.weight", wt), get(p + "self_attn.k_proj.weight", wt),
+                                     get(p + "self_attn.v_proj.weight", wt)},
+                                    0));
+        if (config.attentionBias)
+            L.bqkv = at::cat({get(p + "self_attn.q_proj.bias", at::kFloat), get(p + "self_attn.k_proj.bias", at::kFloat),
+                              get(p + "self_attn.v_proj.bias", at::kFloat)},
+                             0);
+        if (config.qkNorm) {
+            L.qNorm = get(p + "self_attn.q_norm.weight", at::kFloat);
+            L.kNorm = get(p + "self_attn.k_norm.weight", at::kFloat);
+        }
+        L.wo = makeMatrix(get(p + "self_attn.o_proj.weight", wt));
+        L.wGateUp = makeMatrix(at::cat({get(p + "mlp.gate_proj.weight", wt), get(p + "mlp.up_proj.weight", wt)}, 0));
+        L.wDown = makeMatrix(get(p + "mlp.down_proj.weight", wt));
+        m_layers.push_back(std::move(L));
+    }
+
+    // inv_freq[i] = theta^(-2i/d), computed as Hugging Face does (f32 exponent), then llama3 scaling.
+    const int64_t half = config.headDim / 2;
+    std::vector<float> inv(static_cast<size_t>(half));
+    for (int64_t i = 0; i < half; ++i) {
+        float expo = static_cast<float>(2 * i) / static_cast<float>(config.headDim);
+        double f = 1.0 / std::pow(config.ropeTheta, static_cast<double>(expo));
+        const RopeScaling& rs = config.ropeScaling;
+        if (rs.type == "llama3") {
+            const double lowWavelen = rs.originalMaxPositionEmbeddings / rs.lowFreqFactor;
+            const double highWavelen = rs.originalMaxPositionEmbeddings / rs.highFreqFactor;
+            const double wavelen = 2 * M_PI / f;
+            if (wavelen > lowWavelen) {
+                f = f / rs.factor;
+            } else if (wavelen >= highWavelen) {
+                double smooth = (rs.originalMaxPositionEmbeddings / wavelen - rs.lowFreqFactor) / (rs.highFreqFactor - rs.lowFreqFactor);
+                f = (1 - smooth) * f / rs.factor + smooth * f;
+            }
+        }
+        inv[static_cast<size_t>(i)] = static_cast<float>(f);
+    }
+    m_invFreq = at::tensor(inv, at::kFloat);
+}
+
+KvCache LlamaModel::newCache(int64_t limit) const
+{
+    int64_t cap = m_config.contextLimit();
+    if (limit > 0)
+        cap = std::min(cap, limit);
+    return KvCache(static_cast<int64_t>(m_layers.size()), m_dims.kvHeads, m_config.headDim, cap);
+}
+
+int64_t LlamaModel::Matrix::bytes() const
+{
+    if (q8)
+        return static_cast<int64_t>(q8->bytes());
+    return w.defined() ? static_cast<int64_t>(w.nbytes()) : 0;
+}
+
+LlamaModel::Matrix LlamaModel::makeMatrix(const at::Tensor& w) const
+{
+    Matrix m;
+    m.rows = w.size(0);
+    m.cols = w.size(1);
+    if (m_compute != ComputeType::Q8) {
+        // Copied into memory a decode step streams faster (kernels::allocateWeights: huge pages).
+        const size_t bytes = w.nbytes();
+        void* p = kernels::allocateWeights(bytes);
+        m.w = at::from_blob(
+            p, w.sizes(), [bytes](void* q) { kernels::freeWeights(q, bytes); }, w.options().requires_grad(false));
+        m.w.copy_(w);
+        return m;
+    }
+    at::Tensor f = w.to(at::kFloat).contiguous();
+    auto q = std::make_shared<kernels::Q8Matrix>(kernels::makeQ8(m.rows, m.cols));
+    const float* src = f.data_ptr<float>();
+    kernels::parallelRows(m.rows, 16, [&](int64_t r0, int64_t r1) { kernels::quantizeRowsQ8(src, r0, r1, *q); });
+    m.q8 = std::move(q);
+    return m;
+}
+
+int64_t LlamaModel::weightBytesPerToken() const
+{
+    int64_t total = 0;
+    auto bytes = [](const at::Tensor& t) { return t.defined() ? static_cast<int64_t>(t.nbytes()) : int64_t(0); };
+    for (auto& L : m_layers)
+        total += L.wqkv.bytes() + bytes(L.bqkv) + bytes(L.qNorm) + bytes(L.kNorm) + L.wo.bytes() + L.wGateUp.bytes() + L.wDown.bytes() +
+                 bytes(L.inputNorm) + bytes(L.postNorm);
+    if (m_spec.holdsHead())
+        total += m_lmHead.bytes() + m_finalNorm.nbytes();
+    if (m_embed.defined() && m_spec.holdsEmbedding())
+        total += m_embed.nbytes() / m_embed.size(0); // one embedding row per token
+    return total;
+}
+
+at::Tensor LlamaModel::rmsNorm(const at::Tensor& x, const at::Tensor& w) const
+{
+    at::Tensor var = x.pow(2).mean(-1, /*keepdim=*/true);
+    return x * at::rsqrt(var + m_config.rmsNormEps) * w;
+}
+
+namespace {
+
+// Up to this many rows a q8 product runs the kernel once per row (each pass reads the weights); longer inputs
+// (prefill) multiply dequantized weights with GEMM.
+constexpr int64_t kQ8KernelRows = 4;
+
+std::atomic<bool> g_atenDecode{false};
+
+} // namespace
+
+void LlamaModel::setAtenDecode(bool on) { g_atenDecode.store(on); }
+
+namespace {
+
+// The thread counts of the pools under ATen, looked up at run time (a build may link another BLAS or none):
+// OpenMP's (ATen's intra-op parallelism) and OpenBLAS's.
+struct PoolThreads {
+    using Get = int (*)();
+    using Set = void (*)(int);
+    Get ompGet = sym<Get>("omp_get_max_threads");
+    Set ompSet = sym<Set>("omp_set_num_threads");
+    Get blasGet = sym<Get>("openblas_get_num_threads");
+    Set blasSet = sym<Set>("openblas_set_num_threads");
+
+    template <class F>
+    static F sym(const char* name)
+    {
+        return reinterpret_cast<F>(::dlsym(RTLD_DEFAULT, name));
+    }
+};
+
+const PoolThreads& poolThreads()
+{
+    static const PoolThreads p;
+    return p;
+}
+
+// A one-row step runs its matrix products on the kernels' pool; ATen's other operators there are tiny, and its
+// OpenMP and OpenBLAS pools busy-waiting beside the kernels' threads take their cores (measured: two threads
+// decoded slower than one). For the step, both run on the calling thread alone. OpenMP's count is set on this
+// thread directly, not with at::set_num_threads, which also rebuilds ATen's pthreadpool (a thread started and
+// joined every token).
+class SerialAten {
+public:
+    explicit SerialAten(bool on)
+    {
+        const PoolThreads& p = poolThreads();
+        if (!on)
+            return;
+        if (p.ompGet && p.ompSet && (m_omp = p.ompGet()) > 1)
+            p.ompSet(1);
+        if (p.blasGet && p.blasSet && (m_blas = p.blasGet()) > 1)
+            p.blasSet(1);
+    }
+    ~SerialAten()
+    {
+        const PoolThreads& p = poolThreads();
+        if (m_omp > 1)
+            p.ompSet(m_omp);
+        if (m_blas > 1)
+            p.blasSet(m_blas);
+    }
+    SerialAten(const SerialAten&) = delete;
+    SerialAten& operator=(const SerialAten&) = delete;
+
+private:
+    int m_omp = 0, m_blas = 0;
+};
+
+} // namespace
+
+at::Tensor LlamaModel::linear(const at::Tensor& x, const Matrix& m, const at::Tensor& b) const
+{
+    const int64_t T = x.size(0);
+    if (x.size(1) != m.cols)
+        throw Error("internal: a [" + std::to_string(T) + ", " + std::to_string(x.size(1)) + "] input to a [" + std::to_string(m.rows) +
+                    ", " + std::to_string(m.cols) + "] weight");
+    at::Tensor y;
+    if (T == 1 && !m.q8 && g_atenDecode.load()) {
+        y = at::mv(m.w, x.to(m.w.scalar_type()).view({m.cols})).view({1, m.rows});
+    } else if (T == 1 || (m.q8 && T <= kQ8KernelRows)) {
+        // Decode: the weights × one vector at memory speed (worker/kernels), split by output rows over the pool.
+        y = at::empty({T, m.rows}, at::kFloat);
+        at::Tensor xf = x.to(at::kFloat).contiguous();
+        for (int64_t t = 0; t < T; ++t) {
+            float* out = y.data_ptr<float>() + t * m.rows;
+            const float* in = xf.data_ptr<float>() + t * m.cols;
+            if (m.q8) {
+                kernels::Q8Vector xq;
+                kernels::quantizeVectorQ8(in, m.cols, xq);
+                kernels::parallelRows(m.rows, 16, [&](int64_t r0, int64_t r1) { kernels::gemvQ8(*m.q8, xq, out, r0, r1); });
+            } else if (m.w.scalar_type() == at::kBFloat16) {
+                at::Tensor xb = xf[t].to(at::kBFloat16).contiguous();
+                const auto* w = reinterpret_cast<const uint16_t*>(m.w.data_ptr());
+                const auto* xv = reinterpret_cast<const uint16_t*>(xb.data_ptr());
+                kernels::parallelRows(m.rows, 16, [&](int64_t r0, int64_t r1) { kernels::gemvBf16(w, xv, out, m.cols, r0, r1); });
+            } else {
+                const float* w = m.w.data_ptr<float>();
+                kernels::parallelRows(m.rows, 16, [&](int64_t r0, int64_t r1) { kernels::gemvF32(w, in, out, m.cols, r0, r1); });
+            }
+        }
+    } else if (m.q8) {
+        // Prefill in q8: GEMM over tiles of dequantized rows (bf16 where the CPU multiplies bf16 natively), each
+        // tile written into one reused buffer that stays in cache, not a fresh full-size copy per product.
+        static const bool bf16 = defaultComputeType() == ComputeType::BF16;
+        const at::ScalarType wt = bf16 ? at::kBFloat16 : at::kFloat;
+        constexpr int64_t kTileRows = 256;
+        thread_local at::Tensor tile;
+        if (!tile.defined() || tile.scalar_type() != wt || tile.numel() < kTileRows * m.cols)
+            tile = at::empty({kTileRows * m.cols}, wt);
+        at::Tensor xw = x.to(wt).contiguous();
+        y = at::empty({T, m.rows}, at::kFloat);
+        for (int64_t r0 = 0; r0 < m.rows; r0 += kTileRows) {
+            const int64_t n = std::min(kTileRows, m.rows - r0);
+            at::Tensor wd = tile.narrow(0, 0, n * m.cols).view({n, m.cols});
+            // ATen's own pool here, as for the GEMM right after: the kernels' pool busy-waiting beside OpenMP's
+            // made two threads prefill 5x slower than one.
+            at::parallel_for(0, n, 16, [&](int64_t a, int64_t b) {
+                if (bf16)
+                    kernels::dequantizeRowsQ8Bf16(*m.q8, r0 + a, r0 + b, reinterpret_cast<uint16_t*>(wd.data_ptr()) + a * m.cols);
+                else
+                    kernels::dequantizeRowsQ8(*m.q8, r0 + a, r0 + b, wd.data_ptr<float>() + a * m.cols);
+            });
+            y.narrow(1, r0, n).copy_(at::linear(xw, wd));
+        }
+    } else {
+        y = at::linear(x.to(m.w.scalar_type()), m.w);
+    }
+    if (y.scalar_type() != at::kFloat) // a bf16 GEMM returns bf16 in libtorch 1.13
+        y = y.to(at::kFloat);
+    if (b.defined())
+        y = y + b;
+    return y;
+}
+
+at::Tensor LlamaModel::rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const
+{
+    // x: [T, heads, d]; rotate_half(x) = cat(-x2, x1) over the last dim
+    const int64_t half = x.size(-1) / 2;
+    at::Tensor x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
+    at::Tensor rot = at::cat({-x2, x1}, -1);
+    return x * cos + rot * sin;
+}
+
+at::Tensor LlamaModel::forward(const std::vector<int>& tokens, KvCache& cache) const
+{
+    if (!m_spec.firstStage || !m_spec.lastStage || m_spec.tpSize != 1)
+        throw Error("internal: forward(tokens) needs the whole model; use forwardShard");
+    std::vector<int64_t> ids(tokens.begin(), tokens.end());
+    return forwardShard(at::tensor(ids, at::kLong), cache);
+}
+
+at::Tensor LlamaModel::forwardShard(const at::Tensor& input, KvCache& cache) const
+{
+    const ModelConfig& c = m_config;
+    at::Tensor x;
+    int64_t T;
+    if (m_spec.firstStage) {
+        if (input.scalar_type() != at::kLong || input.dim() != 1)
+            throw Error("the first stage takes token ids");
+        T = input.size(0);
+        if (T == 0)
+            throw Error("forward called with no tokens");
+        const int64_t* ids = input.data_ptr<int64_t>();
+        for (int64_t i = 0; i < T; ++i)
+            if (ids[i] < 0 || ids[i] >= c.vocabSize)
+                throw Error("token id " + std::to_string(ids[i]) + " is outside the model's vocabulary (" + std::to_string(c.vocabSize) + ")");
+        x = m_embed.index_select(0, input).to(at::kFloat); // [T, hidden]
+    } else {
+        if (input.scalar_type() != at::kFloat || input.dim() != 2 || input.size(1) != c.hiddenSize || input.size(0) == 0)
+            throw Error("a later stage takes an f32 hidden state [T, " + std::to_string(c.hiddenSize) + "]");
+        T = input.size(0);
+        x = input.contiguous();
+    }
+    const SerialAten serial(T == 1 && !g_atenDecode.load());
+    const int64_t pos0 = cache.length();
+    cache.reserve(pos0 + T);
+    const int64_t L = pos0 + T;
+    const int64_t H = m_dims.qHeads, KV = m_dims.kvHeads, D = c.headDim, G = H / KV;
+
+    at::Tensor pos = at::arange(pos0, L, at::kFloat);
+    at::Tensor freqs = at::outer(pos, m_invFreq);          // [T, D/2]
+    at::Tensor emb = at::cat({freqs, freqs}, -1);          // [T, D]
+    at::Tensor cos = emb.cos().unsqueeze(1), sin = emb.sin().unsqueeze(1); // [T, 1, D]
+
+    at::Tensor mask;
+    if (T > 1) {
+        // query t sits at pos0 + t and sees keys 0..pos0 + t
+        mask = at::full({T, L}, -INFINITY, at::kFloat).triu(pos0 + 1);
+    }
+    const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+    // Row-parallel outputs are partial sums on each rank: sum them across the group.
+    if (m_spec.tpSize > 1 && !m_comm)
+        throw Error("internal: a tensor-parallel shard ran without its group");
+    auto reduce = [&](at::Tensor t) {
+        if (m_spec.tpSize > 1) {
+            t = t.contiguous();
+            m_comm->allReduceSum(t.data_ptr<float>(), static_cast<size_t>(t.numel()));
+        }
+        return t;
+    };
+
+    for (size_t l = 0; l < m_layers.size(); ++l) {
+        const Layer& W = m_layers[l];
+        at::Tensor h = rmsNorm(x, W.inputNorm);
+        at::Tensor qkv = linear(h, W.wqkv, W.bqkv);
+        at::Tensor q = qkv.narrow(1, 0, H * D).view({T, H, D});
+        at::Tensor k = qkv.narrow(1, H * D, KV * D).view({T, KV, D});
+        at::Tensor v = qkv.narrow(1, (H + KV) * D, KV * D).view({T, KV, D});
+        if (c.qkNorm) {
+            q = rmsNorm(q, W.qNorm);
+            k = rmsNorm(k, W.kNorm);
+        }
+        q = rotary(q, cos, sin);
+        k = rotary(k, cos, sin);
+        cache.m_k[l].narrow(1, pos0, T).copy_(k.transpose(0, 1));
+        cache.m_v[l].narrow(1, pos0, T).copy_(v.transpose(0, 1));
+        at::Tensor K = cache.m_k[l].narrow(1, 0, L); // [KV, L, D]
+        at::Tensor V = cache.m_v[l].narrow(1, 0, L);
+        // q heads h = j*G + r use kv head j (as HF's repeat_kv): group them to one batched matmul per kv head
+        at::Tensor Q = q.transpose(0, 1).reshape({KV, G * T, D});
+        at::Tensor scores = at::bmm(Q, K.transpose(1, 2)).mul_(scale); // [KV, G*T, L]
+        if (mask.defined())
+            scores = (scores.view({KV, G, T, L}) + mask).view({KV, G * T, L});
+        at::Tensor probs = at::softmax(scores, -1);
+        at::Tensor attn = at::bmm(probs, V).view({H, T, D}).transpose(0, 1).reshape({T, H * D});
+        x = x + reduce(linear(attn, W.wo));
+
+        at::Tensor h2 = rmsNorm(x, W.postNorm);
+        at::Tensor gu = linear(h2, W.wGateUp);
+        const int64_t I = m_dims.intermediate;
+        at::Tensor act = at::silu(gu.narrow(1, 0, I)) * gu.narrow(1, I, I);
+        x = x + reduce(linear(act, W.wDown));
+    }
+    cache.m_length = L;
+    if (!m_spec.lastStage)
+        return x;
+    // Each rank of the last stage computes the logits of its vocabulary rows; summing zero-padded parts
+    // assembles the full vector (one all-reduce of vocab floats), and rank 0 returns it.
+    at::Tensor last = rmsNorm(x.narrow(0, T - 1, 1), m_finalNorm);
+    at::Tensor part = linear(last, m_lmHead).view({m_dims.vocab});
+    at::Tensor logits = part;
+    if (m_spec.tpSize > 1) {
+        logits = at::zeros({c.vocabSize}, at::kFloat);
+        logits.narrow(0, m_dims.vocabBegin, m_dims.vocab).copy_(part);
+        logits = reduce(logits);
+    }
+    if (!m_spec.returnsLogits())
+        return at::Tensor();
+    return logits.contiguous();
+}
+
+LocalStepper::LocalStepper(const LlamaModel& model, const SamplingParams& sampling, int64_t contextLimit, size_t traceTopK)
+    : m_model(model)
+    , m_cache(model.newCache(contextLimit))
+    , m_sampler(sampling)
+    , m_topK(traceTopK)
+{
+}
+
+StepOutput LocalStepper::step(const std::vector<int>& tokens, int64_t startPos)
+{
+    if (startPos != m_cache.length())
+        m_cache.truncate(startPos); // reuse of a shared prefix; throws if startPos is ahead of the cache
+    at::Tensor logits = m_model.forward(tokens, m_cache);
+    const float* p = logits.data_ptr<float>();
+    const size_t n = static_cast<size_t>(logits.numel());
+    StepOutput out;
+    out.token = m_sampler.sample(p, n);
+    if (m_topK > 0)
+        out.top = Sampler::topLogits(p, n, m_topK);
+    return out;
+}
+
+void setComputeThreads(int threads)
+{
+    kernels::setThreads(threads);
+    at::set_num_threads(threads);
+    if (auto set = poolThreads().blasSet)
+        set(threads);
+}
+
+} // namespace together
