@@ -20,6 +20,14 @@
 
 namespace together {
 
+class SafeTensors;
+class TensorHashCache;
+struct ShardSpec;
+namespace v1 {
+class StartRequest;
+class StatusReply;
+}
+
 // Where one rank's launch stands.
 struct RankProgress {
     enum class Phase { Connecting, Transferring, Loading, Ready, FromCache };
@@ -132,15 +140,41 @@ private:
         int token = -1;
         int inputTokens = 0;
     };
+    // Each tensor of a rank's slice with the SHA-256 of its slice bytes, in the order the rank receives them.
+    using SliceHashes = std::vector<std::pair<std::string, std::string>>;
+
+    // A launch, in its order (cluster_launch.cpp): admit the plan, name its workers and ranks, Hello, check that it
+    // fits, start a shard per rank, load each rank's weights, connect the groups and the ring.
+    void admit(const Plan& plan, const std::string& modelDir, const std::string& dtype, int64_t contextLimit);
+    void nameWorkersAndRanks();
+    void helloWorkers();
+    void checkFits();
+    void startShards();
+    void loadRank(Rank& r, const std::string& modelDir, const SafeTensors& tensors, TensorHashCache& hashes);
+    void configureRank(Rank& r, const ShardSpec& spec);
+    void loadFromWorkerFolder(Rank& r, const ShardSpec& spec, const std::string& folder, const SliceHashes& hashes);
+    bool loadFromSliceCache(Rank& r, const ShardSpec& spec, const SliceHashes& hashes);
+    void streamSlice(Rank& r, const ShardSpec& spec, const SafeTensors& tensors, const SliceHashes& hashes);
+    void connectRank(Rank& r);
+    void setPhase(Rank& r, RankProgress::Phase phase, const std::string& source = {});
+
+    // A generation (cluster_ring.cpp): the prompt to every stage-0 rank.
+    void startRing(const v1::StartRequest& start);
+
+    // The watch (cluster_watch.cpp): every daemon's Health, every rank's Status.
     void heartbeatLoop();
+    void healthOnce(Worker& w);
     void statusLoop(size_t rank);
     void pollOnce(Rank& r);
+    void onStatus(Rank& r, const v1::StatusReply& reply, int64_t sentUs, int64_t receivedUs);
+    void onSilence(Rank& r, const std::string& rpcError);
     void checkMoving();
     void setFatal(const std::string& message, const std::string& worker);
     std::string fatal();
     [[noreturn]] void fail(const std::string& rpcError);
     void report(Rank& r);
-    void loadWeights(Rank& r, const std::string& modelDir, const class SafeTensors& tensors);
+
+    // The records (cluster_records.cpp).
     void addRecords(std::vector<Incoming> records);
 
     std::shared_ptr<const Credentials> m_credentials;
