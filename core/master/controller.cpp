@@ -340,64 +340,13 @@ void Controller::doGenerate(const GenerateRequest& request)
             break;
         } catch (const std::exception& ex) {
             m_held.clear();
-            const std::string why = ex.what();
-            const std::string dead = c->failedWorker();
-            bool cancelled;
-            {
-                std::lock_guard lock(m_mutex);
-                cancelled = m_stop;
-            }
-            if (!m_launch.failover || cancelled || dead.empty()) {
-                c->stop();
-                failWith(why);
+            std::string failure;
+            c = failOver(*c, ex.what(), failure);
+            if (!c) {
+                failWith(failure);
                 return;
             }
-            // Failover: the same model over the workers still alive, then the conversation and the answer so
-            // far are fed again and the answer goes on.
-            std::vector<std::string> alive;
-            for (auto& st : m_launch.plan.stages)
-                for (auto& r : st.ranks)
-                    if (r.worker != dead && std::find(alive.begin(), alive.end(), r.worker) == alive.end())
-                        alive.push_back(r.worker);
-            for (auto& w : m_launch.spareWorkers)
-                if (w != dead && std::find(alive.begin(), alive.end(), w) == alive.end())
-                    alive.push_back(w);
-            c->stop();
-            if (alive.empty()) {
-                failWith(why + "; no other worker is left to fail over to");
-                return;
-            }
-            const ModelConfig& config = c->config();
-            LaunchRequest next = m_launch;
-            const int pp = static_cast<int>(std::min<size_t>(alive.size(), static_cast<size_t>(config.numLayers)));
-            next.plan = Plan::even(config, 1, pp, alive, m_launch.plan.stages[0].ranks[0].threads);
-            next.plan.dtype = m_launch.plan.dtype;
-            {
-                ControllerEvent e;
-                e.kind = ControllerEvent::Kind::Notice;
-                e.text = why + " -- failing over: placing the model on the " + std::to_string(pp) + " worker(s) still alive and continuing the answer";
-                emit(e);
-            }
-            std::shared_ptr<Cluster> fresh = newCluster();
-            {
-                std::lock_guard lock(m_mutex);
-                m_cluster = fresh;
-            }
-            try {
-                fresh->launch(next.plan, next.modelDir, next.dtype, next.contextLength, next.force);
-            } catch (const std::exception& lex) {
-                fresh->stop();
-                failWith(why + "; failover failed: " + lex.what());
-                return;
-            }
-            m_launch = next;
-            c = fresh;
-            {
-                ControllerEvent e;
-                e.kind = ControllerEvent::Kind::Notice;
-                e.text = "failover: relaunched on " + std::to_string(pp) + " worker(s); continuing the answer";
-                emit(e);
-            }
+            // The conversation and the answer so far are fed again, and the answer goes on.
             ids = request.ids;
             ids.insert(ids.end(), tracker.tokens().begin(), tracker.tokens().end());
             newSequence = false;
@@ -416,6 +365,64 @@ void Controller::doGenerate(const GenerateRequest& request)
     e.kind = ControllerEvent::Kind::Ended;
     e.result = result;
     emit(e);
+}
+
+std::shared_ptr<Cluster> Controller::failOver(Cluster& failed, const std::string& why, std::string& failure)
+{
+    const std::string dead = failed.failedWorker();
+    bool cancelled;
+    {
+        std::lock_guard lock(m_mutex);
+        cancelled = m_stop;
+    }
+    if (!m_launch.failover || cancelled || dead.empty()) {
+        failed.stop();
+        failure = why;
+        return nullptr;
+    }
+    // The same model over the workers still alive.
+    std::vector<std::string> alive;
+    for (auto& st : m_launch.plan.stages)
+        for (auto& r : st.ranks)
+            if (r.worker != dead && std::find(alive.begin(), alive.end(), r.worker) == alive.end())
+                alive.push_back(r.worker);
+    for (auto& w : m_launch.spareWorkers)
+        if (w != dead && std::find(alive.begin(), alive.end(), w) == alive.end())
+            alive.push_back(w);
+    failed.stop();
+    if (alive.empty()) {
+        failure = why + "; no other worker is left to fail over to";
+        return nullptr;
+    }
+    const ModelConfig& config = failed.config();
+    LaunchRequest next = m_launch;
+    const int pp = static_cast<int>(std::min<size_t>(alive.size(), static_cast<size_t>(config.numLayers)));
+    next.plan = Plan::even(config, 1, pp, alive, m_launch.plan.stages[0].ranks[0].threads);
+    next.plan.dtype = m_launch.plan.dtype;
+    {
+        ControllerEvent e;
+        e.kind = ControllerEvent::Kind::Notice;
+        e.text = why + " -- failing over: placing the model on the " + std::to_string(pp) + " worker(s) still alive and continuing the answer";
+        emit(e);
+    }
+    std::shared_ptr<Cluster> fresh = newCluster();
+    {
+        std::lock_guard lock(m_mutex);
+        m_cluster = fresh;
+    }
+    try {
+        fresh->launch(next.plan, next.modelDir, next.dtype, next.contextLength, next.force);
+    } catch (const std::exception& lex) {
+        fresh->stop();
+        failure = why + "; failover failed: " + lex.what();
+        return nullptr;
+    }
+    m_launch = next;
+    ControllerEvent e;
+    e.kind = ControllerEvent::Kind::Notice;
+    e.text = "failover: relaunched on " + std::to_string(pp) + " worker(s); continuing the answer";
+    emit(e);
+    return fresh;
 }
 
 void Controller::syncRecords()

@@ -98,6 +98,9 @@ private:
     void emit(ControllerEvent e);
     void doLaunch(const LaunchRequest& request);
     void doGenerate(const GenerateRequest& request);
+    // After `failed` failed with `why`: the model placed again over the workers still alive (when failover is on,
+    // the user did not stop it and a worker was to blame), or null with why not in `failure`.
+    std::shared_ptr<Cluster> failOver(Cluster& failed, const std::string& why, std::string& failure);
     std::unique_ptr<Cluster> newCluster();
 
     std::shared_ptr<const Credentials> m_credentials;

@@ -343,118 +343,106 @@ std::optional<std::vector<int64_t>> fillLayers(const ModelConfig& c, RunDtype dt
 
 } // namespace
 
-AutoPlacement autoPlace(const ModelConfig& config, const std::string& dtype, int64_t contextLimit, const std::vector<MachineProfile>& machines,
-                        const LinkTable& links)
+namespace {
+
+using Group = std::vector<const MachineProfile*>; // the ranks of one stage
+
+// The groupings of a set of machines (in speed order) worth trying: one rank per stage; one tensor-parallel group;
+// pairs.
+std::vector<std::vector<Group>> groupingsOf(const Group& set)
 {
-    if (machines.empty())
-        throw Error("no workers to place the model on");
-    if (machines.size() > 12)
-        throw Error("auto placement considers at most 12 workers");
+    std::vector<std::vector<Group>> groupings;
+    std::vector<Group> pp;
+    for (auto* m : set)
+        pp.push_back({m});
+    groupings.push_back(pp);
+    if (set.size() > 1)
+        groupings.push_back({set});
+    if (set.size() > 2 && set.size() % 2 == 0) {
+        std::vector<Group> pairs;
+        for (size_t i = 0; i < set.size(); i += 2)
+            pairs.push_back({set[i], set[i + 1]});
+        groupings.push_back(pairs);
+    }
+    return groupings;
+}
+
+// The plan of `groups` (stages in order) with layers filled fastest-first, if the model can split that way and it
+// fits, with its prediction.
+std::optional<Candidate> candidateFor(const ModelConfig& config, const std::string& dtype, int64_t contextLimit, const std::vector<Group>& groups,
+                                      const std::vector<MachineProfile>& machines, const LinkTable& links)
+{
     const RunDtype dt = dtypeOf(dtype);
-    // Fastest first (all-thread matvec rate at this dtype).
-    std::vector<const MachineProfile*> byspeed;
-    for (auto& m : machines)
-        byspeed.push_back(&m);
-    std::stable_sort(byspeed.begin(), byspeed.end(), [&](auto* a, auto* b) {
-        return matvecRate(*a, dtype, static_cast<int>(a->threads)) > matvecRate(*b, dtype, static_cast<int>(b->threads));
-    });
-    std::vector<Candidate> candidates;
-    const size_t n = byspeed.size();
-    for (uint32_t mask = 1; mask < (1u << n); ++mask) {
-        std::vector<const MachineProfile*> set;
-        for (size_t i = 0; i < n; ++i)
-            if (mask & (1u << i))
-                set.push_back(byspeed[i]);
-        // Groupings of the set, in speed order: one rank per stage; one tensor-parallel group; pairs.
-        std::vector<std::vector<std::vector<const MachineProfile*>>> groupings;
-        std::vector<std::vector<const MachineProfile*>> pp;
-        for (auto* m : set)
-            pp.push_back({m});
-        groupings.push_back(pp);
-        if (set.size() > 1)
-            groupings.push_back({set});
-        if (set.size() > 2 && set.size() % 2 == 0) {
-            std::vector<std::vector<const MachineProfile*>> pairs;
-            for (size_t i = 0; i < set.size(); i += 2)
-                pairs.push_back({set[i], set[i + 1]});
-            groupings.push_back(pairs);
-        }
-        for (auto& groups : groupings) {
-            bool tpOk = true;
-            for (auto& g : groups)
-                if (g.size() > 1) {
-                    try {
-                        checkTensorParallel(config, static_cast<int>(g.size()));
-                    } catch (const Error&) {
-                        tpOk = false;
-                    }
-                }
-            if (!tpOk || groups.size() > static_cast<size_t>(config.numLayers))
-                continue;
-            auto layers = fillLayers(config, dt, contextLimit, groups);
-            if (!layers)
-                continue;
-            Candidate cand;
-            int64_t first = 0;
-            int maxTp = 1;
-            for (size_t s = 0; s < groups.size(); ++s) {
-                PlanStage st;
-                st.firstLayer = first;
-                st.lastLayer = first + (*layers)[s] - 1;
-                first = st.lastLayer + 1;
-                // Ranks of one group on one host run at once: they split its threads (no oversubscription).
-                std::map<std::string, uint32_t> onHost;
-                for (auto* m : groups[s])
-                    ++onHost[m->host];
-                for (auto* m : groups[s])
-                    st.ranks.push_back({m->worker, static_cast<int>(std::max<uint32_t>(1, m->threads / onHost[m->host])), ""});
-                maxTp = std::max(maxTp, static_cast<int>(groups[s].size()));
-                cand.plan.stages.push_back(st);
+    for (auto& g : groups)
+        if (g.size() > 1) {
+            try {
+                checkTensorParallel(config, static_cast<int>(g.size()));
+            } catch (const Error&) {
+                return std::nullopt;
             }
-            cand.plan.dtype = dtype;
-            if (!checkMemory(config, cand.plan, dt, contextLimit, machines).empty())
-                continue;
-            cand.prediction = predict(config, cand.plan, dtype, machines, links, std::min<int64_t>(contextLimit, 256));
-            cand.shape = maxTp > 1 && groups.size() > 1 ? "TP" + std::to_string(maxTp) + " x PP" + std::to_string(groups.size())
-                         : maxTp > 1                   ? "TP" + std::to_string(maxTp)
-                                                       : "PP" + std::to_string(groups.size());
-            candidates.push_back(std::move(cand));
         }
+    if (groups.size() > static_cast<size_t>(config.numLayers))
+        return std::nullopt;
+    auto layers = fillLayers(config, dt, contextLimit, groups);
+    if (!layers)
+        return std::nullopt;
+    Candidate cand;
+    int64_t first = 0;
+    int maxTp = 1;
+    for (size_t s = 0; s < groups.size(); ++s) {
+        PlanStage st;
+        st.firstLayer = first;
+        st.lastLayer = first + (*layers)[s] - 1;
+        first = st.lastLayer + 1;
+        // Ranks of one group on one host run at once: they split its threads (no oversubscription).
+        std::map<std::string, uint32_t> onHost;
+        for (auto* m : groups[s])
+            ++onHost[m->host];
+        for (auto* m : groups[s])
+            st.ranks.push_back({m->worker, static_cast<int>(std::max<uint32_t>(1, m->threads / onHost[m->host])), ""});
+        maxTp = std::max(maxTp, static_cast<int>(groups[s].size()));
+        cand.plan.stages.push_back(st);
     }
-    if (candidates.empty()) {
-        // The numbers: what the model needs against what the machines have in all.
-        double need = 0, have = 0;
-        need = static_cast<double>(estimateShardMemory(config, ShardSpec::whole(config), dt, contextLimit).total());
-        std::set<std::string> hosts;
-        for (auto& m : machines)
-            if (hosts.insert(m.host).second)
-                have += static_cast<double>(m.usableMemoryBytes());
-        throw Error("no placement fits: the model needs about " + gib(need) + " at " + dtype + " with a context of " + std::to_string(contextLimit) +
-                    " (plus " + gib(static_cast<double>(kShardRuntimeBytes)) + " per extra machine), and the " + std::to_string(hosts.size()) +
-                    " machine(s) have " + gib(have) + " free or donated in all");
-    }
-    // Lowest ms/token; on a tie (within 2%) fewer machines.
-    auto rankCount = [](const Plan& p) { return p.rankCount(); };
-    std::stable_sort(candidates.begin(), candidates.end(), [&](const Candidate& a, const Candidate& b) {
-        const double x = a.prediction.msPerToken, y = b.prediction.msPerToken;
-        if (std::abs(x - y) > 0.02 * std::min(x, y))
-            return x < y;
-        return rankCount(a.plan) < rankCount(b.plan);
-    });
-    AutoPlacement out;
-    out.plan = candidates[0].plan;
-    out.prediction = candidates[0].prediction;
-    const Prediction& p = out.prediction;
+    cand.plan.dtype = dtype;
+    if (!checkMemory(config, cand.plan, dt, contextLimit, machines).empty())
+        return std::nullopt;
+    cand.prediction = predict(config, cand.plan, dtype, machines, links, std::min<int64_t>(contextLimit, 256));
+    cand.shape = maxTp > 1 && groups.size() > 1 ? "TP" + std::to_string(maxTp) + " x PP" + std::to_string(groups.size())
+                 : maxTp > 1                   ? "TP" + std::to_string(maxTp)
+                                               : "PP" + std::to_string(groups.size());
+    return cand;
+}
+
+// The numbers when nothing fits: what the model needs against what the machines have in all.
+Error noPlacementFits(const ModelConfig& config, const std::string& dtype, int64_t contextLimit, const std::vector<MachineProfile>& machines)
+{
+    double need = 0, have = 0;
+    need = static_cast<double>(estimateShardMemory(config, ShardSpec::whole(config), dtypeOf(dtype), contextLimit).total());
+    std::set<std::string> hosts;
+    for (auto& m : machines)
+        if (hosts.insert(m.host).second)
+            have += static_cast<double>(m.usableMemoryBytes());
+    return Error("no placement fits: the model needs about " + gib(need) + " at " + dtype + " with a context of " + std::to_string(contextLimit) +
+                 " (plus " + gib(static_cast<double>(kShardRuntimeBytes)) + " per extra machine), and the " + std::to_string(hosts.size()) +
+                 " machine(s) have " + gib(have) + " free or donated in all");
+}
+
+// Why the best candidate (candidates sorted, the best first): its stages and prediction, and the best of the other
+// kind (with or without tensor parallelism).
+std::string explain(const std::vector<Candidate>& candidates, size_t machines)
+{
+    const Plan& plan = candidates[0].plan;
+    const Prediction& p = candidates[0].prediction;
     std::string e = candidates[0].shape + ": ";
-    for (size_t s = 0; s < out.plan.stages.size(); ++s) {
-        const auto& st = out.plan.stages[s];
+    for (size_t s = 0; s < plan.stages.size(); ++s) {
+        const auto& st = plan.stages[s];
         e += (s ? "; " : "") + std::string("layers ") + std::to_string(st.firstLayer) + "-" + std::to_string(st.lastLayer) + " on ";
         for (size_t r = 0; r < st.ranks.size(); ++r)
             e += (r ? " + " : "") + st.ranks[r].worker;
     }
     e += ". Predicted " + fixed(p.msPerToken) + " ms/token (" + fixed(p.tokensPerSecond) + " tokens/s): compute " + fixed(p.computeMs()) +
          ", all-reduce " + fixed(p.allReduceMs()) + ", links " + fixed(p.linkMs()) + " ms.";
-    if (out.plan.stages.size() > 1)
+    if (plan.stages.size() > 1)
         e += " Layers go to the fastest machines first, each taking what its memory holds: the stages of one token run one after "
              "another, so a layer on a slower machine only adds time.";
     // Why tensor parallelism is on or off: the best candidate of the other kind.
@@ -471,9 +459,53 @@ AutoPlacement autoPlace(const ModelConfig& config, const std::string& dtype, int
                  " ms/token, its all-reduces alone " + fixed(q.allReduceMs()) + " ms.";
         break;
     }
-    if (out.plan.rankCount() < machines.size())
-        e += " " + std::to_string(machines.size() - out.plan.rankCount()) + " worker(s) left out: adding them predicts no gain.";
-    out.explanation = e;
+    if (plan.rankCount() < machines)
+        e += " " + std::to_string(machines - plan.rankCount()) + " worker(s) left out: adding them predicts no gain.";
+    return e;
+}
+
+} // namespace
+
+AutoPlacement autoPlace(const ModelConfig& config, const std::string& dtype, int64_t contextLimit, const std::vector<MachineProfile>& machines,
+                        const LinkTable& links)
+{
+    if (machines.empty())
+        throw Error("no workers to place the model on");
+    if (machines.size() > 12)
+        throw Error("auto placement considers at most 12 workers");
+    dtypeOf(dtype); // a bad dtype is refused before anything is tried
+    // Fastest first (all-thread matvec rate at this dtype).
+    Group byspeed;
+    for (auto& m : machines)
+        byspeed.push_back(&m);
+    std::stable_sort(byspeed.begin(), byspeed.end(), [&](auto* a, auto* b) {
+        return matvecRate(*a, dtype, static_cast<int>(a->threads)) > matvecRate(*b, dtype, static_cast<int>(b->threads));
+    });
+    // Every subset of the machines, in every grouping worth trying.
+    std::vector<Candidate> candidates;
+    const size_t n = byspeed.size();
+    for (uint32_t mask = 1; mask < (1u << n); ++mask) {
+        Group set;
+        for (size_t i = 0; i < n; ++i)
+            if (mask & (1u << i))
+                set.push_back(byspeed[i]);
+        for (auto& groups : groupingsOf(set))
+            if (auto cand = candidateFor(config, dtype, contextLimit, groups, machines, links))
+                candidates.push_back(std::move(*cand));
+    }
+    if (candidates.empty())
+        throw noPlacementFits(config, dtype, contextLimit, machines);
+    // Lowest ms/token; on a tie (within 2%) fewer machines.
+    std::stable_sort(candidates.begin(), candidates.end(), [&](const Candidate& a, const Candidate& b) {
+        const double x = a.prediction.msPerToken, y = b.prediction.msPerToken;
+        if (std::abs(x - y) > 0.02 * std::min(x, y))
+            return x < y;
+        return a.plan.rankCount() < b.plan.rankCount();
+    });
+    AutoPlacement out;
+    out.plan = candidates[0].plan;
+    out.prediction = candidates[0].prediction;
+    out.explanation = explain(candidates, machines.size());
     return out;
 }
 

@@ -217,19 +217,19 @@ int64_t ClockOffset::offsetUs() const { return m_known ? m_offsetUs : 0; }
 // The midpoint is rounded down, so the error can reach rtt/2 rounded up.
 int64_t ClockOffset::uncertaintyUs() const { return m_known ? (m_bestRttUs + 1) / 2 : 0; }
 
-std::string chromeTraceJson(const std::vector<StepRecord>& records, const std::map<std::string, ClockOffset>& offsets)
-{
-    constexpr int kComputeTid = 1;
-    constexpr int kSendTid = 2;
-    auto offsetOf = [&](const std::string& worker) -> int64_t {
-        auto it = offsets.find(worker);
-        return it != offsets.end() && it->second.known() ? it->second.offsetUs() : 0;
-    };
-    auto usOf = [](double ms) { return std::max(0.0, finite(ms)) * 1000.0; };
+namespace {
 
-    // One process per (stage, rank, worker), numbered in stage and rank order; a rank relaunched on another
-    // worker gets a row of its own, since its times come from another clock.
-    using RankKey = std::tuple<int, int, std::string>;
+constexpr int kComputeTid = 1;
+constexpr int kSendTid = 2;
+
+double usOf(double ms) { return std::max(0.0, finite(ms)) * 1000.0; }
+
+// One process per (stage, rank, worker), numbered in stage and rank order; a rank relaunched on another worker gets
+// a row of its own, since its times come from another clock.
+using RankKey = std::tuple<int, int, std::string>;
+
+std::map<RankKey, int> rankProcesses(const std::vector<StepRecord>& records)
+{
     std::map<RankKey, int> pids;
     for (const StepRecord& step : records)
         for (const RankStepRecord& r : step.ranks)
@@ -237,95 +237,105 @@ std::string chromeTraceJson(const std::vector<StepRecord>& records, const std::m
     int nextPid = 1;
     for (auto& [key, pid] : pids)
         pid = nextPid++;
+    return pids;
+}
 
-    // Events with absolute master-clock times first; made relative to the earliest once all are known.
+// The token belongs to the rank that sampled it, else to the last stage's rank 0.
+const RankStepRecord* samplerOf(const StepRecord& step)
+{
+    const RankStepRecord* sampler = nullptr;
+    for (const RankStepRecord& r : step.ranks) {
+        if (r.samplingMs > 0)
+            return &r;
+        if (r.rank == 0 && (!sampler || r.stage > sampler->stage))
+            sampler = &r;
+    }
+    return sampler;
+}
+
+// Events with absolute master-clock times first; made relative to the earliest once all are known.
+class TraceEvents {
+public:
+    void push(json j, double tsUs)
+    {
+        m_earliest = std::min(m_earliest, tsUs);
+        m_events.push_back({std::move(j), tsUs});
+    }
+    void appendTo(json& trace)
+    {
+        for (Event& e : m_events) {
+            e.j["ts"] = static_cast<int64_t>(std::llround(e.tsUs - m_earliest));
+            trace.push_back(std::move(e.j));
+        }
+    }
+
+    // One rank's events of one step, on the master's clock (`shift`: the worker's offset): its compute span with
+    // the all-reduces nested in it, sampling, its send on its link, and the token when it sampled it.
+    void addRank(const StepRecord& step, const RankStepRecord& r, int pid, double shift, bool sampled)
+    {
+        const json stepArgs = {{"generation", step.generation}, {"step", step.step}};
+        // The compute span covers the layers and the all-reduces between them; widened if a reported all-reduce
+        // falls outside it, so that every all-reduce nests.
+        double begin = static_cast<double>(r.startUs);
+        double end = begin + usOf(r.computeMs) + usOf(r.allReduceMs);
+        for (const auto& [s, e] : r.allReduceSpans) {
+            begin = std::min(begin, static_cast<double>(s));
+            end = std::max(end, static_cast<double>(std::max(s, e)));
+        }
+        json args = stepArgs;
+        args["inputTokens"] = step.inputTokens;
+        args["computeMs"] = finite(r.computeMs);
+        args["allReduceMs"] = finite(r.allReduceMs);
+        args["allReduces"] = r.allReduces;
+        push({{"name", "compute"}, {"cat", "compute"}, {"ph", "X"}, {"pid", pid}, {"tid", kComputeTid}, {"dur", end - begin}, {"args", args}},
+             begin - shift);
+        for (size_t i = 0; i < r.allReduceSpans.size(); ++i) {
+            const auto& [s, e] = r.allReduceSpans[i];
+            json a = stepArgs;
+            a["index"] = i;
+            if (r.allReduces > 0)
+                a["bytes"] = r.allReduceBytes / static_cast<uint64_t>(r.allReduces);
+            push({{"name", "all-reduce"}, {"cat", "all-reduce"}, {"ph", "X"}, {"pid", pid},
+                  {"tid", kComputeTid}, {"dur", static_cast<double>(std::max<int64_t>(0, e - s))}, {"args", a}},
+                 static_cast<double>(s) - shift);
+        }
+        double sampledAt = end;
+        if (r.samplingMs > 0) {
+            push({{"name", "sampling"}, {"cat", "sampling"}, {"ph", "X"}, {"pid", pid}, {"tid", kComputeTid},
+                  {"dur", usOf(r.samplingMs)}, {"args", stepArgs}},
+                 end - shift);
+            sampledAt = end + usOf(r.samplingMs);
+        }
+        if (!r.linkName.empty() && r.linkMs >= 0) {
+            json a = stepArgs;
+            a["bytes"] = r.linkBytes;
+            push({{"name", r.linkName}, {"cat", "link"}, {"ph", "X"}, {"pid", pid}, {"tid", kSendTid}, {"dur", usOf(r.linkMs)}, {"args", a}},
+                 static_cast<double>(r.linkStartUs) - shift);
+        }
+        if (sampled && step.token >= 0) {
+            json a = stepArgs;
+            a["token"] = step.token;
+            a["endToEndMs"] = finite(step.endToEndMs);
+            push({{"name", "token " + std::to_string(step.token)}, {"cat", "token"}, {"ph", "i"}, {"s", "p"},
+                  {"pid", pid}, {"tid", kComputeTid}, {"args", a}},
+                 sampledAt - shift);
+            push({{"name", "tokens per second"}, {"ph", "C"}, {"pid", pid}, {"args", {{"tokens/s", finite(step.tokensPerSecond)}}}},
+                 sampledAt - shift);
+        }
+    }
+
+private:
     struct Event {
         json j;
         double tsUs = 0; // master clock
     };
-    std::vector<Event> events;
-    double earliest = std::numeric_limits<double>::infinity();
-    auto push = [&](json j, double tsUs) {
-        earliest = std::min(earliest, tsUs);
-        events.push_back({std::move(j), tsUs});
-    };
+    std::vector<Event> m_events;
+    double m_earliest = std::numeric_limits<double>::infinity();
+};
 
-    for (const StepRecord& step : records) {
-        const json stepArgs = {{"generation", step.generation}, {"step", step.step}};
-        // The token belongs to the rank that sampled it, else to the last stage's rank 0.
-        const RankStepRecord* sampler = nullptr;
-        for (const RankStepRecord& r : step.ranks) {
-            if (r.samplingMs > 0) {
-                sampler = &r;
-                break;
-            }
-            if (r.rank == 0 && (!sampler || r.stage > sampler->stage))
-                sampler = &r;
-        }
-
-        for (const RankStepRecord& r : step.ranks) {
-            const int pid = pids.at(RankKey{r.stage, r.rank, r.worker});
-            const double shift = static_cast<double>(offsetOf(r.worker));
-
-            // The compute span covers the layers and the all-reduces between them; widened if a reported
-            // all-reduce falls outside it, so that every all-reduce nests.
-            double begin = static_cast<double>(r.startUs);
-            double end = begin + usOf(r.computeMs) + usOf(r.allReduceMs);
-            for (const auto& [s, e] : r.allReduceSpans) {
-                begin = std::min(begin, static_cast<double>(s));
-                end = std::max(end, static_cast<double>(std::max(s, e)));
-            }
-            json args = stepArgs;
-            args["inputTokens"] = step.inputTokens;
-            args["computeMs"] = finite(r.computeMs);
-            args["allReduceMs"] = finite(r.allReduceMs);
-            args["allReduces"] = r.allReduces;
-            push({{"name", "compute"}, {"cat", "compute"}, {"ph", "X"}, {"pid", pid}, {"tid", kComputeTid},
-                  {"dur", end - begin}, {"args", args}},
-                 begin - shift);
-
-            for (size_t i = 0; i < r.allReduceSpans.size(); ++i) {
-                const auto& [s, e] = r.allReduceSpans[i];
-                json a = stepArgs;
-                a["index"] = i;
-                if (r.allReduces > 0)
-                    a["bytes"] = r.allReduceBytes / static_cast<uint64_t>(r.allReduces);
-                push({{"name", "all-reduce"}, {"cat", "all-reduce"}, {"ph", "X"}, {"pid", pid},
-                      {"tid", kComputeTid}, {"dur", static_cast<double>(std::max<int64_t>(0, e - s))}, {"args", a}},
-                     static_cast<double>(s) - shift);
-            }
-
-            double sampledAt = end;
-            if (r.samplingMs > 0) {
-                push({{"name", "sampling"}, {"cat", "sampling"}, {"ph", "X"}, {"pid", pid}, {"tid", kComputeTid},
-                      {"dur", usOf(r.samplingMs)}, {"args", stepArgs}},
-                     end - shift);
-                sampledAt = end + usOf(r.samplingMs);
-            }
-
-            if (!r.linkName.empty() && r.linkMs >= 0) {
-                json a = stepArgs;
-                a["bytes"] = r.linkBytes;
-                push({{"name", r.linkName}, {"cat", "link"}, {"ph", "X"}, {"pid", pid}, {"tid", kSendTid},
-                      {"dur", usOf(r.linkMs)}, {"args", a}},
-                     static_cast<double>(r.linkStartUs) - shift);
-            }
-
-            if (&r == sampler && step.token >= 0) {
-                json a = stepArgs;
-                a["token"] = step.token;
-                a["endToEndMs"] = finite(step.endToEndMs);
-                push({{"name", "token " + std::to_string(step.token)}, {"cat", "token"}, {"ph", "i"}, {"s", "p"},
-                      {"pid", pid}, {"tid", kComputeTid}, {"args", a}},
-                     sampledAt - shift);
-                push({{"name", "tokens per second"}, {"ph", "C"}, {"pid", pid},
-                      {"args", {{"tokens/s", finite(step.tokensPerSecond)}}}},
-                     sampledAt - shift);
-            }
-        }
-    }
-
-    json trace = json::array();
+// A process, and its compute and send rows, per rank.
+void appendProcesses(json& trace, const std::map<RankKey, int>& pids)
+{
     for (const auto& [key, pid] : pids) {
         const auto& [stage, rank, worker] = key;
         std::string name = "stage " + std::to_string(stage) + " rank " + std::to_string(rank);
@@ -333,16 +343,14 @@ std::string chromeTraceJson(const std::vector<StepRecord>& records, const std::m
             name += " (" + worker + ")";
         trace.push_back({{"name", "process_name"}, {"ph", "M"}, {"pid", pid}, {"args", {{"name", name}}}});
         trace.push_back({{"name", "process_sort_index"}, {"ph", "M"}, {"pid", pid}, {"args", {{"sort_index", pid}}}});
-        trace.push_back({{"name", "thread_name"}, {"ph", "M"}, {"pid", pid}, {"tid", kComputeTid},
-                         {"args", {{"name", "compute"}}}});
-        trace.push_back({{"name", "thread_name"}, {"ph", "M"}, {"pid", pid}, {"tid", kSendTid},
-                         {"args", {{"name", "send"}}}});
+        trace.push_back({{"name", "thread_name"}, {"ph", "M"}, {"pid", pid}, {"tid", kComputeTid}, {"args", {{"name", "compute"}}}});
+        trace.push_back({{"name", "thread_name"}, {"ph", "M"}, {"pid", pid}, {"tid", kSendTid}, {"args", {{"name", "send"}}}});
     }
-    for (Event& e : events) {
-        e.j["ts"] = static_cast<int64_t>(std::llround(e.tsUs - earliest));
-        trace.push_back(std::move(e.j));
-    }
+}
 
+// Each worker's clock offset and its uncertainty, as the trace was aligned with them.
+json clockOffsetsOf(const std::map<RankKey, int>& pids, const std::map<std::string, ClockOffset>& offsets)
+{
     json clocks = json::object();
     for (const auto& [key, pid] : pids) {
         const std::string& worker = std::get<2>(key);
@@ -354,8 +362,29 @@ std::string chromeTraceJson(const std::vector<StepRecord>& records, const std::m
         else
             clocks[worker] = {{"offsetUs", 0}, {"uncertaintyUs", "unknown"}};
     }
+    return clocks;
+}
+
+} // namespace
+
+std::string chromeTraceJson(const std::vector<StepRecord>& records, const std::map<std::string, ClockOffset>& offsets)
+{
+    auto offsetOf = [&](const std::string& worker) -> int64_t {
+        auto it = offsets.find(worker);
+        return it != offsets.end() && it->second.known() ? it->second.offsetUs() : 0;
+    };
+    const std::map<RankKey, int> pids = rankProcesses(records);
+    TraceEvents events;
+    for (const StepRecord& step : records) {
+        const RankStepRecord* sampler = samplerOf(step);
+        for (const RankStepRecord& r : step.ranks)
+            events.addRank(step, r, pids.at(RankKey{r.stage, r.rank, r.worker}), static_cast<double>(offsetOf(r.worker)), &r == sampler);
+    }
+    json trace = json::array();
+    appendProcesses(trace, pids);
+    events.appendTo(trace);
     json other = {
-        {"clockOffsets", clocks},
+        {"clockOffsets", clockOffsetsOf(pids, offsets)},
         {"clockNote",
          "Each worker's times were shifted onto the master's clock by subtracting its offsetUs (worker clock minus "
          "master clock), estimated from heartbeat round trips with a minimum-RTT filter (uncertainty: half the "

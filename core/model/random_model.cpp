@@ -142,20 +142,15 @@ int64_t randomTokenizerSize()
     return static_cast<int64_t>(trainedBpe().vocab.size()) + static_cast<int64_t>(std::size(kSpecial));
 }
 
-void writeRandomModel(const std::string& dir, const RandomModelSpec& spec)
+namespace {
+
+// tokenizer.json: byte-level BPE as Llama 3 / Qwen ship it; ids past the tokenizer (up to `vocab`) are reserved
+// tokens.
+json tokenizerJson(const TrainedBpe& bpe, int64_t vocab)
 {
-    fs::create_directories(dir);
-    const TrainedBpe& bpe = trainedBpe();
     const int64_t baseVocab = static_cast<int64_t>(bpe.vocab.size());
     const int64_t tokVocab = randomTokenizerSize();
-    const int64_t vocab = spec.vocabSize > 0 ? spec.vocabSize : tokVocab;
-    if (vocab < tokVocab)
-        throw Error("random model: vocab_size " + std::to_string(vocab) + " is smaller than the generated tokenizer (" +
-                    std::to_string(tokVocab) + ")");
-    const int64_t headDim = spec.headDim > 0 ? spec.headDim : spec.hiddenSize / spec.numHeads;
-    const int64_t bos = baseVocab, eos = baseVocab + 1, imEnd = baseVocab + 3;
-
-    // tokenizer.json: byte-level BPE as Llama 3 / Qwen ship it; ids past the tokenizer are reserved tokens.
+    const int64_t bos = baseVocab;
     json vocabJson = json::object();
     for (size_t id = 0; id < bpe.vocab.size(); ++id)
         vocabJson[bpe.vocab[id]] = id;
@@ -169,7 +164,7 @@ void writeRandomModel(const std::string& dir, const RandomModelSpec& spec)
     json merges = json::array();
     for (auto& [a, b] : bpe.merges)
         merges.push_back(a + " " + b);
-    json tok = {
+    return {
         {"version", "1.0"},
         {"truncation", nullptr},
         {"padding", nullptr},
@@ -191,14 +186,12 @@ void writeRandomModel(const std::string& dir, const RandomModelSpec& spec)
           {"end_of_word_suffix", nullptr}, {"fuse_unk", false}, {"byte_fallback", false}, {"ignore_merges", false},
           {"vocab", vocabJson}, {"merges", merges}}},
     };
-    atomicWrite((fs::path(dir) / "tokenizer.json").string(), tok.dump(1));
-    json tokConfig = {
-        {"bos_token", kSpecial[0]}, {"eos_token", kSpecial[3]}, {"chat_template", kChatTemplate},
-        {"tokenizer_class", "PreTrainedTokenizerFast"}, {"model_max_length", spec.maxPositionEmbeddings},
-    };
-    atomicWrite((fs::path(dir) / "tokenizer_config.json").string(), tokConfig.dump(1));
+}
 
-    json config = {
+json configJson(const RandomModelSpec& spec, int64_t vocab, int64_t bos, int64_t eos, int64_t imEnd)
+{
+    const int64_t headDim = spec.headDim > 0 ? spec.headDim : spec.hiddenSize / spec.numHeads;
+    return {
         {"architectures", {spec.architecture}},
         {"model_type", "llama"},
         {"hidden_size", spec.hiddenSize},
@@ -218,13 +211,12 @@ void writeRandomModel(const std::string& dir, const RandomModelSpec& spec)
         {"torch_dtype", spec.dtype == DType::BF16 ? "bfloat16" : spec.dtype == DType::F16 ? "float16" : "float32"},
         {"together_random_weights", true},
     };
-    atomicWrite((fs::path(dir) / "config.json").string(), config.dump(1));
-    json gen = {{"bos_token_id", bos}, {"eos_token_id", {eos, imEnd}}, {"do_sample", true}, {"temperature", 0.8}, {"top_p", 0.95}};
-    atomicWrite((fs::path(dir) / "generation_config.json").string(), gen.dump(1));
+}
 
-    // Weights. Projections are uniform with std 1/sqrt(fan_in), so activations stay O(1); norms start at 1
-    // with a little noise so that a wrong norm weight shows up in tests.
-    ModelConfig cfg = ModelConfig::fromJsonText(config.dump(), "generated config");
+// The weights of every tensor `cfg` names. Projections are uniform with std 1/sqrt(fan_in), so activations stay
+// O(1); norms start at 1 with a little noise so that a wrong norm weight shows up in tests.
+std::vector<TensorToWrite> randomWeights(const ModelConfig& cfg, const RandomModelSpec& spec)
+{
     FastRng rng(spec.seed);
     const size_t esize = dtypeSize(spec.dtype);
     auto fill = [&](const ModelConfig::TensorSpec& ts, float stdDev, float center) {
@@ -267,7 +259,34 @@ void writeRandomModel(const std::string& dir, const RandomModelSpec& spec)
     for (int64_t l = 0; l < cfg.numLayers; ++l)
         for (auto& ts : cfg.layerTensors(l))
             tensors.push_back(init(ts));
-    writeSafeTensors((fs::path(dir) / "model.safetensors").string(), tensors);
+    return tensors;
+}
+
+} // namespace
+
+void writeRandomModel(const std::string& dir, const RandomModelSpec& spec)
+{
+    fs::create_directories(dir);
+    const TrainedBpe& bpe = trainedBpe();
+    const int64_t baseVocab = static_cast<int64_t>(bpe.vocab.size());
+    const int64_t tokVocab = randomTokenizerSize();
+    const int64_t vocab = spec.vocabSize > 0 ? spec.vocabSize : tokVocab;
+    if (vocab < tokVocab)
+        throw Error("random model: vocab_size " + std::to_string(vocab) + " is smaller than the generated tokenizer (" +
+                    std::to_string(tokVocab) + ")");
+    const int64_t bos = baseVocab, eos = baseVocab + 1, imEnd = baseVocab + 3;
+    atomicWrite((fs::path(dir) / "tokenizer.json").string(), tokenizerJson(bpe, vocab).dump(1));
+    json tokConfig = {
+        {"bos_token", kSpecial[0]}, {"eos_token", kSpecial[3]}, {"chat_template", kChatTemplate},
+        {"tokenizer_class", "PreTrainedTokenizerFast"}, {"model_max_length", spec.maxPositionEmbeddings},
+    };
+    atomicWrite((fs::path(dir) / "tokenizer_config.json").string(), tokConfig.dump(1));
+    const json config = configJson(spec, vocab, bos, eos, imEnd);
+    atomicWrite((fs::path(dir) / "config.json").string(), config.dump(1));
+    json gen = {{"bos_token_id", bos}, {"eos_token_id", {eos, imEnd}}, {"do_sample", true}, {"temperature", 0.8}, {"top_p", 0.95}};
+    atomicWrite((fs::path(dir) / "generation_config.json").string(), gen.dump(1));
+    const ModelConfig cfg = ModelConfig::fromJsonText(config.dump(), "generated config");
+    writeSafeTensors((fs::path(dir) / "model.safetensors").string(), randomWeights(cfg, spec));
 }
 
 namespace {

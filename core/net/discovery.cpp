@@ -59,6 +59,110 @@ HelloResult hello(const std::shared_ptr<grpc::Channel>& channel, const std::stri
 
 bool contains(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
 
+
+// What the Hellos to a worker's advertised addresses say: the best answer (the lowest round trip from the worker
+// claimed), or why none would do.
+struct HelloVerdict {
+    const HelloResult* best = nullptr;
+    std::string wrongIdentity, versionError;
+    bool handshake = false, refusedConnection = false;
+};
+
+HelloVerdict judge(const std::vector<HelloResult>& results, const std::string& expectedId)
+{
+    HelloVerdict v;
+    for (auto& r : results) {
+        if (r.status.ok()) {
+            const std::string id = r.reply.worker_id();
+            if ((!expectedId.empty() && id != expectedId) || r.peer != "worker " + id) {
+                v.wrongIdentity = r.address + " answers as worker " + id + " (certificate: " + r.peer + ")";
+                continue;
+            }
+            if (!v.best || r.rttMs < v.best->rttMs)
+                v.best = &r;
+        } else if (r.status.error_code() == grpc::StatusCode::FAILED_PRECONDITION && contains(r.status.error_message(), "protocol version")) {
+            v.versionError = r.status.error_message();
+        } else if (isHandshakeFailure(r.status)) {
+            v.handshake = true;
+        } else if (contains(r.status.error_message(), "Connection refused") || contains(r.status.error_message(), "connection refused")) {
+            v.refusedConnection = true;
+        }
+    }
+    return v;
+}
+
+// A worker as its Hello describes it: machine, donation, calibration, and whether another master's launch holds it.
+void describeFromHello(DiscoveredWorker& w, const HelloResult& best, const Credentials& credentials)
+{
+    const v1::HelloReply& h = best.reply;
+    w.id = h.worker_id();
+    w.address = best.address;
+    w.host = h.hostname();
+    w.port = static_cast<uint16_t>(std::stoi(best.address.substr(best.address.rfind(':') + 1)));
+    w.addresses.assign(h.addresses().begin(), h.addresses().end());
+    w.cores = h.cores();
+    w.memoryTotalBytes = h.total_memory_bytes();
+    w.memoryFreeBytes = h.free_memory_bytes();
+    w.maxThreads = h.max_threads();
+    w.maxMemoryBytes = h.max_memory_bytes();
+    w.protocol = h.protocol_version();
+    w.keyFingerprint = credentials.keyFingerprint();
+    w.softwareVersion = h.software_version();
+    w.cpuFlags.assign(h.cpu_flags().begin(), h.cpu_flags().end());
+    w.rttMs = best.rttMs;
+    w.calibrating = h.calibrating();
+    w.readGbps.reset();
+    w.decodeGbps.clear();
+    if (h.has_calibration() && h.calibration().error().empty() && h.calibration().read_gbps_all() > 0) {
+        w.readGbps = h.calibration().read_gbps_all();
+        for (auto& m : h.calibration().matvec())
+            w.decodeGbps[m.dtype().substr(0, 16)] = m.gbps_all();
+    }
+    std::string others;
+    uint32_t threads = 0;
+    for (auto& l : h.launches())
+        if (l.master() != credentials.identity()) {
+            others = l.master();
+            threads += l.threads();
+        }
+    if (others.empty()) {
+        w.state = WorkerState::Ready;
+        w.reason.clear();
+    } else {
+        w.state = WorkerState::Busy;
+        w.reason = "serving a launch of " + others + " (" + std::to_string(threads) + " of " + std::to_string(w.maxThreads) + " donated threads)";
+    }
+}
+
+// Why no Hello would do: another key or version, another worker's identity, a closed port, or silence.
+void describeFailure(DiscoveredWorker& w, const HelloVerdict& v, const std::vector<std::string>& claimed, std::chrono::milliseconds helloTimeout)
+{
+    w.rttMs = -1;
+    const std::string port = std::to_string(w.port);
+    std::string where;
+    for (auto& a : claimed)
+        where += (where.empty() ? "" : ", ") + a;
+    if (!v.versionError.empty()) {
+        w.state = WorkerState::Refused;
+        w.reason = v.versionError;
+    } else if (v.handshake) {
+        w.state = WorkerState::Refused;
+        w.reason = "it refused the TLS handshake: it holds another cluster key (or is not a together worker)";
+    } else if (!v.wrongIdentity.empty()) {
+        w.state = WorkerState::Refused;
+        w.reason = v.wrongIdentity;
+    } else if (v.refusedConnection) {
+        w.state = WorkerState::Unreachable;
+        w.reason = "port " + port + " is closed (connection refused at " + where + ")";
+    } else {
+        w.state = WorkerState::Unreachable;
+        w.reason = "port " + port + " does not answer within " + std::to_string(helloTimeout.count() / 1000) + " s at " + where +
+                   " (a firewall, or the machine is off)";
+    }
+    if (w.address.empty() && !claimed.empty())
+        w.address = claimed.front();
+}
+
 } // namespace
 
 const char* workerStateName(WorkerState s)
@@ -387,26 +491,7 @@ void Discovery::check(Entry& entry)
     for (auto& c : calls)
         results.push_back(c.get());
 
-    const HelloResult* best = nullptr;
-    std::string wrongIdentity, versionError;
-    bool handshake = false, refusedConnection = false;
-    for (auto& r : results) {
-        if (r.status.ok()) {
-            const std::string id = r.reply.worker_id();
-            if ((!expectedId.empty() && id != expectedId) || r.peer != "worker " + id) {
-                wrongIdentity = r.address + " answers as worker " + id + " (certificate: " + r.peer + ")";
-                continue;
-            }
-            if (!best || r.rttMs < best->rttMs)
-                best = &r;
-        } else if (r.status.error_code() == grpc::StatusCode::FAILED_PRECONDITION && contains(r.status.error_message(), "protocol version")) {
-            versionError = r.status.error_message();
-        } else if (isHandshakeFailure(r.status)) {
-            handshake = true;
-        } else if (contains(r.status.error_message(), "Connection refused") || contains(r.status.error_message(), "connection refused")) {
-            refusedConnection = true;
-        }
-    }
+    const HelloVerdict verdict = judge(results, expectedId);
 
     std::vector<DiscoveredWorker> changed;
     {
@@ -414,83 +499,22 @@ void Discovery::check(Entry& entry)
         Entry& e = entry;
         const DiscoveredWorker before = e.w;
         DiscoveredWorker& w = e.w;
-        if (best) {
-            const v1::HelloReply& h = best->reply;
+        if (verdict.best) {
             // A manually added worker that is already listed (found by its beacon): one entry, marked manual.
             if (expectedId.empty())
                 for (auto& other : m_entries)
-                    if (other.get() != &e && !other->merged && other->w.id == h.worker_id()) {
+                    if (other.get() != &e && !other->merged && other->w.id == verdict.best->reply.worker_id()) {
                         other->w.manual = true;
-                        if (std::find(other->claimed.begin(), other->claimed.end(), best->address) == other->claimed.end())
-                            other->claimed.push_back(best->address);
+                        if (std::find(other->claimed.begin(), other->claimed.end(), verdict.best->address) == other->claimed.end())
+                            other->claimed.push_back(verdict.best->address);
                         e.merged = true;
                     }
             e.verified = true;
-            w.id = h.worker_id();
-            w.address = best->address;
-            w.host = h.hostname();
-            w.port = static_cast<uint16_t>(std::stoi(best->address.substr(best->address.rfind(':') + 1)));
-            w.addresses.assign(h.addresses().begin(), h.addresses().end());
-            w.cores = h.cores();
-            w.memoryTotalBytes = h.total_memory_bytes();
-            w.memoryFreeBytes = h.free_memory_bytes();
-            w.maxThreads = h.max_threads();
-            w.maxMemoryBytes = h.max_memory_bytes();
-            w.protocol = h.protocol_version();
-            w.keyFingerprint = m_credentials->keyFingerprint();
-            w.softwareVersion = h.software_version();
-            w.cpuFlags.assign(h.cpu_flags().begin(), h.cpu_flags().end());
-            w.rttMs = best->rttMs;
-            w.calibrating = h.calibrating();
-            w.readGbps.reset();
-            w.decodeGbps.clear();
-            if (h.has_calibration() && h.calibration().error().empty() && h.calibration().read_gbps_all() > 0) {
-                w.readGbps = h.calibration().read_gbps_all();
-                for (auto& m : h.calibration().matvec())
-                    w.decodeGbps[m.dtype().substr(0, 16)] = m.gbps_all();
-            }
-            std::string others;
-            uint32_t threads = 0;
-            for (auto& l : h.launches())
-                if (l.master() != m_credentials->identity()) {
-                    others = l.master();
-                    threads += l.threads();
-                }
-            if (others.empty()) {
-                w.state = WorkerState::Ready;
-                w.reason.clear();
-            } else {
-                w.state = WorkerState::Busy;
-                w.reason = "serving a launch of " + others + " (" + std::to_string(threads) + " of " + std::to_string(w.maxThreads) +
-                           " donated threads)";
-            }
+            describeFromHello(w, *verdict.best, *m_credentials);
         } else {
             e.verified = false;
             e.channels.clear(); // the next check connects afresh
-            w.rttMs = -1;
-            const std::string port = std::to_string(w.port);
-            std::string where;
-            for (auto& a : e.claimed)
-                where += (where.empty() ? "" : ", ") + a;
-            if (!versionError.empty()) {
-                w.state = WorkerState::Refused;
-                w.reason = versionError;
-            } else if (handshake) {
-                w.state = WorkerState::Refused;
-                w.reason = "it refused the TLS handshake: it holds another cluster key (or is not a together worker)";
-            } else if (!wrongIdentity.empty()) {
-                w.state = WorkerState::Refused;
-                w.reason = wrongIdentity;
-            } else if (refusedConnection) {
-                w.state = WorkerState::Unreachable;
-                w.reason = "port " + port + " is closed (connection refused at " + where + ")";
-            } else {
-                w.state = WorkerState::Unreachable;
-                w.reason = "port " + port + " does not answer within " + std::to_string(m_options.helloTimeout.count() / 1000) +
-                           " s at " + where + " (a firewall, or the machine is off)";
-            }
-            if (w.address.empty() && !e.claimed.empty())
-                w.address = e.claimed.front();
+            describeFailure(w, verdict, e.claimed, m_options.helloTimeout);
         }
         if (w.state != before.state || w.reason != before.reason || w.address != before.address)
             changed.push_back(w);
