@@ -243,7 +243,7 @@ TEST(Files, TheTreeWritesFilesAndTemporaryFoldersOneWay)
         {"core/net/cluster_key.cpp", {"fopen", "the terminal (/dev/tty), to ask for the key"}},
         {"worker/daemon/service_log.cpp", {"fopen rename", "the daemon's log: appended, rotated"}},
         {"worker/main.cpp", {"std::ofstream", "--trace streams a JSON line per step while generating"}},
-        {"app/cli/cli_main.cpp", {"std::ofstream", "--trace streams a JSON line per step while generating"}},
+        {"app/cli/run_command.cpp", {"std::ofstream", "--trace streams a JSON line per step while generating"}},
         {"app/session/settings.cpp", {"rename", "an unreadable settings file is kept aside"}},
         {"app/session/conversation.cpp", {"rename", "an unreadable conversations file is kept aside"}},
     };
