@@ -6,6 +6,8 @@ set -euo pipefail
 
 packages=(
   build-essential cmake ninja-build pkg-config git ca-certificates
+  # tests/check-size.sh: functions and files kept small (clang-tidy's readability-function-size)
+  clang-tidy python3
   # engine
   libtorch-dev libopenblas0-pthread
   # distributed execution
