@@ -4,6 +4,7 @@
 #include "base/error.h"
 #include "base/files.h"
 #include "gui/plan_edit.h"
+#include "gui/stages_table.h"
 #include "master/cost_model.h"
 #include "session/app_session.h"
 #include "session/theme.h"
@@ -15,7 +16,6 @@
 #include <QFileDialog>
 #include <QFileInfo>
 #include <QHBoxLayout>
-#include <QHeaderView>
 #include <QLabel>
 #include <QMenu>
 #include <QScrollArea>
@@ -167,28 +167,11 @@ PlacementBoard::PlacementBoard(AppSession& session, QWidget* parent)
     m_scroll = scroll;
     m_tabs->addTab(scroll, "Board");
 
-    auto* tablePage = new QWidget;
-    auto* tl = new QVBoxLayout(tablePage);
-    tl->setContentsMargins(0, 0, 0, 0);
-    m_table = new QTableWidget(0, 4);
-    m_table->setAccessibleName("Stages");
-    m_table->setHorizontalHeaderLabels({"First layer", "Last layer", "Machines", "Threads"});
-    m_table->horizontalHeader()->setSectionResizeMode(2, QHeaderView::Stretch);
-    m_table->setToolTip("Edit a cell to change the placement: machines and threads as comma-separated lists, one per tensor-parallel rank");
-    tl->addWidget(m_table);
-    auto* tableButtons = new QHBoxLayout;
-    auto* addStage = new QPushButton("Add stage");
-    addStage->setAccessibleName("Add stage");
-    auto* removeStage = new QPushButton("Remove stage");
-    removeStage->setAccessibleName("Remove stage");
-    tableButtons->addWidget(addStage);
-    tableButtons->addWidget(removeStage);
-    tableButtons->addStretch(1);
-    tl->addLayout(tableButtons);
-    m_tabs->addTab(tablePage, "Stages");
+    m_stages = new StagesTable(m_session);
+    m_tabs->addTab(m_stages, "Stages");
     m_tabs->setCornerWidget(corner);
     // The tabs take the board's height; the table scrolls within it.
-    tablePage->setSizePolicy(QSizePolicy::Preferred, QSizePolicy::Ignored);
+    m_stages->setSizePolicy(QSizePolicy::Preferred, QSizePolicy::Ignored);
     m_tabs->setSizePolicy(QSizePolicy::Preferred, QSizePolicy::Maximum);
     layout->addWidget(m_tabs);
 
@@ -274,49 +257,9 @@ PlacementBoard::PlacementBoard(AppSession& session, QWidget* parent)
     connect(m_add, &QPushButton::clicked, this, [this] { showAddMenu(m_add->mapToGlobal(QPoint(0, m_add->height()))); });
     connect(m_remove, &QPushButton::clicked, this, [this] { showRemoveMenu(m_remove->mapToGlobal(QPoint(0, m_remove->height()))); });
     connect(m_whatIf, &QComboBox::currentIndexChanged, this, [this] { refresh(); });
-    connect(m_table, &QTableWidget::itemChanged, this, [this] {
-        if (!m_filling)
-            tableEdited();
-    });
-    connect(addStage, &QPushButton::clicked, this, [this] {
-        // A new stage for whatever is not covered yet (else the last layer), on the first ready machine.
-        const Plan& p = m_session.plan();
-        const int64_t n = m_session.config().numLayers;
-        auto per = layerRanks(p, n);
-        int64_t first = -1, last = -1;
-        for (int64_t l = 0; l < n; ++l)
-            if (per[l].empty()) {
-                if (first < 0)
-                    first = l;
-                last = l;
-            } else if (first >= 0) {
-                break;
-            }
-        if (first < 0)
-            first = last = n - 1;
-        std::string worker;
-        for (auto& w : m_session.readyWorkers())
-            if (worker.empty())
-                worker = w;
-        if (worker.empty() || first < 0) {
-            showMessage("Not added: no machine is ready", true);
-            return;
-        }
-        std::vector<int64_t> layers;
-        for (int64_t l = first; l <= last; ++l)
-            layers.push_back(l);
-        m_canvas->assignTo(layers, worker);
-    });
-    connect(removeStage, &QPushButton::clicked, this, [this] {
-        const int row = m_table->currentRow();
-        Plan p = m_session.plan();
-        if (row < 0 || row >= static_cast<int>(p.stages.size())) {
-            showMessage("Select a stage's row first", true);
-            return;
-        }
-        p.stages.erase(p.stages.begin() + row);
-        apply(p, QString("remove stage %1").arg(row));
-    });
+    connect(m_stages, &StagesTable::edited, this, &PlacementBoard::apply);
+    connect(m_stages, &StagesTable::refused, this, [this](const QString& why) { showMessage(why, true); });
+    connect(m_stages, &StagesTable::assignRequested, m_canvas, &BoardCanvas::assignTo);
     connect(save, &QToolButton::clicked, this, [this] {
         const QString path = QFileDialog::getSaveFileName(this, "Save plan", "plan.json", "Plan files (*.json)");
         if (!path.isEmpty()) {
@@ -355,8 +298,7 @@ void PlacementBoard::setLocked(const QString& why)
     m_locked = why;
     m_canvas->setReadOnly(why);
     m_autoPlace->setEnabled(why.isEmpty() && m_session.hasModel());
-    m_table->setEditTriggers(why.isEmpty() ? QAbstractItemView::DoubleClicked | QAbstractItemView::EditKeyPressed | QAbstractItemView::AnyKeyPressed
-                                           : QAbstractItemView::NoEditTriggers);
+    m_stages->setEditable(why.isEmpty());
     Q_EMIT lockChanged();
     refresh();
 }
@@ -371,12 +313,14 @@ void PlacementBoard::apply(const Plan& plan, const QString& what)
     if (p.dtype.empty())
         p.dtype = m_session.plan().dtype;
     if (samePlan(p, m_session.plan())) {
-        fillTable(); // a cell retyped to the same value
+        m_stages->fill(); // a cell retyped to the same value
         return;
     }
     m_undo->push(new PlanCommand(m_session, m_applying, m_session.plan(), p, what, false));
     showMessage(what.isEmpty() ? QString() : what[0].toUpper() + what.mid(1), false);
 }
+
+QTableWidget* PlacementBoard::table() { return m_stages->table(); }
 
 QString PlacementBoard::checkText() const { return m_check->text(); }
 QString PlacementBoard::whatIfText() const { return m_whatIfLine->text(); }
@@ -550,8 +494,8 @@ void PlacementBoard::refresh()
     m_scroll->setFixedHeight(lanes * BoardCanvas::kLaneHeight + 2 * m_scroll->frameWidth() + 2 +
                              (m_canvas->minimumSizeHint().width() > m_scroll->viewport()->width() ? m_scroll->horizontalScrollBar()->sizeHint().height() : 0));
     // The tabs are as tall as their tallest page: the table (which scrolls) is held to the board's height.
-    m_table->setMaximumHeight(std::max(60, m_scroll->height() - 34));
-    fillTable();
+    table()->setMaximumHeight(std::max(60, m_scroll->height() - 34));
+    m_stages->fill();
     m_autoPlace->setEnabled(m_locked.isEmpty() && m_session.hasModel());
 
     m_problem = m_session.planProblem(now);
@@ -597,68 +541,6 @@ void PlacementBoard::refresh()
         else
             m_whatIfLine->setText("no prediction: " + why);
     }
-}
-
-void PlacementBoard::fillTable()
-{
-    m_filling = true;
-    const Plan& p = m_session.plan();
-    m_table->setRowCount(static_cast<int>(p.stages.size()));
-    for (int s = 0; s < static_cast<int>(p.stages.size()); ++s) {
-        const auto& st = p.stages[static_cast<size_t>(s)];
-        QStringList machines, threads;
-        for (auto& r : st.ranks) {
-            machines << q(r.worker);
-            threads << QString::number(r.threads);
-        }
-        const QString cells[] = {QString::number(st.firstLayer), QString::number(st.lastLayer), machines.join(", "), threads.join(", ")};
-        for (int c = 0; c < 4; ++c) {
-            auto* item = m_table->item(s, c);
-            if (!item) {
-                item = new QTableWidgetItem;
-                m_table->setItem(s, c, item);
-            }
-            if (item->text() != cells[c])
-                item->setText(cells[c]);
-        }
-        m_table->setVerticalHeaderItem(s, new QTableWidgetItem(QString("Stage %1").arg(s)));
-    }
-    m_filling = false;
-}
-
-void PlacementBoard::tableEdited()
-{
-    // The whole table is the plan: read every row back.
-    Plan p;
-    p.dtype = m_session.plan().dtype;
-    for (int s = 0; s < m_table->rowCount(); ++s) {
-        auto text = [&](int c) { return m_table->item(s, c) ? m_table->item(s, c)->text().trimmed() : QString(); };
-        PlanStage st;
-        bool ok1 = false, ok2 = false;
-        st.firstLayer = text(0).toLongLong(&ok1);
-        st.lastLayer = text(1).toLongLong(&ok2);
-        if (!ok1 || !ok2) {
-            showMessage(QString("Stage %1: layers must be whole numbers").arg(s), true);
-            fillTable();
-            return;
-        }
-        const QStringList machines = text(2).split(',', Qt::SkipEmptyParts);
-        const QStringList threads = text(3).split(',', Qt::SkipEmptyParts);
-        for (int r = 0; r < machines.size(); ++r) {
-            PlanRank rank;
-            rank.worker = machines[r].trimmed().toStdString();
-            bool ok = true;
-            rank.threads = r < threads.size() ? threads[r].trimmed().toInt(&ok) : m_session.defaultThreads(rank.worker);
-            if (!ok) {
-                showMessage(QString("Stage %1: threads must be whole numbers, one per machine").arg(s), true);
-                fillTable();
-                return;
-            }
-            st.ranks.push_back(rank);
-        }
-        p.stages.push_back(st);
-    }
-    apply(p, "edit the stages table");
 }
 
 QString PlacementBoard::savePlan(const QString& path) const

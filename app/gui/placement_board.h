@@ -21,6 +21,7 @@ class QUndoStack;
 namespace together::gui {
 
 class AppSession;
+class StagesTable;
 
 // The placement editor: the board and a per-stage table (two equal ways to the same plan), "Auto place",
 // the keyboard menus ("Assign to…", "Add to stage…", "Remove from stage…"), undo and redo, the plan's check
@@ -38,7 +39,7 @@ public:
     QString problem() const { return m_problem; }       // what stops a launch ("" when nothing)
 
     BoardCanvas* canvas() { return m_canvas; }
-    QTableWidget* table() { return m_table; }
+    QTableWidget* table();
     QUndoStack* undoStack() { return m_undo; }
     QPushButton* autoPlaceButton() { return m_autoPlace; }
     QComboBox* whatIfBox() { return m_whatIf; }
@@ -65,15 +66,13 @@ private:
     void fillAssignMenu(QMenu& menu);
     void fillAddMenu(QMenu& menu);
     void fillRemoveMenu(QMenu& menu);
-    void fillTable();
-    void tableEdited();
     void showMessage(const QString& text, bool error);
     int selectedStage() const;
     std::vector<LaneInfo> laneInfos() const;
 
     AppSession& m_session;
     BoardCanvas* m_canvas;
-    QTableWidget* m_table;
+    StagesTable* m_stages;
     QTabWidget* m_tabs;
     QScrollArea* m_scroll;
     QUndoStack* m_undo;
@@ -92,7 +91,6 @@ private:
     QString m_locked;
     Plan m_shown;          // the plan on the board: a change the board did not make becomes an undo step too
     bool m_applying = false;
-    bool m_filling = false;
     bool m_messageIsHint = false; // the message line shows a drag's hover hint, not an edit's result
 };
 
