@@ -86,7 +86,27 @@ PlacementBoard::PlacementBoard(AppSession& session, QWidget* parent)
 {
     auto* layout = new QVBoxLayout(this);
     layout->setContentsMargins(0, 0, 0, 0);
+    layout->addLayout(makeTools());
+    QWidget* corner = makeCorner();
+    layout->addWidget(makeTabs(corner));
+    m_check = new QLabel;
+    m_check->setWordWrap(true);
+    m_check->setAccessibleDescription("Placement check"); // its name is its text: what a screen reader reads
+    m_check->setTextInteractionFlags(Qt::TextSelectableByMouse | Qt::TextSelectableByKeyboard);
+    layout->addWidget(m_check);
+    m_message = new QLabel;
+    m_message->setWordWrap(true);
+    m_message->setAccessibleDescription("The board's last change, or why a drop was refused"); // its name is its text
+    layout->addWidget(m_message);
+    layout->addLayout(makeWhatIf());
 
+    checkCandidates();
+    connectParts();
+    refresh();
+}
+
+QHBoxLayout* PlacementBoard::makeTools()
+{
     auto* tools = new QHBoxLayout;
     m_autoPlace = new QPushButton("Auto place");
     m_autoPlace->setAccessibleName("Auto place");
@@ -104,9 +124,11 @@ PlacementBoard::PlacementBoard(AppSession& session, QWidget* parent)
     m_remove = button("Remove rank…", "Take a tensor-parallel rank out of the selected layers' stage");
     m_remove->setAccessibleName("Remove from stage…");
     tools->addStretch(1);
-    layout->addLayout(tools);
+    return tools;
+}
 
-    // Undo, redo and plan files sit in the tabs' corner.
+QWidget* PlacementBoard::makeCorner()
+{
     auto* corner = new QWidget;
     auto* cl = new QHBoxLayout(corner);
     cl->setContentsMargins(0, 0, 0, 2);
@@ -156,6 +178,25 @@ PlacementBoard::PlacementBoard(AppSession& session, QWidget* parent)
     connect(this, &PlacementBoard::lockChanged, this, states);
     states();
 
+    connect(save, &QToolButton::clicked, this, [this] {
+        const QString path = QFileDialog::getSaveFileName(this, "Save plan", "plan.json", "Plan files (*.json)");
+        if (!path.isEmpty()) {
+            const QString why = savePlan(path);
+            showMessage(why.isEmpty() ? "Saved " + path : why, !why.isEmpty());
+        }
+    });
+    connect(load, &QToolButton::clicked, this, [this] {
+        const QString path = QFileDialog::getOpenFileName(this, "Load plan", {}, "Plan files (*.json);;All files (*)");
+        if (!path.isEmpty()) {
+            const QString why = loadPlan(path);
+            showMessage(why.isEmpty() ? "Loaded " + path : why, !why.isEmpty());
+        }
+    });
+    return corner;
+}
+
+QTabWidget* PlacementBoard::makeTabs(QWidget* corner)
+{
     m_tabs = new QTabWidget;
     m_canvas = new BoardCanvas;
     auto* scroll = new QScrollArea;
@@ -173,18 +214,11 @@ PlacementBoard::PlacementBoard(AppSession& session, QWidget* parent)
     // The tabs take the board's height; the table scrolls within it.
     m_stages->setSizePolicy(QSizePolicy::Preferred, QSizePolicy::Ignored);
     m_tabs->setSizePolicy(QSizePolicy::Preferred, QSizePolicy::Maximum);
-    layout->addWidget(m_tabs);
+    return m_tabs;
+}
 
-    m_check = new QLabel;
-    m_check->setWordWrap(true);
-    m_check->setAccessibleDescription("Placement check"); // its name is its text: what a screen reader reads
-    m_check->setTextInteractionFlags(Qt::TextSelectableByMouse | Qt::TextSelectableByKeyboard);
-    layout->addWidget(m_check);
-    m_message = new QLabel;
-    m_message->setWordWrap(true);
-    m_message->setAccessibleDescription("The board's last change, or why a drop was refused"); // its name is its text
-    layout->addWidget(m_message);
-
+QHBoxLayout* PlacementBoard::makeWhatIf()
+{
     auto* whatIf = new QHBoxLayout;
     m_whatIf = new QComboBox;
     m_whatIf->addItem("as measured");
@@ -199,8 +233,11 @@ PlacementBoard::PlacementBoard(AppSession& session, QWidget* parent)
     whatIf->addWidget(wl);
     whatIf->addWidget(m_whatIf);
     whatIf->addWidget(m_whatIfLine, 1);
-    layout->addLayout(whatIf);
+    return whatIf;
+}
 
+void PlacementBoard::checkCandidates()
+{
     m_canvas->setFit([this](Plan& plan, const std::string& target) {
         // A machine that runs several shards splits the threads it donates among them (its daemon refuses more).
         std::vector<PlanRank*> mine;
@@ -236,6 +273,10 @@ PlacementBoard::PlacementBoard(AppSession& session, QWidget* parent)
                         .arg(w.reason.empty() ? QString() : ": " + q(w.reason));
         return {};
     });
+}
+
+void PlacementBoard::connectParts()
+{
     connect(m_canvas, &BoardCanvas::edited, this, [this](const Plan& plan, const QString& what) { apply(plan, what); });
     connect(m_canvas, &BoardCanvas::refused, this, [this](const QString& why) { showMessage("Not moved: " + why, true); });
     // A hover's hint replaces a hint; it never wipes the result of the last drop (a refusal stays readable).
@@ -260,20 +301,6 @@ PlacementBoard::PlacementBoard(AppSession& session, QWidget* parent)
     connect(m_stages, &StagesTable::edited, this, &PlacementBoard::apply);
     connect(m_stages, &StagesTable::refused, this, [this](const QString& why) { showMessage(why, true); });
     connect(m_stages, &StagesTable::assignRequested, m_canvas, &BoardCanvas::assignTo);
-    connect(save, &QToolButton::clicked, this, [this] {
-        const QString path = QFileDialog::getSaveFileName(this, "Save plan", "plan.json", "Plan files (*.json)");
-        if (!path.isEmpty()) {
-            const QString why = savePlan(path);
-            showMessage(why.isEmpty() ? "Saved " + path : why, !why.isEmpty());
-        }
-    });
-    connect(load, &QToolButton::clicked, this, [this] {
-        const QString path = QFileDialog::getOpenFileName(this, "Load plan", {}, "Plan files (*.json);;All files (*)");
-        if (!path.isEmpty()) {
-            const QString why = loadPlan(path);
-            showMessage(why.isEmpty() ? "Loaded " + path : why, !why.isEmpty());
-        }
-    });
     connect(&m_session, &AppSession::planChanged, this, [this] { refresh(); });
     connect(&m_session, &AppSession::workerUpdated, this, [this] { refresh(); });
     connect(&m_session, &AppSession::modelOpened, this, [this] {
@@ -281,7 +308,6 @@ PlacementBoard::PlacementBoard(AppSession& session, QWidget* parent)
         m_shown = {};
         refresh();
     });
-    refresh();
 }
 
 void PlacementBoard::setLaunchOptions(const QString& dtype, int64_t context)

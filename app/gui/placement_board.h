@@ -11,6 +11,7 @@
 #include <vector>
 
 class QComboBox;
+class QHBoxLayout;
 class QLabel;
 class QMenu;
 class QScrollArea;
@@ -62,6 +63,15 @@ Q_SIGNALS:
     void lockChanged();
 
 private:
+    // The constructor's parts, each built whole before it joins the layout, in the layout's order (which is
+    // also the focus order).
+    QHBoxLayout* makeTools();              // Auto place and the keyboard path's menus
+    QWidget* makeCorner();                 // undo, redo and plan files, in the tabs' corner
+    QTabWidget* makeTabs(QWidget* corner); // the board (scrolled) and the stages table
+    QHBoxLayout* makeWhatIf();             // the what-if links and their prediction
+    void checkCandidates();                // how the canvas fits and checks an edit before it makes it
+    void connectParts();
+
     // The menus' entries, shared by the buttons and the board's context menu.
     void fillAssignMenu(QMenu& menu);
     void fillAddMenu(QMenu& menu);
