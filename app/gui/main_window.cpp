@@ -56,8 +56,19 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
     setWindowTitle("together");
     setObjectName("mainWindow");
     setDockOptions(QMainWindow::AnimatedDocks | QMainWindow::AllowTabbedDocks | QMainWindow::AllowNestedDocks);
-    Settings& settings = m_settings;
+    buildCentre();
+    buildDocks();
+    QAction* openAct = buildToolBar();
+    connectPanes(openAct);
+    connectSession();
+    restoreSettings();
+    startSession();
+}
 
+MainWindow::~MainWindow() = default;
+
+void MainWindow::buildCentre()
+{
     // The chat in the middle, under the banner.
     auto* centre = new QWidget;
     centre->setAccessibleName("Chat");
@@ -73,7 +84,10 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
     m_chat = new ChatPane(*m_session, ConversationStore::defaultPath());
     cl->addWidget(m_chat);
     setCentralWidget(centre);
+}
 
+void MainWindow::buildDocks()
+{
     m_machines = new MachinesPane(*m_session);
     m_launch = new LaunchPane(*m_session);
     auto* machinesDock = dock("Machines", m_machines, Qt::LeftDockWidgetArea);
@@ -98,13 +112,16 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
     // The left column (machines over the placement) runs the window's full height; charts sit under the chat.
     setCorner(Qt::BottomLeftCorner, Qt::LeftDockWidgetArea);
     // Sized once the window has its size (a dock's share is worked out against it); a saved layout wins.
-    if (!settings.contains("windowState"))
+    if (!m_settings.contains("windowState"))
         QTimer::singleShot(0, this, [this, machinesDock, placementDock, charts] {
             resizeDocks({machinesDock}, {std::max(560, width() * 46 / 100)}, Qt::Horizontal);
             resizeDocks({machinesDock, placementDock}, {200, std::max(400, height() - 270)}, Qt::Vertical);
             resizeDocks({charts}, {std::max(320, height() / 2)}, Qt::Vertical);
         });
+}
 
+QAction* MainWindow::buildToolBar()
+{
     auto* tools = addToolBar("Main");
     tools->setObjectName("mainToolBar");
     QAction* openAct = tools->addAction("Open model folder…", this, [this] {
@@ -115,25 +132,17 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
     openAct->setShortcut(QKeySequence::Open);
     tools->addAction("Models…", this, &MainWindow::browseModels);
     tools->addAction("Cluster key…", this, &MainWindow::showKeyDialog);
+    return openAct;
+}
 
+void MainWindow::connectPanes(QAction* openAct)
+{
     connect(m_launch, &LaunchPane::openModelRequested, openAct, &QAction::trigger);
     connect(m_launch, &LaunchPane::browseModelsRequested, this, &MainWindow::browseModels);
     connect(m_launch, &LaunchPane::proposeRequested, this, [this] {
         m_proposing = true;
         m_launch->setProposing(true);
         m_session->proposePlacement(m_launch->dtype(), m_launch->context());
-    });
-
-    connect(m_session, &AppSession::controllerReset, this, [this] {
-        m_chat->controllerReset();
-        m_launch->controllerReset();
-    });
-    connect(m_session, &AppSession::keyChanged, m_launch, &LaunchPane::refresh);
-    connect(m_session, &AppSession::status, this, [this](const QString& s) { statusBar()->showMessage(s, 8000); });
-    connect(m_session, &AppSession::modelOpened, this, &MainWindow::onModelOpened);
-    connect(m_session, &AppSession::modelFailed, this, [this](const QString& dir, const QString& why) {
-        statusBar()->showMessage("cannot open " + dir + ": " + why);
-        QMessageBox::warning(this, "Open model", "Cannot open " + dir + ":\n" + why);
     });
     connect(m_chat, &ChatPane::answerFinished, this, [this] {
         for (auto it = m_chat->conversation().messages.rbegin(); it != m_chat->conversation().messages.rend(); ++it)
@@ -154,6 +163,21 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
         if (m_launch->launching())
             return "a launch is under way";
         return {};
+    });
+}
+
+void MainWindow::connectSession()
+{
+    connect(m_session, &AppSession::controllerReset, this, [this] {
+        m_chat->controllerReset();
+        m_launch->controllerReset();
+    });
+    connect(m_session, &AppSession::keyChanged, m_launch, &LaunchPane::refresh);
+    connect(m_session, &AppSession::status, this, [this](const QString& s) { statusBar()->showMessage(s, 8000); });
+    connect(m_session, &AppSession::modelOpened, this, &MainWindow::onModelOpened);
+    connect(m_session, &AppSession::modelFailed, this, [this](const QString& dir, const QString& why) {
+        statusBar()->showMessage("cannot open " + dir + ": " + why);
+        QMessageBox::warning(this, "Open model", "Cannot open " + dir + ":\n" + why);
     });
     connect(m_session, &AppSession::planChanged, this, [this] {
         m_performance->refresh();
@@ -185,69 +209,76 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
             m_proposeTimer->start();
         m_machines->model().setPlanned(m_session->plannedBytes(m_launch->dtype(), m_launch->context()));
     });
-    connect(m_session, &AppSession::controllerEvent, this, [this](const ControllerEvent& e) {
-        if (e.kind == ControllerEvent::Kind::Log)
-            statusBar()->showMessage(QString::fromStdString(e.text), 8000);
-        if (e.kind == ControllerEvent::Kind::LaunchFailed) // also where it is seen whatever the panes show
-            statusBar()->showMessage("launch failed: " + QString::fromStdString(e.text), 30000);
-        if (e.kind == ControllerEvent::Kind::Step)
-            m_charts->addStep(e.step);
-        // A chat reply is one of the session's runs; a bench's generations are the pane's own.
-        const bool chatRun = e.kind == ControllerEvent::Kind::Ended && !m_performance->benching() && e.result.decodeSteps > 0;
-        m_launch->onControllerEvent(e);
-        m_chat->onControllerEvent(e);
-        if (chatRun)
-            m_performance->addChatRun(static_cast<int>(e.result.promptTokens), static_cast<int>(e.result.tokens.size()),
-                                      e.result.prefillSeconds * 1000.0,
-                                      e.result.decodeSeconds > 0 ? e.result.decodeSteps / e.result.decodeSeconds : 0);
-        // After the launch and chat panes: what the bench waits for is their state after this event.
-        m_performance->onControllerEvent(e);
-        if (e.kind == ControllerEvent::Kind::Launched) {
-            m_machines->model().clearFaults();
-            m_chat->setLaunched(!m_performance->benching()); // a bench's variants launch too: the chat waits for its end
-        } else if (e.kind == ControllerEvent::Kind::LaunchFailed || e.kind == ControllerEvent::Kind::Unloaded ||
-                   e.kind == ControllerEvent::Kind::Failed) {
-            m_chat->setLaunched(m_session->launched());
-        }
-        const bool failingOver = e.kind == ControllerEvent::Kind::Notice && e.text.find("failing over") != std::string::npos;
-        if (e.kind == ControllerEvent::Kind::Failed || e.kind == ControllerEvent::Kind::LaunchFailed || failingOver) {
-            // The machine the message names turns red with the reason.
-            auto& model = m_machines->model();
-            for (int row = 0; row < model.rowCount(); ++row) {
-                const std::string& a = model.worker(row)->address;
-                if (!a.empty() && e.text.find(a) != std::string::npos)
-                    model.setFault(a, QString::fromStdString(e.text));
-            }
-        }
-    });
+    connect(m_session, &AppSession::controllerEvent, this, &MainWindow::onControllerEvent);
+}
 
-    // Settings and the restored layout.
-    m_launch->setDtype(options.dtype.isEmpty() ? settings.value("dtype", QString::fromStdString(defaultDtypeName())).toString() : options.dtype);
-    m_launch->setContext(settings.value("context", 4096).toInt());
-    m_chat->temperatureBox()->setValue(settings.value("temperature", 0.8).toDouble());
-    m_chat->maxTokensBox()->setValue(settings.value("maxTokens", 256).toInt());
+void MainWindow::onControllerEvent(const ControllerEvent& e)
+{
+    if (e.kind == ControllerEvent::Kind::Log)
+        statusBar()->showMessage(QString::fromStdString(e.text), 8000);
+    if (e.kind == ControllerEvent::Kind::LaunchFailed) // also where it is seen whatever the panes show
+        statusBar()->showMessage("launch failed: " + QString::fromStdString(e.text), 30000);
+    if (e.kind == ControllerEvent::Kind::Step)
+        m_charts->addStep(e.step);
+    // A chat reply is one of the session's runs; a bench's generations are the pane's own.
+    const bool chatRun = e.kind == ControllerEvent::Kind::Ended && !m_performance->benching() && e.result.decodeSteps > 0;
+    m_launch->onControllerEvent(e);
+    m_chat->onControllerEvent(e);
+    if (chatRun)
+        m_performance->addChatRun(static_cast<int>(e.result.promptTokens), static_cast<int>(e.result.tokens.size()),
+                                  e.result.prefillSeconds * 1000.0,
+                                  e.result.decodeSeconds > 0 ? e.result.decodeSteps / e.result.decodeSeconds : 0);
+    // After the launch and chat panes: what the bench waits for is their state after this event.
+    m_performance->onControllerEvent(e);
+    if (e.kind == ControllerEvent::Kind::Launched) {
+        m_machines->model().clearFaults();
+        m_chat->setLaunched(!m_performance->benching()); // a bench's variants launch too: the chat waits for its end
+    } else if (e.kind == ControllerEvent::Kind::LaunchFailed || e.kind == ControllerEvent::Kind::Unloaded ||
+               e.kind == ControllerEvent::Kind::Failed) {
+        m_chat->setLaunched(m_session->launched());
+    }
+    const bool failingOver = e.kind == ControllerEvent::Kind::Notice && e.text.find("failing over") != std::string::npos;
+    if (e.kind == ControllerEvent::Kind::Failed || e.kind == ControllerEvent::Kind::LaunchFailed || failingOver) {
+        // The machine the message names turns red with the reason.
+        auto& model = m_machines->model();
+        for (int row = 0; row < model.rowCount(); ++row) {
+            const std::string& a = model.worker(row)->address;
+            if (!a.empty() && e.text.find(a) != std::string::npos)
+                model.setFault(a, QString::fromStdString(e.text));
+        }
+    }
+}
+
+void MainWindow::restoreSettings()
+{
+    m_launch->setDtype(m_options.dtype.isEmpty() ? m_settings.value("dtype", QString::fromStdString(defaultDtypeName())).toString() : m_options.dtype);
+    m_launch->setContext(m_settings.value("context", 4096).toInt());
+    m_chat->temperatureBox()->setValue(m_settings.value("temperature", 0.8).toDouble());
+    m_chat->maxTokensBox()->setValue(m_settings.value("maxTokens", 256).toInt());
     resize(1280, 800);
-    restoreGeometry(settings.value("geometry").toByteArray());
-    restoreState(settings.value("windowState").toByteArray());
+    restoreGeometry(m_settings.value("geometry").toByteArray());
+    restoreState(m_settings.value("windowState").toByteArray());
 
     // A person starts by typing: the message field has the focus once the window shows.
     QTimer::singleShot(0, this, [this] { m_chat->input()->setFocus(); });
+}
 
-    // The key, the workers, the model.
+void MainWindow::startSession()
+{
     // Without a usable key nothing can be reached: the constructor throws and main() says why.
-    const QString keyFile = !options.keyFile.isEmpty() ? options.keyFile : settings.value("keyFile").toString();
+    const QString keyFile = !m_options.keyFile.isEmpty() ? m_options.keyFile : m_settings.value("keyFile").toString();
     m_session->useKeyFile(keyFile);
-    settings.setValue("keyFile", m_session->keyFile());
+    m_settings.setValue("keyFile", m_session->keyFile());
     saveSettingsFile();
-    m_session->startDiscovery(options.localWorkers == 0 && options.broadcast);
-    if (options.localWorkers > 0)
-        m_session->startLocalWorkers(options.localWorkers, options.localWorkerArgs);
+    m_session->startDiscovery(m_options.localWorkers == 0 && m_options.broadcast);
+    if (m_options.localWorkers > 0)
+        m_session->startLocalWorkers(m_options.localWorkers, m_options.localWorkerArgs);
     else
         QTimer::singleShot(4000, this, [this] { m_machines->offerLocalWorkers(true); });
 
-    QString model = options.model;
+    QString model = m_options.model;
     if (model.isEmpty()) {
-        const QString last = settings.value("lastModel").toString();
+        const QString last = m_settings.value("lastModel").toString();
         if (!last.isEmpty() && QFileInfo(last + "/config.json").exists())
             model = last;
     }
@@ -257,8 +288,6 @@ MainWindow::MainWindow(const StartOptions& options, QWidget* parent)
         m_session->openDefaultModel(); // the built-in random model, written once
     }
 }
-
-MainWindow::~MainWindow() = default;
 
 QDockWidget* MainWindow::dock(const QString& name, QWidget* content, Qt::DockWidgetArea area)
 {

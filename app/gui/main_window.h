@@ -9,9 +9,14 @@
 #include <string>
 #include <vector>
 
+class QAction;
 class QDockWidget;
 class QLabel;
 class QTimer;
+
+namespace together {
+struct ControllerEvent;
+}
 
 namespace together::gui {
 
@@ -55,6 +60,15 @@ protected:
     void closeEvent(QCloseEvent* event) override;
 
 private:
+    // The constructor's parts, in the order it runs them.
+    void buildCentre();      // the chat, under the banner
+    void buildDocks();       // machines and placement on the left, charts and performance below
+    QAction* buildToolBar(); // its "Open model folder…" is the launch pane's too
+    void connectPanes(QAction* openAct);
+    void connectSession();
+    void restoreSettings();  // the options and the window's layout, from the settings file
+    void startSession();     // the key, the workers, the model
+    void onControllerEvent(const ControllerEvent& e);
     QDockWidget* dock(const QString& name, QWidget* content, Qt::DockWidgetArea area);
     void onModelOpened(const QString& dir);
     void maybePropose();
