@@ -87,6 +87,15 @@ ChartsPane::ChartsPane(QWidget* parent)
     : QWidget(parent)
 {
     auto* layout = new QVBoxLayout(this);
+    layout->addLayout(makeTopRow());
+    layout->addWidget(makePlots(), 1);
+    addGraphs();
+    addHoverTips();
+    startTimers();
+}
+
+QHBoxLayout* ChartsPane::makeTopRow()
+{
     auto* top = new QHBoxLayout;
     m_pause = new QCheckBox("Pause");
     m_pause->setAccessibleName("Pause");
@@ -119,7 +128,11 @@ ChartsPane::ChartsPane(QWidget* parent)
         if (const QString error = saveCharts(path); !error.isEmpty())
             QMessageBox::warning(this, "Save charts", error);
     });
-    layout->addLayout(top);
+    return top;
+}
+
+QScrollArea* ChartsPane::makePlots()
+{
     // Two by two: speed and where it goes on top, per-link latency and the timeline of the last tokens below.
     // In a scroll area: a dock made shorter than the four plots' floor scrolls instead of drawing them under
     // whatever comes next.
@@ -152,8 +165,11 @@ ChartsPane::ChartsPane(QWidget* parent)
     scroll->setWidgetResizable(true);
     scroll->setFrameShape(QFrame::NoFrame);
     scroll->setFocusPolicy(Qt::NoFocus);
-    layout->addWidget(scroll, 1);
+    return scroll;
+}
 
+void ChartsPane::addGraphs()
+{
     m_tps = m_tokens->addGraph();
     m_tps->setName("decode tokens/s");
     m_tps->setPen(QPen(accentColor(), 1.5));
@@ -183,7 +199,10 @@ ChartsPane::ChartsPane(QWidget* parent)
     m_predicted = m_stack->addGraph();
     m_predicted->setName("predicted");
     m_predicted->setPen(QPen(Qt::black, 1.5, Qt::DashLine));
+}
 
+void ChartsPane::addHoverTips()
+{
     // Hover: the value under the mouse as a tooltip.
     for (QCustomPlot* p : {m_tokens, m_links, m_stack})
         connect(p, &QCustomPlot::mouseMove, p, [p](QMouseEvent* e) {
@@ -208,7 +227,14 @@ ChartsPane::ChartsPane(QWidget* parent)
                               .arg(data->dataMainKey(i), 0, 'f', 1)
                               .arg(data->dataMainValue(i), 0, 'f', 2));
         });
+    connect(m_timeline, &QCustomPlot::mouseMove, m_timeline, [this](QMouseEvent* e) {
+        QCPAbstractItem* hit = m_timeline->itemAt(e->position(), true);
+        m_timeline->setToolTip(hit ? hit->property("tip").toString() : QString());
+    });
+}
 
+void ChartsPane::startTimers()
+{
     auto* timelineTimer = new QTimer(this);
     timelineTimer->setInterval(1000);
     connect(timelineTimer, &QTimer::timeout, this, [this] {
@@ -216,11 +242,6 @@ ChartsPane::ChartsPane(QWidget* parent)
             refreshTimeline();
     });
     timelineTimer->start();
-
-    connect(m_timeline, &QCustomPlot::mouseMove, m_timeline, [this](QMouseEvent* e) {
-        QCPAbstractItem* hit = m_timeline->itemAt(e->position(), true);
-        m_timeline->setToolTip(hit ? hit->property("tip").toString() : QString());
-    });
 
     m_timer = new QTimer(this);
     m_timer->setInterval(50);

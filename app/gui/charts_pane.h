@@ -15,6 +15,8 @@ class QCustomPlot;
 class QCPBars;
 class QCPGraph;
 class QCPItemStraightLine;
+class QHBoxLayout;
+class QScrollArea;
 class QTimer;
 
 namespace together::gui {
@@ -62,6 +64,12 @@ private:
         QCPItemStraightLine* p95 = nullptr;
         std::vector<std::pair<double, double>> recent; // (t, ms) inside the window, for the percentiles
     };
+    // The constructor's parts.
+    QHBoxLayout* makeTopRow(); // the intro, Export timeline…, Save charts… and Pause
+    QScrollArea* makePlots();  // the four plots, two by two
+    void addGraphs();          // tokens/s, time to first token, the stacked time per token and its prediction
+    void addHoverTips();
+    void startTimers();        // the redraw and the timeline's refresh
     Series& series(const std::string& name);
     void redraw();
 
