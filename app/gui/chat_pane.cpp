@@ -70,7 +70,35 @@ ChatPane::ChatPane(AppSession& session, const QString& storePath, QWidget* paren
     , m_store(ConversationStore::load(storePath))
 {
     auto* layout = new QVBoxLayout(this);
+    layout->addLayout(makeTopRow());
+    layout->addLayout(makeSettingsRow());
+    layout->addWidget(makeSystemRow());
+    m_transcript = new QTextBrowser;
+    m_transcript->setObjectName("conversation");
+    m_transcript->setAccessibleName("Conversation");
+    m_transcript->setOpenLinks(false);
+    m_transcript->setReadOnly(true);
+    layout->addWidget(m_transcript, 1);
+    m_prefill = new QProgressBar;
+    m_prefill->setAccessibleName("Reading the prompt");
+    m_prefill->setFormat("Reading the prompt: %p%");
+    m_prefill->hide();
+    layout->addWidget(m_prefill);
+    m_live = new QLabel;
+    m_live->setWordWrap(true); // a long error must not widen the window
+    m_live->setTextInteractionFlags(Qt::TextSelectableByMouse);
+    layout->addWidget(m_live);
+    layout->addLayout(makeMessageRow());
 
+    startTimers();
+    connectControls();
+    switchTo(m_store.current);
+    if (!m_store.problem.isEmpty())
+        m_live->setText(m_store.problem);
+}
+
+QHBoxLayout* ChatPane::makeTopRow()
+{
     auto* top = new QHBoxLayout;
     m_chats = new QComboBox;
     m_chats->setMinimumContentsLength(12);
@@ -86,8 +114,11 @@ ChatPane::ChatPane(AppSession& session, const QString& storePath, QWidget* paren
     m_newChat = new QPushButton("New chat");
     m_newChat->setAccessibleName("New chat");
     top->addWidget(m_newChat);
-    layout->addLayout(top);
+    return top;
+}
 
+QHBoxLayout* ChatPane::makeSettingsRow()
+{
     auto* settings = new QHBoxLayout;
     m_complete = new QCheckBox("Complete");
     m_complete->setAccessibleName("Complete");
@@ -112,8 +143,11 @@ ChatPane::ChatPane(AppSession& session, const QString& storePath, QWidget* paren
     settings->addWidget(labelFor("Max tokens", m_maxTokens));
     settings->addWidget(m_maxTokens);
     settings->addStretch(1);
-    layout->addLayout(settings);
+    return settings;
+}
 
+QWidget* ChatPane::makeSystemRow()
+{
     // The system prompt only means something in chat mode: Complete hides it.
     m_systemRow = new QWidget;
     auto* sys = new QHBoxLayout(m_systemRow);
@@ -122,25 +156,11 @@ ChatPane::ChatPane(AppSession& session, const QString& storePath, QWidget* paren
     m_system->setPlaceholderText("How the model should answer (chat mode)");
     sys->addWidget(labelFor("System prompt", m_system));
     sys->addWidget(m_system, 1);
-    layout->addWidget(m_systemRow);
+    return m_systemRow;
+}
 
-    m_transcript = new QTextBrowser;
-    m_transcript->setObjectName("conversation");
-    m_transcript->setAccessibleName("Conversation");
-    m_transcript->setOpenLinks(false);
-    m_transcript->setReadOnly(true);
-    layout->addWidget(m_transcript, 1);
-
-    m_prefill = new QProgressBar;
-    m_prefill->setAccessibleName("Reading the prompt");
-    m_prefill->setFormat("Reading the prompt: %p%");
-    m_prefill->hide();
-    layout->addWidget(m_prefill);
-    m_live = new QLabel;
-    m_live->setWordWrap(true); // a long error must not widen the window
-    m_live->setTextInteractionFlags(Qt::TextSelectableByMouse);
-    layout->addWidget(m_live);
-
+QHBoxLayout* ChatPane::makeMessageRow()
+{
     auto* bottom = new QHBoxLayout;
     m_input = new QPlainTextEdit;
     m_input->setObjectName("message");
@@ -165,8 +185,11 @@ ChatPane::ChatPane(AppSession& session, const QString& storePath, QWidget* paren
     buttons->addWidget(m_continue, 1, 0);
     buttons->addWidget(m_regenerate, 1, 1);
     bottom->addLayout(buttons);
-    layout->addLayout(bottom);
+    return bottom;
+}
 
+void ChatPane::startTimers()
+{
     m_renderTimer = new QTimer(this);
     m_renderTimer->setSingleShot(true);
     m_renderTimer->setInterval(100); // while tokens stream: the transcript is redrawn 10 times a second, not per token
@@ -177,7 +200,10 @@ ChatPane::ChatPane(AppSession& session, const QString& storePath, QWidget* paren
         const double expected = m_feeding / std::max(1.0, m_prefillRate) * 1000.0;
         m_prefill->setValue(static_cast<int>(std::min(95.0, 100.0 * m_clock.elapsed() / std::max(1.0, expected))));
     });
+}
 
+void ChatPane::connectControls()
+{
     connect(m_send, &QPushButton::clicked, this, &ChatPane::send);
     connect(m_stop, &QPushButton::clicked, this, &ChatPane::stop);
     connect(m_continue, &QPushButton::clicked, this, &ChatPane::continueAnswer);
@@ -199,10 +225,6 @@ ChatPane::ChatPane(AppSession& session, const QString& storePath, QWidget* paren
         if (!m_scrolling)
             m_follow = v >= m_transcript->verticalScrollBar()->maximum() - 4;
     });
-
-    switchTo(m_store.current);
-    if (!m_store.problem.isEmpty())
-        m_live->setText(m_store.problem);
 }
 
 ChatPane::~ChatPane() { save(); }

@@ -10,6 +10,7 @@
 class QCheckBox;
 class QComboBox;
 class QDoubleSpinBox;
+class QHBoxLayout;
 class QLabel;
 class QLineEdit;
 class QPlainTextEdit;
@@ -67,6 +68,14 @@ Q_SIGNALS:
     void answerStarted();
 
 private:
+    // The constructor's parts, top to bottom.
+    QHBoxLayout* makeTopRow();      // the chats, the seed, New chat
+    QHBoxLayout* makeSettingsRow(); // Complete and the sampling settings
+    QWidget* makeSystemRow();
+    QHBoxLayout* makeMessageRow();  // the message and the Send, Stop, Continue and Regenerate buttons
+    void startTimers();             // the transcript's redraw and the prefill's progress
+    void connectControls();
+
     Conversation& conv();
     // Drops trailing notices; whether the conversation now ends with an answer that can go on or be redone.
     bool atLastAnswer();
