@@ -299,6 +299,179 @@ std::string firewallAdvice(int port, const std::string& ports, uint16_t discover
     return s;
 }
 
+// Signals are taken by sigwait at the end of runDaemon, so they are blocked before any thread exists. A closed
+// terminal (SIGHUP) leaves a daemon started by hand running; one started by a master goes with it anyway.
+sigset_t blockStopSignals(bool local)
+{
+    sigset_t waitFor;
+    sigemptyset(&waitFor);
+    sigaddset(&waitFor, SIGTERM);
+    sigaddset(&waitFor, SIGINT);
+    if (local)
+        sigaddset(&waitFor, SIGHUP);
+    else
+        std::signal(SIGHUP, SIG_IGN);
+    std::signal(SIGPIPE, SIG_IGN);
+    pthread_sigmask(SIG_BLOCK, &waitFor, nullptr);
+    return waitFor;
+}
+
+// How the daemon starts shards and what the machine donates to them, from serve's flags.
+ShardProcesses::Options shardProcessOptions(const DaemonOptions& o, const std::string& keyFile, const std::string& state,
+                                            const std::string& workerId)
+{
+    ShardProcesses::Options so;
+    so.workerExecutable = selfExecutableDir() + "/together-worker";
+    so.keyFile = fs::absolute(keyFile).string();
+    so.ports = o.local ? "0" : o.ports;
+    for (auto& r : o.modelsRoots) {
+        std::error_code ec;
+        auto canonical = fs::canonical(r, ec);
+        if (ec || !fs::is_directory(canonical))
+            throw Error("--models-root " + r + " is not a folder");
+        so.modelsRoots.push_back(canonical.string());
+    }
+    so.workerId = workerId;
+    so.maxThreads = o.maxThreads > 0 ? static_cast<uint32_t>(o.maxThreads) : coreCount();
+    if (o.maxMemoryGiB < 0)
+        throw Error("--max-memory must be a positive number of GiB");
+    so.maxMemoryBytes = static_cast<uint64_t>(o.maxMemoryGiB * double(1ull << 30));
+    if (o.cacheGiB < 0)
+        throw Error("--cache-size must be 0 (no cache) or a positive number of GiB");
+    so.cacheBytes = static_cast<uint64_t>(o.cacheGiB * double(1ull << 30));
+    so.cacheDir = state + "/slice-cache";
+    return so;
+}
+
+// The log's first lines: where the daemon serves and how to open the firewall for it, who gets past the handshake and
+// what the machine donates, which local model folders plans may read, and gloo's ports.
+void logStartup(ServiceLog& log, const DaemonOptions& o, const ShardProcesses::Options& so, const std::string& host, int port,
+                bool allInterfaces, bool discovery, const std::string& workerId, const ClusterKey& key, const std::string& keyFile,
+                const std::string& state)
+{
+    log.write("together-worker " + std::string(kSoftwareVersion).substr(9) + ": serving on " + host + ":" + std::to_string(port) +
+              (allInterfaces ? " (all interfaces: reachable from the LAN)" : " (this address only)") + ", shard ports " +
+              (so.ports == "0" ? std::string("any free port") : so.ports) +
+              "; to open the firewall: " + firewallAdvice(port, so.ports, o.discoveryPort, discovery));
+    log.write("worker " + workerId + " on " + hostName() + ": only peers that hold the cluster key (fingerprint " + key.fingerprint() +
+              ") get past the TLS handshake; donating " + std::to_string(so.maxThreads) + " of " + std::to_string(coreCount()) +
+              " threads and " + (so.maxMemoryBytes ? formatBytes(so.maxMemoryBytes) : std::string("the free memory")) + " of " +
+              formatBytes(memoryTotalBytes()) + "; key " + keyFile + ", state " + state);
+    log.write(so.modelsRoots.empty() ? std::string("local model folders: none (the master streams the weights; allow folders with --models-root DIR)")
+                                     : "local model folders: plans may ask shards to read under " + [&] {
+                                           std::string s;
+                                           for (auto& r : so.modelsRoots)
+                                               s += (s.empty() ? "" : ", ") + r;
+                                           return s;
+                                       }());
+    log.write("tensor-parallel groups across machines also connect to each other on ephemeral TCP ports (gloo; see docs/SECURITY.md)");
+}
+
+// Beacons on the LAN, so that masters find this worker; none with `discovery` off (--local, or
+// --discovery-interfaces none), which the log says.
+std::unique_ptr<BeaconAnnouncer> startAnnouncer(const DaemonOptions& o, bool discovery, ServiceLog& log, const std::string& workerId,
+                                                const std::string& host, int port, const ClusterKey& key)
+{
+    std::unique_ptr<BeaconAnnouncer> announcer;
+    if (discovery) {
+        BeaconAnnouncer::Options ao;
+        ao.port = o.discoveryPort;
+        ao.interfaces = o.discoveryInterfaces;
+        ao.log = [&log](const std::string& m) { log.write(m); };
+        const std::string fingerprint = key.fingerprint();
+        ao.beacon = [workerId, host, port, fingerprint] {
+            BeaconInfo b;
+            b.workerId = workerId;
+            b.hostname = hostName();
+            b.addresses = machineAddresses(host);
+            b.grpcPort = static_cast<uint16_t>(port);
+            b.protocol = kProtocolVersion;
+            b.cores = coreCount();
+            b.memoryTotalBytes = memoryTotalBytes();
+            b.keyFingerprint = fingerprint;
+            b.softwareVersion = kSoftwareVersion;
+            return b;
+        };
+        announcer = std::make_unique<BeaconAnnouncer>(ao);
+    } else {
+        log.write(o.local ? std::string("discovery: off (started by a master with --local)") : std::string("discovery: off (--discovery-interfaces none)"));
+    }
+    return announcer;
+}
+
+// The watchdog thread's loop: a daemon whose listener stopped accepting (gRPC 1.51 gives up after a full file
+// table) is alive but useless; it exits, so that its service manager starts it afresh. It says Hello to itself
+// at `self` every 10 s; three failures in a row end the process.
+void watchListener(const Credentials& credentials, const std::string& self, ServiceLog& log, const std::atomic<bool>& stopping)
+{
+    int failures = 0;
+    while (!stopping) {
+        for (int i = 0; i < 100 && !stopping; ++i)
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        if (stopping)
+            break;
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+        v1::HelloRequest req;
+        req.set_protocol_version(kProtocolVersion);
+        v1::HelloReply rep;
+        grpc::Status st = v1::WorkerControl::NewStub(openChannel(credentials, self))->Hello(&ctx, req, &rep);
+        failures = st.ok() ? 0 : failures + 1;
+        if (failures == 3) {
+            log.write("the daemon no longer answers on " + self + " (" + st.error_message() +
+                      "): exiting so that it is restarted; its shards stop with it");
+            ::_exit(3);
+        }
+    }
+}
+
+// The calibration thread's work: this machine's speed for the cost model, measured in a child process (the
+// daemon's own memory and threads stay as they are), one daemon of the machine at a time, cached across restarts.
+// `calibrating` holds the child's pid while it runs (stopping kills it). The result, or its error, for Hello.
+v1::MachineCalibration calibrateMachine(const ShardProcesses::Options& so, bool recalibrate, ServiceLog& log, std::atomic<pid_t>& calibrating)
+{
+    v1::MachineCalibration result;
+    try {
+        std::vector<std::string> args = {"calibrate", "--threads", std::to_string(so.maxThreads)};
+        if (recalibrate)
+            args.push_back("--recalibrate");
+        ChildProcess child = spawnWithReport(so.workerExecutable, args);
+        calibrating = child.pid;
+        const std::string line = readReportLineOrKill(child, 120000);
+        ::waitpid(child.pid, nullptr, 0);
+        calibrating = -1;
+        if (line.rfind("calibration ", 0) != 0)
+            throw Error("unexpected line from the calibration: " + line);
+        const Calibration c = calibrationFromJson(line.substr(12));
+        result.set_read_gbps_1(c.readGBps1);
+        result.set_read_gbps_all(c.readGBpsAll);
+        for (auto& [dtype, v] : c.matvecGBps) {
+            auto* x = result.add_matvec();
+            x->set_dtype(dtype);
+            x->set_gbps_1(v.first);
+            x->set_gbps_all(v.second);
+        }
+        result.set_gemm_gflops(c.gemmGFlops);
+        result.set_layer_overhead_us_1(c.layerOverheadUs1);
+        result.set_layer_overhead_us_all(c.layerOverheadUsAll);
+        result.set_cpu_model(c.cpuModel);
+        result.set_kernel_path(c.kernelPath);
+        result.set_from_cache(c.fromCache);
+        result.set_threads(static_cast<uint32_t>(c.threads));
+        char b[200];
+        std::snprintf(b, sizeof b, "read %.1f GB/s (1 thread), %.1f GB/s (%d); decode bf16 %.1f GB/s, f32 %.1f GB/s", c.readGBps1,
+                      c.readGBpsAll, c.threads, c.matvecGBps.count("bf16") ? c.matvecGBps.at("bf16").second : 0.0,
+                      c.matvecGBps.count("f32") ? c.matvecGBps.at("f32").second : 0.0);
+        log.write(std::string("calibration") + (c.fromCache ? " (cached)" : " (measured in " + std::to_string(c.seconds).substr(0, 4) + " s)") +
+                  ": " + b);
+    } catch (const std::exception& e) {
+        calibrating = -1; // reaped: its pid may be reused
+        result.set_error(e.what());
+        log.write(std::string("calibration failed: ") + e.what());
+    }
+    return result;
+}
+
 } // namespace
 
 std::string resolveDaemonKeyFile(const std::string& given)
@@ -327,18 +500,7 @@ std::string resolveDaemonKeyFile(const std::string& given)
 int runDaemon(const DaemonOptions& o)
 {
     dieWithParent(o.parentPid);
-    // Signals are taken by sigwait below, so block them before any thread exists. A closed terminal (SIGHUP)
-    // leaves a daemon started by hand running; one started by a master goes with it anyway.
-    sigset_t waitFor;
-    sigemptyset(&waitFor);
-    sigaddset(&waitFor, SIGTERM);
-    sigaddset(&waitFor, SIGINT);
-    if (o.local)
-        sigaddset(&waitFor, SIGHUP);
-    else
-        std::signal(SIGHUP, SIG_IGN);
-    std::signal(SIGPIPE, SIG_IGN);
-    pthread_sigmask(SIG_BLOCK, &waitFor, nullptr);
+    sigset_t waitFor = blockStopSignals(o.local);
     try {
         const std::string keyFile = resolveDaemonKeyFile(o.keyFile);
         const ClusterKey key = ClusterKey::fromFile(keyFile);
@@ -355,26 +517,7 @@ int runDaemon(const DaemonOptions& o)
         } unrouteAtExit;
         const Credentials credentials(key, "worker " + workerId);
 
-        ShardProcesses::Options so;
-        so.workerExecutable = selfExecutableDir() + "/together-worker";
-        so.keyFile = fs::absolute(keyFile).string();
-        so.ports = o.local ? "0" : o.ports;
-        for (auto& r : o.modelsRoots) {
-            std::error_code ec;
-            auto canonical = fs::canonical(r, ec);
-            if (ec || !fs::is_directory(canonical))
-                throw Error("--models-root " + r + " is not a folder");
-            so.modelsRoots.push_back(canonical.string());
-        }
-        so.workerId = workerId;
-        so.maxThreads = o.maxThreads > 0 ? static_cast<uint32_t>(o.maxThreads) : coreCount();
-        if (o.maxMemoryGiB < 0)
-            throw Error("--max-memory must be a positive number of GiB");
-        so.maxMemoryBytes = static_cast<uint64_t>(o.maxMemoryGiB * double(1ull << 30));
-        if (o.cacheGiB < 0)
-            throw Error("--cache-size must be 0 (no cache) or a positive number of GiB");
-        so.cacheBytes = static_cast<uint64_t>(o.cacheGiB * double(1ull << 30));
-        so.cacheDir = state + "/slice-cache";
+        const ShardProcesses::Options so = shardProcessOptions(o, keyFile, state, workerId);
         ShardProcesses shards(so, log);
 
         grpc::ServerBuilder builder;
@@ -391,120 +534,17 @@ int runDaemon(const DaemonOptions& o)
         service.setPort(port);
         const bool allInterfaces = host == "0.0.0.0" || host == "[::]" || host == "::";
         const bool discovery = !o.local && o.discoveryInterfaces != "none";
-        log.write("together-worker " + std::string(kSoftwareVersion).substr(9) + ": serving on " + host + ":" + std::to_string(port) +
-                  (allInterfaces ? " (all interfaces: reachable from the LAN)" : " (this address only)") + ", shard ports " +
-                  (so.ports == "0" ? std::string("any free port") : so.ports) +
-                  "; to open the firewall: " + firewallAdvice(port, so.ports, o.discoveryPort, discovery));
-        log.write("worker " + workerId + " on " + hostName() + ": only peers that hold the cluster key (fingerprint " + key.fingerprint() +
-                  ") get past the TLS handshake; donating " + std::to_string(so.maxThreads) + " of " + std::to_string(coreCount()) +
-                  " threads and " + (so.maxMemoryBytes ? formatBytes(so.maxMemoryBytes) : std::string("the free memory")) + " of " +
-                  formatBytes(memoryTotalBytes()) + "; key " + keyFile + ", state " + state);
-        log.write(so.modelsRoots.empty() ? std::string("local model folders: none (the master streams the weights; allow folders with --models-root DIR)")
-                                         : "local model folders: plans may ask shards to read under " + [&] {
-                                               std::string s;
-                                               for (auto& r : so.modelsRoots)
-                                                   s += (s.empty() ? "" : ", ") + r;
-                                               return s;
-                                           }());
-        log.write("tensor-parallel groups across machines also connect to each other on ephemeral TCP ports (gloo; see docs/SECURITY.md)");
+        logStartup(log, o, so, host, port, allInterfaces, discovery, workerId, key, keyFile, state);
 
-        std::unique_ptr<BeaconAnnouncer> announcer;
-        if (discovery) {
-            BeaconAnnouncer::Options ao;
-            ao.port = o.discoveryPort;
-            ao.interfaces = o.discoveryInterfaces;
-            ao.log = [&log](const std::string& m) { log.write(m); };
-            const std::string fingerprint = key.fingerprint();
-            ao.beacon = [workerId, host, port, fingerprint] {
-                BeaconInfo b;
-                b.workerId = workerId;
-                b.hostname = hostName();
-                b.addresses = machineAddresses(host);
-                b.grpcPort = static_cast<uint16_t>(port);
-                b.protocol = kProtocolVersion;
-                b.cores = coreCount();
-                b.memoryTotalBytes = memoryTotalBytes();
-                b.keyFingerprint = fingerprint;
-                b.softwareVersion = kSoftwareVersion;
-                return b;
-            };
-            announcer = std::make_unique<BeaconAnnouncer>(ao);
-        } else {
-            log.write(o.local ? std::string("discovery: off (started by a master with --local)") : std::string("discovery: off (--discovery-interfaces none)"));
-        }
+        std::unique_ptr<BeaconAnnouncer> announcer = startAnnouncer(o, discovery, log, workerId, host, port, key);
         const std::string self = (allInterfaces ? std::string("127.0.0.1") : host) + ":" + std::to_string(port);
         writeReport(o.reportFd, "listening " + self);
 
-        // Watchdog: a daemon whose listener stopped accepting (gRPC 1.51 gives up after a full file table)
-        // is alive but useless; it exits, so that its service manager starts it afresh.
         std::atomic<bool> stopping{false};
-        std::thread watchdog([&] {
-            int failures = 0;
-            while (!stopping) {
-                for (int i = 0; i < 100 && !stopping; ++i)
-                    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-                if (stopping)
-                    break;
-                grpc::ClientContext ctx;
-                ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-                v1::HelloRequest req;
-                req.set_protocol_version(kProtocolVersion);
-                v1::HelloReply rep;
-                grpc::Status st = v1::WorkerControl::NewStub(openChannel(credentials, self))->Hello(&ctx, req, &rep);
-                failures = st.ok() ? 0 : failures + 1;
-                if (failures == 3) {
-                    log.write("the daemon no longer answers on " + self + " (" + st.error_message() +
-                              "): exiting so that it is restarted; its shards stop with it");
-                    ::_exit(3);
-                }
-            }
-        });
+        std::thread watchdog([&] { watchListener(credentials, self, log, stopping); });
 
-        // This machine's speed for the cost model, measured in a child process (the daemon's own memory and
-        // threads stay as they are), one daemon of the machine at a time, cached across restarts.
         std::atomic<pid_t> calibrating{-1};
-        std::thread calibration([&] {
-            v1::MachineCalibration result;
-            try {
-                std::vector<std::string> args = {"calibrate", "--threads", std::to_string(so.maxThreads)};
-                if (o.recalibrate)
-                    args.push_back("--recalibrate");
-                ChildProcess child = spawnWithReport(so.workerExecutable, args);
-                calibrating = child.pid;
-                const std::string line = readReportLineOrKill(child, 120000);
-                ::waitpid(child.pid, nullptr, 0);
-                calibrating = -1;
-                if (line.rfind("calibration ", 0) != 0)
-                    throw Error("unexpected line from the calibration: " + line);
-                const Calibration c = calibrationFromJson(line.substr(12));
-                result.set_read_gbps_1(c.readGBps1);
-                result.set_read_gbps_all(c.readGBpsAll);
-                for (auto& [dtype, v] : c.matvecGBps) {
-                    auto* x = result.add_matvec();
-                    x->set_dtype(dtype);
-                    x->set_gbps_1(v.first);
-                    x->set_gbps_all(v.second);
-                }
-                result.set_gemm_gflops(c.gemmGFlops);
-                result.set_layer_overhead_us_1(c.layerOverheadUs1);
-                result.set_layer_overhead_us_all(c.layerOverheadUsAll);
-                result.set_cpu_model(c.cpuModel);
-                result.set_kernel_path(c.kernelPath);
-                result.set_from_cache(c.fromCache);
-                result.set_threads(static_cast<uint32_t>(c.threads));
-                char b[200];
-                std::snprintf(b, sizeof b, "read %.1f GB/s (1 thread), %.1f GB/s (%d); decode bf16 %.1f GB/s, f32 %.1f GB/s", c.readGBps1,
-                              c.readGBpsAll, c.threads, c.matvecGBps.count("bf16") ? c.matvecGBps.at("bf16").second : 0.0,
-                              c.matvecGBps.count("f32") ? c.matvecGBps.at("f32").second : 0.0);
-                log.write(std::string("calibration") + (c.fromCache ? " (cached)" : " (measured in " + std::to_string(c.seconds).substr(0, 4) + " s)") +
-                          ": " + b);
-            } catch (const std::exception& e) {
-                calibrating = -1; // reaped: its pid may be reused
-                result.set_error(e.what());
-                log.write(std::string("calibration failed: ") + e.what());
-            }
-            service.setCalibration(result);
-        });
+        std::thread calibration([&] { service.setCalibration(calibrateMachine(so, o.recalibrate, log, calibrating)); });
         struct JoinCalibration {
             std::thread& t;
             ~JoinCalibration()
