@@ -65,67 +65,102 @@ ShardProcesses::Started ShardProcesses::launch(const Request& req)
 {
     const std::string who = "launch " + req.launchId + " shard " + std::to_string(req.index);
     // Reserve threads and memory before spawning, so concurrent launches cannot both pass the check.
-    {
-        std::lock_guard lock(m_mutex);
-        reapLocked();
-        uint32_t threads = 0;
-        uint64_t reserved = 0, resident = 0;
-        std::map<std::string, uint32_t> threadsBy;
-        for (auto& [id, l] : m_launches)
-            for (auto& s : l.shards)
-                if (s.running) {
-                    threads += s.threads;
-                    reserved += s.memoryBytes;
-                    threadsBy[l.master] += s.threads;
-                    if (s.pid > 0)
-                        resident += residentBytes(s.pid);
-                }
-        auto users = [&] {
-            std::string u;
-            for (auto& [m, t] : threadsBy)
-                u += (u.empty() ? "" : ", ") + m + " (" + std::to_string(t) + " threads)";
-            return u.empty() ? std::string() : ": in use by " + u;
-        };
-        if (threads + req.threads > m_options.maxThreads)
-            throw Error("busy: this worker donates " + std::to_string(m_options.maxThreads) + " threads (serve --max-threads), " +
-                        std::to_string(threads) + " are in use" + users() + "; this shard asks for " + std::to_string(req.threads));
-        if (m_options.maxMemoryBytes > 0 && reserved + req.memoryBytes > m_options.maxMemoryBytes)
-            throw Error("needs about " + formatBytes(req.memoryBytes) + ", " + hostName() + " donates " + formatBytes(m_options.maxMemoryBytes) +
-                        " (serve --max-memory)" + (reserved ? ", of which " + formatBytes(reserved) + " are reserved" + users() : std::string()));
-        // Memory promised to shards that are still loading is not free yet.
-        const uint64_t pending = reserved > resident ? reserved - resident : 0;
-        const uint64_t available = memoryAvailableBytes();
-        const uint64_t free = available > pending ? available - pending : 0;
-        if (req.memoryBytes > free && !req.beyondFreeMemory)
-            throw Error("needs about " + formatBytes(req.memoryBytes) + ", " + hostName() + " has " + formatBytes(free) + " free" +
-                        (m_options.maxMemoryBytes ? " (" + formatBytes(m_options.maxMemoryBytes) + " donated)" : std::string()));
-        Launch& l = m_launches[req.launchId];
-        if (l.shards.empty()) {
-            l.master = req.master;
-            l.lease = req.lease;
+    reserve(req);
+    const std::vector<std::string> args = shardArguments(req);
+    ChildProcess child;
+    std::string line;
+    try {
+        child = spawn(args);
+        // The shard's stderr goes into our log from now on, including why it failed to start.
+        logStderr(child.stderrFd, who);
+        line = readReportLineOrKill(child, 60000);
+        if (line.rfind("listening ", 0) != 0) {
+            ::kill(child.pid, SIGKILL);
+            ::waitpid(child.pid, nullptr, 0);
+            throw Error("unexpected ready line from the shard: " + line);
         }
-        l.renewed = Clock::now();
-        Shard s;
-        s.index = req.index;
-        s.threads = req.threads;
-        s.memoryBytes = req.memoryBytes;
-        l.shards.push_back(s);
+    } catch (const std::exception& e) {
+        unreserve(req);
+        m_log.write(who + ": could not start: " + e.what());
+        throw Error(std::string("could not start the shard: ") + e.what());
     }
-    auto unreserve = [&] {
-        std::lock_guard lock(m_mutex);
-        auto it = m_launches.find(req.launchId);
-        if (it == m_launches.end())
-            return;
-        auto& v = it->second.shards;
-        for (auto s = v.begin(); s != v.end(); ++s)
-            if (s->index == req.index && s->pid < 0) {
-                v.erase(s);
-                break;
-            }
-        if (v.empty())
-            m_launches.erase(it);
-    };
+    Started started{line.substr(10), child.pid};
+    if (!adopt(req, started)) { // the launch was stopped while this shard started
+        ::kill(child.pid, SIGKILL);
+        ::waitpid(child.pid, nullptr, 0);
+        throw Error("the launch was stopped while its shard started");
+    }
+    m_log.write(who + ": started (pid " + std::to_string(child.pid) + ") at " + started.address + " for " + req.master + ", " +
+                std::to_string(req.threads) + " threads" + (req.memoryBytes ? ", about " + formatBytes(req.memoryBytes) : std::string()));
+    return started;
+}
 
+void ShardProcesses::reserve(const Request& req)
+{
+    std::lock_guard lock(m_mutex);
+    reapLocked();
+    uint32_t threads = 0;
+    uint64_t reserved = 0, resident = 0;
+    std::map<std::string, uint32_t> threadsBy;
+    for (auto& [id, l] : m_launches)
+        for (auto& s : l.shards)
+            if (s.running) {
+                threads += s.threads;
+                reserved += s.memoryBytes;
+                threadsBy[l.master] += s.threads;
+                if (s.pid > 0)
+                    resident += residentBytes(s.pid);
+            }
+    auto users = [&] {
+        std::string u;
+        for (auto& [m, t] : threadsBy)
+            u += (u.empty() ? "" : ", ") + m + " (" + std::to_string(t) + " threads)";
+        return u.empty() ? std::string() : ": in use by " + u;
+    };
+    if (threads + req.threads > m_options.maxThreads)
+        throw Error("busy: this worker donates " + std::to_string(m_options.maxThreads) + " threads (serve --max-threads), " +
+                    std::to_string(threads) + " are in use" + users() + "; this shard asks for " + std::to_string(req.threads));
+    if (m_options.maxMemoryBytes > 0 && reserved + req.memoryBytes > m_options.maxMemoryBytes)
+        throw Error("needs about " + formatBytes(req.memoryBytes) + ", " + hostName() + " donates " + formatBytes(m_options.maxMemoryBytes) +
+                    " (serve --max-memory)" + (reserved ? ", of which " + formatBytes(reserved) + " are reserved" + users() : std::string()));
+    // Memory promised to shards that are still loading is not free yet.
+    const uint64_t pending = reserved > resident ? reserved - resident : 0;
+    const uint64_t available = memoryAvailableBytes();
+    const uint64_t free = available > pending ? available - pending : 0;
+    if (req.memoryBytes > free && !req.beyondFreeMemory)
+        throw Error("needs about " + formatBytes(req.memoryBytes) + ", " + hostName() + " has " + formatBytes(free) + " free" +
+                    (m_options.maxMemoryBytes ? " (" + formatBytes(m_options.maxMemoryBytes) + " donated)" : std::string()));
+    Launch& l = m_launches[req.launchId];
+    if (l.shards.empty()) {
+        l.master = req.master;
+        l.lease = req.lease;
+    }
+    l.renewed = Clock::now();
+    Shard s;
+    s.index = req.index;
+    s.threads = req.threads;
+    s.memoryBytes = req.memoryBytes;
+    l.shards.push_back(s);
+}
+
+void ShardProcesses::unreserve(const Request& req)
+{
+    std::lock_guard lock(m_mutex);
+    auto it = m_launches.find(req.launchId);
+    if (it == m_launches.end())
+        return;
+    auto& v = it->second.shards;
+    for (auto s = v.begin(); s != v.end(); ++s)
+        if (s->index == req.index && s->pid < 0) {
+            v.erase(s);
+            break;
+        }
+    if (v.empty())
+        m_launches.erase(it);
+}
+
+std::vector<std::string> ShardProcesses::shardArguments(const Request& req) const
+{
     std::vector<std::string> args = {"shard", "--host", req.bindHost, "--ports", m_options.ports, "--key-file", m_options.keyFile,
                                      "--threads", std::to_string(std::max<uint32_t>(1, req.threads)), "--name",
                                      "shard " + std::to_string(req.index) + " " + req.launchId.substr(0, 8) + "@" + m_options.workerId.substr(0, 16)};
@@ -138,83 +173,69 @@ ShardProcesses::Started ShardProcesses::launch(const Request& req)
         args.push_back("--models-root");
         args.push_back(r);
     }
+    return args;
+}
+
+ChildProcess ShardProcesses::spawn(const std::vector<std::string>& args)
+{
     ChildProcess child;
-    std::string line;
-    try {
-        std::packaged_task<void()> task([&] { child = spawnWithReport(m_options.workerExecutable, args, /*captureStderr=*/true); });
-        auto done = task.get_future();
-        {
-            std::lock_guard lock(m_spawnMutex);
-            m_spawnQueue.push_back(std::move(task));
-        }
-        m_spawnCv.notify_one();
-        done.get();
-        // The shard's stderr goes into our log from now on, including why it failed to start.
-        auto reader = std::make_unique<Reader>();
-        Reader* r = reader.get();
-        const int fd = child.stderrFd;
-        reader->thread = std::thread([this, r, fd, who] {
-            std::string buf;
-            char chunk[4096];
-            ssize_t n;
-            while ((n = ::read(fd, chunk, sizeof chunk)) > 0) {
-                buf.append(chunk, static_cast<size_t>(n));
-                size_t nl;
-                while ((nl = buf.find('\n')) != std::string::npos) {
-                    m_log.write(who + ": " + buf.substr(0, nl));
-                    buf.erase(0, nl + 1);
-                }
-                if (buf.size() > 8192) {
-                    m_log.write(who + ": " + buf);
-                    buf.clear();
-                }
-            }
-            if (!buf.empty())
-                m_log.write(who + ": " + buf);
-            ::close(fd);
-            r->done = true;
-        });
-        {
-            std::lock_guard lock(m_mutex);
-            m_readers.push_back(std::move(reader));
-        }
-        line = readReportLineOrKill(child, 60000);
-        if (line.rfind("listening ", 0) != 0) {
-            ::kill(child.pid, SIGKILL);
-            ::waitpid(child.pid, nullptr, 0);
-            throw Error("unexpected ready line from the shard: " + line);
-        }
-    } catch (const std::exception& e) {
-        unreserve();
-        m_log.write(who + ": could not start: " + e.what());
-        throw Error(std::string("could not start the shard: ") + e.what());
+    std::packaged_task<void()> task([&] { child = spawnWithReport(m_options.workerExecutable, args, /*captureStderr=*/true); });
+    auto done = task.get_future();
+    {
+        std::lock_guard lock(m_spawnMutex);
+        m_spawnQueue.push_back(std::move(task));
     }
-    Started started{line.substr(10), child.pid};
-    bool orphan = false;
+    m_spawnCv.notify_one();
+    done.get();
+    return child;
+}
+
+void ShardProcesses::logStderr(int fd, const std::string& who)
+{
+    auto reader = std::make_unique<Reader>();
+    Reader* r = reader.get();
+    reader->thread = std::thread([this, r, fd, who] {
+        std::string buf;
+        char chunk[4096];
+        ssize_t n;
+        while ((n = ::read(fd, chunk, sizeof chunk)) > 0) {
+            buf.append(chunk, static_cast<size_t>(n));
+            size_t nl;
+            while ((nl = buf.find('\n')) != std::string::npos) {
+                m_log.write(who + ": " + buf.substr(0, nl));
+                buf.erase(0, nl + 1);
+            }
+            if (buf.size() > 8192) {
+                m_log.write(who + ": " + buf);
+                buf.clear();
+            }
+        }
+        if (!buf.empty())
+            m_log.write(who + ": " + buf);
+        ::close(fd);
+        r->done = true;
+    });
     {
         std::lock_guard lock(m_mutex);
-        auto it = m_launches.find(req.launchId);
-        orphan = true;
-        if (it != m_launches.end())
-            for (auto& s : it->second.shards)
-                if (s.index == req.index && s.pid < 0) {
-                    s.pid = child.pid;
-                    s.address = started.address;
-                    orphan = false;
-                    // The master's call is still waiting for this reply: the lease counts from here, so a
-                    // slow start (a loaded machine) does not expire it before the master can renew it.
-                    it->second.renewed = Clock::now();
-                    break;
-                }
+        m_readers.push_back(std::move(reader));
     }
-    if (orphan) { // the launch was stopped while this shard started
-        ::kill(child.pid, SIGKILL);
-        ::waitpid(child.pid, nullptr, 0);
-        throw Error("the launch was stopped while its shard started");
-    }
-    m_log.write(who + ": started (pid " + std::to_string(child.pid) + ") at " + started.address + " for " + req.master + ", " +
-                std::to_string(req.threads) + " threads" + (req.memoryBytes ? ", about " + formatBytes(req.memoryBytes) : std::string()));
-    return started;
+}
+
+bool ShardProcesses::adopt(const Request& req, const Started& started)
+{
+    std::lock_guard lock(m_mutex);
+    auto it = m_launches.find(req.launchId);
+    if (it != m_launches.end())
+        for (auto& s : it->second.shards)
+            if (s.index == req.index && s.pid < 0) {
+                s.pid = started.pid;
+                s.address = started.address;
+                // The master's call is still waiting for this reply: the lease counts from here, so a
+                // slow start (a loaded machine) does not expire it before the master can renew it.
+                it->second.renewed = Clock::now();
+                return true;
+            }
+    return false;
 }
 
 uint32_t ShardProcesses::stop(const std::string& launchId, const std::string& why)

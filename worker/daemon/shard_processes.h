@@ -19,6 +19,8 @@
 
 namespace together {
 
+struct ChildProcess;
+
 // A daemon's shard processes: started on request, within what the machine donates, owned by a master that
 // must keep renewing its launch's lease, and watched until they exit.
 //
@@ -104,6 +106,17 @@ private:
         std::vector<Shard> shards;
     };
     struct Reader; // a thread copying one shard's stderr into the log
+    // launch()'s steps. reserve: checks the limits and reserves the shard's threads and memory (a shard without a
+    // pid yet), or throws; unreserve: takes that back after a failed start.
+    void reserve(const Request& request);
+    void unreserve(const Request& request);
+    std::vector<std::string> shardArguments(const Request& request) const;
+    // Spawns the shard on the spawner thread (see above) and waits for it.
+    ChildProcess spawn(const std::vector<std::string>& args);
+    // Copies the shard's stderr (`fd`, closed at its end) into the log on a Reader thread.
+    void logStderr(int fd, const std::string& who);
+    // Gives the reserved shard its pid and address; false when its launch was stopped while it started.
+    bool adopt(const Request& request, const Started& started);
     void monitorLoop();
     void reapLocked();
     void endLocked(const std::string& launchId, const std::string& why);
