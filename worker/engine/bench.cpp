@@ -101,24 +101,13 @@ DtypeAccuracy compareWithF32(const std::string& modelDir, ComputeType dtype, con
     return a;
 }
 
-int runBench(const std::vector<std::string>& rest)
+namespace {
+
+// Decode kernel paths to measure: the active one by default; "all": every path this CPU runs, and ATen's at::mv
+// (the engine's decode before these kernels) for comparison; or a list of names.
+std::vector<std::string> kernelPaths(const std::string& k, kernels::Path active)
 {
-    CliArgs args(rest, {{"cache"}, {"prompt-tokens"}, {"decode-tokens"}, {"threads"}, {"dtypes"}, {"layers"}, {"kernels"},
-                        {"accuracy", false}, {"accuracy-steps"}, {"reference-model"}, {"shape"}, {"repeat"}});
-    const int promptTokens = args.getInt("prompt-tokens", 128);
-    const int decodeTokens = args.getInt("decode-tokens", 128);
-    const int repeat = std::max(1, args.getInt("repeat", 3));
-    std::vector<int> threadCounts;
-    for (auto& t : splitList(args.get("threads", "1,2")))
-        threadCounts.push_back(std::stoi(t));
-    std::vector<ComputeType> dtypes;
-    for (auto& d : splitList(args.get("dtypes", "bf16,q8,f32")))
-        dtypes.push_back(parseComputeType(d));
-    // Decode kernel paths to measure: the active one by default; "all": every path this CPU runs, and ATen's
-    // at::mv (the engine's decode before these kernels) for comparison; or a list of names.
-    const kernels::Path active = kernels::activePath();
     std::vector<std::string> paths;
-    const std::string k = args.get("kernels", "active");
     if (k == "active") {
         paths.push_back(kernels::pathName(active));
     } else if (k == "all") {
@@ -133,8 +122,11 @@ int runBench(const std::vector<std::string>& rest)
         }
         kernels::setPath(active);
     }
-    const std::string cache = args.get("cache", fs::path(defaultModelDir()).parent_path().string());
+    return paths;
+}
 
+void printKernels(kernels::Path active)
+{
     std::string runs;
     for (auto p : kernels::supportedPaths())
         runs += std::string(runs.empty() ? "" : ", ") + kernels::pathName(p);
@@ -143,121 +135,164 @@ int runBench(const std::vector<std::string>& rest)
         isa = std::getenv("DNNL_MAX_CPU_ISA");
     std::printf("decode kernels: %s active (this CPU runs: %s); prefill GEMM: oneDNN/BLAS%s%s\n", kernels::pathName(active), runs.c_str(),
                 isa ? ", ONEDNN_MAX_CPU_ISA=" : " (no ISA cap)", isa ? isa : "");
+}
+
+// A large shape on a small machine: say so and skip, rather than fill the disk or run out of memory.
+bool fitsThisMachine(const std::string& shape, int layers, const std::vector<ComputeType>& dtypes, const std::string& cache)
+{
+    const RandomModelSpec spec = modelShape(shape, layers);
+    ModelConfig probe = ModelConfig::fromJsonText(
+        nlohmann::json{{"architectures", {"LlamaForCausalLM"}}, {"hidden_size", spec.hiddenSize}, {"intermediate_size", spec.intermediateSize},
+                       {"num_hidden_layers", spec.numLayers}, {"num_attention_heads", spec.numHeads},
+                       {"num_key_value_heads", spec.numKvHeads}, {"vocab_size", spec.vocabSize}}
+            .dump(),
+        "bench shape");
+    const int64_t fileBytes = shardBytes(probe, ShardSpec::whole(probe), DType::BF16);
+    fs::create_directories(cache);
+    const uint64_t freeDisk = fs::space(cache).available;
+    const bool written = fs::exists(cache + "/bench-" + shape + "-" + std::to_string(spec.numLayers) + "l-bf16/model.safetensors");
+    if (!written && freeDisk < static_cast<uint64_t>(fileBytes) + (2ull << 30)) {
+        std::printf("skipped: the %s model needs %.1f GB of disk in %s, %.1f GB are free\n", shape.c_str(), fileBytes / 1e9, cache.c_str(),
+                    freeDisk / 1e9);
+        return false;
+    }
+    const uint64_t avail = memoryAvailableBytes();
+    for (ComputeType ct : dtypes) {
+        const int64_t need = estimateShardMemory(probe, ShardSpec::whole(probe), parseRunDtype(computeTypeName(ct)), 4096).total();
+        if (avail > 0 && static_cast<uint64_t>(need) > avail) {
+            std::printf("skipped: %s at %s needs about %.1f GB of memory, %.1f GB are available\n", shape.c_str(), computeTypeName(ct),
+                        need / 1e9, avail / 1e9);
+            return false;
+        }
+    }
+    return true;
+}
+
+// One row of the speed table: `repeat` runs, each right after a read-bandwidth measurement: on a shared host
+// both drift within a minute, so the share is taken run by run and the medians are printed.
+void benchRow(LlamaModel& model, double bytesPerToken, ComputeType ct, const std::string& path, int threads, const std::vector<int>& prompt,
+              int decodeTokens, int repeat)
+{
+    const int promptTokens = static_cast<int>(prompt.size());
+    std::vector<double> prefills, decodes, bws, shares;
+    for (int rep = 0; rep < repeat; ++rep) {
+        const double bw = readBandwidth(size_t(1) << 30);
+        KvCache cache = model.newCache();
+        auto t0 = Clock::now();
+        at::Tensor logits = model.forward(prompt, cache);
+        auto t1 = Clock::now();
+        int next = topToken(logits);
+        auto t2 = Clock::now();
+        for (int i = 0; i < decodeTokens; ++i)
+            next = topToken(model.forward({next}, cache));
+        auto t3 = Clock::now();
+        prefills.push_back(promptTokens / seconds(t0, t1));
+        decodes.push_back(decodeTokens / seconds(t2, t3));
+        bws.push_back(bw);
+        shares.push_back(decodes.back() * bytesPerToken / bw);
+    }
+    const double prefillTps = median(prefills), decodeTps = median(decodes), bw = median(bws), fraction = median(shares);
+    std::printf("| %s | %s | %d | %.1f | %.2f | %.0f MB | %.1f | %.0f%% |\n", computeTypeName(ct),
+                path == "aten" ? "aten (at::mv)" : path.c_str(), threads, prefillTps, decodeTps, bytesPerToken / 1e6,
+                bw / 1e9, fraction * 100);
+    std::fflush(stdout);
+}
+
+// The speed table: every dtype, decode kernel path and thread count on the random model of `shape`.
+void benchSpeed(const std::string& dir, const std::vector<ComputeType>& dtypes, const std::vector<std::string>& paths,
+                const std::vector<int>& threadCounts, int promptTokens, int decodeTokens, int repeat, kernels::Path active)
+{
+    ModelConfig config = ModelConfig::fromDirectory(dir);
+    SafeTensors tensors = SafeTensors::open(dir);
+
+    std::mt19937 rng(7);
+    std::vector<int> prompt(static_cast<size_t>(promptTokens));
+    for (auto& t : prompt)
+        t = static_cast<int>(rng() % static_cast<unsigned>(config.vocabSize));
+
+    std::printf("\n| dtype | decode kernels | threads | prefill tok/s (%d) | decode tok/s (%d) | bytes/token | read GB/s | "
+                "bandwidth share |\n",
+                promptTokens, decodeTokens);
+    std::printf("|---|---|---|---|---|---|---|---|\n");
+    for (ComputeType ct : dtypes) {
+        LlamaModel model(config, tensors, ct);
+        const double bytesPerToken = static_cast<double>(model.weightBytesPerToken());
+        for (const std::string& path : paths) {
+            if (path == "aten" && ct == ComputeType::Q8)
+                continue; // ATen has no q8 product
+            LlamaModel::setAtenDecode(path == "aten");
+            if (path != "aten")
+                kernels::setPath(kernels::parsePath(path));
+            for (int threads : threadCounts) {
+                setComputeThreads(threads);
+                { // warm-up: first touches of weights and allocator
+                    KvCache warm = model.newCache();
+                    model.forward({1, 2, 3, 4}, warm);
+                    model.forward({5}, warm);
+                }
+                benchRow(model, bytesPerToken, ct, path, threads, prompt, decodeTokens, repeat);
+            }
+        }
+    }
+    LlamaModel::setAtenDecode(false);
+    kernels::setPath(active);
+}
+
+// The accuracy table: bf16 and q8 against f32, on the reference model (when given) and a small random one.
+void benchAccuracy(int steps, const std::string& reference, const std::string& cache, const std::vector<int>& threadCounts)
+{
+    std::vector<std::pair<std::string, std::string>> models;
+    if (!reference.empty())
+    {
+        fs::path ref = fs::path(reference).lexically_normal();
+        if (ref.filename().empty())
+            ref = ref.parent_path();
+        models.push_back({ref.filename() == "hf" ? ref.parent_path().filename().string() : ref.filename().string(), reference});
+    }
+    models.push_back({"random (hidden 256, 4 layers)", ensureAccuracyModel(cache)});
+    std::printf("\nAgainst f32 over %d greedy steps chosen by f32 (prompt: 8 tokens), logits of every step:\n\n", steps);
+    std::printf("| model | dtype | max abs logit error | max abs f32 logit | top-1 agreement | smallest f32 top-2 margin |\n");
+    std::printf("|---|---|---|---|---|---|\n");
+    for (auto& [name, dir] : models)
+        for (ComputeType ct : {ComputeType::BF16, ComputeType::Q8}) {
+            setComputeThreads(threadCounts.empty() ? 1 : threadCounts.back());
+            const DtypeAccuracy a = compareWithF32(dir, ct, {1, 5, 9, 13, 17, 21, 25, 29}, steps);
+            std::printf("| %s | %s | %.4f | %.2f | %d/%d (%.1f%%) | %.4f |\n", name.c_str(), computeTypeName(ct), a.maxLogitError, a.maxLogit,
+                        a.top1Agree, a.steps, 100.0 * a.top1Agree / std::max(1, a.steps), a.minF32Margin);
+            std::fflush(stdout);
+        }
+}
+
+} // namespace
+
+int runBench(const std::vector<std::string>& rest)
+{
+    CliArgs args(rest, {{"cache"}, {"prompt-tokens"}, {"decode-tokens"}, {"threads"}, {"dtypes"}, {"layers"}, {"kernels"},
+                        {"accuracy", false}, {"accuracy-steps"}, {"reference-model"}, {"shape"}, {"repeat"}});
+    const int promptTokens = args.getInt("prompt-tokens", 128);
+    const int decodeTokens = args.getInt("decode-tokens", 128);
+    const int repeat = std::max(1, args.getInt("repeat", 3));
+    std::vector<int> threadCounts;
+    for (auto& t : splitList(args.get("threads", "1,2")))
+        threadCounts.push_back(std::stoi(t));
+    std::vector<ComputeType> dtypes;
+    for (auto& d : splitList(args.get("dtypes", "bf16,q8,f32")))
+        dtypes.push_back(parseComputeType(d));
+    const kernels::Path active = kernels::activePath();
+    const std::vector<std::string> paths = kernelPaths(args.get("kernels", "active"), active);
+    const std::string cache = args.get("cache", fs::path(defaultModelDir()).parent_path().string());
+    printKernels(active);
 
     if (!dtypes.empty() && !paths.empty() && !threadCounts.empty()) {
         const std::string shape = args.get("shape", "tinyllama-1.1b");
-        {
-            // A large shape on a small machine: say so and skip, rather than fill the disk or run out of memory.
-            const RandomModelSpec spec = modelShape(shape, args.getInt("layers", 0));
-            ModelConfig probe = ModelConfig::fromJsonText(
-                nlohmann::json{{"architectures", {"LlamaForCausalLM"}}, {"hidden_size", spec.hiddenSize}, {"intermediate_size", spec.intermediateSize},
-                               {"num_hidden_layers", spec.numLayers}, {"num_attention_heads", spec.numHeads},
-                               {"num_key_value_heads", spec.numKvHeads}, {"vocab_size", spec.vocabSize}}
-                    .dump(),
-                "bench shape");
-            const int64_t fileBytes = shardBytes(probe, ShardSpec::whole(probe), DType::BF16);
-            fs::create_directories(cache);
-            const uint64_t freeDisk = fs::space(cache).available;
-            const bool written = fs::exists(cache + "/bench-" + shape + "-" + std::to_string(spec.numLayers) + "l-bf16/model.safetensors");
-            if (!written && freeDisk < static_cast<uint64_t>(fileBytes) + (2ull << 30)) {
-                std::printf("skipped: the %s model needs %.1f GB of disk in %s, %.1f GB are free\n", shape.c_str(), fileBytes / 1e9, cache.c_str(),
-                            freeDisk / 1e9);
-                return 0;
-            }
-            const uint64_t avail = memoryAvailableBytes();
-            for (ComputeType ct : dtypes) {
-                const int64_t need = estimateShardMemory(probe, ShardSpec::whole(probe), parseRunDtype(computeTypeName(ct)), 4096).total();
-                if (avail > 0 && static_cast<uint64_t>(need) > avail) {
-                    std::printf("skipped: %s at %s needs about %.1f GB of memory, %.1f GB are available\n", shape.c_str(), computeTypeName(ct),
-                                need / 1e9, avail / 1e9);
-                    return 0;
-                }
-            }
-        }
+        if (!fitsThisMachine(shape, args.getInt("layers", 0), dtypes, cache))
+            return 0;
         const std::string dir = ensureBenchModel(cache, shape, args.getInt("layers", 0));
-        ModelConfig config = ModelConfig::fromDirectory(dir);
-        SafeTensors tensors = SafeTensors::open(dir);
-
-        std::mt19937 rng(7);
-        std::vector<int> prompt(static_cast<size_t>(promptTokens));
-        for (auto& t : prompt)
-            t = static_cast<int>(rng() % static_cast<unsigned>(config.vocabSize));
-
-        std::printf("\n| dtype | decode kernels | threads | prefill tok/s (%d) | decode tok/s (%d) | bytes/token | read GB/s | "
-                    "bandwidth share |\n",
-                    promptTokens, decodeTokens);
-        std::printf("|---|---|---|---|---|---|---|---|\n");
-        for (ComputeType ct : dtypes) {
-            LlamaModel model(config, tensors, ct);
-            const double bytesPerToken = static_cast<double>(model.weightBytesPerToken());
-            for (const std::string& path : paths) {
-                if (path == "aten" && ct == ComputeType::Q8)
-                    continue; // ATen has no q8 product
-                LlamaModel::setAtenDecode(path == "aten");
-                if (path != "aten")
-                    kernels::setPath(kernels::parsePath(path));
-                for (int threads : threadCounts) {
-                    setComputeThreads(threads);
-                    { // warm-up: first touches of weights and allocator
-                        KvCache warm = model.newCache();
-                        model.forward({1, 2, 3, 4}, warm);
-                        model.forward({5}, warm);
-                    }
-                    // `repeat` runs, each right after a read-bandwidth measurement: on a shared host both drift
-                    // within a minute, so the share is taken run by run and the medians are printed.
-                    std::vector<double> prefills, decodes, bws, shares;
-                    for (int rep = 0; rep < repeat; ++rep) {
-                        const double bw = readBandwidth(size_t(1) << 30);
-                        KvCache cache = model.newCache();
-                        auto t0 = Clock::now();
-                        at::Tensor logits = model.forward(prompt, cache);
-                        auto t1 = Clock::now();
-                        int next = topToken(logits);
-                        auto t2 = Clock::now();
-                        for (int i = 0; i < decodeTokens; ++i)
-                            next = topToken(model.forward({next}, cache));
-                        auto t3 = Clock::now();
-                        prefills.push_back(promptTokens / seconds(t0, t1));
-                        decodes.push_back(decodeTokens / seconds(t2, t3));
-                        bws.push_back(bw);
-                        shares.push_back(decodes.back() * bytesPerToken / bw);
-                    }
-                    const double prefillTps = median(prefills), decodeTps = median(decodes), bw = median(bws), fraction = median(shares);
-                    std::printf("| %s | %s | %d | %.1f | %.2f | %.0f MB | %.1f | %.0f%% |\n", computeTypeName(ct),
-                                path == "aten" ? "aten (at::mv)" : path.c_str(), threads, prefillTps, decodeTps, bytesPerToken / 1e6,
-                                bw / 1e9, fraction * 100);
-                    std::fflush(stdout);
-                }
-            }
-        }
-        LlamaModel::setAtenDecode(false);
-        kernels::setPath(active);
+        benchSpeed(dir, dtypes, paths, threadCounts, promptTokens, decodeTokens, repeat, active);
     }
 
-    if (args.has("accuracy")) {
-        const int steps = args.getInt("accuracy-steps", 200);
-        std::vector<std::pair<std::string, std::string>> models;
-        const std::string reference = args.get("reference-model", "");
-        if (!reference.empty())
-        {
-            fs::path ref = fs::path(reference).lexically_normal();
-            if (ref.filename().empty())
-                ref = ref.parent_path();
-            models.push_back({ref.filename() == "hf" ? ref.parent_path().filename().string() : ref.filename().string(), reference});
-        }
-        models.push_back({"random (hidden 256, 4 layers)", ensureAccuracyModel(cache)});
-        std::printf("\nAgainst f32 over %d greedy steps chosen by f32 (prompt: 8 tokens), logits of every step:\n\n", steps);
-        std::printf("| model | dtype | max abs logit error | max abs f32 logit | top-1 agreement | smallest f32 top-2 margin |\n");
-        std::printf("|---|---|---|---|---|---|\n");
-        for (auto& [name, dir] : models)
-            for (ComputeType ct : {ComputeType::BF16, ComputeType::Q8}) {
-                setComputeThreads(threadCounts.empty() ? 1 : threadCounts.back());
-                const DtypeAccuracy a = compareWithF32(dir, ct, {1, 5, 9, 13, 17, 21, 25, 29}, steps);
-                std::printf("| %s | %s | %.4f | %.2f | %d/%d (%.1f%%) | %.4f |\n", name.c_str(), computeTypeName(ct), a.maxLogitError, a.maxLogit,
-                            a.top1Agree, a.steps, 100.0 * a.top1Agree / std::max(1, a.steps), a.minF32Margin);
-                std::fflush(stdout);
-            }
-    }
+    if (args.has("accuracy"))
+        benchAccuracy(args.getInt("accuracy-steps", 200), args.get("reference-model", ""), cache, threadCounts);
     return 0;
 }
 
