@@ -36,8 +36,6 @@ QString layerList(const std::vector<int64_t>& layers)
 
 QString q(const std::string& s) { return QString::fromStdString(s); }
 
-bool samePlan(const Plan& a, const Plan& b) { return a.toJson() == b.toJson(); }
-
 } // namespace
 
 std::vector<int64_t> BoardCanvas::dragLayersFor(int64_t pressed) const

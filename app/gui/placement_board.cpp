@@ -36,7 +36,6 @@ namespace {
 
 QString q(const std::string& s) { return QString::fromStdString(s); }
 
-bool samePlan(const Plan& a, const Plan& b) { return a.toJson() == b.toJson(); }
 
 // One undoable board edit: the plan before and after.
 class PlanCommand : public QUndoCommand {

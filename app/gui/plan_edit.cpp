@@ -42,6 +42,8 @@ Plan planFromLayers(const LayerRanks& layers, const std::string& dtype)
     return plan;
 }
 
+bool samePlan(const Plan& a, const Plan& b) { return a.toJson() == b.toJson(); }
+
 int stageOf(const Plan& plan, int64_t layer)
 {
     for (size_t s = 0; s < plan.stages.size(); ++s)

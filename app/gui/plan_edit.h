@@ -19,6 +19,9 @@ using LayerRanks = std::vector<std::vector<PlanRank>>;
 LayerRanks layerRanks(const Plan& plan, int64_t numLayers);
 Plan planFromLayers(const LayerRanks& layers, const std::string& dtype);
 
+// Whether two plans are the same placement (stages, ranks, threads, folders, dtype).
+bool samePlan(const Plan& a, const Plan& b);
+
 // The stage that runs `layer`, or -1.
 int stageOf(const Plan& plan, int64_t layer);
 

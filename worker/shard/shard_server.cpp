@@ -56,32 +56,17 @@ public:
 
     grpc::Status LoadWeights(grpc::ServerContext* ctx, grpc::ServerReader<v1::WeightChunk>* reader, v1::LoadWeightsReply* rep) override
     {
-        if (grpc::Status s = fromOwner(*ctx, "loadweights"); !s.ok())
-            return s;
-        std::lock_guard lock(m_mutex);
-        if (grpc::Status s = canLoad(); !s.ok())
-            return s;
-        return m_weights.receive(*reader, rep);
+        return load(*ctx, "loadweights", [&] { return m_weights.receive(*reader, rep); });
     }
 
     grpc::Status LoadCached(grpc::ServerContext* ctx, const v1::LoadCachedRequest* req, v1::LoadCachedReply* rep) override
     {
-        if (grpc::Status s = fromOwner(*ctx, "loadcached"); !s.ok())
-            return s;
-        std::lock_guard lock(m_mutex);
-        if (grpc::Status s = canLoad(); !s.ok())
-            return s;
-        return m_weights.loadCached(*req, rep);
+        return load(*ctx, "loadcached", [&] { return m_weights.loadCached(*req, rep); });
     }
 
     grpc::Status LoadLocalWeights(grpc::ServerContext* ctx, const v1::LoadLocalRequest* req, v1::LoadWeightsReply* rep) override
     {
-        if (grpc::Status s = fromOwner(*ctx, "loadlocalweights"); !s.ok())
-            return s;
-        std::lock_guard lock(m_mutex);
-        if (grpc::Status s = canLoad(); !s.ok())
-            return s;
-        return m_weights.loadLocal(*req, rep);
+        return load(*ctx, "loadlocalweights", [&] { return m_weights.loadLocal(*req, rep); });
     }
 
     grpc::Status Connect(grpc::ServerContext* ctx, const v1::ConnectRequest* req, v1::ConnectReply*) override
@@ -214,6 +199,19 @@ public:
     }
 
 private:
+    // The three ways to get weights share their checks: the call comes from the owner, runs under the launch
+    // mutex, on a shard that is configured and holds no weights yet.
+    template <typename Load>
+    grpc::Status load(const grpc::ServerContext& ctx, const char* call, Load&& loadWeights)
+    {
+        if (grpc::Status s = fromOwner(ctx, call); !s.ok())
+            return s;
+        std::lock_guard lock(m_mutex);
+        if (grpc::Status s = canLoad(); !s.ok())
+            return s;
+        return loadWeights();
+    }
+
     grpc::Status canLoad()
     {
         if (!m_weights.configured())
