@@ -206,242 +206,311 @@ Value Evaluator::eval(const Expr& e, Scope& scope)
         return e.literal;
     case Expr::Var:
         return scope.lookup(e.name);
-    case Expr::ListLit: {
-        Array a;
-        for (auto& k : e.kids)
-            a.push_back(eval(*k, scope));
-        return makeArray(std::move(a));
-    }
-    case Expr::DictLit: {
-        Value o = makeObject();
-        for (size_t i = 0; i + 1 < e.kids.size(); i += 2)
-            o.obj().set(toStr(eval(*e.kids[i], scope)).s, eval(*e.kids[i + 1], scope));
-        return o;
-    }
+    case Expr::ListLit:
+        return evalList(e, scope);
+    case Expr::DictLit:
+        return evalDict(e, scope);
     case Expr::Attr:
-        return getAttr(eval(*e.kids[0], scope), e.name, e.line);
+        return evalAttr(e, scope);
     case Expr::Index:
-        return getIndex(eval(*e.kids[0], scope), eval(*e.kids[1], scope), e.line);
-    case Expr::Slice: {
-        Value base = eval(*e.kids[0], scope);
-        auto part = [&](int k) -> std::optional<int64_t> {
-            if (!e.kids[static_cast<size_t>(k)])
-                return std::nullopt;
-            Value v = eval(*e.kids[static_cast<size_t>(k)], scope);
-            if (v.isNone())
-                return std::nullopt;
-            if (!v.isInt())
-                runtimeError(e.line, "slice bounds must be integers");
-            return v.integer();
-        };
-        auto start = part(1), stop = part(2), step = part(3);
-        int64_t st = step.value_or(1);
-        if (st == 0)
-            runtimeError(e.line, "slice step cannot be zero");
-        std::vector<size_t> starts; // for strings: each code point's byte offset, and the end
-        int64_t n;
-        if (base.isArray())
-            n = static_cast<int64_t>(base.arr().size());
-        else if (base.isString()) {
-            const std::string& text = base.str().s;
-            for (size_t i = 0; i < text.size(); i = unicode::nextCodepoint(text, i))
-                starts.push_back(i);
-            n = static_cast<int64_t>(starts.size());
-            starts.push_back(text.size());
-        } else if (base.isUndefined() || base.isNone())
-            return Value();
-        else
-            runtimeError(e.line, "value cannot be sliced");
-        auto clamp = [&](std::optional<int64_t> v, int64_t def) {
-            if (!v)
-                return def;
-            int64_t x = *v < 0 ? *v + n : *v;
-            if (st > 0)
-                return std::clamp<int64_t>(x, 0, n);
-            return std::clamp<int64_t>(x, -1, n - 1);
-        };
-        int64_t b = clamp(start, st > 0 ? 0 : n - 1), en = clamp(stop, st > 0 ? n : -1);
-        std::vector<int64_t> idx;
-        for (int64_t i = b; st > 0 ? i < en : i > en;) {
-            idx.push_back(i);
-            if (__builtin_add_overflow(i, st, &i))
-                break; // a step beyond the end (x[::2**62])
-        }
-        if (base.isArray()) {
-            Array out;
-            for (auto i : idx)
-                out.push_back(base.arr()[static_cast<size_t>(i)]);
-            return makeArray(std::move(out));
-        }
-        Str out;
-        for (auto i : idx)
-            out.append(base.str().sub(starts[static_cast<size_t>(i)], starts[static_cast<size_t>(i) + 1] - starts[static_cast<size_t>(i)]));
-        return Value(out);
-    }
-    case Expr::Call: {
-        Value f = eval(*e.kids[0], scope);
-        if (!f.isCallable()) {
-            std::string what = e.kids[0]->kind == Expr::Var ? "'" + e.kids[0]->name + "'"
-                               : e.kids[0]->kind == Expr::Attr ? "method '" + e.kids[0]->name + "'"
-                                                               : "value";
-            runtimeError(e.line, what + " is not callable (unknown function or method)");
-        }
-        return f.fn().call(evalArgs(e, scope));
-    }
+        return evalIndex(e, scope);
+    case Expr::Slice:
+        return evalSlice(e, scope);
+    case Expr::Call:
+        return evalCall(e, scope);
     case Expr::Filter:
         return callFilter(e, scope);
     case Expr::Test:
         return runTest(e, scope);
-    case Expr::Unary: {
-        Value v = eval(*e.kids[0], scope);
-        if (e.name == "not")
-            return Value(!truthy(v));
-        if (!v.isNumber())
-            runtimeError(e.line, "unary " + e.name + " needs a number");
-        if (e.name == "-")
-        {
-            if (!v.isInt())
-                return Value(-v.num());
-            if (v.integer() == INT64_MIN)
-                runtimeError(e.line, "integer result does not fit in 64 bits");
-            return Value(-v.integer());
-        }
-        return v;
-    }
-    case Expr::Ternary: {
-        if (truthy(eval(*e.kids[0], scope)))
-            return eval(*e.kids[1], scope);
-        return e.kids[2] ? eval(*e.kids[2], scope) : Value();
-    }
-    case Expr::Binary: {
-        const std::string& op = e.name;
-        if (op == "and") {
-            Value a = eval(*e.kids[0], scope);
-            return truthy(a) ? eval(*e.kids[1], scope) : a;
-        }
-        if (op == "or") {
-            Value a = eval(*e.kids[0], scope);
-            return truthy(a) ? a : eval(*e.kids[1], scope);
-        }
-        Value a = eval(*e.kids[0], scope), b = eval(*e.kids[1], scope);
-        if (op == "~") {
-            Str s = toStr(a);
-            s.append(toStr(b));
-            return Value(s);
-        }
-        if (op == "==")
-            return Value(equals(a, b));
-        if (op == "!=")
-            return Value(!equals(a, b));
-        if (op == "in" || op == "not in") {
-            bool found = false;
-            if (b.isString()) {
-                if (!a.isString())
-                    runtimeError(e.line, "'in <string>' needs a string on the left");
-                found = Finder(a.str().s).find(b.str().s) != std::string::npos;
-            } else if (b.isArray()) {
-                for (auto& x : b.arr())
-                    found = found || equals(a, x);
-            } else if (b.isObject()) {
-                found = b.obj().find(toStr(a).s) != nullptr;
-            } else if (!b.isUndefined() && !b.isNone()) {
-                runtimeError(e.line, "'in' needs a string, list or mapping on the right");
-            }
-            return Value(op == "in" ? found : !found);
-        }
-        if (op == "<" || op == ">" || op == "<=" || op == ">=") {
-            int cmp;
-            if (a.isNumber() && b.isNumber())
-                cmp = a.num() < b.num() ? -1 : a.num() > b.num() ? 1 : 0;
-            else if (a.isString() && b.isString())
-                cmp = a.str().s.compare(b.str().s);
-            else
-                runtimeError(e.line, "cannot compare these values with " + op);
-            bool r = op == "<" ? cmp < 0 : op == ">" ? cmp > 0 : op == "<=" ? cmp <= 0 : cmp >= 0;
-            return Value(r);
-        }
-        if (op == "+") {
-            if (a.isString() && b.isString()) {
-                Str s = a.str();
-                s.append(b.str());
-                return Value(s);
-            }
-            if (a.isArray() && b.isArray()) {
-                Array out = a.arr();
-                out.insert(out.end(), b.arr().begin(), b.arr().end());
-                return makeArray(std::move(out));
-            }
-        }
-        if (op == "*" && ((a.isString() && b.isInt()) || (a.isInt() && b.isString()))) {
-            const Value& s = a.isString() ? a : b;
-            int64_t n = a.isInt() ? a.integer() : b.integer();
-            // Checked before building: 'x' * 10**12 is refused at once, not after filling memory ('' * 10**18
-            // is '' at once, not 10**18 empty appends).
-            if (s.str().s.empty() || n <= 0)
-                return Value(Str{});
-            if (static_cast<uint64_t>(n) > kMaxStringBytes / s.str().s.size())
-                checkStringSize(kMaxStringBytes + 1);
-            Str out;
-            for (int64_t i = 0; i < n; ++i)
-                out.append(s.str());
-            return Value(out);
-        }
-        if (!a.isNumber() || !b.isNumber())
-            runtimeError(e.line, "operator " + op + " needs numbers (got " + pyRepr(a, true) + " and " + pyRepr(b, true) + ")");
-        bool ints = a.isInt() && b.isInt();
-        int64_t r = 0;
-        if (op == "+" || op == "-" || op == "*") {
-            if (!ints)
-                return Value(op == "+" ? a.num() + b.num() : op == "-" ? a.num() - b.num() : a.num() * b.num());
-            const bool overflow = op == "+"   ? __builtin_add_overflow(a.integer(), b.integer(), &r)
-                                  : op == "-" ? __builtin_sub_overflow(a.integer(), b.integer(), &r)
-                                              : __builtin_mul_overflow(a.integer(), b.integer(), &r);
-            checkOverflow(overflow, e.line);
-            return Value(r);
-        }
-        if (op == "/") {
-            if (b.num() == 0)
-                runtimeError(e.line, "division by zero");
-            return Value(a.num() / b.num());
-        }
-        if (op == "//" || op == "%") {
-            if (b.num() == 0)
-                runtimeError(e.line, "division by zero");
-            if (ints) {
-                if (a.integer() == INT64_MIN && b.integer() == -1) {
-                    if (op == "//") // -INT64_MIN does not fit; the remainder is 0
-                        runtimeError(e.line, "integer result does not fit in 64 bits");
-                    return Value(int64_t(0));
-                }
-                int64_t q = a.integer() / b.integer();
-                r = a.integer() % b.integer();
-                if (r != 0 && ((r < 0) != (b.integer() < 0))) {
-                    --q;
-                    r += b.integer();
-                }
-                return op == "//" ? Value(q) : Value(r);
-            }
-            double q = std::floor(a.num() / b.num());
-            return op == "//" ? Value(q) : Value(a.num() - q * b.num());
-        }
-        if (op == "**") {
-            if (!ints || b.integer() < 0)
-                return Value(std::pow(a.num(), b.num()));
-            // Exact, by squaring, with every product checked.
-            int64_t base = a.integer(), exp = b.integer(), acc = 1;
-            while (exp > 0) {
-                if (exp & 1)
-                    checkOverflow(__builtin_mul_overflow(acc, base, &acc), e.line);
-                exp >>= 1;
-                if (exp > 0)
-                    checkOverflow(__builtin_mul_overflow(base, base, &base), e.line);
-            }
-            return Value(acc);
-        }
-        runtimeError(e.line, "unknown operator " + op);
-    }
+    case Expr::Unary:
+        return evalUnary(e, scope);
+    case Expr::Ternary:
+        return evalTernary(e, scope);
+    case Expr::Binary:
+        return evalBinary(e, scope);
     }
     runtimeError(e.line, "bad expression");
+}
+
+Value Evaluator::evalList(const Expr& e, Scope& scope)
+{
+    Array a;
+    for (auto& k : e.kids)
+        a.push_back(eval(*k, scope));
+    return makeArray(std::move(a));
+}
+
+Value Evaluator::evalDict(const Expr& e, Scope& scope)
+{
+    Value o = makeObject();
+    for (size_t i = 0; i + 1 < e.kids.size(); i += 2)
+        o.obj().set(toStr(eval(*e.kids[i], scope)).s, eval(*e.kids[i + 1], scope));
+    return o;
+}
+
+Value Evaluator::evalAttr(const Expr& e, Scope& scope)
+{
+    return getAttr(eval(*e.kids[0], scope), e.name, e.line);
+}
+
+Value Evaluator::evalIndex(const Expr& e, Scope& scope)
+{
+    return getIndex(eval(*e.kids[0], scope), eval(*e.kids[1], scope), e.line);
+}
+
+Value Evaluator::evalSlice(const Expr& e, Scope& scope)
+{
+    Value base = eval(*e.kids[0], scope);
+    auto part = [&](int k) -> std::optional<int64_t> {
+        if (!e.kids[static_cast<size_t>(k)])
+            return std::nullopt;
+        Value v = eval(*e.kids[static_cast<size_t>(k)], scope);
+        if (v.isNone())
+            return std::nullopt;
+        if (!v.isInt())
+            runtimeError(e.line, "slice bounds must be integers");
+        return v.integer();
+    };
+    auto start = part(1), stop = part(2), step = part(3);
+    int64_t st = step.value_or(1);
+    if (st == 0)
+        runtimeError(e.line, "slice step cannot be zero");
+    std::vector<size_t> starts; // for strings: each code point's byte offset, and the end
+    int64_t n;
+    if (base.isArray())
+        n = static_cast<int64_t>(base.arr().size());
+    else if (base.isString()) {
+        const std::string& text = base.str().s;
+        for (size_t i = 0; i < text.size(); i = unicode::nextCodepoint(text, i))
+            starts.push_back(i);
+        n = static_cast<int64_t>(starts.size());
+        starts.push_back(text.size());
+    } else if (base.isUndefined() || base.isNone())
+        return Value();
+    else
+        runtimeError(e.line, "value cannot be sliced");
+    auto clamp = [&](std::optional<int64_t> v, int64_t def) {
+        if (!v)
+            return def;
+        int64_t x = *v < 0 ? *v + n : *v;
+        if (st > 0)
+            return std::clamp<int64_t>(x, 0, n);
+        return std::clamp<int64_t>(x, -1, n - 1);
+    };
+    int64_t b = clamp(start, st > 0 ? 0 : n - 1), en = clamp(stop, st > 0 ? n : -1);
+    std::vector<int64_t> idx;
+    for (int64_t i = b; st > 0 ? i < en : i > en;) {
+        idx.push_back(i);
+        if (__builtin_add_overflow(i, st, &i))
+            break; // a step beyond the end (x[::2**62])
+    }
+    if (base.isArray()) {
+        Array out;
+        for (auto i : idx)
+            out.push_back(base.arr()[static_cast<size_t>(i)]);
+        return makeArray(std::move(out));
+    }
+    Str out;
+    for (auto i : idx)
+        out.append(base.str().sub(starts[static_cast<size_t>(i)], starts[static_cast<size_t>(i) + 1] - starts[static_cast<size_t>(i)]));
+    return Value(out);
+}
+
+Value Evaluator::evalCall(const Expr& e, Scope& scope)
+{
+    Value f = eval(*e.kids[0], scope);
+    if (!f.isCallable()) {
+        std::string what = e.kids[0]->kind == Expr::Var ? "'" + e.kids[0]->name + "'"
+                           : e.kids[0]->kind == Expr::Attr ? "method '" + e.kids[0]->name + "'"
+                                                           : "value";
+        runtimeError(e.line, what + " is not callable (unknown function or method)");
+    }
+    return f.fn().call(evalArgs(e, scope));
+}
+
+Value Evaluator::evalTernary(const Expr& e, Scope& scope)
+{
+    if (truthy(eval(*e.kids[0], scope)))
+        return eval(*e.kids[1], scope);
+    return e.kids[2] ? eval(*e.kids[2], scope) : Value();
+}
+
+Value Evaluator::evalUnary(const Expr& e, Scope& scope)
+{
+    Value v = eval(*e.kids[0], scope);
+    if (e.name == "not")
+        return Value(!truthy(v));
+    if (!v.isNumber())
+        runtimeError(e.line, "unary " + e.name + " needs a number");
+    if (e.name == "-") {
+        if (!v.isInt())
+            return Value(-v.num());
+        if (v.integer() == INT64_MIN)
+            runtimeError(e.line, "integer result does not fit in 64 bits");
+        return Value(-v.integer());
+    }
+    return v;
+}
+
+namespace {
+
+// `item in container`: a substring of a string, an item of a list, a key of a mapping; nothing is in undefined
+// or none.
+bool contains(const Value& container, const Value& item, int line)
+{
+    bool found = false;
+    if (container.isString()) {
+        if (!item.isString())
+            runtimeError(line, "'in <string>' needs a string on the left");
+        found = Finder(item.str().s).find(container.str().s) != std::string::npos;
+    } else if (container.isArray()) {
+        for (auto& x : container.arr())
+            found = found || equals(item, x);
+    } else if (container.isObject()) {
+        found = container.obj().find(toStr(item).s) != nullptr;
+    } else if (!container.isUndefined() && !container.isNone()) {
+        runtimeError(line, "'in' needs a string, list or mapping on the right");
+    }
+    return found;
+}
+
+// `s * n` (either way round), refused before it is built when it would be over the string limit.
+Value repeat(const Value& a, const Value& b)
+{
+    const Value& s = a.isString() ? a : b;
+    int64_t n = a.isInt() ? a.integer() : b.integer();
+    // Checked before building: 'x' * 10**12 is refused at once, not after filling memory ('' * 10**18
+    // is '' at once, not 10**18 empty appends).
+    if (s.str().s.empty() || n <= 0)
+        return Value(Str{});
+    if (static_cast<uint64_t>(n) > kMaxStringBytes / s.str().s.size())
+        checkStringSize(kMaxStringBytes + 1);
+    Str out;
+    for (int64_t i = 0; i < n; ++i)
+        out.append(s.str());
+    return Value(out);
+}
+
+// The arithmetic operators on two numbers: integers stay exact (Python's floor division and modulo, an error
+// where the result would not fit in 64 bits), any float makes the result a float.
+Value arithmetic(const std::string& op, const Value& a, const Value& b, int line)
+{
+    bool ints = a.isInt() && b.isInt();
+    int64_t r = 0;
+    if (op == "+" || op == "-" || op == "*") {
+        if (!ints)
+            return Value(op == "+" ? a.num() + b.num() : op == "-" ? a.num() - b.num() : a.num() * b.num());
+        const bool overflow = op == "+"   ? __builtin_add_overflow(a.integer(), b.integer(), &r)
+                              : op == "-" ? __builtin_sub_overflow(a.integer(), b.integer(), &r)
+                                          : __builtin_mul_overflow(a.integer(), b.integer(), &r);
+        checkOverflow(overflow, line);
+        return Value(r);
+    }
+    if (op == "/") {
+        if (b.num() == 0)
+            runtimeError(line, "division by zero");
+        return Value(a.num() / b.num());
+    }
+    if (op == "//" || op == "%") {
+        if (b.num() == 0)
+            runtimeError(line, "division by zero");
+        if (ints) {
+            if (a.integer() == INT64_MIN && b.integer() == -1) {
+                if (op == "//") // -INT64_MIN does not fit; the remainder is 0
+                    runtimeError(line, "integer result does not fit in 64 bits");
+                return Value(int64_t(0));
+            }
+            int64_t q = a.integer() / b.integer();
+            r = a.integer() % b.integer();
+            if (r != 0 && ((r < 0) != (b.integer() < 0))) {
+                --q;
+                r += b.integer();
+            }
+            return op == "//" ? Value(q) : Value(r);
+        }
+        double q = std::floor(a.num() / b.num());
+        return op == "//" ? Value(q) : Value(a.num() - q * b.num());
+    }
+    if (op == "**") {
+        if (!ints || b.integer() < 0)
+            return Value(std::pow(a.num(), b.num()));
+        // Exact, by squaring, with every product checked.
+        int64_t base = a.integer(), exp = b.integer(), acc = 1;
+        while (exp > 0) {
+            if (exp & 1)
+                checkOverflow(__builtin_mul_overflow(acc, base, &acc), line);
+            exp >>= 1;
+            if (exp > 0)
+                checkOverflow(__builtin_mul_overflow(base, base, &base), line);
+        }
+        return Value(acc);
+    }
+    runtimeError(line, "unknown operator " + op);
+}
+
+// `a op b` once both sides are evaluated: first what strings, lists and mappings define, then arithmetic.
+// Not inlined: its locals stay out of evalBinary's frame, which is on the stack once per level of nesting.
+[[gnu::noinline]] Value binaryOp(const std::string& op, const Value& a, const Value& b, int line)
+{
+    if (op == "~") {
+        Str s = toStr(a);
+        s.append(toStr(b));
+        return Value(s);
+    }
+    if (op == "==")
+        return Value(equals(a, b));
+    if (op == "!=")
+        return Value(!equals(a, b));
+    if (op == "in" || op == "not in") {
+        const bool found = contains(b, a, line);
+        return Value(op == "in" ? found : !found);
+    }
+    if (op == "<" || op == ">" || op == "<=" || op == ">=") {
+        int cmp;
+        if (a.isNumber() && b.isNumber())
+            cmp = a.num() < b.num() ? -1 : a.num() > b.num() ? 1 : 0;
+        else if (a.isString() && b.isString())
+            cmp = a.str().s.compare(b.str().s);
+        else
+            runtimeError(line, "cannot compare these values with " + op);
+        bool r = op == "<" ? cmp < 0 : op == ">" ? cmp > 0 : op == "<=" ? cmp <= 0 : cmp >= 0;
+        return Value(r);
+    }
+    if (op == "+") {
+        if (a.isString() && b.isString()) {
+            Str s = a.str();
+            s.append(b.str());
+            return Value(s);
+        }
+        if (a.isArray() && b.isArray()) {
+            Array out = a.arr();
+            out.insert(out.end(), b.arr().begin(), b.arr().end());
+            return makeArray(std::move(out));
+        }
+    }
+    if (op == "*" && ((a.isString() && b.isInt()) || (a.isInt() && b.isString())))
+        return repeat(a, b);
+    if (!a.isNumber() || !b.isNumber())
+        runtimeError(line, "operator " + op + " needs numbers (got " + pyRepr(a, true) + " and " + pyRepr(b, true) + ")");
+    return arithmetic(op, a, b, line);
+}
+
+} // namespace
+
+Value Evaluator::evalBinary(const Expr& e, Scope& scope)
+{
+    const std::string& op = e.name;
+    // `and` and `or` evaluate their right side only when the left one does not decide.
+    if (op == "and") {
+        Value a = eval(*e.kids[0], scope);
+        return truthy(a) ? eval(*e.kids[1], scope) : a;
+    }
+    if (op == "or") {
+        Value a = eval(*e.kids[0], scope);
+        return truthy(a) ? a : eval(*e.kids[1], scope);
+    }
+    Value a = eval(*e.kids[0], scope), b = eval(*e.kids[1], scope);
+    return binaryOp(op, a, b, e.line);
 }
 
 void Evaluator::execNode(const Node& n, Scope& scope)
@@ -451,134 +520,24 @@ void Evaluator::execNode(const Node& n, Scope& scope)
     case Node::Text:
         m_out.append(Str{n.text, {}});
         return;
-    case Node::Output: {
-        Value v = eval(*n.expr, scope);
-        m_out.append(toStr(v));
+    case Node::Output:
+        execOutput(n, scope);
         return;
-    }
     case Node::If:
-        for (auto& [cond, body] : n.branches) {
-            if (!cond || truthy(eval(*cond, scope))) {
-                exec(body, scope);
-                return;
-            }
-        }
+        execIf(n, scope);
         return;
-    case Node::For: {
-        Value iterable = eval(*n.expr, scope);
-        Array all = iterate(iterable, n.line);
-        chargeIterations(static_cast<int64_t>(all.size())); // items a loop's `if` skips cost a test each too
-        Array items;
-        // `for x in xs if cond`: filter first so that loop.index/length count only kept items
-        for (auto& x : all) {
-            if (n.filterCond) {
-                Scope probe(&scope);
-                if (n.targets.size() == 1)
-                    probe.set(n.targets[0], x);
-                else if (x.isArray())
-                    for (size_t k = 0; k < n.targets.size() && k < x.arr().size(); ++k)
-                        probe.set(n.targets[k], x.arr()[k]);
-                if (!truthy(eval(*n.filterCond, probe)))
-                    continue;
-            }
-            items.push_back(x);
-        }
-        if (items.empty()) {
-            exec(n.elseBody, scope);
-            return;
-        }
-        const int64_t len = static_cast<int64_t>(items.size());
-        // Jinja scoping: variables set inside a loop body do not leak out, except through namespaces.
-        for (int64_t i = 0; i < len; ++i) {
-            Scope inner(&scope);
-            const Value& x = items[static_cast<size_t>(i)];
-            if (n.targets.size() == 1) {
-                inner.set(n.targets[0], x);
-            } else {
-                if (!x.isArray() || x.arr().size() != n.targets.size())
-                    runtimeError(n.line, "cannot unpack loop item into " + std::to_string(n.targets.size()) + " names");
-                for (size_t k = 0; k < n.targets.size(); ++k)
-                    inner.set(n.targets[k], x.arr()[k]);
-            }
-            Value loop = makeObject();
-            Object& lo = loop.obj();
-            lo.set("index", Value(i + 1));
-            lo.set("index0", Value(i));
-            lo.set("revindex", Value(len - i));
-            lo.set("revindex0", Value(len - i - 1));
-            lo.set("first", Value(i == 0));
-            lo.set("last", Value(i == len - 1));
-            lo.set("length", Value(len));
-            lo.set("previtem", i > 0 ? items[static_cast<size_t>(i - 1)] : Value());
-            lo.set("nextitem", i + 1 < len ? items[static_cast<size_t>(i + 1)] : Value());
-            lo.set("cycle", makeFn([i](const Args& a) -> Value {
-                       if (a.positional.empty())
-                           return Value();
-                       return a.positional[static_cast<size_t>(i) % a.positional.size()];
-                   }));
-            inner.set("loop", loop);
-            try {
-                exec(n.body, inner);
-            } catch (const BreakSignal&) {
-                break;
-            } catch (const ContinueSignal&) {
-                continue;
-            }
-        }
+    case Node::For:
+        execFor(n, scope);
         return;
-    }
-    case Node::Set: {
-        Value v = eval(*n.expr, scope);
-        if (!n.attrTarget.empty()) {
-            Value target = scope.lookup(n.targets[0]);
-            if (!target.isObject() || !target.obj().isNamespace)
-                runtimeError(n.line, "'" + n.targets[0] + "' is not a namespace; only namespace attributes can be set");
-            if (reaches(v, &target.obj()))
-                runtimeError(n.line, "a namespace cannot contain itself");
-            target.obj().set(n.attrTarget, v);
-            return;
-        }
-        if (n.targets.size() == 1) {
-            scope.set(n.targets[0], v);
-            return;
-        }
-        if (!v.isArray() || v.arr().size() != n.targets.size())
-            runtimeError(n.line, "cannot unpack value into " + std::to_string(n.targets.size()) + " names");
-        for (size_t k = 0; k < n.targets.size(); ++k)
-            scope.set(n.targets[k], v.arr()[k]);
+    case Node::Set:
+        execSet(n, scope);
         return;
-    }
-    case Node::SetBlock: {
-        Str captured;
-        Evaluator sub(captured);
-        sub.exec(n.body, scope);
-        scope.set(n.targets[0], Value(captured));
+    case Node::SetBlock:
+        execSetBlock(n, scope);
         return;
-    }
-    case Node::Macro: {
-        const Node* node = &n;
-        std::shared_ptr<Scope> defScope = scope.snapshot();
-        scope.set(n.targets[0], makeFn([node, defScope](const Args& a) -> Value {
-                      const DepthGuard call(true);
-                      chargeIterations(1); // calls count like iterations: f(f) twice per call is 2^depth calls
-                      Scope local(defScope.get());
-                      for (size_t k = 0; k < node->params.size(); ++k) {
-                          const auto& [pname, def] = node->params[k];
-                          if (const Value* v = a.get(k, pname))
-                              local.set(pname, *v);
-                          else if (def) {
-                              Str dummy;
-                              Evaluator ev(dummy);
-                              local.set(pname, ev.eval(*def, local));
-                          }
-                      }
-                      Str out;
-                      Evaluator ev(out);
-                      ev.exec(node->body, local);
-                      return Value(out);
-                  }));
+    case Node::Macro:
+        execMacro(n, scope);
         return;
-    }
     case Node::Break:
         throw BreakSignal{};
     case Node::Continue:
@@ -587,6 +546,161 @@ void Evaluator::execNode(const Node& n, Scope& scope)
         exec(n.body, scope);
         return;
     }
+}
+
+void Evaluator::execOutput(const Node& n, Scope& scope)
+{
+    Value v = eval(*n.expr, scope);
+    m_out.append(toStr(v));
+}
+
+void Evaluator::execIf(const Node& n, Scope& scope)
+{
+    for (auto& [cond, body] : n.branches) {
+        if (!cond || truthy(eval(*cond, scope))) {
+            exec(body, scope);
+            return;
+        }
+    }
+}
+
+namespace {
+
+// The `loop` variable of iteration i over `items`. Not inlined: its locals stay out of execFor's frame, which is
+// on the stack once per level of nesting.
+[[gnu::noinline]] Value loopObject(const Array& items, int64_t i)
+{
+    const int64_t len = static_cast<int64_t>(items.size());
+    Value loop = makeObject();
+    Object& lo = loop.obj();
+    lo.set("index", Value(i + 1));
+    lo.set("index0", Value(i));
+    lo.set("revindex", Value(len - i));
+    lo.set("revindex0", Value(len - i - 1));
+    lo.set("first", Value(i == 0));
+    lo.set("last", Value(i == len - 1));
+    lo.set("length", Value(len));
+    lo.set("previtem", i > 0 ? items[static_cast<size_t>(i - 1)] : Value());
+    lo.set("nextitem", i + 1 < len ? items[static_cast<size_t>(i + 1)] : Value());
+    lo.set("cycle", makeFn([i](const Args& a) -> Value {
+               if (a.positional.empty())
+                   return Value();
+               return a.positional[static_cast<size_t>(i) % a.positional.size()];
+           }));
+    return loop;
+}
+
+} // namespace
+
+// The items a for loop runs over: its iterable's, less those its `if` rejects.
+Array Evaluator::loopItems(const Node& n, Scope& scope)
+{
+    Value iterable = eval(*n.expr, scope);
+    Array all = iterate(iterable, n.line);
+    chargeIterations(static_cast<int64_t>(all.size())); // items a loop's `if` skips cost a test each too
+    Array items;
+    // `for x in xs if cond`: filter first so that loop.index/length count only kept items
+    for (auto& x : all) {
+        if (n.filterCond) {
+            Scope probe(&scope);
+            if (n.targets.size() == 1)
+                probe.set(n.targets[0], x);
+            else if (x.isArray())
+                for (size_t k = 0; k < n.targets.size() && k < x.arr().size(); ++k)
+                    probe.set(n.targets[k], x.arr()[k]);
+            if (!truthy(eval(*n.filterCond, probe)))
+                continue;
+        }
+        items.push_back(x);
+    }
+    return items;
+}
+
+void Evaluator::execFor(const Node& n, Scope& scope)
+{
+    Array items = loopItems(n, scope);
+    if (items.empty()) {
+        exec(n.elseBody, scope);
+        return;
+    }
+    const int64_t len = static_cast<int64_t>(items.size());
+    // Jinja scoping: variables set inside a loop body do not leak out, except through namespaces.
+    for (int64_t i = 0; i < len; ++i) {
+        Scope inner(&scope);
+        const Value& x = items[static_cast<size_t>(i)];
+        if (n.targets.size() == 1) {
+            inner.set(n.targets[0], x);
+        } else {
+            if (!x.isArray() || x.arr().size() != n.targets.size())
+                runtimeError(n.line, "cannot unpack loop item into " + std::to_string(n.targets.size()) + " names");
+            for (size_t k = 0; k < n.targets.size(); ++k)
+                inner.set(n.targets[k], x.arr()[k]);
+        }
+        Value loop = loopObject(items, i);
+        inner.set("loop", loop);
+        try {
+            exec(n.body, inner);
+        } catch (const BreakSignal&) {
+            break;
+        } catch (const ContinueSignal&) {
+            continue;
+        }
+    }
+}
+
+void Evaluator::execSet(const Node& n, Scope& scope)
+{
+    Value v = eval(*n.expr, scope);
+    if (!n.attrTarget.empty()) {
+        Value target = scope.lookup(n.targets[0]);
+        if (!target.isObject() || !target.obj().isNamespace)
+            runtimeError(n.line, "'" + n.targets[0] + "' is not a namespace; only namespace attributes can be set");
+        if (reaches(v, &target.obj()))
+            runtimeError(n.line, "a namespace cannot contain itself");
+        target.obj().set(n.attrTarget, v);
+        return;
+    }
+    if (n.targets.size() == 1) {
+        scope.set(n.targets[0], v);
+        return;
+    }
+    if (!v.isArray() || v.arr().size() != n.targets.size())
+        runtimeError(n.line, "cannot unpack value into " + std::to_string(n.targets.size()) + " names");
+    for (size_t k = 0; k < n.targets.size(); ++k)
+        scope.set(n.targets[k], v.arr()[k]);
+}
+
+void Evaluator::execSetBlock(const Node& n, Scope& scope)
+{
+    Str captured;
+    Evaluator sub(captured);
+    sub.exec(n.body, scope);
+    scope.set(n.targets[0], Value(captured));
+}
+
+void Evaluator::execMacro(const Node& n, Scope& scope)
+{
+    const Node* node = &n;
+    std::shared_ptr<Scope> defScope = scope.snapshot();
+    scope.set(n.targets[0], makeFn([node, defScope](const Args& a) -> Value {
+                  const DepthGuard call(true);
+                  chargeIterations(1); // calls count like iterations: f(f) twice per call is 2^depth calls
+                  Scope local(defScope.get());
+                  for (size_t k = 0; k < node->params.size(); ++k) {
+                      const auto& [pname, def] = node->params[k];
+                      if (const Value* v = a.get(k, pname))
+                          local.set(pname, *v);
+                      else if (def) {
+                          Str dummy;
+                          Evaluator ev(dummy);
+                          local.set(pname, ev.eval(*def, local));
+                      }
+                  }
+                  Str out;
+                  Evaluator ev(out);
+                  ev.exec(node->body, local);
+                  return Value(out);
+              }));
 }
 
 } // namespace together::jinja::detail

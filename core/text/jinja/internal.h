@@ -436,6 +436,24 @@ public:
 
 private:
     void execNode(const Node& n, Scope& scope);
+    // One function per kind of statement and expression (eval.cpp). execNode and eval only dispatch: they hold the
+    // DepthGuard (one level per node), and their frames, on the stack once per level of nesting, stay small.
+    void execOutput(const Node& n, Scope& scope);
+    void execIf(const Node& n, Scope& scope);
+    void execFor(const Node& n, Scope& scope);
+    Array loopItems(const Node& n, Scope& scope);
+    void execSet(const Node& n, Scope& scope);
+    void execSetBlock(const Node& n, Scope& scope);
+    void execMacro(const Node& n, Scope& scope);
+    Value evalList(const Expr& e, Scope& scope);
+    Value evalDict(const Expr& e, Scope& scope);
+    Value evalAttr(const Expr& e, Scope& scope);
+    Value evalIndex(const Expr& e, Scope& scope);
+    Value evalSlice(const Expr& e, Scope& scope);
+    Value evalCall(const Expr& e, Scope& scope);
+    Value evalUnary(const Expr& e, Scope& scope);
+    Value evalTernary(const Expr& e, Scope& scope);
+    Value evalBinary(const Expr& e, Scope& scope);
     Value callFilter(const Expr& e, Scope& scope);
     Value runTest(const Expr& e, Scope& scope);
     Value getAttr(const Value& obj, const std::string& name, int line);
