@@ -18,6 +18,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <variant>
@@ -455,6 +456,11 @@ private:
     Value evalTernary(const Expr& e, Scope& scope);
     Value evalBinary(const Expr& e, Scope& scope);
     Value callFilter(const Expr& e, Scope& scope);
+    // The filters on lists (filters.cpp): members, as they read attributes and map runs other filters.
+    std::optional<Value> listFilter(const std::string& f, const Value& v, const Args& a, int line, Scope& scope);
+    Value sortItems(const Value& v, const Args& a, int line);
+    Value selectItems(const std::string& f, const Value& v, const Args& a, int line);
+    Value mapItems(const Value& v, const Args& a, int line, Scope& scope);
     Value runTest(const Expr& e, Scope& scope);
     Value getAttr(const Value& obj, const std::string& name, int line);
     Value getIndex(const Value& obj, const Value& key, int line);
