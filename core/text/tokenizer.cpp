@@ -708,6 +708,13 @@ struct Tokenizer::Impl {
 
     static uint64_t pairKey(int a, int b) { return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b); }
 
+    // Loading. fromJson calls these in this order, the normalizer, pre-tokenizer and decoders read between the
+    // model and the added tokens: the order decides which fault a file with several is refused for.
+    void readModel(const json& j);                    // "model", and the ids the id table must hold
+    void readAddedTokens(const json& j);              // "added_tokens"
+    void readPostProcessor(const json& p, int depth); // "post_processor"
+    void readConfig(const std::string& tokenizerConfigJson, const std::string& where); // tokenizer_config.json
+
     void bpeWord(const std::string& word, std::vector<int>& out) const;
     void encodeChunk(const std::string& chunk, bool firstChunk, std::vector<int>& out) const;
 };
@@ -851,152 +858,166 @@ Tokenizer Tokenizer::fromJson(const std::string& tokenizerJson, const std::strin
     Impl& m = *t.m;
     json j = parseUntrustedJson(tokenizerJson, where);
     try {
-        const json& model = j.at("model");
-        std::string type = model.value("type", "BPE");
-        if (type != "BPE")
-            throw Error("tokenizer model type '" + type + "' is not supported (only BPE)");
-        int maxId = -1;
-        for (auto& [tok, id] : model.at("vocab").items()) {
-            const int i = tokenId(id, "vocabulary token '" + tok + "'");
-            m.vocab[tok] = i;
-            maxId = std::max(maxId, i);
-        }
-        for (auto& a : j.value("added_tokens", json::array()))
-            maxId = std::max(maxId, tokenId(a.at("id"), "added token " + a.value("content", json("?")).dump()));
-        m.idToTokenStr.assign(static_cast<size_t>(maxId + 1), std::string());
-        for (auto& [tok, id] : m.vocab)
-            m.idToTokenStr[static_cast<size_t>(id)] = tok;
-        m.byteFallback = model.value("byte_fallback", false);
-        m.ignoreMerges = model.value("ignore_merges", false);
-        m.fuseUnk = model.value("fuse_unk", false);
-        if (model.contains("unk_token") && model["unk_token"].is_string()) {
-            auto it = m.vocab.find(model["unk_token"].get<std::string>());
-            if (it != m.vocab.end())
-                m.unkId = it->second;
-        }
-        for (int b = 0; b < 256; ++b) {
-            char name[8];
-            std::snprintf(name, sizeof name, "<0x%02X>", b);
-            auto it = m.vocab.find(name);
-            m.byteTokenIds[b] = it == m.vocab.end() ? -1 : it->second;
-        }
-        int rank = 0;
-        for (auto& mg : model.at("merges")) {
-            std::string a, b;
-            if (mg.is_string()) {
-                std::string s = mg.get<std::string>();
-                auto sp = s.find(' ', 1); // a merge's left side may itself be a lone space in some vocabularies
-                if (sp == std::string::npos)
-                    throw Error("merge '" + s + "' has no space");
-                a = s.substr(0, sp);
-                b = s.substr(sp + 1);
-            } else {
-                a = mg.at(0).get<std::string>();
-                b = mg.at(1).get<std::string>();
-            }
-            auto ia = m.vocab.find(a), ib = m.vocab.find(b), im = m.vocab.find(a + b);
-            if (ia == m.vocab.end() || ib == m.vocab.end() || im == m.vocab.end())
-                throw Error("merge '" + a + " " + b + "' uses tokens missing from the vocabulary");
-            m.merges.emplace(Impl::pairKey(ia->second, ib->second), Impl::Merge{rank++, im->second});
-        }
+        m.readModel(j);
         m.normalizer = makeNormalizer(j.value("normalizer", json()), where, 0);
         m.preTokenizer = makePreTokenizer(j.value("pre_tokenizer", json()), where, 0);
         readDecoders(j.value("decoder", json()), m.decoders, where, 0);
-
-        for (auto& a : j.value("added_tokens", json::array())) {
-            AddedToken tok;
-            tok.id = tokenId(a.at("id"), "added token");
-            tok.content = a.at("content").get<std::string>();
-            tok.special = a.value("special", false);
-            tok.lstrip = a.value("lstrip", false);
-            tok.rstrip = a.value("rstrip", false);
-            tok.singleWord = a.value("single_word", false);
-            if (tok.content.empty())
-                continue;
-            if (tok.content.size() > kMaxAddedTokenBytes)
-                throw Error("added token " + std::to_string(tok.id) + " is " + std::to_string(tok.content.size()) +
-                            " bytes long (the limit is " + std::to_string(kMaxAddedTokenBytes) + ")");
-            m.addedById[tok.id] = m.added.size();
-            m.addedByContent[tok.content] = tok.id;
-            m.idToTokenStr[static_cast<size_t>(tok.id)] = tok.content;
-            m.added.push_back(tok);
-        }
-        m.addedSorted.resize(m.added.size());
-        for (size_t i = 0; i < m.added.size(); ++i)
-            m.addedSorted[i] = static_cast<uint32_t>(i);
-        // Bytes compared as unsigned, as matchAdded narrows by them.
-        std::stable_sort(m.addedSorted.begin(), m.addedSorted.end(), [&](uint32_t x, uint32_t y) {
-            const std::string &a = m.added[x].content, &b = m.added[y].content;
-            return std::lexicographical_compare(a.begin(), a.end(), b.begin(), b.end(),
-                                                [](char p, char q) { return static_cast<unsigned char>(p) < static_cast<unsigned char>(q); });
-        });
-
-        // Post-processor: collect TemplateProcessing's special tokens around the single sequence. Their ids
-        // must name tokens of this vocabulary (they are decoded like any other).
-        auto checkedId = [&](int id) {
-            if (static_cast<size_t>(id) >= m.idToTokenStr.size())
-                throw Error("post_processor uses token id " + std::to_string(id) + ", outside the vocabulary (size " +
-                            std::to_string(m.idToTokenStr.size()) + ")");
-            return id;
-        };
-        std::function<void(const json&, int)> readPost = [&](const json& p, int depth) {
-            if (p.is_null())
-                return;
-            std::string ptype = p.value("type", "");
-            if (ptype == "Sequence") {
-                checkSequenceDepth(depth, "post_processor");
-                for (auto& x : p.at("processors"))
-                    readPost(x, depth + 1);
-            } else if (ptype == "TemplateProcessing") {
-                bool seenSeq = false;
-                for (auto& item : p.at("single")) {
-                    if (item.contains("Sequence")) {
-                        seenSeq = true;
-                        continue;
-                    }
-                    std::string name = item.at("SpecialToken").at("id").get<std::string>();
-                    const json& st = p.at("special_tokens").at(name);
-                    for (auto& id : st.at("ids"))
-                        (seenSeq ? m.suffixIds : m.prefixIds).push_back(checkedId(tokenId(id, "post_processor token " + name)));
-                }
-            } else if (ptype == "ByteLevel") {
-                // offsets only; ids unchanged
-            } else if (ptype == "BertProcessing" || ptype == "RobertaProcessing") {
-                auto cls = p.at("cls"), sep = p.at("sep");
-                m.prefixIds.push_back(checkedId(tokenId(cls.at(1), "post_processor cls")));
-                m.suffixIds.push_back(checkedId(tokenId(sep.at(1), "post_processor sep")));
-            } else {
-                throw Error("post_processor type '" + ptype + "' is not supported");
-            }
-        };
-        readPost(j.value("post_processor", json()), 0);
+        m.readAddedTokens(j);
+        m.readPostProcessor(j.value("post_processor", json()), 0);
     } catch (const Error& e) {
         throw Error(where + ": " + e.what());
     } catch (const json::exception& e) {
         throw Error(where + ": unexpected structure: " + e.what());
     }
+    if (!tokenizerConfigJson.empty())
+        m.readConfig(tokenizerConfigJson, where);
+    return t;
+}
 
-    if (!tokenizerConfigJson.empty()) {
-        json c = parseUntrustedJson(tokenizerConfigJson, where + ": tokenizer_config.json", SIZE_MAX);
-        if (c.contains("bos_token"))
-            m.bosToken = getStringOrContent(c["bos_token"]);
-        if (c.contains("eos_token"))
-            m.eosToken = getStringOrContent(c["eos_token"]);
-        if (c.contains("chat_template")) {
-            auto& ct = c["chat_template"];
-            if (ct.is_string()) {
-                m.chatTemplate = ct.get<std::string>();
-            } else if (ct.is_array()) { // [{"name": "default", "template": ...}, ...]
-                for (auto& e : ct)
-                    if (e.is_object() && e.contains("name") && e["name"] == "default") {
-                        if (!e.contains("template") || !e["template"].is_string())
-                            throw Error(where + ": tokenizer_config.json: the default chat_template is not a string");
-                        m.chatTemplate = e["template"].get<std::string>();
-                    }
+// The id table spans the added tokens too, so their ids are read (and checked) here with the vocabulary's.
+void Tokenizer::Impl::readModel(const json& j)
+{
+    const json& model = j.at("model");
+    std::string type = model.value("type", "BPE");
+    if (type != "BPE")
+        throw Error("tokenizer model type '" + type + "' is not supported (only BPE)");
+    int maxId = -1;
+    for (auto& [tok, id] : model.at("vocab").items()) {
+        const int i = tokenId(id, "vocabulary token '" + tok + "'");
+        vocab[tok] = i;
+        maxId = std::max(maxId, i);
+    }
+    for (auto& a : j.value("added_tokens", json::array()))
+        maxId = std::max(maxId, tokenId(a.at("id"), "added token " + a.value("content", json("?")).dump()));
+    idToTokenStr.assign(static_cast<size_t>(maxId + 1), std::string());
+    for (auto& [tok, id] : vocab)
+        idToTokenStr[static_cast<size_t>(id)] = tok;
+    byteFallback = model.value("byte_fallback", false);
+    ignoreMerges = model.value("ignore_merges", false);
+    fuseUnk = model.value("fuse_unk", false);
+    if (model.contains("unk_token") && model["unk_token"].is_string()) {
+        auto it = vocab.find(model["unk_token"].get<std::string>());
+        if (it != vocab.end())
+            unkId = it->second;
+    }
+    for (int b = 0; b < 256; ++b) {
+        char name[8];
+        std::snprintf(name, sizeof name, "<0x%02X>", b);
+        auto it = vocab.find(name);
+        byteTokenIds[b] = it == vocab.end() ? -1 : it->second;
+    }
+    int rank = 0;
+    for (auto& mg : model.at("merges")) {
+        std::string a, b;
+        if (mg.is_string()) {
+            std::string s = mg.get<std::string>();
+            auto sp = s.find(' ', 1); // a merge's left side may itself be a lone space in some vocabularies
+            if (sp == std::string::npos)
+                throw Error("merge '" + s + "' has no space");
+            a = s.substr(0, sp);
+            b = s.substr(sp + 1);
+        } else {
+            a = mg.at(0).get<std::string>();
+            b = mg.at(1).get<std::string>();
+        }
+        auto ia = vocab.find(a), ib = vocab.find(b), im = vocab.find(a + b);
+        if (ia == vocab.end() || ib == vocab.end() || im == vocab.end())
+            throw Error("merge '" + a + " " + b + "' uses tokens missing from the vocabulary");
+        merges.emplace(pairKey(ia->second, ib->second), Merge{rank++, im->second});
+    }
+}
+
+void Tokenizer::Impl::readAddedTokens(const json& j)
+{
+    for (auto& a : j.value("added_tokens", json::array())) {
+        AddedToken tok;
+        tok.id = tokenId(a.at("id"), "added token");
+        tok.content = a.at("content").get<std::string>();
+        tok.special = a.value("special", false);
+        tok.lstrip = a.value("lstrip", false);
+        tok.rstrip = a.value("rstrip", false);
+        tok.singleWord = a.value("single_word", false);
+        if (tok.content.empty())
+            continue;
+        if (tok.content.size() > kMaxAddedTokenBytes)
+            throw Error("added token " + std::to_string(tok.id) + " is " + std::to_string(tok.content.size()) +
+                        " bytes long (the limit is " + std::to_string(kMaxAddedTokenBytes) + ")");
+        addedById[tok.id] = added.size();
+        addedByContent[tok.content] = tok.id;
+        idToTokenStr[static_cast<size_t>(tok.id)] = tok.content;
+        added.push_back(tok);
+    }
+    addedSorted.resize(added.size());
+    for (size_t i = 0; i < added.size(); ++i)
+        addedSorted[i] = static_cast<uint32_t>(i);
+    // Bytes compared as unsigned, as matchAdded narrows by them.
+    std::stable_sort(addedSorted.begin(), addedSorted.end(), [&](uint32_t x, uint32_t y) {
+        const std::string &a = added[x].content, &b = added[y].content;
+        return std::lexicographical_compare(a.begin(), a.end(), b.begin(), b.end(),
+                                            [](char p, char q) { return static_cast<unsigned char>(p) < static_cast<unsigned char>(q); });
+    });
+}
+
+// TemplateProcessing's special tokens around the single sequence. Their ids must name tokens of this vocabulary
+// (they are decoded like any other).
+void Tokenizer::Impl::readPostProcessor(const json& p, int depth)
+{
+    auto checkedId = [&](int id) {
+        if (static_cast<size_t>(id) >= idToTokenStr.size())
+            throw Error("post_processor uses token id " + std::to_string(id) + ", outside the vocabulary (size " +
+                        std::to_string(idToTokenStr.size()) + ")");
+        return id;
+    };
+    if (p.is_null())
+        return;
+    std::string ptype = p.value("type", "");
+    if (ptype == "Sequence") {
+        checkSequenceDepth(depth, "post_processor");
+        for (auto& x : p.at("processors"))
+            readPostProcessor(x, depth + 1);
+    } else if (ptype == "TemplateProcessing") {
+        bool seenSeq = false;
+        for (auto& item : p.at("single")) {
+            if (item.contains("Sequence")) {
+                seenSeq = true;
+                continue;
             }
+            std::string name = item.at("SpecialToken").at("id").get<std::string>();
+            const json& st = p.at("special_tokens").at(name);
+            for (auto& id : st.at("ids"))
+                (seenSeq ? suffixIds : prefixIds).push_back(checkedId(tokenId(id, "post_processor token " + name)));
+        }
+    } else if (ptype == "ByteLevel") {
+        // offsets only; ids unchanged
+    } else if (ptype == "BertProcessing" || ptype == "RobertaProcessing") {
+        auto cls = p.at("cls"), sep = p.at("sep");
+        prefixIds.push_back(checkedId(tokenId(cls.at(1), "post_processor cls")));
+        suffixIds.push_back(checkedId(tokenId(sep.at(1), "post_processor sep")));
+    } else {
+        throw Error("post_processor type '" + ptype + "' is not supported");
+    }
+}
+
+void Tokenizer::Impl::readConfig(const std::string& tokenizerConfigJson, const std::string& where)
+{
+    json c = parseUntrustedJson(tokenizerConfigJson, where + ": tokenizer_config.json", SIZE_MAX);
+    if (c.contains("bos_token"))
+        bosToken = getStringOrContent(c["bos_token"]);
+    if (c.contains("eos_token"))
+        eosToken = getStringOrContent(c["eos_token"]);
+    if (c.contains("chat_template")) {
+        auto& ct = c["chat_template"];
+        if (ct.is_string()) {
+            chatTemplate = ct.get<std::string>();
+        } else if (ct.is_array()) { // [{"name": "default", "template": ...}, ...]
+            for (auto& e : ct)
+                if (e.is_object() && e.contains("name") && e["name"] == "default") {
+                    if (!e.contains("template") || !e["template"].is_string())
+                        throw Error(where + ": tokenizer_config.json: the default chat_template is not a string");
+                    chatTemplate = e["template"].get<std::string>();
+                }
         }
     }
-    return t;
 }
 
 std::vector<int> Tokenizer::encode(std::string_view rawText, bool addSpecialTokens, const std::vector<bool>* specialAllowed) const
