@@ -1,12 +1,12 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// The chat-template engine's insides (core/jinja.h is its interface), shared by its stages:
-//   jinja_values.cpp   values, their conversions, and the sizes a render may build
-//   jinja_lexer.cpp    source -> text segments and tokens (whitespace control)
-//   jinja_parser.cpp   tokens -> statement and expression trees; the nesting limits
-//   jinja_eval.cpp     trees -> output; the recursion and iteration limits
-//   jinja_filters.cpp  filters, tests and the methods of strings
-//   jinja.cpp          Template: the builtins and one render's budget
+// The chat-template engine's insides (text/jinja/jinja.h is its interface), shared by its stages:
+//   values.cpp    values, their conversions, and the sizes a render may build
+//   lexer.cpp     source -> text segments and tokens (whitespace control)
+//   parser.cpp    tokens -> statement and expression trees; the nesting limits
+//   eval.cpp      trees -> output; the recursion and iteration limits
+//   filters.cpp   filters, tests and the methods of strings
+//   jinja.cpp     Template: the builtins and one render's budget
 // A chat template comes with a downloaded model: it is untrusted code. Like Jinja's sandbox (which caps
 // range() at 100 000 items) it runs under limits no real template comes near, each where its concern lives.
 #include "text/jinja/jinja.h"
@@ -56,10 +56,10 @@ void chargeBytes(size_t n);
 void chargeVisits(int64_t n);
 void checkStringSize(size_t n);
 void checkItems(size_t n);
-// Loop iterations, macro calls and unique's comparisons, against the render's budget (jinja_eval.cpp).
+// Loop iterations, macro calls and unique's comparisons, against the render's budget (eval.cpp).
 void chargeIterations(int64_t n);
 
-// One level of evaluation on the stack (RAII); `call` marks a macro call (limits in jinja_eval.cpp).
+// One level of evaluation on the stack (RAII); `call` marks a macro call (limits in eval.cpp).
 class DepthGuard {
 public:
     explicit DepthGuard(bool call = false);
@@ -376,7 +376,7 @@ struct Node {
     std::vector<std::pair<std::string, ExprPtr>> params; // Macro params with defaults
 };
 
-// The statement tree of a lexed template (jinja_parser.cpp).
+// The statement tree of a lexed template (parser.cpp).
 Body parse(std::vector<Segment> segs);
 
 // ---------------------------------------------------------------------------------------------------------
@@ -478,7 +478,7 @@ private:
 };
 
 Array iterate(const Value& v, int line);
-// A string's method (split, strip, startswith...) bound to it (jinja_filters.cpp).
+// A string's method (split, strip, startswith...) bound to it (filters.cpp).
 Value stringMethod(const Value& self, const std::string& name, int line);
 
 } // namespace together::jinja::detail

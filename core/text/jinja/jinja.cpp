@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // A Jinja interpreter for the subset chat templates use: Template, its builtins and one render's budget. The
-// stages live beside it (core/jinja_internal.h lists them): source -> tokens (lexer, with the whitespace
+// stages live beside it (text/jinja/internal.h lists them): source -> tokens (lexer, with the whitespace
 // rules) -> statement tree (parser) -> output (evaluator).
 #include "text/jinja/jinja.h"
 
@@ -63,7 +63,7 @@ Template::Template(Template&&) noexcept = default;
 
 MarkedText Template::render(const json& context, const std::vector<std::string>& untrustedMessageKeys) const
 {
-    // This render's budget (core/jinja_internal.h), for every evaluator it makes on this thread.
+    // This render's budget (text/jinja/internal.h), for every evaluator it makes on this thread.
     RenderBudget budget;
     struct Active {
         RenderBudget* saved;
