@@ -16,6 +16,7 @@
 #include <regex>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -78,14 +79,45 @@ TEST(AtomicWrite, ReplacesTheFileWholeWithItsModeAndLeavesNothingBeside)
     atomicWrite(file, "first\n");
     EXPECT_EQ(readAll(file), "first\n");
     EXPECT_EQ(modeOf(file), 0644u);
-    ::umask(077); // the mode is the one asked for, whatever the umask
     atomicWrite(file, "second, longer than the first\n", 0600);
-    ::umask(022);
     EXPECT_EQ(readAll(file), "second, longer than the first\n");
     EXPECT_EQ(modeOf(file), 0600u);
+    const mode_t old = ::umask(077); // the mode less the umask, as open(2) makes it
+    atomicWrite(dir + "/other.json", "x");
+    ::umask(old);
+    EXPECT_EQ(modeOf(dir + "/other.json"), 0600u);
+    fs::remove(dir + "/other.json");
     EXPECT_EQ(namesIn(dir), std::vector<std::string>{"state.json"});
     atomicWrite(file, "");
     EXPECT_EQ(readAll(file), "");
+}
+
+// A symlink stays a link (the file it points to is replaced); a FIFO or a device is written in place.
+TEST(AtomicWrite, FollowsSymlinksAndWritesSpecialFilesInPlace)
+{
+    const std::string dir = test::makeTempDir("atomic-special");
+    fs::create_directories(dir + "/dotfiles");
+    atomicWrite(dir + "/dotfiles/together.conf", "old");
+    fs::create_symlink("dotfiles/together.conf", dir + "/together.conf");
+    atomicWrite(dir + "/together.conf", "new");
+    EXPECT_TRUE(fs::is_symlink(dir + "/together.conf"));
+    EXPECT_EQ(readAll(dir + "/dotfiles/together.conf"), "new");
+    fs::create_symlink("dotfiles/later.json", dir + "/later.json"); // dangling: the file is made where it points
+    atomicWrite(dir + "/later.json", "made");
+    EXPECT_TRUE(fs::is_symlink(dir + "/later.json"));
+    EXPECT_EQ(readAll(dir + "/dotfiles/later.json"), "made");
+    EXPECT_EQ(namesIn(dir), (std::vector<std::string>{"dotfiles", "later.json", "together.conf"}));
+
+    const std::string fifo = dir + "/metrics.fifo";
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+    std::string got;
+    std::thread reader([&] { got = readAll(fifo); });
+    atomicWrite(fifo, "{\"steps\": 3}\n");
+    reader.join();
+    EXPECT_EQ(got, "{\"steps\": 3}\n");
+    struct stat st {};
+    ASSERT_EQ(::lstat(fifo.c_str(), &st), 0);
+    EXPECT_TRUE(S_ISFIFO(st.st_mode)) << "still the FIFO, not a file renamed over it";
 }
 
 TEST(AtomicWrite, AFailureLeavesTheOldFileAndNoTemporary)

@@ -8,6 +8,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -129,7 +130,17 @@ TEST(ModelShapes, EnsureWritesOnceEvenWhenProcessesRace)
     std::vector<std::string> left;
     for (auto& e : std::filesystem::directory_iterator(parent))
         left.push_back(e.path().filename().string());
-    EXPECT_EQ(left, std::vector<std::string>{"default-model"});
+    std::sort(left.begin(), left.end());
+    EXPECT_EQ(left, (std::vector<std::string>{".default-model.lock", "default-model"}));
+    EXPECT_EQ(std::filesystem::status(dir).permissions() & std::filesystem::perms::others_read, std::filesystem::perms::others_read)
+        << "a model folder is readable as create_directories makes one, not private like its temporary folder";
+    // What interrupted writers left (a partial folder of this version, an older one's "<name>.partial") goes.
+    std::filesystem::create_directories(parent + "/together-next-partial-AbC123/deep");
+    std::filesystem::create_directories(parent + "/next.partial");
+    ensureRandomModel(parent + "/next", modelShape("tiny"));
+    EXPECT_FALSE(std::filesystem::exists(parent + "/together-next-partial-AbC123"));
+    EXPECT_FALSE(std::filesystem::exists(parent + "/next.partial"));
+    EXPECT_TRUE(isModelFolder(parent + "/next"));
     // A folder an interrupted writer left (no model in it) is replaced.
     const std::string broken = parent + "/broken";
     std::filesystem::create_directories(broken);

@@ -270,7 +270,11 @@ void writeOutputs(const CliArgs& a, Controller& controller, const ChosenPlacemen
             j["links"].push_back({{"name", l.name}, {"samples", l.samples}, {"p50_ms", l.p50Ms}, {"p95_ms", l.p95Ms}, {"mean_ms", l.meanMs},
                                   {"bytes_per_step", l.bytesPerStep}});
         j["sources"] = controller.weightSources();
-        atomicWrite(a.get("metrics"), j.dump(1) + "\n");
+        try {
+            atomicWrite(a.get("metrics"), j.dump(1) + "\n");
+        } catch (const Error& e) {
+            std::fprintf(stderr, "together: %s\n", e.what()); // the answer stands; only this file is missing
+        }
     }
     printLinks(controller);
     if (chosen.prediction && controller.totals().steps > 0) {

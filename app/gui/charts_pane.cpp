@@ -382,7 +382,10 @@ QString ChartsPane::saveCharts(const QString& prefix)
         QByteArray png;
         QBuffer buffer(&png);
         buffer.open(QIODevice::WriteOnly);
-        if (!plot->toPixmap(std::max(plot->width(), 640), std::max(plot->height(), 360)).save(&buffer, "PNG"))
+        QImage image = plot->toPixmap(std::max(plot->width(), 640), std::max(plot->height(), 360)).toImage();
+        image.setDotsPerMeterX(3780); // 96 dpi, as QCustomPlot::savePng marks its pictures
+        image.setDotsPerMeterY(3780);
+        if (!image.save(&buffer, "PNG"))
             return "cannot draw " + prefix + suffix;
         try {
             atomicWrite((prefix + suffix).toStdString(), std::string_view(png.constData(), static_cast<size_t>(png.size())));

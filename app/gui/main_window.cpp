@@ -258,6 +258,8 @@ void MainWindow::restoreSettings()
     resize(1280, 800);
     restoreGeometry(m_settings.value("geometry").toByteArray());
     restoreState(m_settings.value("windowState").toByteArray());
+    if (!m_settings.problem().isEmpty())
+        statusBar()->showMessage(m_settings.problem(), 30000);
 
     // A person starts by typing: the message field has the focus once the window shows.
     QTimer::singleShot(0, this, [this] { m_chat->input()->setFocus(); });

@@ -42,7 +42,7 @@ QVariant fromJson(const QJsonValue& j)
 Settings::Settings(QString path)
     : m_path(std::move(path))
 {
-    m_values = read(m_path, &m_problem);
+    m_values = read(m_path, &m_problem).value_or(QJsonObject());
 }
 
 QString Settings::defaultPath()
@@ -52,11 +52,17 @@ QString Settings::defaultPath()
     return QString::fromStdString(dir + "/together.conf");
 }
 
-QJsonObject Settings::read(const QString& path, QString* problem)
+std::optional<QJsonObject> Settings::read(const QString& path, QString* problem)
 {
     QFile f(path);
-    if (!f.exists() || !f.open(QIODevice::ReadOnly))
-        return {};
+    if (!f.exists())
+        return QJsonObject();
+    if (!f.open(QIODevice::ReadOnly)) {
+        // Not readable (its mode, say) is not corrupt: left as it is, and not written over.
+        if (problem)
+            *problem = "The settings file " + path + " could not be read (" + f.errorString() + "); the defaults are used.";
+        return std::nullopt;
+    }
     const QByteArray bytes = f.size() > (16 << 20) ? QByteArray() : f.readAll();
     f.close();
     QJsonParseError error{};
@@ -72,11 +78,12 @@ QJsonObject Settings::read(const QString& path, QString* problem)
         if (ini.status() == QSettings::NoError)
             return o;
     }
+    // Kept aside, never overwritten: the person may want it back.
     const QString aside = path + ".unreadable-" + QDateTime::currentDateTime().toString("yyyyMMdd-HHmmss");
     QFile::rename(path, aside);
     if (problem)
-        *problem = "The settings could not be read; the file was kept as " + aside + ".";
-    return {};
+        *problem = "The settings could not be read; the file was kept as " + aside + " and the defaults are used.";
+    return QJsonObject();
 }
 
 QVariant Settings::value(const QString& key, const QVariant& fallback) const
@@ -103,7 +110,11 @@ QString Settings::save()
         return {};
     try {
         FileLock lock((m_path + ".lock").toStdString());
-        QJsonObject merged = read(m_path, nullptr);
+        QString why;
+        const std::optional<QJsonObject> current = read(m_path, &why);
+        if (!current)
+            return why;
+        QJsonObject merged = *current;
         for (const QString& key : m_changed) {
             if (m_values.contains(key))
                 merged.insert(key, m_values.value(key));

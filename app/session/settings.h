@@ -5,6 +5,7 @@
 #include <QString>
 #include <QVariant>
 
+#include <optional>
 #include <set>
 
 namespace together::gui {
@@ -34,7 +35,9 @@ public:
     static QString defaultPath();
 
 private:
-    static QJsonObject read(const QString& path, QString* problem);
+    // The file's settings; {} when there is none, or it was unreadable and kept aside; nullopt when it cannot be
+    // opened (then it must not be written over).
+    static std::optional<QJsonObject> read(const QString& path, QString* problem);
     QString m_path;
     QJsonObject m_values;
     std::set<QString> m_changed;

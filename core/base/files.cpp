@@ -36,17 +36,29 @@ void writeAll(int fd, const void* data, size_t size, const std::string& path)
     }
 }
 
+// Makes a rename in `folder` durable. Best effort: the file is already in place, and some filesystems cannot
+// sync a folder at all.
 void syncFolder(const std::string& folder)
 {
     const int fd = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0)
-        throw Error("cannot open the folder " + folder + " to sync it: " + reason());
-    const int rc = ::fsync(fd);
-    const int err = errno;
+        return;
+    ::fsync(fd);
     ::close(fd);
-    // Some filesystems cannot sync a folder (EINVAL); the rename happened, which is what a reader needs.
-    if (rc != 0 && err != EINVAL)
-        throw Error("cannot sync the folder " + folder + ": " + std::strerror(err));
+}
+
+// The file a path names: a symlink there is followed (a dangling one names the file it points to).
+std::string targetOf(const std::string& path)
+{
+    std::error_code ec;
+    fs::path p = path;
+    for (int hops = 0; hops < 40 && fs::is_symlink(p, ec); ++hops) {
+        const fs::path to = fs::read_symlink(p, ec);
+        if (ec)
+            break;
+        p = to.is_absolute() ? to : p.parent_path() / to;
+    }
+    return p.string();
 }
 
 std::string folderOf(const std::string& path)
@@ -82,15 +94,25 @@ std::string readTextFile(const std::string& path)
 
 AtomicFile::AtomicFile(std::string path, mode_t mode)
     : m_path(std::move(path))
+    , m_target(targetOf(m_path))
+    , m_mode(mode & ~currentUmask() & 07777)
 {
-    const std::string name = fs::path(m_path).filename().string();
+    const std::string name = fs::path(m_target).filename().string();
     if (name.empty() || name == "." || name == "..")
         throw Error("cannot write " + m_path + ": not a file name");
-    m_temporary = folderOf(m_path) + "/." + name + ".XXXXXX.tmp";
+    struct stat st {};
+    if (::stat(m_target.c_str(), &st) == 0 && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) {
+        // A device or a FIFO: written in place.
+        m_fd = ::open(m_target.c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC);
+        if (m_fd < 0)
+            throw Error("cannot write " + m_path + ": " + reason());
+        return;
+    }
+    m_temporary = folderOf(m_target) + "/." + name + ".XXXXXX.tmp";
     m_fd = ::mkostemps(m_temporary.data(), 4, O_CLOEXEC);
     if (m_fd < 0)
         throw Error("cannot write " + m_path + ": cannot create a temporary file beside it: " + reason());
-    if (::fchmod(m_fd, mode) != 0) {
+    if (::fchmod(m_fd, m_mode) != 0) {
         const std::string why = reason();
         discard();
         throw Error("cannot write " + m_path + ": " + why);
@@ -104,7 +126,8 @@ void AtomicFile::discard()
     if (m_fd < 0)
         return;
     ::close(m_fd);
-    ::unlink(m_temporary.c_str());
+    if (!m_temporary.empty())
+        ::unlink(m_temporary.c_str());
     m_fd = -1;
 }
 
@@ -120,31 +143,83 @@ void AtomicFile::write(const void* data, size_t size)
     }
 }
 
-void AtomicFile::commit(Existing existing)
+void AtomicFile::sync()
 {
     if (m_fd < 0)
         throw Error("cannot write " + m_path + ": the file is already committed or discarded");
-    if (::fsync(m_fd) != 0) {
+    if (::fsync(m_fd) != 0 && !m_temporary.empty()) {
         const std::string why = reason();
         discard();
         throw Error("cannot write " + m_path + ": " + why);
     }
-    if (existing == Existing::Replace) {
-        if (::rename(m_temporary.c_str(), m_path.c_str()) != 0) {
-            const std::string why = reason();
+}
+
+void AtomicFile::commit(Existing existing)
+{
+    sync();
+    if (m_temporary.empty()) { // written in place
+        if (existing == Existing::Keep) {
             discard();
-            throw Error("cannot replace " + m_path + ": " + why);
+            throw Error("cannot create " + m_path + ": it exists (refusing to overwrite it)");
         }
-    } else if (::link(m_temporary.c_str(), m_path.c_str()) != 0) { // fails when the path exists, atomically
-        const int err = errno;
+        ::close(m_fd);
+        m_fd = -1;
+        return;
+    }
+    if (existing == Existing::Keep) {
+        keepExisting();
+    } else if (::rename(m_temporary.c_str(), m_target.c_str()) != 0) {
+        const std::string why = reason();
         discard();
-        throw Error("cannot create " + m_path + ": " + std::strerror(err) + (err == EEXIST ? " (refusing to overwrite it)" : ""));
-    } else {
-        ::unlink(m_temporary.c_str());
+        throw Error("cannot replace " + m_path + ": " + why);
     }
     ::close(m_fd);
     m_fd = -1;
-    syncFolder(folderOf(m_path));
+    syncFolder(folderOf(m_target));
+}
+
+// link(2) puts the temporary in place only if nothing is there, atomically. Where the filesystem has no hard
+// links, the file is created with O_EXCL (still only if nothing is there) and the bytes copied into it.
+void AtomicFile::keepExisting()
+{
+    if (::link(m_temporary.c_str(), m_target.c_str()) == 0) {
+        ::unlink(m_temporary.c_str());
+        return;
+    }
+    const int err = errno;
+    if (err != EPERM && err != EOPNOTSUPP && err != ENOSYS && err != EMLINK) {
+        discard();
+        throw Error("cannot create " + m_path + ": " + std::strerror(err) + (err == EEXIST ? " (refusing to overwrite it)" : ""));
+    }
+    const int out = ::open(m_target.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, m_mode);
+    if (out < 0) {
+        const int e = errno;
+        discard();
+        throw Error("cannot create " + m_path + ": " + std::strerror(e) + (e == EEXIST ? " (refusing to overwrite it)" : ""));
+    }
+    try {
+        char buf[1 << 16];
+        for (off_t at = 0;;) {
+            const ssize_t n = ::pread(m_fd, buf, sizeof buf, at);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0)
+                throw Error("cannot write " + m_path + ": " + reason());
+            if (n == 0)
+                break;
+            writeAll(out, buf, static_cast<size_t>(n), m_path);
+            at += n;
+        }
+        if (::fsync(out) != 0)
+            throw Error("cannot write " + m_path + ": " + reason());
+    } catch (...) {
+        ::close(out);
+        ::unlink(m_target.c_str());
+        discard();
+        throw;
+    }
+    ::close(out);
+    ::unlink(m_temporary.c_str());
 }
 
 bool AtomicFile::isTemporaryName(const std::string& name)
@@ -159,6 +234,15 @@ void atomicWrite(const std::string& path, std::string_view bytes, mode_t mode, A
     AtomicFile f(path, mode);
     f.write(bytes);
     f.commit(existing);
+}
+
+mode_t currentUmask()
+{
+    std::ifstream in("/proc/self/status");
+    for (std::string line; std::getline(in, line);)
+        if (line.rfind("Umask:", 0) == 0)
+            return static_cast<mode_t>(std::stoul(line.substr(6), nullptr, 8));
+    return 022;
 }
 
 TempDir::TempDir(const std::string& tag, const std::string& parent)

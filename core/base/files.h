@@ -23,12 +23,18 @@ std::string readTextFile(const std::string& path);
 // A file replaced as a whole. It is written to a temporary file with a unique name beside it (created with
 // O_EXCL; the name is ".<file name>.<6 random characters>.tmp", so concurrent writers never share one), then
 // commit() fsyncs it, renames it over the path and fsyncs the folder: a reader sees the old file or the new one,
-// never a part, and after commit() returns a crash or a power cut keeps the new one. Destroyed without
-// commit(), or after a failed write, the temporary file is removed and the old file is untouched. Errors are
-// Error naming the path and the system's reason.
+// never a part, and after commit() returns a crash or a power cut keeps the new one (the folder's fsync is best
+// effort: the file is in place when it fails). Destroyed without commit(), or after a failed write, the
+// temporary file is removed and the old file is untouched. Errors are Error naming the path and the reason.
+//
+//  - A symlink is followed: the file it points to is the one replaced (a settings file linked from a dotfiles
+//    folder stays a link).
+//  - A path that is not a regular file nor a folder (/dev/stdout, a FIFO) is written in place: there is nothing
+//    to replace atomically, and a temporary file cannot go beside it.
+//  - The new file's permission bits are `mode` less the process's umask, as open(2) would make them (0600 for
+//    keys); what the old file had is not kept, nor its hard links (a replaced file is a new inode).
 class AtomicFile {
 public:
-    // `mode` is the new file's permission bits exactly (0600 for keys; the umask does not apply).
     AtomicFile(std::string path, mode_t mode);
     ~AtomicFile();
     AtomicFile(const AtomicFile&) = delete;
@@ -36,8 +42,12 @@ public:
 
     void write(const void* data, size_t size);
     void write(std::string_view bytes) { write(bytes.data(), bytes.size()); }
+    // fsync now (commit() does it too): a writer that must hold a lock while it commits syncs a large file first.
+    void sync();
     // What commit() does when the path exists: replace it, or keep it and fail (a key is never overwritten; the
-    // new file then appears whole or not at all, and two writers racing cannot both succeed).
+    // new file then appears whole or not at all, and two writers racing cannot both succeed). Keep uses link(2);
+    // where the filesystem has no hard links (vfat, some network mounts) it creates the file with O_EXCL and
+    // copies the bytes into it instead.
     enum class Existing { Replace, Keep };
     void commit(Existing existing = Existing::Replace);
 
@@ -49,14 +59,20 @@ public:
 
 private:
     void discard();
-    std::string m_path;
-    std::string m_temporary;
+    void keepExisting();
+    std::string m_path;     // as given, for messages
+    std::string m_target;   // what is replaced: the path, or the file a symlink there points to
+    std::string m_temporary; // "" when writing in place
+    mode_t m_mode = 0644;
     int m_fd = -1;
 };
 
 // The whole file in one call: AtomicFile, write, commit.
 void atomicWrite(const std::string& path, std::string_view bytes, mode_t mode = 0644,
                  AtomicFile::Existing existing = AtomicFile::Existing::Replace);
+
+// The process's umask, read without changing it (umask(2) would, for every thread).
+mode_t currentUmask();
 
 // A folder with a unique name, "<parent>/together-<tag>-XXXXXX" (mkdtemp: mode 0700), removed with everything
 // in it when the object is destroyed. `parent` "" is the system's temporary folder ($TMPDIR, else /tmp).

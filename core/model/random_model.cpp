@@ -369,19 +369,29 @@ std::string ensureRandomModel(const std::string& dir, const RandomModelSpec& spe
     if (isModelFolder(dir))
         return dir;
     const fs::path target = fs::absolute(dir);
-    fs::create_directories(target.parent_path());
-    TempDir partial(target.filename().string() + "-partial", target.parent_path().string());
-    writeRandomModel(partial.path(), spec);
+    const fs::path parent = target.parent_path();
+    const std::string name = target.filename().string();
+    fs::create_directories(parent);
+    // One writer per model at a time: another process waits here, then finds the model. Under the lock nobody else
+    // writes this model, so what an interrupted writer left is removed: its partial folder, an older version's
+    // "<name>.partial", or a folder at the target without a whole model in it.
+    FileLock lock((parent / ("." + name + ".lock")).string());
+    if (isModelFolder(dir))
+        return dir;
     std::error_code ec;
-    fs::rename(partial.path(), target, ec);
-    if (ec && !isModelFolder(dir)) {
-        // Not a model there (a folder an interrupted older version left): replaced. A model that appeared
-        // meanwhile (another process wrote it first) is kept, and this copy goes with `partial`.
-        fs::remove_all(target);
-        fs::rename(partial.path(), target);
+    const std::string partialPrefix = "together-" + name + "-partial-";
+    for (auto& e : fs::directory_iterator(parent, ec)) {
+        const std::string n = e.path().filename().string();
+        if (n == name + ".partial" || (n.rfind(partialPrefix, 0) == 0 && n.size() == partialPrefix.size() + 6))
+            fs::remove_all(e.path(), ec);
     }
-    if (!ec)
-        partial.release();
+    TempDir partial(name + "-partial", parent.string());
+    writeRandomModel(partial.path(), spec);
+    // A model folder as create_directories makes one (mkdtemp's is private).
+    fs::permissions(partial.path(), static_cast<fs::perms>(0755 & ~currentUmask()));
+    fs::remove_all(target);
+    fs::rename(partial.path(), target);
+    partial.release();
     return dir;
 }
 

@@ -396,6 +396,7 @@ void SliceCache::store(const std::string& key, const std::vector<const CachedTen
     file.write(header);
     for (const CachedTensor* t : tensors)
         file.write(t->bytes.data(), t->bytes.size());
+    file.sync(); // before the lock: other shards of this worker store and touch entries meanwhile
     FileLock lock(lockPath(m_dir));
     setModified(file.fd()); // under the lock, so stores and touches are ordered as they happened
     file.commit();
