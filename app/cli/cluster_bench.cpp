@@ -72,16 +72,8 @@ Row measure(const std::string& modelDir, const PlacementSource& source, const Cl
         throw Error("the prompt and the decode tokens need " + std::to_string(o.promptTokens + o.decodeTokens + 16) +
                     " positions; the context is " + std::to_string(context) + " (--context, --prompt-tokens, --tokens)");
 
-    PlacementContext pc;
-    pc.config = config;
-    pc.dtype = dtype;
-    pc.context = context;
-    pc.threads = args.getInt("threads", 0);
-    pc.keyFile = args.get("key-file");
-    pc.tempDir = tempDir;
-    pc.args = &args;
-    pc.predict = true;
-    pc.progress = say;
+    PlacementContext pc = PlacementContext::fromArgs(args, config, dtype, context, tempDir, true);
+    pc.progress = say; // each line names the placement being measured
     say("placing");
     ChosenPlacement chosen = choosePlacement(source, pc);
     if (!chosen.explanation.empty())

@@ -200,16 +200,8 @@ RunSetup readSetup(const CliArgs& a, const std::vector<std::string>& args)
 
 ChosenPlacement choose(const RunSetup& s, const CliArgs& a, const std::string& tempDir)
 {
-    PlacementContext pc;
-    pc.config = s.config;
-    pc.dtype = s.dtype;
-    pc.context = s.context;
+    PlacementContext pc = PlacementContext::fromArgs(a, s.config, s.dtype, s.context, tempDir, a.has("predict"));
     pc.threads = s.options.threads;
-    pc.keyFile = a.get("key-file");
-    pc.tempDir = tempDir;
-    pc.args = &a;
-    pc.predict = a.has("predict");
-    pc.progress = [](const std::string& line) { std::fprintf(stderr, "together: %s\n", line.c_str()); };
     ChosenPlacement chosen = choosePlacement(s.source, pc);
     printChosen(chosen, s.source.kind == PlacementSource::Kind::Auto);
     if (a.has("save-plan")) {

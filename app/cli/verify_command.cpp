@@ -93,16 +93,7 @@ int runVerify(const std::vector<std::string>& rawArgs)
     const TempDir scratch("verify");
     const std::string& tmpl = scratch.path();
     auto say = [](const std::string& line) { std::fprintf(stderr, "together: %s\n", line.c_str()); };
-    PlacementContext pc;
-    pc.config = config;
-    pc.dtype = dtype;
-    pc.context = context;
-    pc.threads = args.getInt("threads", 0);
-    pc.keyFile = args.get("key-file");
-    pc.tempDir = tmpl;
-    pc.args = &args;
-    pc.predict = false;
-    pc.progress = say;
+    const PlacementContext pc = PlacementContext::fromArgs(args, config, dtype, context, tmpl, false);
     ChosenPlacement chosen = choosePlacement(source, pc);
     const bool force = args.has("force");
 

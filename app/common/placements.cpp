@@ -125,6 +125,22 @@ std::vector<PlacementSource> placementSources(const std::vector<std::string>& ar
     return out;
 }
 
+PlacementContext PlacementContext::fromArgs(const CliArgs& args, const ModelConfig& config, const std::string& dtype, int64_t context,
+                                            const std::string& tempDir, bool predict)
+{
+    PlacementContext pc;
+    pc.config = config;
+    pc.dtype = dtype;
+    pc.context = context;
+    pc.threads = args.getInt("threads", 0);
+    pc.keyFile = args.get("key-file");
+    pc.tempDir = tempDir;
+    pc.args = &args;
+    pc.predict = predict;
+    pc.progress = [](const std::string& line) { std::fprintf(stderr, "together: %s\n", line.c_str()); };
+    return pc;
+}
+
 ChosenPlacement choosePlacement(const PlacementSource& source, const PlacementContext& c)
 {
     ChosenPlacement out;

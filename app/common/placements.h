@@ -53,6 +53,11 @@ struct PlacementContext {
     const CliArgs* args = nullptr; // discovery flags for --auto: --add, --wait, --no-broadcast, --local-workers
     bool predict = true;    // survey the workers of a given placement for a prediction (--auto always does)
     std::function<void(const std::string&)> progress;
+
+    // A command's context from its flags (--threads, --key-file and the discovery flags), with progress lines on
+    // stderr ("together: ...").
+    static PlacementContext fromArgs(const CliArgs& args, const ModelConfig& config, const std::string& dtype, int64_t context,
+                                     const std::string& tempDir, bool predict);
 };
 
 // One line for people: "layers 0-10 on A (2 threads) + B (2 threads) | layers 11-21 on C (2 threads)".
