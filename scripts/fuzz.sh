@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-20}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(fuzz_jinja fuzz_tokenizer fuzz_safetensors fuzz_config fuzz_peer_messages)
+[ ${#targets[@]} -gt 0 ] || targets=(fuzz_jinja fuzz_tokenizer fuzz_safetensors fuzz_gguf fuzz_config fuzz_peer_messages)
 build=${TOGETHER_FUZZ_BUILD_DIR:-build-fuzz}
 CC=clang CXX=clang++ cmake -S . -B "$build" -G Ninja -DTOGETHER_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build "$build" --target "${targets[@]}"

@@ -7,6 +7,7 @@
 #include "base/process.h"
 #include "base/sanitizers.h"
 #include "master/local_daemons.h"
+#include "model/gguf_model.h"
 #include "model/random_model.h"
 #include "net/cluster_key.h"
 #include "proto/together.grpc.pb.h"
@@ -174,6 +175,50 @@ TEST(ClusterLocalWeights, WorkerReadsItsSliceFromItsOwnFolder)
     fs::create_directory_symlink(dir + "/outside", dir + "/models/link");
     EXPECT_NE(run(dir + "/models/link", err), 0);
     EXPECT_NE(err.find("outside the model folders this worker allows"), std::string::npos) << err;
+}
+
+// The same model as one GGUF file (q and k rows interleaved, as llama.cpp writes "llama" files): launched across
+// TP2 x PP2 from the file, and with a worker reading its slice from its own copy of the file, the tokens and top
+// logits are the folder's. The chat template comes from the file too.
+TEST(ClusterGguf, GgufFileRunsAsItsFolderDoes)
+{
+    const std::string model = test::largeMarginModel("kv2", 4, 2, 160);
+    const std::string dir = test::makeTempDir("gguf-run");
+    fs::create_directories(dir + "/models");
+    const std::string file = dir + "/models/kv2-F32.gguf";
+    exportGguf(model, file, GgmlType::F32);
+    auto ref = test::readTrace(test::referenceTrace(model, "Once upon a time", 16));
+    std::string out, err;
+    ASSERT_EQ(test::runCommand(test::cliBin() + " run --model " + file + " --local tp=2,pp=2 --prompt 'Once upon a time' --temperature 0 "
+                                   "--dtype f32 --max-tokens 16 --trace " + dir + "/trace.jsonl",
+                               &out, &err),
+              0)
+        << err;
+    test::expectSameTrace(ref, test::readTrace(dir + "/trace.jsonl"), "gguf tp2 x pp2");
+
+    ClusterKey::generate().writeFile(dir + "/key");
+    LocalDaemons daemons(2, dir + "/key", {"--models-root", dir + "/models"});
+    json plan = {{"stages",
+                  {{{"layers", {0, 1}}, {"ranks", {{{"worker", daemons.addresses()[0]}}}}},
+                   {{"layers", {2, 4}}, {"ranks", {{{"worker", daemons.addresses()[1]}, {"model_dir", file}}}}}}}};
+    std::ofstream(dir + "/plan.json") << plan.dump();
+    ASSERT_EQ(test::runCommand(test::cliBin() + " run --model " + file + " --plan " + dir + "/plan.json --key-file " + dir +
+                                   "/key --prompt 'Once upon a time' --temperature 0 --dtype f32 --max-tokens 16 --trace " + dir + "/local.jsonl",
+                               &out, &err),
+              0)
+        << err;
+    EXPECT_NE(err.find("weights read from " + file + " on the worker"), std::string::npos) << err;
+    test::expectSameTrace(ref, test::readTrace(dir + "/local.jsonl"), "gguf read by the worker");
+
+    // Chat: the template and special tokens come from the file, so the prompt is the folder's.
+    std::string folderOut, fileOut;
+    for (auto [m, o] : {std::pair<std::string, std::string*>{model, &folderOut}, {file, &fileOut}})
+        ASSERT_EQ(test::runCommand(test::cliBin() + " run --model " + m + " --local tp=1,pp=1 --chat --prompt 'Hi there' --temperature 0 "
+                                       "--dtype f32 --max-tokens 8",
+                                   o, &err),
+                  0)
+            << err;
+    EXPECT_EQ(folderOut, fileOut);
 }
 
 TEST(ClusterInteractive, SecondAnswerMatchesSingleProcessAndOnlyNewTokensArePrefilled)

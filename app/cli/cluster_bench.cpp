@@ -64,7 +64,7 @@ Row measure(const std::string& modelDir, const PlacementSource& source, const Cl
         dtype = p.dtype;
     }
     if (dtype.empty())
-        dtype = defaultDtypeName();
+        dtype = defaultDtypeFor(modelDir);
     if (!isRunDtype(dtype))
         throw Error("--dtype must be bf16, q8 or f32");
     const int64_t context = std::min<int64_t>(config.contextLimit(), o.context > 0 ? o.context : std::max<int64_t>(1024, o.promptTokens + o.decodeTokens + 16));

@@ -80,10 +80,12 @@ const char* kUsage =
     "      read when no --key-file is given. A worker asks for the key on its terminal the first time.\n"
     "  together-cli make-model --out DIR [--shape NAME] [--hidden N] [--intermediate N] [--layers N] [--heads N]\n"
     "                          [--kv-heads N] [--head-dim N] [--vocab N] [--arch NAME] [--dtype f32|bf16] [--tie]\n"
-    "                          [--seed S] [--logit-scale X] [--max-pos N]\n"
+    "                          [--seed S] [--logit-scale X] [--max-pos N] [--format safetensors|gguf]\n"
+    "                          [--type F32|F16|BF16|Q8_0|Q4_0|Q4_K]\n"
     "      Writes a random-weight model as real Hugging Face files (for tests and benchmarks): a named shape (default,\n"
     "      tiny, small, large-margin, accuracy, layer-overhead, tinyllama-1.1b, llama3-8b; default: default), with\n"
-    "      any of its numbers replaced by the flags.\n";
+    "      any of its numbers replaced by the flags. --format gguf writes one GGUF file to --out instead, its\n"
+    "      matrices in --type (default F16; rows that are not whole blocks fall back to Q8_0 or F16, as llama.cpp's do).\n";
 
 // keygen: a new cluster key, printed, and kept in a file when asked.
 int runKeygen(const std::vector<std::string>& args)

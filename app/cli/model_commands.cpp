@@ -6,6 +6,7 @@
 #include "base/files.h"
 #include "base/host_info.h"
 #include "base/json.h"
+#include "model/gguf_model.h"
 #include "model/model_catalog.h"
 #include "model/random_model.h"
 #include "text/chat.h"
@@ -81,6 +82,15 @@ int chatTemplateWith(const CliArgs& a)
     return 0;
 }
 
+// --type for GGUF output: the types make-model writes.
+GgmlType ggufWriteType(const std::string& name)
+{
+    for (GgmlType t : {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_K})
+        if (name == ggmlTypeName(t))
+            return t;
+    throw Error("--type must be F32, F16, BF16, Q8_0, Q4_0 or Q4_K");
+}
+
 int makeModelWith(const CliArgs& a)
 {
     RandomModelSpec s = modelShape(a.get("shape", "default"));
@@ -109,6 +119,17 @@ int makeModelWith(const CliArgs& a)
     }
     if (!a.has("out"))
         throw Error("--out DIR is required");
+    const std::string format = a.get("format", "safetensors");
+    if (format == "gguf") {
+        const GgmlType type = ggufWriteType(a.get("type", "F16"));
+        TempDir folder("together-make-model");
+        writeRandomModel(folder.path(), s);
+        exportGguf(folder.path(), a.get("out"), type);
+        std::fprintf(stderr, "wrote random-weight %s as GGUF (%s) to %s\n", s.architecture.c_str(), ggmlTypeName(type), a.get("out").c_str());
+        return 0;
+    }
+    if (format != "safetensors")
+        throw Error("--format must be safetensors or gguf");
     writeRandomModel(a.get("out"), s);
     std::fprintf(stderr, "wrote random-weight %s to %s\n", s.architecture.c_str(), a.get("out").c_str());
     return 0;
@@ -143,7 +164,7 @@ int runChatTemplate(const std::vector<std::string>& args)
 int runMakeModel(const std::vector<std::string>& args)
 {
     CliArgs a(args, {{"out"}, {"shape"}, {"hidden"}, {"intermediate"}, {"layers"}, {"heads"}, {"kv-heads"}, {"head-dim"},
-                     {"vocab"}, {"arch"}, {"dtype"}, {"tie", false}, {"seed"}, {"logit-scale"}, {"max-pos"}});
+                     {"vocab"}, {"arch"}, {"dtype"}, {"tie", false}, {"seed"}, {"logit-scale"}, {"max-pos"}, {"format"}, {"type"}});
     return makeModelWith(a);
 }
 

@@ -187,7 +187,7 @@ RunSetup readSetup(const CliArgs& a, const std::vector<std::string>& args)
     s.window = a.getInt("window", 4);
     if (s.window < 0 || s.window > 1024)
         throw Error("--window takes 0 (no limit) to 1024 tokens");
-    s.dtype = !s.options.dtype.empty() ? s.options.dtype : defaultDtypeName();
+    s.dtype = !s.options.dtype.empty() ? s.options.dtype : defaultDtypeFor(s.options.modelDir);
     if (s.source.kind == PlacementSource::Kind::PlanFile && s.options.dtype.empty()) {
         const Plan p = Plan::fromJson(readTextFile(s.source.spec), s.source.spec);
         if (!p.dtype.empty())

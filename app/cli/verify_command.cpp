@@ -79,7 +79,7 @@ int runVerify(const std::vector<std::string>& rawArgs)
     if (dtype.empty() && source.kind == PlacementSource::Kind::PlanFile)
         dtype = Plan::fromJson(readTextFile(source.spec), source.spec).dtype;
     if (dtype.empty())
-        dtype = defaultDtypeName();
+        dtype = defaultDtypeFor(modelDir);
     if (!isRunDtype(dtype))
         throw Error("--dtype must be bf16, q8 or f32");
     std::vector<int> prompt = tokenizer.encode(args.get("prompt", "Once upon a time"), true);

@@ -130,6 +130,12 @@ QAction* MainWindow::buildToolBar()
             openModel(dir);
     });
     openAct->setShortcut(QKeySequence::Open);
+    tools->addAction("Open GGUF file…", this, [this] {
+        const QString file = QFileDialog::getOpenFileName(this, "Open GGUF model", m_settings.value("lastModel").toString(),
+                                                          "GGUF models (*.gguf);;All files (*)");
+        if (!file.isEmpty())
+            openModel(file);
+    });
     tools->addAction("Models…", this, &MainWindow::browseModels);
     tools->addAction("Cluster key…", this, &MainWindow::showKeyDialog);
     return openAct;
@@ -281,7 +287,7 @@ void MainWindow::startSession()
     QString model = m_options.model;
     if (model.isEmpty()) {
         const QString last = m_settings.value("lastModel").toString();
-        if (!last.isEmpty() && QFileInfo(last + "/config.json").exists())
+        if (!last.isEmpty() && (QFileInfo(last + "/config.json").exists() || (last.endsWith(".gguf") && QFileInfo(last).isFile())))
             model = last;
     }
     if (!model.isEmpty()) {

@@ -53,7 +53,7 @@ void Cluster::launch(const Plan& plan, const std::string& modelDir, const std::s
     admit(plan, modelDir, dtype, contextLimit);
     SafeTensors tensors = SafeTensors::open(modelDir);
     m_config.validate(tensors);
-    m_configJson = readTextFile(modelDir + "/config.json");
+    m_configJson = ModelConfig::configJsonText(modelDir);
     m_launchId = randomHex(8);
     nameWorkersAndRanks();
     for (auto& r : m_ranks)

@@ -5,7 +5,10 @@
 #include "base/files.h"
 #include "base/host_info.h"
 #include "base/json.h"
+#include "model/gguf.h"
+#include "model/gguf_model.h"
 #include "model/model_config.h"
+#include "model/run_dtype.h"
 #include "model/safetensors.h"
 #include "model/shard_spec.h"
 
@@ -15,6 +18,7 @@
 #include <cctype>
 #include <cstdlib>
 #include <filesystem>
+#include <map>
 
 namespace together {
 
@@ -49,24 +53,95 @@ bool chatTemplateIn(const fs::path& dir)
     }
 }
 
+// llama.cpp's names of general.file_type (the quantization a file was made with).
+std::string fileTypeName(int64_t t)
+{
+    static const std::map<int64_t, const char*> names = {
+        {0, "F32"},     {1, "F16"},     {2, "Q4_0"},    {3, "Q4_1"},    {7, "Q8_0"},    {8, "Q5_0"},   {9, "Q5_1"},
+        {10, "Q2_K"},   {11, "Q3_K_S"}, {12, "Q3_K_M"}, {13, "Q3_K_L"}, {14, "Q4_K_S"}, {15, "Q4_K_M"}, {16, "Q5_K_S"},
+        {17, "Q5_K_M"}, {18, "Q6_K"},   {32, "BF16"},
+    };
+    auto it = names.find(t);
+    return it == names.end() ? "" : it->second;
+}
+
+// Whether together's tokenizer reads the file's vocabulary ("" when it does).
+std::string vocabularyProblem(const Gguf& g)
+{
+    const std::string model = g.getString("tokenizer.ggml.model").value_or("");
+    if (model == "llama")
+        return "";
+    if (model != "gpt2")
+        return "its vocabulary (tokenizer.ggml.model '" + model + "') is not supported (llama and gpt2 are)";
+    const std::string pre = g.getString("tokenizer.ggml.pre").value_or("default");
+    for (const GgufPreTokenizer& k : ggufPreTokenizers())
+        if (pre == k.name)
+            return "";
+    return pre == "llama3" || pre == "llama-v3" || pre == "gpt-2" ? "" : "its pre-tokenizer '" + pre + "' is not supported";
+}
+
+void describeGguf(ModelEntry& e, const std::string& path, const std::string& dtype, uint64_t availableBytes)
+{
+    std::error_code ec;
+    e.name = fs::path(path).stem().string();
+    ModelConfig config;
+    try {
+        const Gguf g = Gguf::open(path, false);
+        for (const std::string& f : g.files())
+            e.weightBytes += fs::file_size(f, ec);
+        for (const auto& [name, t] : g.tensors())
+            e.parameters += static_cast<uint64_t>(t.numel());
+        e.dtype = fileTypeName(g.getInt("general.file_type").value_or(-1));
+        if (e.dtype.empty())
+            e.dtype = ggufTypeMix(g).substr(0, ggufTypeMix(g).find(' '));
+        e.hasChatTemplate = g.getString("tokenizer.chat_template").has_value();
+        config = ModelConfig::fromJsonText(ggufConfigJson(g), path);
+        e.architecture = config.architecture;
+        ggufTensors(g, config).tensors(); // refuses a type together does not run, naming the tensor
+        if (const std::string v = vocabularyProblem(g); !v.empty()) {
+            e.reason = v;
+            return;
+        }
+    } catch (const std::exception& ex) {
+        e.reason = ex.what();
+        return;
+    }
+    const std::string runAs = !dtype.empty() ? dtype : defaultDtypeFor(path);
+    e.neededBytes = static_cast<uint64_t>(
+        estimateShardMemory(config, ShardSpec::whole(config), parseRunDtype(runAs), std::min<int64_t>(config.contextLimit(), 4096)).total());
+    if (availableBytes > 0 && e.neededBytes > availableBytes) {
+        e.reason = "too big for the machines: needs about " + formatBytes(e.neededBytes) + " at " + runAs + ", they have " + formatBytes(availableBytes) +
+                   " in all";
+        return;
+    }
+    e.runnable = true;
+}
+
 } // namespace
 
 ModelEntry describeModelFolder(const std::string& dirText, const std::string& dtype, uint64_t availableBytes)
 {
     const fs::path dir(dirText);
     ModelEntry e;
+    if (Gguf::isGguf(dirText)) {
+        e.path = dirText;
+        describeGguf(e, dirText, dtype, availableBytes);
+        return e;
+    }
     e.path = dirText;
     e.name = nameOf(dir);
     std::error_code ec;
-    bool anySafetensors = false, anyBin = false;
+    bool anySafetensors = false, anyBin = false, anyGguf = false;
     for (auto& f : fs::directory_iterator(dir, ec)) {
         const std::string file = f.path().filename().string();
         const auto ends = [&](const std::string& s) { return file.size() >= s.size() && file.compare(file.size() - s.size(), s.size(), s) == 0; };
         if (ends(".safetensors")) {
             anySafetensors = true;
             e.weightBytes += fs::file_size(f.path(), ec); // follows the cache's symlinks to its blobs
-        } else if (ends(".bin") || ends(".pth") || ends(".gguf")) {
+        } else if (ends(".bin") || ends(".pth")) {
             anyBin = true;
+        } else if (ends(".gguf")) {
+            anyGguf = true;
         }
     }
     if (ec && !fs::is_directory(dir)) {
@@ -88,8 +163,9 @@ ModelEntry describeModelFolder(const std::string& dirText, const std::string& dt
         return e;
     }
     if (!anySafetensors) {
-        e.reason = anyBin ? "weights only in PyTorch .bin / GGUF files: together reads safetensors (convert the checkpoint)"
-                          : "no .safetensors weights in the folder";
+        e.reason = anyGguf ? "the weights are GGUF files: open the .gguf file itself"
+                   : anyBin ? "weights only in PyTorch .bin files: together reads safetensors and GGUF (convert the checkpoint)"
+                            : "no .safetensors weights in the folder";
         return e;
     }
     if (!fs::is_regular_file(dir / "tokenizer.json", ec)) {

@@ -22,9 +22,9 @@ struct ModelEntry {
     std::string reason;        // why it cannot run (or why it may not fit); "" when runnable
 };
 
-// Reads a model folder's config, tokenizer files and safetensors headers (never the weights). `availableBytes`:
-// the memory the cluster has for it in all (0: unknown); a model needing more is marked not runnable with the
-// numbers. Never throws: a bad folder becomes an entry with its reason.
+// Reads a model folder's config, tokenizer files and safetensors headers, or a GGUF file's header (never the
+// weights). `availableBytes`: the memory the cluster has for it in all (0: unknown); a model needing more is marked
+// not runnable with the numbers. Never throws: a bad folder or file becomes an entry with its reason.
 ModelEntry describeModelFolder(const std::string& dir, const std::string& dtype = "", uint64_t availableBytes = 0);
 
 // The Hugging Face hub cache: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub.

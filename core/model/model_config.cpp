@@ -4,6 +4,7 @@
 #include "base/error.h"
 #include "base/files.h"
 #include "base/json.h"
+#include "model/gguf_model.h"
 #include "model/safetensors.h"
 
 #include <nlohmann/json.hpp>
@@ -50,10 +51,17 @@ std::vector<int64_t> idList(const json& v)
 
 ModelConfig ModelConfig::fromDirectory(const std::string& dir)
 {
-    fs::path p = fs::path(dir) / "config.json";
+    return fromJsonText(configJsonText(dir), Gguf::isGguf(dir) ? dir : (fs::path(dir) / "config.json").string());
+}
+
+std::string ModelConfig::configJsonText(const std::string& path)
+{
+    if (Gguf::isGguf(path))
+        return ggufConfigJson(Gguf::open(path, false));
+    fs::path p = fs::path(path) / "config.json";
     if (!fs::exists(p))
-        throw Error(dir + ": no config.json (is this a Hugging Face model folder?)");
-    return fromJsonText(readTextFile(p.string()), p.string());
+        throw Error(path + ": no config.json (is this a Hugging Face model folder or a GGUF file?)");
+    return readTextFile(p.string());
 }
 
 namespace {
@@ -212,6 +220,10 @@ void ModelConfig::validate(const SafeTensors& tensors) const
 GenerationDefaults GenerationDefaults::fromDirectory(const std::string& dir)
 {
     GenerationDefaults g;
+    if (Gguf::isGguf(dir)) {
+        g.eosTokenIds = ggufEosTokenIds(Gguf::open(dir, false));
+        return g;
+    }
     fs::path p = fs::path(dir) / "generation_config.json";
     if (!fs::exists(p))
         return g;

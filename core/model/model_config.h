@@ -43,8 +43,12 @@ struct ModelConfig {
     std::optional<int64_t> bosTokenId;
     std::vector<int64_t> eosTokenIds;
 
-    // Reads config.json from a model folder. Refuses unknown architectures and quantized checkpoints by name.
+    // Reads config.json from a model folder, or the metadata of a GGUF file (`dir` is then the file). Refuses
+    // unknown architectures and quantized safetensors checkpoints by name.
     static ModelConfig fromDirectory(const std::string& dir);
+    // The config.json text fromDirectory reads: the folder's file, or the one a GGUF's metadata amounts to. The
+    // master sends it to shards.
+    static std::string configJsonText(const std::string& path);
     static ModelConfig fromJsonText(const std::string& text, const std::string& where);
 
     // Every tensor the architecture needs, with the shape this config implies.

@@ -2,6 +2,7 @@
 #include "model/run_dtype.h"
 
 #include "base/error.h"
+#include "model/gguf.h"
 
 #include <fstream>
 
@@ -69,6 +70,17 @@ std::string defaultDtypeName()
         if (line.rfind("flags", 0) == 0)
             return line.find(" avx512_bf16") != std::string::npos ? "bf16" : "f32";
     return "f32";
+}
+
+std::string defaultDtypeFor(const std::string& modelPath)
+{
+    if (Gguf::isGguf(modelPath)) {
+        const Gguf g = Gguf::open(modelPath, false);
+        for (const auto& [name, t] : g.tensors())
+            if (t.type != GgmlType::F32 && t.type != GgmlType::F16 && t.type != GgmlType::BF16)
+                return "q8";
+    }
+    return defaultDtypeName();
 }
 
 } // namespace together

@@ -31,5 +31,8 @@ double bytesPerWeight(RunDtype d);
 
 // "bf16" where this CPU has AVX-512 BF16, else "f32".
 std::string defaultDtypeName();
+// The run format a model gets when none is asked for: "q8" for a GGUF file with quantized weights (the nearest
+// format the engine runs; it widens 4- and 5-bit blocks at load), else defaultDtypeName().
+std::string defaultDtypeFor(const std::string& modelPath);
 
 } // namespace together

@@ -4,6 +4,8 @@
 #include "base/error.h"
 #include "base/files.h"
 #include "base/json.h"
+#include "model/gguf_model.h"
+#include "model/model_config.h"
 
 #include <nlohmann/json.hpp>
 
@@ -151,8 +153,19 @@ SafeTensors SafeTensors::openFile(const std::string& file, bool map)
     return st;
 }
 
+SafeTensors SafeTensors::fromViews(std::map<std::string, TensorView> views)
+{
+    SafeTensors st;
+    st.m_tensors = std::move(views);
+    return st;
+}
+
 SafeTensors SafeTensors::open(const std::string& path, bool map)
 {
+    if (Gguf::isGguf(path)) {
+        const Gguf g = Gguf::open(path, map);
+        return ggufTensors(g, ModelConfig::fromJsonText(ggufConfigJson(g), path));
+    }
     if (!fs::is_directory(path))
         return openFile(path, map);
     fs::path dir(path);

@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
+#include "model/ggml_types.h"
+
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -44,7 +47,7 @@ private:
     size_t m_size = 0;
 };
 
-// One tensor inside a mapped safetensors file. `data` points into the map; valid while `file` lives.
+// One tensor inside a mapped safetensors (or GGUF) file. `data` points into the map; valid while `file` lives.
 struct TensorView {
     std::string name;
     DType dtype = DType::F32;
@@ -53,6 +56,14 @@ struct TensorView {
     size_t nbytes = 0;
     uint64_t fileOffset = 0;         // absolute offset of the data in the file
     std::shared_ptr<MappedFile> file;
+    // A GGUF tensor's quantized type: the bytes are its blocks, and a slice (copySlice) widens to `dtype` (F32).
+    std::optional<GgmlType> stored;
+    // A GGUF "llama" q or k projection: the head size whose rows are in llama.cpp's interleaved rotary order
+    // (row 2i of a head is row i of the Hugging Face layout, row 2i+1 its row i + head/2); slices come out in
+    // the Hugging Face order. 0: rows as they are.
+    int64_t interleavedHead = 0;
+    // True when the bytes are not `dtype` values in the shape's order: only a slice copy reads them.
+    bool encoded() const { return stored.has_value() || interleavedHead > 0; }
 
     int64_t numel() const;
 };
@@ -68,8 +79,10 @@ class SafeTensors {
 public:
     // Opens a model folder (model.safetensors, or model.safetensors.index.json and its shards) or one file.
     // With map = false only the headers are read (and validated); tensor bytes are read on demand.
+    // A GGUF file (or split GGUF) opens too: its tensors under the Hugging Face names (model/gguf_model.h).
     static SafeTensors open(const std::string& path, bool map = true);
     static SafeTensors openFile(const std::string& file, bool map = true);
+    static SafeTensors fromViews(std::map<std::string, TensorView> views);
 
     bool contains(const std::string& name) const { return m_tensors.count(name) > 0; }
     // Throws naming the tensor when it is missing.

@@ -254,10 +254,63 @@ int64_t prefillChunkRows(int64_t hiddenSize)
     return std::max<int64_t>(1, static_cast<int64_t>(kPrefillChunkBytes) / (std::max<int64_t>(1, hiddenSize) * 4));
 }
 
+namespace {
+
+// A slice of an encoded view (a GGUF tensor in blocks, or with rows in interleaved rotary order): the rows it
+// needs are read once, then each output row is taken from its source row (reordered within each head) and widened
+// to the view's dtype, its columns cut after widening.
+void copyEncodedSlice(const TensorView& full, const TensorSlice& slice, std::vector<std::byte>& out)
+{
+    const bool matrix = full.shape.size() == 2;
+    const int64_t cols = matrix ? full.shape[1] : full.shape[0];
+    const int64_t rows = matrix ? full.shape[0] : 1;
+    const GgmlType type = full.stored ? *full.stored
+                          : full.dtype == DType::F16 ? GgmlType::F16
+                          : full.dtype == DType::BF16 ? GgmlType::BF16
+                                                      : GgmlType::F32;
+    const int64_t head = full.interleavedHead;
+    // A 1-D tensor in rotary order (a q or k bias) is a column of single-value rows.
+    const bool perElement = !matrix && head > 0;
+    const int64_t nRows = perElement ? cols : rows, rowLen = perElement ? 1 : cols;
+    const int64_t r0 = slice.dim == 0 ? slice.begin : 0, r1 = slice.dim == 0 ? slice.end : nRows;
+    const int64_t c0 = slice.dim == 1 ? slice.begin : 0, c1 = slice.dim == 1 ? slice.end : rowLen;
+    if (head > 0 && (r0 % head != 0 || r1 % head != 0 || head % 2 != 0))
+        throw Error("tensor " + slice.name + ": rows " + std::to_string(r0) + "-" + std::to_string(r1) + " are not whole heads of " +
+                    std::to_string(head));
+    const size_t rowBytes = static_cast<size_t>(ggmlRowBytes(type, rowLen));
+    std::vector<std::byte> raw(static_cast<size_t>(r1 - r0) * rowBytes);
+    if (full.data)
+        std::memcpy(raw.data(), full.data + static_cast<size_t>(r0) * rowBytes, raw.size());
+    else
+        full.file->read(full.fileOffset + static_cast<uint64_t>(r0) * rowBytes, raw.size(), raw.data());
+    const size_t es = dtypeSize(full.dtype);
+    out.resize(static_cast<size_t>((r1 - r0) * (c1 - c0)) * es);
+    std::vector<float> wide(static_cast<size_t>(rowLen));
+    for (int64_t r = r0; r < r1; ++r) {
+        int64_t src = r;
+        if (head > 0) { // Hugging Face row i of a head is the file's row 2i (first half) or 2(i - head/2) + 1
+            const int64_t i = r % head, half = head / 2;
+            src = r - i + (i < half ? 2 * i : 2 * (i - half) + 1);
+        }
+        const std::byte* in = raw.data() + static_cast<size_t>(src - r0) * rowBytes;
+        std::byte* dst = out.data() + static_cast<size_t>((r - r0) * (c1 - c0)) * es;
+        if (!full.stored) { // same dtype: the columns as they are
+            std::memcpy(dst, in + static_cast<size_t>(c0) * es, static_cast<size_t>(c1 - c0) * es);
+            continue;
+        }
+        dequantizeRow(type, in, wide.data(), rowLen);
+        std::memcpy(dst, wide.data() + c0, static_cast<size_t>(c1 - c0) * sizeof(float));
+    }
+}
+
+} // namespace
+
 void copySlice(const TensorView& full, const TensorSlice& slice, std::vector<std::byte>& out)
 {
     if (full.shape != slice.fullShape)
         throw Error("tensor " + slice.name + " has shape " + shapeString(full.shape) + ", expected " + shapeString(slice.fullShape));
+    if (full.encoded())
+        return copyEncodedSlice(full, slice, out);
     // Reads go through the file (memcpy from the map, or pread when unmapped): only the slice's bytes.
     auto read = [&](size_t offset, size_t length, std::byte* dst) {
         if (full.data)
@@ -291,7 +344,9 @@ TensorView SafeTensorsWeights::get(const TensorSlice& slice, std::vector<std::by
     const TensorView& full = m_tensors.expect(slice.name, slice.fullShape);
     TensorView v = full;
     v.shape = slice.shape();
-    if (!full.data) { // not mapped: read exactly the slice
+    if (!full.data || full.encoded()) { // not mapped: read exactly the slice; encoded: decode it
+        v.stored.reset();
+        v.interleavedHead = 0;
         copySlice(full, slice, scratch);
         v.data = scratch.data();
         v.nbytes = scratch.size();

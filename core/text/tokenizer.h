@@ -12,6 +12,8 @@
 
 namespace together {
 
+class Gguf;
+
 // A Hugging Face tokenizer.json with a BPE model, in both flavours found on the hub:
 //  - SentencePiece-style (Llama 2, TinyLlama, Mistral): "▁" normalizer or Metaspace pre-tokenizer, byte_fallback;
 //  - byte-level (Llama 3, Qwen): Split regex pre-tokenizer + ByteLevel byte-to-unicode mapping.
@@ -28,8 +30,10 @@ public:
         bool singleWord = false;
     };
 
-    // Reads tokenizer.json and (if present) tokenizer_config.json from a model folder.
+    // Reads tokenizer.json and (if present) tokenizer_config.json from a model folder, or the vocabulary and chat
+    // template of a GGUF file (`dir` is then the file).
     static Tokenizer fromDirectory(const std::string& dir);
+    static Tokenizer fromGguf(const Gguf& gguf);
     static Tokenizer fromJson(const std::string& tokenizerJson, const std::string& tokenizerConfigJson,
                               const std::string& where);
 

@@ -5,6 +5,7 @@
 #include "base/files.h"
 #include "base/json.h"
 #include "base/user_dirs.h"
+#include "model/gguf.h"
 #include "shard/shard_server.h"
 #include "shard/shard_status.h"
 #include "shard/slice_cache.h"
@@ -292,12 +293,14 @@ grpc::Status ShardWeights::loadLocal(const v1::LoadLocalRequest& req, v1::LoadWe
     try {
         const std::string& dir = req.model_dir();
         checkModelFolderAllowed(dir, m_modelsRoots);
-        // Every file read by name is checked too (each may be a symlink), before it is opened.
+        // Every file read by name is checked too (each may be a symlink), before it is opened. A GGUF model is one
+        // file (its split parts are checked below, with the tensors' files).
+        const bool gguf = Gguf::isGguf(dir);
         for (const char* name : {"config.json", "model.safetensors.index.json", "model.safetensors"})
-            if (std::filesystem::exists(dir + "/" + name) || std::string(name) == "config.json")
+            if (!gguf && (std::filesystem::exists(dir + "/" + name) || std::string(name) == "config.json"))
                 checkModelFolderAllowed(dir + "/" + name, m_modelsRoots);
-        // Same model as the master's? config.json first, then every slice by hash.
-        const nlohmann::json local = parseUntrustedJson(readTextFile(dir + "/config.json"), dir + "/config.json");
+        // Same model as the master's? config.json (or what the GGUF's metadata amounts to) first, then every slice by hash.
+        const nlohmann::json local = parseUntrustedJson(ModelConfig::configJsonText(dir), dir + (gguf ? "" : "/config.json"));
         const nlohmann::json master = parseUntrustedJson(m_configJson, "config.json from the master");
         if (local != master)
             throw Error("the model in " + dir + " on this worker is not the master's model (config.json differs)");

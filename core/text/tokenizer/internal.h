@@ -8,6 +8,7 @@
 //   added_tokens.cpp    added tokens and the post-processor; encode, which runs the pipeline between them
 //   decoders.cpp        the decoder chain: a token's bytes, decode, StreamDecoder
 //   tokenizer.cpp       loading tokenizer.json and tokenizer_config.json; the lookups
+//   gguf_vocab.cpp      a GGUF file's vocabulary, as the tokenizer.json it amounts to
 // A tokenizer.json comes with a downloaded model: the limits below bound what it may ask for.
 #include "text/tokenizer.h"
 
@@ -19,6 +20,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -189,6 +191,10 @@ struct Tokenizer::Impl {
     void readAddedTokens(const json& j);              // added_tokens.cpp: "added_tokens"
     void readPostProcessor(const json& p, int depth); // added_tokens.cpp: "post_processor"
     void readConfig(const std::string& tokenizerConfigJson, const std::string& where); // tokenizer_config.json
+
+    // gguf_vocab.cpp: a SentencePiece-style vocabulary's merges, from its scores (see there).
+    void mergesFromScores(const std::vector<std::string>& tokens, const std::vector<double>* scores,
+                          const std::function<int64_t(size_t)>& typeOf);
 
     void bpeWord(const std::string& word, std::vector<int>& out) const;
     void encodeChunk(const std::string& chunk, bool firstChunk, std::vector<int>& out) const;

@@ -6,6 +6,7 @@
 #include "base/error.h"
 #include "base/files.h"
 #include "base/json.h"
+#include "model/gguf.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -62,6 +63,8 @@ Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 
 Tokenizer Tokenizer::fromDirectory(const std::string& dir)
 {
+    if (Gguf::isGguf(dir))
+        return fromGguf(Gguf::open(dir, false));
     fs::path tj = fs::path(dir) / "tokenizer.json";
     if (!fs::exists(tj))
         throw Error(dir + ": no tokenizer.json (only Hugging Face fast-tokenizer files are supported)");
