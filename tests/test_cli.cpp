@@ -5,6 +5,8 @@
 #include "base/files.h"
 #include "base/process.h"
 #include "master/local_daemons.h"
+#include "model/gguf.h"
+#include "model/gguf_model.h"
 #include "model/model_catalog.h"
 #include "model/model_config.h"
 #include "model/plan.h"
@@ -361,6 +363,81 @@ TEST(Cli, WorkersProbeMeasuresEveryPair)
     EXPECT_EQ(probed, 3u) << out;
 }
 
+// `models` finds GGUF files where people keep them: Ollama's store (by Ollama's names), LM Studio's folders,
+// llama.cpp's cache and GGUF repositories in the Hugging Face cache, each with its quantization and whether it
+// runs; a vision projector is not listed, a file with a type together does not run says which tensor.
+TEST(Cli, ModelsFindsGgufFilesWherePeopleKeepThem)
+{
+    const std::string home = test::makeTempDir("gguf-home"), hub = home + "/hub";
+    RandomModelSpec s = modelShape("default");
+    s.numLayers = 1;
+    writeRandomModel(home + "/src", s);
+    const std::string q4 = home + "/q4.gguf";
+    exportGguf(home + "/src", q4, GgmlType::Q4_K);
+    const std::string digest(64, 'a');
+    fs::create_directories(home + "/.ollama/models/blobs");
+    fs::copy_file(q4, home + "/.ollama/models/blobs/sha256-" + digest);
+    fs::create_directories(home + "/.ollama/models/manifests/registry.ollama.ai/library/tiny");
+    std::ofstream(home + "/.ollama/models/manifests/registry.ollama.ai/library/tiny/q4")
+        << json{{"schemaVersion", 2},
+                {"layers", {{{"mediaType", "application/vnd.ollama.image.template"}, {"digest", "sha256:" + std::string(64, 'b')}},
+                            {{"mediaType", "application/vnd.ollama.image.model"}, {"digest", "sha256:" + digest}}}}}
+               .dump();
+    fs::create_directories(home + "/.lmstudio/models/pub/tiny-GGUF");
+    exportGguf(home + "/src", home + "/.lmstudio/models/pub/tiny-GGUF/tiny-Q8_0.gguf", GgmlType::Q8_0);
+    fs::copy_file(q4, home + "/.lmstudio/models/pub/tiny-GGUF/mmproj-tiny-f16.gguf");
+    fs::create_directories(home + "/.cache/llama.cpp");
+    exportGguf(home + "/src", home + "/.cache/llama.cpp/pub_tiny-GGUF_tiny-F16.gguf", GgmlType::F16);
+    const std::string snapshot = hub + "/models--pub--tiny-GGUF/snapshots/0123abcd";
+    fs::create_directories(snapshot);
+    fs::copy_file(q4, snapshot + "/tiny-Q4_K.gguf");
+    {
+        const Gguf g = Gguf::open(q4);
+        std::vector<GgufTensorToWrite> tensors;
+        for (const auto& [name, t] : g.tensors()) {
+            GgufTensorToWrite w{name, t.type, t.shape, std::vector<std::byte>(t.data, t.data + t.nbytes)};
+            if (name == "blk.0.ffn_up.weight") {
+                w.type = GgmlType::Q2_K;
+                w.bytes.assign(static_cast<size_t>(t.shape[0] * ggmlRowBytes(GgmlType::Q2_K, t.shape[1])), std::byte{0});
+            }
+            tensors.push_back(std::move(w));
+        }
+        writeGguf(snapshot + "/tiny-Q2_K.gguf", std::vector<std::pair<std::string, GgufValue>>(g.metadata().begin(), g.metadata().end()),
+                  tensors);
+    }
+    std::string out, err;
+    ASSERT_EQ(test::runCommand("HOME=" + home + " OLLAMA_MODELS= LLAMA_CACHE= " + test::cliBin() + " models --json --hub " + hub, &out, &err), 0)
+        << err;
+    std::map<std::string, json> byName;
+    std::istringstream lines(out);
+    for (std::string line; std::getline(lines, line);) {
+        const json j = json::parse(line);
+        byName[j["name"].get<std::string>()] = j;
+    }
+    ASSERT_EQ(byName.size(), 5u) << out;
+    const json& ollama = byName["tiny:q4"];
+    EXPECT_EQ(ollama["store"], "Ollama");
+    EXPECT_TRUE(ollama["runnable"].get<bool>()) << ollama;
+    EXPECT_EQ(ollama["dtype"], "Q4_K") << ollama;
+    EXPECT_TRUE(ollama["chat_template"].get<bool>());
+    EXPECT_EQ(ollama["path"], home + "/.ollama/models/blobs/sha256-" + digest);
+    EXPECT_EQ(byName["pub/tiny-GGUF/tiny-Q8_0.gguf"]["store"], "LM Studio");
+    EXPECT_TRUE(byName["pub/tiny-GGUF/tiny-Q8_0.gguf"]["runnable"].get<bool>());
+    EXPECT_EQ(byName["pub_tiny-GGUF_tiny-F16.gguf"]["store"], "llama.cpp cache");
+    EXPECT_EQ(byName["pub_tiny-GGUF_tiny-F16.gguf"]["dtype"], "F16");
+    EXPECT_EQ(byName["pub/tiny-GGUF: tiny-Q4_K.gguf"]["store"], "Hugging Face cache");
+    const json& q2 = byName["pub/tiny-GGUF: tiny-Q2_K.gguf"];
+    EXPECT_FALSE(q2["runnable"].get<bool>());
+    EXPECT_NE(q2["reason"].get<std::string>().find("blk.0.ffn_up.weight is Q2_K"), std::string::npos) << q2;
+    // The Ollama model runs by the path the listing gives.
+    ASSERT_EQ(test::runCommand(test::cliBin() + " run --model " + ollama["path"].get<std::string>() +
+                                   " --local tp=1,pp=1 --prompt 'Hello' --temperature 0 --max-tokens 4",
+                               &out, &err),
+              0)
+        << err;
+    EXPECT_NE(err.find("q8, 1 stage(s)"), std::string::npos) << err; // a quantized file runs as q8 by default
+}
+
 // `models`: a Hugging Face cache's models with what they are and whether together can run them, and why not.
 TEST(Cli, ModelsListsTheHuggingFaceCacheWithWhyNot)
 {
@@ -385,7 +462,9 @@ TEST(Cli, ModelsListsTheHuggingFaceCacheWithWhyNot)
     std::ofstream(snapshot("org--Bert") + "/config.json") << R"({"architectures": ["BertModel"], "hidden_size": 64})";
 
     std::string out, err;
-    ASSERT_EQ(test::runCommand(test::cliBin() + " models --json --hub " + hub, &out, &err), 0) << err;
+    // HOME elsewhere: only the given cache, not the machine's Ollama, LM Studio or llama.cpp folders.
+    const std::string env = "HOME=" + test::makeTempDir("no-home") + " OLLAMA_MODELS= LLAMA_CACHE= ";
+    ASSERT_EQ(test::runCommand(env + test::cliBin() + " models --json --hub " + hub, &out, &err), 0) << err;
     std::map<std::string, json> byName;
     std::istringstream lines(out);
     for (std::string line; std::getline(lines, line);) {
@@ -405,7 +484,7 @@ TEST(Cli, ModelsListsTheHuggingFaceCacheWithWhyNot)
     EXPECT_NE(byName["org/Bert"]["reason"].get<std::string>().find("BertModel is not supported"), std::string::npos) << byName["org/Bert"];
 
     // The human listing says the same; a model bigger than the machines' memory is named with the numbers.
-    ASSERT_EQ(test::runCommand(test::cliBin() + " models --hub " + hub, &out, &err), 0) << err;
+    ASSERT_EQ(test::runCommand(env + test::cliBin() + " models --hub " + hub, &out, &err), 0) << err;
     EXPECT_NE(out.find("org/Good-1B"), std::string::npos) << out;
     EXPECT_NE(out.find("can run"), std::string::npos) << out;
     EXPECT_NE(out.find("cannot run: "), std::string::npos) << out;

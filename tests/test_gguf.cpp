@@ -541,3 +541,70 @@ TEST_F(GgufTest, Llama3RotaryScalingIsReadFromRopeFreqsAndCheckedValueByValue)
         EXPECT_NE(std::string(e.what()).find("not Llama 3's rotary scaling"), std::string::npos) << e.what();
     }
 }
+
+// Found by an attacker's review: each was a crash, a read outside the file, or a silently wrong slice.
+TEST_F(GgufTest, HostileShapesAndValuesFoundByReviewAreRefused)
+{
+    { // a row of 2^62 F32 weights: its byte count wrapped to 0 (a division by zero later)
+        Raw r = header(1, 0);
+        r.str("w").u32(1).u64(1ull << 62).u32(0).u64(0);
+        EXPECT_NE(errorOpening(r.save(dir, "wrap.gguf")).find("too large"), std::string::npos);
+        Raw f64 = header(1, 0);
+        f64.str("w").u32(1).u64((1ull << 61) + 1).u32(28).u64(0);
+        EXPECT_NE(errorOpening(f64.save(dir, "wrap64.gguf")).find("too large"), std::string::npos);
+    }
+    for (const char* name : {"m-00000-of-00002.gguf", "m-00003-of-00002.gguf"}) {
+        Raw r = header(0, 0);
+        EXPECT_NE(errorOpening(r.save(dir, name)).find("no part of one"), std::string::npos) << name;
+    }
+    { // an odd head size beside rope_freqs: the check read past its values
+        std::vector<std::byte> freqs(4), emb(static_cast<size_t>(64 * 6 * 4));
+        writeGguf(dir + "/odd.gguf",
+                  {{"general.architecture", ggufString("llama")}, {"llama.embedding_length", ggufInt(6)}, {"llama.feed_forward_length", ggufInt(8)},
+                   {"llama.block_count", ggufInt(1)}, {"llama.attention.head_count", ggufInt(2)}, {"llama.attention.key_length", ggufInt(3)}},
+                  {{"token_embd.weight", GgmlType::F32, {64, 6}, emb}, {"rope_freqs.weight", GgmlType::F32, {1}, freqs}});
+        try {
+            ModelConfig::fromDirectory(dir + "/odd.gguf");
+            FAIL() << "accepted";
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find("an even size is needed"), std::string::npos) << e.what();
+        }
+    }
+}
+
+// A quantized bias (qwen2 files may hold one): a tensor-parallel slice of it is the rank's part, not the whole
+// vector read from the bytes after it.
+TEST_F(GgufTest, QuantizedBiasSlicesAreTheRanksPart)
+{
+    RandomModelSpec spec = modelShape("default");
+    spec.architecture = "Qwen2ForCausalLM";
+    spec.numLayers = 1;
+    writeRandomModel(dir + "/q", spec);
+    exportGguf(dir + "/q", dir + "/q.gguf", GgmlType::F32);
+    const Gguf g = Gguf::open(dir + "/q.gguf");
+    std::vector<GgufTensorToWrite> tensors;
+    for (const auto& [name, t] : g.tensors()) {
+        GgufTensorToWrite w{name, t.type, t.shape, std::vector<std::byte>(t.data, t.data + t.nbytes)};
+        if (name == "blk.0.attn_q.bias" || name == "blk.0.attn_k.bias") {
+            std::vector<float> v(static_cast<size_t>(t.numel()));
+            std::memcpy(v.data(), t.data, t.nbytes);
+            w.type = GgmlType::Q8_0;
+            w.bytes.assign(static_cast<size_t>(ggmlRowBytes(GgmlType::Q8_0, t.numel())), std::byte{0});
+            quantizeRow(GgmlType::Q8_0, v.data(), w.bytes.data(), t.numel());
+        }
+        tensors.push_back(std::move(w));
+    }
+    writeGguf(dir + "/qbias.gguf", std::vector<std::pair<std::string, GgufValue>>(g.metadata().begin(), g.metadata().end()), tensors);
+    const ModelConfig config = ModelConfig::fromDirectory(dir + "/q");
+    const SafeTensors ref = SafeTensors::open(dir + "/q");
+    for (bool map : {true, false}) {
+        const SafeTensors st = SafeTensors::open(dir + "/qbias.gguf", map);
+        for (int rank = 0; rank < 2; ++rank)
+            for (const TensorSlice& s : shardTensors(config, {0, 0, rank, 2, true, true}))
+                if (s.name.find("bias") != std::string::npos) {
+                    const auto want = sliceFloats(SafeTensorsWeights(ref), s), got = sliceFloats(SafeTensorsWeights(st), s);
+                    ASSERT_EQ(want.size(), got.size()) << s.name;
+                    EXPECT_LT(relativeRms(want, got), 0.01) << s.name << " rank " << rank;
+                }
+    }
+}

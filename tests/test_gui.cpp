@@ -299,6 +299,40 @@ TEST(Gui, CompleteModeGivesTheReferenceContinuationWithoutStallingTheGuiThread)
                 median(cliTps));
 }
 
+// A GGUF file opened as a person would from Ollama or LM Studio: llama.cpp's Q4_K_M file of stories260K. It runs
+// as q8 unless asked otherwise (its 4- and 5-bit blocks are widened at load), and the app's answer is the CLI's on
+// the same placement.
+TEST(Gui, AGgufFileOpensLaunchesAndAnswersAsTheCliDoes)
+{
+    const std::string gguf = test::sharedDir() + "/refmodels/gguf/stories260K-Q4_K_M.gguf";
+    if (test::sharedDir().empty() || !std::ifstream(gguf))
+        GTEST_SKIP() << gguf << " is not here";
+    StartOptions o;
+    o.model = QString::fromStdString(gguf);
+    o.localWorkers = 2;
+    App app(o);
+    app.waitForPlan();
+    EXPECT_EQ(app.window->launchPane().dtype().toStdString(), "q8");
+    EXPECT_NE(app.window->windowTitle().indexOf("stories260K-Q4_K_M.gguf"), -1) << app.window->windowTitle().toStdString();
+    ASSERT_NO_FATAL_FAILURE(app.launch());
+    ASSERT_NO_FATAL_FAILURE(app.complete("Once upon a time", 24));
+    ASSERT_TRUE(app.waitAnswer());
+    screenshot(*app.window, "17-gguf-answered");
+    const std::string text = app.lastAnswer().text.toStdString();
+    EXPECT_NE(text.find("Lily"), std::string::npos) << text; // the trained model's story, through its 4-bit weights
+    const std::string plan = test::makeTempDir("gui-gguf-plan") + "/plan.json";
+    std::ofstream(plan) << app.session().plan().toJson();
+    QTest::mouseClick(app.window->launchPane().unloadButton(), Qt::LeftButton);
+    ASSERT_TRUE(waitUntil([&] { return !app.session().launched() && app.window->launchPane().launchButton()->isEnabled(); }, 30000));
+    std::string out, err;
+    ASSERT_EQ(test::runCommand(test::cliBin() + " run --plan " + plan + " --key-file " + app.session().keyFile().toStdString() + " --model " +
+                                   gguf + " --temperature 0 --max-tokens 24 --prompt 'Once upon a time'",
+                               &out, &err),
+              0)
+        << err;
+    EXPECT_EQ(out, text);
+}
+
 TEST(Gui, StopMidAnswerThenContinueGivesTheSameText)
 {
     SKIP_WITHOUT_STORIES();

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 #include "base/error.h"
+#include "model/gguf.h"
 #include "model/random_model.h"
 #include "test_support.h"
 #include "text/tokenizer.h"
@@ -7,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <fstream>
 
 using namespace together;
@@ -193,3 +195,50 @@ TEST(TokenizerErrors, MalformedFilesAreNamed)
 }
 
 } // namespace
+
+namespace {
+
+// A GGUF file holding only a SentencePiece-style ("llama") vocabulary.
+std::string spmVocabulary(const std::string& name, const std::vector<std::string>& tokens, const std::vector<double>& scores)
+{
+    const std::string file = test::makeTempDir("spm-vocab") + "/" + name;
+    std::vector<int64_t> types(tokens.size(), 1);
+    types[0] = 2;
+    writeGguf(file,
+              {{"tokenizer.ggml.model", ggufString("llama")},
+               {"tokenizer.ggml.tokens", ggufStrings(tokens)},
+               {"tokenizer.ggml.scores", ggufFloats(scores)},
+               {"tokenizer.ggml.token_type", ggufInts(types)},
+               {"tokenizer.ggml.add_bos_token", ggufBool(false)}},
+              {});
+    return file;
+}
+
+std::string gguffError(const std::string& file)
+{
+    try {
+        Tokenizer::fromDirectory(file);
+    } catch (const Error& e) {
+        return e.what();
+    }
+    return "";
+}
+
+} // namespace
+
+// Found by an attacker's review of the GGUF vocabulary.
+TEST(GgufVocabulary, HostileVocabulariesAreRefusedOrReadRight)
+{
+    // A second copy of a token: merges make the first id (the second had no text to decode to).
+    const std::string dup = spmVocabulary("dup.gguf", {"<unk>", "\xE2\x96\x81", "a", "b", "ab", "ab", "\xE2\x96\x81" "ab"}, {0, -1, -2, -3, -4, -1, -5});
+    const Tokenizer t = Tokenizer::fromDirectory(dup);
+    const std::vector<int> ids = t.encode("ab ab", false);
+    EXPECT_EQ(t.decode(ids), "ab ab");
+    for (int id : ids)
+        EXPECT_NE(id, 5);
+    // A normal token of 2000 bytes: merges are tried at every split, quadratic in its length.
+    EXPECT_NE(gguffError(spmVocabulary("long.gguf", {"<unk>", "a", std::string(2000, 'a')}, {0, -1, -2})).find("2000 bytes long"),
+              std::string::npos);
+    EXPECT_NE(gguffError(spmVocabulary("nan.gguf", {"<unk>", "a", "aa"}, {0, -1, std::nan("")})).find("not a number"), std::string::npos);
+    EXPECT_NE(gguffError(spmVocabulary("utf8.gguf", {"<unk>", "a", "\xC3"}, {0, -1, -2})).find("token 2 is not valid UTF-8"), std::string::npos);
+}

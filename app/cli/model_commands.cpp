@@ -171,15 +171,20 @@ int runMakeModel(const std::vector<std::string>& args)
 int runModels(const std::vector<std::string>& args)
 {
     CliArgs a(args, {{"hub"}, {"model", true, true}, {"dtype"}, {"json", false}});
-    std::vector<ModelEntry> list;
+    std::vector<std::pair<std::string, ModelEntry>> list; // store, entry
     for (auto& d : a.all("model"))
-        list.push_back(describeModelFolder(d, a.get("dtype")));
+        list.emplace_back("", describeModelFolder(d, a.get("dtype")));
     const std::string hub = a.get("hub", huggingFaceHubDir());
-    for (auto& e : scanHuggingFaceCache(hub, a.get("dtype")))
-        list.push_back(e);
-    for (auto& e : list) {
+    for (auto& store : scanModelStores(a.get("dtype")))
+        if (!(a.has("hub") && store.name == "Hugging Face cache"))
+            for (auto& e : store.entries)
+                list.emplace_back(store.name, e);
+    if (a.has("hub"))
+        for (auto& e : scanHuggingFaceCache(hub, a.get("dtype")))
+            list.emplace_back("Hugging Face cache", e);
+    for (auto& [store, e] : list) {
         if (a.has("json")) {
-            nlohmann::json j = {{"path", e.path}, {"name", e.name}, {"architecture", e.architecture}, {"weight_bytes", e.weightBytes},
+            nlohmann::json j = {{"store", store}, {"path", e.path}, {"name", e.name}, {"architecture", e.architecture}, {"weight_bytes", e.weightBytes},
                                 {"parameters", e.parameters}, {"dtype", e.dtype}, {"chat_template", e.hasChatTemplate},
                                 {"needed_bytes", e.neededBytes}, {"runnable", e.runnable}, {"reason", e.reason}};
             std::printf("%s\n", j.dump().c_str());
@@ -192,7 +197,8 @@ int runModels(const std::vector<std::string>& args)
         }
     }
     if (list.empty())
-        std::fprintf(stderr, "together: no models in %s; give a folder with --model DIR\n", hub.c_str());
+        std::fprintf(stderr, "together: no models in %s, Ollama's, LM Studio's or llama.cpp's folders; give one with --model DIR|FILE.gguf\n",
+                     hub.c_str());
     return 0;
 }
 

@@ -323,6 +323,8 @@ void MainWindow::onModelOpened(const QString& dir)
     saveSettingsFile();
     m_banner->setVisible(sameFolder(dir, QString::fromStdString(defaultModelDir())));
     m_chat->modelChanged(m_session->modelHasChatTemplate());
+    if (m_options.dtype.isEmpty() && m_session->modelDefaultDtype() == "q8") // a quantized GGUF: not widened to f32
+        m_launch->setDtype("q8");
     m_launch->refresh();
     statusBar()->showMessage("opened " + dir, 5000);
     setWindowTitle("together — " + QFileInfo(dir).fileName());

@@ -69,12 +69,12 @@ ModelsDialog::ModelsDialog(const QStringList& recent, const QString& dtype, uint
         for (auto& d : recentDirs)
             rec.push_back(describeModelFolder(d, dt, availableBytes));
         const std::string hub = huggingFaceHubDir();
-        std::vector<ModelEntry> cached = scanHuggingFaceCache(hub, dt, availableBytes);
+        const std::vector<ModelStore> stores = scanModelStores(dt, availableBytes);
         if (alive.expired())
             return;
         QMetaObject::invokeMethod(
             qApp,
-            [self, rec, cached, hub] {
+            [self, rec, stores, hub] {
                 if (!self)
                     return;
                 auto add = [&](const QString& group, const std::vector<ModelEntry>& entries) {
@@ -94,9 +94,17 @@ ModelsDialog::ModelsDialog(const QStringList& recent, const QString& dtype, uint
                     top->setExpanded(true);
                 };
                 add("Recent", rec);
-                add("Hugging Face cache", cached);
-                self->m_note->setText(QString("Recent models, and the Hugging Face cache in %1. Models that cannot run say why.")
-                                          .arg(QString::fromStdString(hub)));
+                QStringList where;
+                bool huggingFace = false;
+                for (const ModelStore& store : stores) {
+                    add(QString::fromStdString(store.name), store.entries);
+                    where << QString::fromStdString(store.name + " (" + store.root + ")");
+                    huggingFace = huggingFace || store.name == "Hugging Face cache";
+                }
+                if (!huggingFace)
+                    add("Hugging Face cache", {});
+                self->m_note->setText(QString("Recent models, and the models in %1. Models that cannot run say why.")
+                                          .arg(where.isEmpty() ? QString::fromStdString(hub) : where.join(", ")));
                 self->m_scanning = false;
                 Q_EMIT self->scanned();
             },

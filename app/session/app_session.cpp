@@ -4,7 +4,9 @@
 #include "base/error.h"
 #include "common/workers_command.h"
 #include "master/survey.h"
+#include "model/gguf.h"
 #include "model/random_model.h"
+#include "model/run_dtype.h"
 #include "model/safetensors.h"
 #include "model/shard_spec.h"
 #include "net/cluster_key.h"
@@ -228,7 +230,10 @@ void AppSession::openModel(const QString& dir)
             auto tokenizer = std::make_shared<const Tokenizer>(Tokenizer::fromDirectory(d));
             const GenerationDefaults defaults = GenerationDefaults::fromDirectory(d);
             const std::vector<int64_t> eos = !defaults.eosTokenIds.empty() ? defaults.eosTokenIds : config.eosTokenIds;
-            post([this, config, tokenizer, dir, epoch, eos] {
+            if (Gguf::isGguf(d)) // its header says now whether every tensor is there in a type together runs
+                config.validate(SafeTensors::open(d, false));
+            const QString dtype = QString::fromStdString(defaultDtypeFor(d));
+            post([this, config, tokenizer, dir, epoch, eos, dtype] {
                 if (epoch != m_modelEpoch)
                     return; // another model was opened since
                 dropController();
@@ -237,6 +242,7 @@ void AppSession::openModel(const QString& dir)
                 m_modelDir = dir;
                 m_hasChatTemplate = !tokenizer->chatTemplate().empty();
                 m_eosIds = eos;
+                m_defaultDtype = dtype;
                 m_plan = {};
                 m_prediction.reset();
                 makeController();

@@ -66,6 +66,8 @@ public:
     // Throws Error when no model is open or the prompt cannot be built.
     std::vector<int> promptIds(const struct Conversation& c, bool continueLast) const;
     bool modelHasChatTemplate() const { return m_hasChatTemplate; }
+    // The run format the open model gets unless one is chosen: q8 for a GGUF file of quantized weights.
+    const QString& modelDefaultDtype() const { return m_defaultDtype; }
     // The ids that end an answer (generation_config.json, else config.json).
     const std::vector<int64_t>& eosIds() const { return m_eosIds; }
 
@@ -148,6 +150,7 @@ private:
     ModelConfig m_config;
     std::shared_ptr<const Tokenizer> m_tokenizer;
     bool m_hasChatTemplate = false;
+    QString m_defaultDtype;
     std::vector<int64_t> m_eosIds;
     uint64_t m_modelEpoch = 0;
 

@@ -44,6 +44,9 @@ constexpr uint64_t kMaxEntries = 1ull << 20; // metadata entries, and tensors, p
 constexpr uint64_t kMaxNameBytes = 256;
 constexpr uint32_t kMaxDims = 4;
 constexpr uint64_t kMaxAlignment = 1ull << 20;
+// Memory the parsed metadata may take (a 1-byte integer is held in 8, a string's length in 32): real files hold a
+// few tens of MiB (a 256k-token vocabulary, a million merges).
+constexpr uint64_t kMaxMetadataBytes = 512ull << 20;
 
 size_t scalarBytes(uint32_t type)
 {
@@ -80,6 +83,13 @@ public:
     {
     }
     size_t pos() const { return m_pos; }
+    // Charges `bytes` of parsed metadata against kMaxMetadataBytes.
+    void charge(uint64_t bytes, const std::string& key)
+    {
+        m_held += bytes;
+        if (m_held > kMaxMetadataBytes)
+            fail(key + ": the metadata would take more than " + std::to_string(kMaxMetadataBytes >> 20) + " MiB of memory");
+    }
     size_t left() const { return m_size - m_pos; }
     [[noreturn]] void fail(const std::string& what) const { throw Error(m_where + ": " + what); }
 
@@ -122,6 +132,7 @@ private:
     const std::byte* m_data;
     size_t m_size;
     size_t m_pos = 0;
+    uint64_t m_held = 0;
     std::string m_where;
 };
 
@@ -176,11 +187,14 @@ GgufValue readArray(Cursor& c, const std::string& key)
     if (item == 0)
         c.fail(key + ": unknown array element type " + std::to_string(v.fileType));
     const uint64_t n = c.count(kMaxArrayItems, item, key + ": array length");
+    c.charge(n * (v.fileType == kString ? sizeof(std::string) : 8), key);
     if (v.fileType == kString) {
         v.kind = GgufValue::StringArray;
         v.strings.reserve(n);
-        for (uint64_t k = 0; k < n; ++k)
+        for (uint64_t k = 0; k < n; ++k) {
             v.strings.push_back(c.string(kMaxStringBytes, key.c_str()));
+            c.charge(v.strings.back().size(), key);
+        }
     } else if (isFloatType(v.fileType)) {
         v.kind = GgufValue::FloatArray;
         v.floats.reserve(n);
@@ -205,6 +219,7 @@ GgufValue readValue(Cursor& c, const std::string& key)
     if (type == kString) {
         v.kind = GgufValue::String;
         v.s = c.string(kMaxStringBytes, key.c_str());
+        c.charge(v.s.size(), key);
     } else if (isFloatType(type)) {
         v.kind = GgufValue::Float;
         v.f = readFloat(c, type, key);
@@ -254,8 +269,12 @@ TensorInfo readTensorInfo(Cursor& c)
         c.fail(what + ": its rows of " + std::to_string(ne[0]) + " weights are not whole " + type->name +
                " blocks of " + std::to_string(type->blockSize));
     const uint64_t rows = numel / static_cast<uint64_t>(ne[0]);
-    const uint64_t rowBytes = static_cast<uint64_t>(ne[0] / type->blockSize * type->blockBytes);
-    if (rows > std::numeric_limits<uint64_t>::max() / 2 / rowBytes)
+    const uint64_t blocks = static_cast<uint64_t>(ne[0] / type->blockSize); // at least 1: ne[0] >= 1 is whole blocks
+    const auto blockBytes = static_cast<uint64_t>(type->blockBytes);
+    if (blocks > std::numeric_limits<uint64_t>::max() / 4 / blockBytes)
+        c.fail(what + ": too large");
+    const uint64_t rowBytes = blocks * blockBytes;
+    if (rows > std::numeric_limits<uint64_t>::max() / 4 / rowBytes)
         c.fail(what + ": too large");
     t.nbytes = static_cast<size_t>(rows * rowBytes);
     info.offset = c.read<uint64_t>(what.c_str());
@@ -279,9 +298,10 @@ std::vector<std::string> ggufSplitParts(const std::string& path)
     const std::string name = path;
     if (!std::regex_match(name, m, split))
         return {path};
-    const int count = std::stoi(m[3].str());
-    if (count < 1)
-        throw Error(path + ": a split file of 0 parts");
+    const int index = std::stoi(m[2].str()), count = std::stoi(m[3].str());
+    if (count < 1 || index < 1 || index > count)
+        throw Error(path + ": the name says part " + std::to_string(index) + " of " + std::to_string(count) +
+                    " of a split model, which is no part of one");
     std::vector<std::string> parts;
     char buf[32];
     for (int k = 1; k <= count; ++k) {

@@ -75,6 +75,8 @@ namespace {
 json ropeScalingOf(const Gguf& g, double base, int64_t headDim)
 {
     const GgufTensor& t = g.get("rope_freqs.weight");
+    if (headDim <= 0 || headDim % 2 != 0)
+        throw Error(g.where() + ": heads of " + std::to_string(headDim) + " dimensions cannot have rotary scaling (an even size is needed)");
     if (t.type != GgmlType::F32 || t.numel() != headDim / 2)
         throw Error(g.where() + ": rope_freqs.weight is not " + std::to_string(headDim / 2) + " F32 values");
     std::vector<float> got(static_cast<size_t>(headDim / 2));
@@ -82,6 +84,10 @@ json ropeScalingOf(const Gguf& g, double base, int64_t headDim)
         std::memcpy(got.data(), t.data, got.size() * 4);
     else
         t.file->read(t.fileOffset, got.size() * 4, reinterpret_cast<std::byte*>(got.data()));
+    for (size_t i = 0; i < got.size(); ++i)
+        if (!std::isfinite(got[i]) || got[i] <= 0)
+            throw Error(g.where() + ": rope_freqs.weight value " + std::to_string(i) + " is " + std::to_string(got[i]) +
+                        ", not a positive number");
     const double factor = *std::max_element(got.begin(), got.end());
     const std::vector<double> want = llama3RopeDivisors(base, headDim, factor, 1.0, 4.0, 8192.0);
     for (size_t i = 0; i < want.size(); ++i)

@@ -53,6 +53,37 @@ bool chatTemplateIn(const fs::path& dir)
     }
 }
 
+// The GGUF models under `dir`, `depth` folders down: one per model (the first part of a split one), vision
+// projectors (mmproj) left out, sorted.
+std::vector<fs::path> ggufFilesIn(const fs::path& dir, int depth)
+{
+    std::vector<fs::path> out;
+    std::error_code ec;
+    for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+        if (it.depth() >= depth)
+            it.disable_recursion_pending();
+        const std::string name = it->path().filename().string();
+        if (name.size() < 6 || name.compare(name.size() - 5, 5, ".gguf") != 0 || name.rfind("mmproj", 0) == 0)
+            continue;
+        const std::vector<std::string> parts = ggufSplitParts(it->path().string());
+        if (parts.size() > 1 && parts.front() != it->path().string())
+            continue;
+        if (it->is_regular_file(ec)) // follows the caches' symlinks to their blobs
+            out.push_back(it->path());
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
+bool hasSafetensors(const fs::path& dir)
+{
+    std::error_code ec;
+    for (auto& f : fs::directory_iterator(dir, ec))
+        if (f.path().extension() == ".safetensors")
+            return true;
+    return false;
+}
+
 // llama.cpp's names of general.file_type (the quantization a file was made with).
 std::string fileTypeName(int64_t t)
 {
@@ -222,10 +253,110 @@ std::vector<ModelEntry> scanHuggingFaceCache(const std::string& hubDir, const st
             if (s.is_directory(ec))
                 snapshots.emplace_back(fs::last_write_time(s.path(), ec), s.path());
         std::sort(snapshots.begin(), snapshots.end(), [](auto& a, auto& b) { return a.first > b.first; });
-        for (auto& [time, path] : snapshots)
-            out.push_back(describeModelFolder(path.string(), dtype, availableBytes));
+        for (auto& [time, path] : snapshots) {
+            // A repository of GGUF files (one per quantization) lists each file; a folder with safetensors too.
+            const std::vector<fs::path> ggufs = ggufFilesIn(path, 2);
+            if (ggufs.empty() || hasSafetensors(path))
+                out.push_back(describeModelFolder(path.string(), dtype, availableBytes));
+            for (const fs::path& f : ggufs) {
+                ModelEntry e = describeModelFolder(f.string(), dtype, availableBytes);
+                e.name = nameOf(path) + ": " + f.filename().string();
+                out.push_back(std::move(e));
+            }
+        }
     }
     return out;
+}
+
+namespace {
+
+std::string homeDir()
+{
+    const char* home = std::getenv("HOME");
+    return home && *home ? home : ".";
+}
+
+// Ollama's store: manifests/HOST/NAMESPACE/MODEL/TAG name a model layer by digest; the layer is blobs/sha256-HEX.
+// Shown by Ollama's names: "llama3.2:3b" for the default host and namespace.
+std::vector<ModelEntry> scanOllama(const fs::path& root, const std::string& dtype, uint64_t availableBytes)
+{
+    std::vector<ModelEntry> out;
+    std::error_code ec;
+    const fs::path manifests = root / "manifests";
+    for (auto it = fs::recursive_directory_iterator(manifests, ec); !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+        if (it.depth() != 3 || !it->is_regular_file(ec))
+            continue;
+        const fs::path rel = fs::relative(it->path(), manifests, ec);
+        std::vector<std::string> parts;
+        for (const auto& p : rel)
+            parts.push_back(p.string());
+        if (parts.size() != 4)
+            continue;
+        std::string name = parts[2] + ":" + parts[3];
+        if (parts[1] != "library")
+            name = parts[1] + "/" + name;
+        if (parts[0] != "registry.ollama.ai")
+            name = parts[0] + "/" + name;
+        ModelEntry e;
+        try {
+            const auto m = parseUntrustedJson(readTextFile(it->path().string()), it->path().string());
+            std::string digest;
+            for (const auto& layer : m.at("layers"))
+                if (layer.value("mediaType", "") == "application/vnd.ollama.image.model")
+                    digest = layer.value("digest", "");
+            if (digest.rfind("sha256:", 0) != 0 || digest.size() != 71 ||
+                digest.find_first_not_of("0123456789abcdef", 7) != std::string::npos)
+                throw Error("the manifest names no model layer");
+            e = describeModelFolder((root / "blobs" / ("sha256-" + digest.substr(7))).string(), dtype, availableBytes);
+        } catch (const std::exception& ex) {
+            e.path = it->path().string();
+            e.reason = ex.what();
+        }
+        e.name = name;
+        out.push_back(std::move(e));
+    }
+    std::sort(out.begin(), out.end(), [](const ModelEntry& a, const ModelEntry& b) { return a.name < b.name; });
+    return out;
+}
+
+std::vector<ModelEntry> scanGgufFolder(const fs::path& root, int depth, const std::string& dtype, uint64_t availableBytes)
+{
+    std::vector<ModelEntry> out;
+    for (const fs::path& f : ggufFilesIn(root, depth)) {
+        ModelEntry e = describeModelFolder(f.string(), dtype, availableBytes);
+        std::error_code ec;
+        e.name = fs::relative(f, root, ec).string();
+        out.push_back(std::move(e));
+    }
+    return out;
+}
+
+} // namespace
+
+std::vector<ModelStore> scanModelStores(const std::string& dtype, uint64_t availableBytes)
+{
+    std::vector<ModelStore> stores;
+    auto add = [&](const std::string& name, const fs::path& root, std::vector<ModelEntry> entries) {
+        std::error_code ec;
+        if (fs::is_directory(root, ec))
+            stores.push_back({name, root.string(), std::move(entries)});
+    };
+    add("Hugging Face cache", huggingFaceHubDir(), scanHuggingFaceCache(huggingFaceHubDir(), dtype, availableBytes));
+    std::vector<fs::path> ollama;
+    if (const char* o = std::getenv("OLLAMA_MODELS"); o && *o)
+        ollama.emplace_back(o);
+    ollama.push_back(fs::path(homeDir()) / ".ollama/models");
+    ollama.emplace_back("/usr/share/ollama/.ollama/models");
+    for (const fs::path& root : ollama)
+        add("Ollama", root, scanOllama(root, dtype, availableBytes));
+    for (const char* lm : {".lmstudio/models", ".cache/lm-studio/models"}) {
+        const fs::path root = fs::path(homeDir()) / lm;
+        add("LM Studio", root, scanGgufFolder(root, 3, dtype, availableBytes));
+    }
+    const char* llamaCache = std::getenv("LLAMA_CACHE");
+    const fs::path llama = llamaCache && *llamaCache ? fs::path(llamaCache) : fs::path(homeDir()) / ".cache/llama.cpp";
+    add("llama.cpp cache", llama, scanGgufFolder(llama, 1, dtype, availableBytes));
+    return stores;
 }
 
 } // namespace together

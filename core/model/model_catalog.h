@@ -10,7 +10,7 @@ namespace together {
 // What a model folder is and whether together can run it, for a person picking one (the app's model list,
 // `together-cli models`).
 struct ModelEntry {
-    std::string path;          // the folder
+    std::string path;          // the folder, or the GGUF file (for Ollama, its blob)
     std::string name;          // "TinyLlama-1.1B-Chat-v1.0" (from a Hugging Face cache entry) or the folder's name
     std::string architecture;  // config.json's, "" when unreadable
     uint64_t weightBytes = 0;  // the safetensors files, as stored
@@ -33,5 +33,16 @@ std::string huggingFaceHubDir();
 // Every snapshot of every model in a hub cache (models--ORG--NAME/snapshots/REVISION), newest revision
 // first per model, sorted by name. A missing cache is an empty list.
 std::vector<ModelEntry> scanHuggingFaceCache(const std::string& hubDir, const std::string& dtype = "", uint64_t availableBytes = 0);
+
+// Where people keep models, each with what it holds: the Hugging Face cache (folders and GGUF files in them),
+// Ollama's store ($OLLAMA_MODELS, ~/.ollama/models, /usr/share/ollama/.ollama/models; named as Ollama names them,
+// "llama3.2:3b"), LM Studio's (~/.lmstudio/models, ~/.cache/lm-studio/models) and llama.cpp's cache ($LLAMA_CACHE
+// or ~/.cache/llama.cpp). Stores that do not exist are left out.
+struct ModelStore {
+    std::string name; // "Ollama"
+    std::string root;
+    std::vector<ModelEntry> entries;
+};
+std::vector<ModelStore> scanModelStores(const std::string& dtype = "", uint64_t availableBytes = 0);
 
 } // namespace together

@@ -272,11 +272,20 @@ void copyEncodedSlice(const TensorView& full, const TensorSlice& slice, std::vec
     // A 1-D tensor in rotary order (a q or k bias) is a column of single-value rows.
     const bool perElement = !matrix && head > 0;
     const int64_t nRows = perElement ? cols : rows, rowLen = perElement ? 1 : cols;
-    const int64_t r0 = slice.dim == 0 ? slice.begin : 0, r1 = slice.dim == 0 ? slice.end : nRows;
-    const int64_t c0 = slice.dim == 1 ? slice.begin : 0, c1 = slice.dim == 1 ? slice.end : rowLen;
+    // A 1-D tensor held as one row (a bias): a slice of its elements is a range of that row's columns.
+    const bool rowOfElements = !matrix && !perElement;
+    const bool rowRange = slice.dim == 0 && !rowOfElements;
+    const bool colRange = slice.dim == 1 || (slice.dim == 0 && rowOfElements);
+    const int64_t r0 = rowRange ? slice.begin : 0, r1 = rowRange ? slice.end : nRows;
+    const int64_t c0 = colRange ? slice.begin : 0, c1 = colRange ? slice.end : rowLen;
+    const std::string where = (full.file ? full.file->path() + ": " : std::string()) + "tensor " + slice.name;
+    if (r0 < 0 || r0 > r1 || r1 > nRows || c0 < 0 || c0 > c1 || c1 > rowLen)
+        throw Error(where + ": the slice " + std::to_string(slice.begin) + "-" + std::to_string(slice.end) + " is outside its shape " +
+                    shapeString(full.shape));
+    if (perElement && full.stored)
+        throw Error(where + ": a quantized vector in rotary order is not supported");
     if (head > 0 && (r0 % head != 0 || r1 % head != 0 || head % 2 != 0))
-        throw Error("tensor " + slice.name + ": rows " + std::to_string(r0) + "-" + std::to_string(r1) + " are not whole heads of " +
-                    std::to_string(head));
+        throw Error(where + ": rows " + std::to_string(r0) + "-" + std::to_string(r1) + " are not whole heads of " + std::to_string(head));
     const size_t rowBytes = static_cast<size_t>(ggmlRowBytes(type, rowLen));
     std::vector<std::byte> raw(static_cast<size_t>(r1 - r0) * rowBytes);
     if (full.data)

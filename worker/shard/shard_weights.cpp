@@ -295,6 +295,9 @@ grpc::Status ShardWeights::loadLocal(const v1::LoadLocalRequest& req, v1::LoadWe
         checkModelFolderAllowed(dir, m_modelsRoots);
         // Every file read by name is checked too (each may be a symlink), before it is opened. A GGUF model is one
         // file (its split parts are checked below, with the tensors' files).
+        for (const std::string& part : ggufSplitParts(dir)) // a split model's parts too, before any is opened
+            if (part != dir)
+                checkModelFolderAllowed(part, m_modelsRoots);
         const bool gguf = Gguf::isGguf(dir);
         for (const char* name : {"config.json", "model.safetensors.index.json", "model.safetensors"})
             if (!gguf && (std::filesystem::exists(dir + "/" + name) || std::string(name) == "config.json"))

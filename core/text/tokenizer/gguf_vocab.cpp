@@ -15,6 +15,7 @@
 #include "model/gguf_model.h"
 
 #include <algorithm>
+#include <cmath>
 
 namespace together {
 
@@ -92,9 +93,12 @@ Tokenizer Tokenizer::fromGguf(const Gguf& g)
 
         json j;
         json vocab = json::object();
-        for (size_t id = 0; id < n; ++id)
+        for (size_t id = 0; id < n; ++id) {
+            if (unicode::sanitizeUtf8((*tokens)[id]) != (*tokens)[id])
+                throw Error("token " + std::to_string(id) + " is not valid UTF-8");
             if (!vocab.contains((*tokens)[id]))
                 vocab[(*tokens)[id]] = id;
+        }
         j["model"] = {{"type", "BPE"}, {"vocab", std::move(vocab)}, {"merges", json::array()}};
         json added = json::array();
         for (size_t id = 0; id < n; ++id) {
@@ -157,16 +161,27 @@ void Tokenizer::Impl::mergesFromScores(const std::vector<std::string>& tokens, c
 {
     if (!scores || scores->size() != tokens.size())
         throw Error("tokenizer.ggml.scores must hold one score per token");
+    // Each normal token is tried at every split: bounded so a file cannot make that quadratic in a long token.
+    constexpr size_t kMaxTokenBytes = 1024;
     std::vector<double> distinct;
-    for (size_t id = 0; id < tokens.size(); ++id)
-        if (typeOf(id) == kNormal)
-            distinct.push_back((*scores)[id]);
+    for (size_t id = 0; id < tokens.size(); ++id) {
+        if (!std::isfinite((*scores)[id]))
+            throw Error("token " + std::to_string(id) + " has the score " + std::to_string((*scores)[id]) + ", not a number");
+        if (typeOf(id) != kNormal)
+            continue;
+        if (tokens[id].size() > kMaxTokenBytes)
+            throw Error("token " + std::to_string(id) + " is " + std::to_string(tokens[id].size()) + " bytes long, more than the " +
+                        std::to_string(kMaxTokenBytes) + " a SentencePiece-style vocabulary may have");
+        distinct.push_back((*scores)[id]);
+    }
     std::sort(distinct.begin(), distinct.end(), std::greater<>());
     distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
     for (size_t id = 0; id < tokens.size(); ++id) {
         if (typeOf(id) != kNormal)
             continue;
         const std::string& tok = tokens[id];
+        if (auto self = vocab.find(tok); self == vocab.end() || self->second != static_cast<int>(id))
+            continue; // a second copy of a token: its first id is the one merges make (as the vocabulary maps it)
         const int rank = static_cast<int>(std::lower_bound(distinct.begin(), distinct.end(), (*scores)[id], std::greater<>()) - distinct.begin());
         for (size_t k = unicode::nextCodepoint(tok, 0); k < tok.size(); k = unicode::nextCodepoint(tok, k)) {
             auto a = vocab.find(tok.substr(0, k)), b = vocab.find(tok.substr(k));
