@@ -9,7 +9,6 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
-#include <regex>
 
 namespace together {
 
@@ -293,20 +292,24 @@ int64_t GgufTensor::numel() const
 
 std::vector<std::string> ggufSplitParts(const std::string& path)
 {
-    static const std::regex split(R"((.*)-(\d{5})-of-(\d{5})\.gguf)");
-    std::smatch m;
-    const std::string name = path;
-    if (!std::regex_match(name, m, split))
+    // "PREFIX-NNNNN-of-MMMMM.gguf": 5 digits each, as llama.cpp's gguf-split names the parts.
+    constexpr size_t kTail = std::char_traits<char>::length("-00001-of-00002.gguf");
+    if (path.size() <= kTail)
         return {path};
-    const int index = std::stoi(m[2].str()), count = std::stoi(m[3].str());
+    const std::string tail = path.substr(path.size() - kTail);
+    auto digits = [&](size_t at) { return tail.find_first_not_of("0123456789", at) >= at + 5; };
+    if (tail[0] != '-' || !digits(1) || tail.compare(6, 4, "-of-") != 0 || !digits(10) || tail.compare(15, 5, ".gguf") != 0)
+        return {path};
+    const int index = std::stoi(tail.substr(1, 5)), count = std::stoi(tail.substr(10, 5));
     if (count < 1 || index < 1 || index > count)
         throw Error(path + ": the name says part " + std::to_string(index) + " of " + std::to_string(count) +
                     " of a split model, which is no part of one");
+    const std::string prefix = path.substr(0, path.size() - kTail);
     std::vector<std::string> parts;
     char buf[32];
     for (int k = 1; k <= count; ++k) {
         std::snprintf(buf, sizeof buf, "-%05d-of-%05d.gguf", k, count);
-        parts.push_back(m[1].str() + buf);
+        parts.push_back(prefix + buf);
     }
     return parts;
 }
