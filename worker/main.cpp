@@ -12,6 +12,7 @@
 #include "engine/llama_model.h"
 #include "kernels/kernels.h"
 #include "model/model_config.h"
+#include "model/run_dtype.h"
 #include "model/safetensors.h"
 #include "net/rpc.h"
 #include "shard/shard_server.h"
@@ -72,7 +73,7 @@ int runGenerate(const std::vector<std::string>& rest)
     RunOptions o = parseRunOptions(args);
     const int threads = o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     setComputeThreads(threads);
-    const ComputeType compute = o.dtype.empty() ? defaultComputeType() : parseComputeType(o.dtype);
+    const ComputeType compute = parseComputeType(o.dtype.empty() ? defaultDtypeFor(o.modelDir) : o.dtype);
 
     ModelConfig config = ModelConfig::fromDirectory(o.modelDir);
     Tokenizer tokenizer = Tokenizer::fromDirectory(o.modelDir);
