@@ -16,6 +16,7 @@
 #include "gui/placement_board.h"
 #include "gui/plan_edit.h"
 #include "master/controller.h"
+#include "model/gguf_model.h"
 #include "model/model_config.h"
 #include "net/cluster_key.h"
 #include "session/app_session.h"
@@ -540,6 +541,14 @@ TEST(Gui, TheModelsListShowsTheHuggingFaceCacheAndWhyAModelCannotRun)
         cfg["quantization_config"] = {{"quant_method", "awq"}};
         std::ofstream(bad + "/config.json") << cfg.dump();
     }
+    // An Ollama store (OLLAMA_MODELS, see main()) with one model, a GGUF blob named by its manifest.
+    const std::string ollama = std::getenv("OLLAMA_MODELS");
+    const std::string digest(64, 'c');
+    std::filesystem::create_directories(ollama + "/blobs");
+    std::filesystem::create_directories(ollama + "/manifests/registry.ollama.ai/library/tiny");
+    exportGguf(test::writeTinyModel("gui-ollama"), ollama + "/blobs/sha256-" + digest, GgmlType::Q8_0);
+    std::ofstream(ollama + "/manifests/registry.ollama.ai/library/tiny/q8")
+        << json{{"layers", {{{"mediaType", "application/vnd.ollama.image.model"}, {"digest", "sha256:" + digest}}}}}.dump();
     StartOptions o;
     o.localWorkers = 1;
     App app(o);
@@ -554,6 +563,8 @@ TEST(Gui, TheModelsListShowsTheHuggingFaceCacheAndWhyAModelCannotRun)
     EXPECT_NE(all.indexOf("acme/Tiny-AWQ"), -1) << all.toStdString();
     EXPECT_NE(all.indexOf("no: "), -1) << all.toStdString();
     EXPECT_NE(all.indexOf("awq"), -1) << all.toStdString();
+    EXPECT_NE(all.indexOf("Ollama (1)"), -1) << all.toStdString();
+    EXPECT_NE(all.indexOf("tiny:q8 | LlamaForCausalLM | yes"), -1) << all.toStdString();
     d->resize(980, 300);
     QApplication::processEvents();
     EXPECT_TRUE(d->grab().save(QString::fromStdString(screenshotDir() + "/10-models.png")));
@@ -1218,6 +1229,8 @@ int main(int argc, char** argv)
     ::setenv("TOGETHER_CONFIG_DIR", (home + "/config/together").c_str(), 1);
     ::setenv("TOGETHER_STATE_DIR", (home + "/state").c_str(), 1);
     ::setenv("HF_HUB_CACHE", (home + "/hub").c_str(), 1);
+    ::setenv("OLLAMA_MODELS", (home + "/ollama").c_str(), 1);
+    ::setenv("LLAMA_CACHE", (home + "/llama-cache").c_str(), 1);
     if (!std::getenv("QT_QPA_PLATFORM"))
         ::setenv("QT_QPA_PLATFORM", "offscreen", 1);
     std::signal(SIGPIPE, SIG_IGN);

@@ -29,7 +29,7 @@ ModelsDialog::ModelsDialog(const QStringList& recent, const QString& dtype, uint
     layout->addWidget(m_note);
     m_list = new QTreeWidget;
     m_list->setAccessibleName("Models");
-    m_list->setHeaderLabels({"Name", "Size", "Architecture", "Can run", "Folder"});
+    m_list->setHeaderLabels({"Name", "Size", "Architecture", "Can run", "Path"});
     m_list->setRootIsDecorated(true);
     m_list->header()->resizeSection(0, 260);
     m_list->header()->resizeSection(3, 300);
