@@ -391,20 +391,10 @@ TEST(Cli, ModelsFindsGgufFilesWherePeopleKeepThem)
     const std::string snapshot = hub + "/models--pub--tiny-GGUF/snapshots/0123abcd";
     fs::create_directories(snapshot);
     fs::copy_file(q4, snapshot + "/tiny-Q4_K.gguf");
-    {
-        const Gguf g = Gguf::open(q4);
-        std::vector<GgufTensorToWrite> tensors;
-        for (const auto& [name, t] : g.tensors()) {
-            GgufTensorToWrite w{name, t.type, t.shape, std::vector<std::byte>(t.data, t.data + t.nbytes)};
-            if (name == "blk.0.ffn_up.weight") {
-                w.type = GgmlType::Q2_K;
-                w.bytes.assign(static_cast<size_t>(t.shape[0] * ggmlRowBytes(GgmlType::Q2_K, t.shape[1])), std::byte{0});
-            }
-            tensors.push_back(std::move(w));
-        }
-        writeGguf(snapshot + "/tiny-Q2_K.gguf", std::vector<std::pair<std::string, GgufValue>>(g.metadata().begin(), g.metadata().end()),
-                  tensors);
-    }
+    test::rewriteGguf(q4, snapshot + "/tiny-Q2_K.gguf", [](GgufTensorToWrite& t) {
+        if (t.name == "blk.0.ffn_up.weight")
+            test::retypeWithZeros(t, GgmlType::Q2_K);
+    });
     std::string out, err;
     ASSERT_EQ(test::runCommand("HOME=" + home + " OLLAMA_MODELS= LLAMA_CACHE= " + test::cliBin() + " models --json --hub " + hub, &out, &err), 0)
         << err;

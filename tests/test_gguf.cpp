@@ -486,18 +486,10 @@ TEST_F(GgufTest, TypesTogetherDoesNotRunAreRefusedByTensorBeforeLoading)
     spec.numLayers = 1;
     writeRandomModel(dir + "/m", spec);
     exportGguf(dir + "/m", dir + "/ok.gguf", GgmlType::F16);
-    const Gguf g = Gguf::open(dir + "/ok.gguf");
-    std::vector<std::pair<std::string, GgufValue>> meta(g.metadata().begin(), g.metadata().end());
-    std::vector<GgufTensorToWrite> tensors;
-    for (const auto& [name, t] : g.tensors()) {
-        GgufTensorToWrite w{name, t.type, t.shape, std::vector<std::byte>(t.data, t.data + t.nbytes)};
-        if (name == "blk.0.ffn_gate.weight") {
-            w.type = GgmlType::Q2_K;
-            w.bytes.assign(static_cast<size_t>(t.shape[0] * ggmlRowBytes(GgmlType::Q2_K, t.shape[1])), std::byte{0});
-        }
-        tensors.push_back(std::move(w));
-    }
-    writeGguf(dir + "/q2k.gguf", meta, tensors);
+    test::rewriteGguf(dir + "/ok.gguf", dir + "/q2k.gguf", [](GgufTensorToWrite& t) {
+        if (t.name == "blk.0.ffn_gate.weight")
+            test::retypeWithZeros(t, GgmlType::Q2_K);
+    });
     EXPECT_NO_THROW(ModelConfig::fromDirectory(dir + "/q2k.gguf"));
     try {
         SafeTensors::open(dir + "/q2k.gguf");
@@ -581,20 +573,15 @@ TEST_F(GgufTest, QuantizedBiasSlicesAreTheRanksPart)
     spec.numLayers = 1;
     writeRandomModel(dir + "/q", spec);
     exportGguf(dir + "/q", dir + "/q.gguf", GgmlType::F32);
-    const Gguf g = Gguf::open(dir + "/q.gguf");
-    std::vector<GgufTensorToWrite> tensors;
-    for (const auto& [name, t] : g.tensors()) {
-        GgufTensorToWrite w{name, t.type, t.shape, std::vector<std::byte>(t.data, t.data + t.nbytes)};
-        if (name == "blk.0.attn_q.bias" || name == "blk.0.attn_k.bias") {
-            std::vector<float> v(static_cast<size_t>(t.numel()));
-            std::memcpy(v.data(), t.data, t.nbytes);
-            w.type = GgmlType::Q8_0;
-            w.bytes.assign(static_cast<size_t>(ggmlRowBytes(GgmlType::Q8_0, t.numel())), std::byte{0});
-            quantizeRow(GgmlType::Q8_0, v.data(), w.bytes.data(), t.numel());
-        }
-        tensors.push_back(std::move(w));
-    }
-    writeGguf(dir + "/qbias.gguf", std::vector<std::pair<std::string, GgufValue>>(g.metadata().begin(), g.metadata().end()), tensors);
+    test::rewriteGguf(dir + "/q.gguf", dir + "/qbias.gguf", [](GgufTensorToWrite& t) {
+        if (t.name != "blk.0.attn_q.bias" && t.name != "blk.0.attn_k.bias")
+            return;
+        std::vector<float> v(t.bytes.size() / 4);
+        std::memcpy(v.data(), t.bytes.data(), t.bytes.size());
+        t.type = GgmlType::Q8_0;
+        t.bytes.assign(static_cast<size_t>(ggmlRowBytes(GgmlType::Q8_0, t.shape[0])), std::byte{0});
+        quantizeRow(GgmlType::Q8_0, v.data(), t.bytes.data(), t.shape[0]);
+    });
     const ModelConfig config = ModelConfig::fromDirectory(dir + "/q");
     const SafeTensors ref = SafeTensors::open(dir + "/q");
     for (bool map : {true, false}) {

@@ -24,20 +24,7 @@ namespace {
 const std::string kCache = std::string(TOGETHER_TEST_CACHE) + "/npm-reference";
 const std::string kSource = TOGETHER_SOURCE_DIR;
 
-// Fetches the packages once per test run. Returns "" on success, "skip: ..." when npm is missing, or an error.
-std::string fetchOnce()
-{
-    static std::string result = [] {
-        std::string out, err;
-        int rc = test::runCommand("bash " + kSource + "/tests/js/fetch-reference.sh " + kCache, &out, &err);
-        if (rc == 3)
-            return "skip: " + err;
-        if (rc != 0)
-            return "npm fetch failed (exit " + std::to_string(rc) + "): " + err;
-        return std::string();
-    }();
-    return result;
-}
+std::string fetchOnce() { return test::fetchNpmOnce("fetch-reference.sh", kCache); }
 
 struct Reference {
     json data;

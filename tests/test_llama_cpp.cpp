@@ -31,17 +31,7 @@ namespace {
 const std::string kCache = std::string(TOGETHER_TEST_CACHE) + "/npm-llama-cpp";
 const std::string kSource = TOGETHER_SOURCE_DIR;
 
-std::string fetchOnce()
-{
-    static std::string result = [] {
-        std::string out, err;
-        int rc = test::runCommand("bash " + kSource + "/tests/js/fetch-llama-cpp.sh " + kCache, &out, &err);
-        if (rc == 3)
-            return "skip: " + err;
-        return rc == 0 ? std::string() : "npm install of node-llama-cpp failed (exit " + std::to_string(rc) + "): " + err;
-    }();
-    return result;
-}
+std::string fetchOnce() { return test::fetchNpmOnce("fetch-llama-cpp.sh", kCache); }
 
 json llamaCpp(const std::string& mode, const std::string& file, const json& input, const std::string& extra = "")
 {

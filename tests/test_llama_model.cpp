@@ -31,6 +31,23 @@ std::vector<float> logitsOf(const at::Tensor& t)
     return std::vector<float>(p, p + t.numel());
 }
 
+// The largest |a[i] - b[i]| (a's length), and how many leading ids two generations share.
+float maxAbsDiff(const std::vector<float>& a, const std::vector<float>& b)
+{
+    float m = 0;
+    for (size_t i = 0; i < a.size(); ++i)
+        m = std::max(m, std::fabs(a[i] - b[i]));
+    return m;
+}
+
+size_t agreeingPrefix(const std::vector<int>& got, const std::vector<int>& expected)
+{
+    size_t n = 0;
+    while (n < got.size() && n < expected.size() && got[n] == expected[n])
+        ++n;
+    return n;
+}
+
 // Greedy generation exactly as run.c does it: feed the prompt, then each argmax, until `steps` positions.
 std::vector<int> greedy(const LlamaModel& m, const std::vector<int>& prompt, size_t n, std::vector<float>* firstLogits,
                         std::vector<std::vector<float>>* allLogits = nullptr)
@@ -69,9 +86,7 @@ TEST(Stories260K, F32GreedyMatchesReferenceExactly)
         EXPECT_EQ(got, expected) << "prompt: " << cs["prompt"];
         auto full = cs["first_step_logits_full"].get<std::vector<float>>();
         ASSERT_EQ(full.size(), 512u);
-        float maxErr = 0;
-        for (size_t i = 0; i < full.size(); ++i)
-            maxErr = std::max(maxErr, std::fabs(full[i] - first[i]));
+        const float maxErr = maxAbsDiff(full, first);
         EXPECT_LT(maxErr, 1e-4f) << "first-step logits, prompt: " << cs["prompt"];
         // per-step logits[0:8] for the generated positions (rows are [pos, token_in, next, l0..l7])
         for (auto& row : cs["step_logits8"]) {
@@ -110,12 +125,8 @@ TEST(Stories260K, GgufFilesGiveTheReferenceGreedyTokens)
             std::vector<float> first;
             auto got = greedy(m, prompt, expected.size(), &first);
             auto full = cs["first_step_logits_full"].get<std::vector<float>>();
-            float maxErr = 0;
-            for (size_t i = 0; i < full.size(); ++i)
-                maxErr = std::max(maxErr, std::fabs(full[i] - first[i]));
-            size_t agree = 0;
-            while (agree < got.size() && got[agree] == expected[agree])
-                ++agree;
+            const float maxErr = maxAbsDiff(full, first);
+            const size_t agree = agreeingPrefix(got, expected);
             std::printf("[ gguf     ] %s \"%s\": first-step max |logit error| %.5f, greedy agrees for %zu of %zu steps\n", file,
                         cs["prompt"].get<std::string>().c_str(), maxErr, agree, got.size());
             if (quantized)
@@ -140,13 +151,9 @@ TEST(Stories260K, Bf16StaysCloseToF32)
         std::vector<float> first;
         auto got = greedy(m, prompt, expected.size(), &first);
         auto full = cs["first_step_logits_full"].get<std::vector<float>>();
-        float maxErr = 0;
-        for (size_t i = 0; i < full.size(); ++i)
-            maxErr = std::max(maxErr, std::fabs(full[i] - first[i]));
+        const float maxErr = maxAbsDiff(full, first);
         EXPECT_LT(maxErr, 0.25f);
-        size_t agree = 0;
-        while (agree < got.size() && got[agree] == expected[agree])
-            ++agree;
+        const size_t agree = agreeingPrefix(got, expected);
         // Reported, not asserted: the model's top-2 margins go down to 0.07, under bf16's rounding.
         std::printf("[ bf16     ] \"%s\": first-step max |logit error| %.4f, greedy agrees with f32 for %zu of %zu steps\n",
                     cs["prompt"].get<std::string>().c_str(), maxErr, agree, got.size());

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <random>
 #include <sstream>
 #include <vector>
@@ -96,6 +97,41 @@ int runCommand(const std::string& cmd, std::string* out, std::string* err)
         *err = ss.str();
     }
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+void rewriteGguf(const std::string& from, const std::string& to, const std::function<void(GgufTensorToWrite&)>& change)
+{
+    const Gguf g = Gguf::open(from);
+    std::vector<GgufTensorToWrite> tensors;
+    for (const auto& [name, t] : g.tensors()) {
+        tensors.push_back({name, t.type, t.shape, std::vector<std::byte>(t.data, t.data + t.nbytes)});
+        change(tensors.back());
+    }
+    writeGguf(to, std::vector<std::pair<std::string, GgufValue>>(g.metadata().begin(), g.metadata().end()), tensors);
+}
+
+void retypeWithZeros(GgufTensorToWrite& t, GgmlType type)
+{
+    int64_t rows = 1;
+    for (size_t d = 0; d + 1 < t.shape.size(); ++d)
+        rows *= t.shape[d];
+    t.type = type;
+    t.bytes.assign(static_cast<size_t>(rows * ggmlRowBytes(type, t.shape.back())), std::byte{0});
+}
+
+std::string fetchNpmOnce(const std::string& script, const std::string& cacheDir)
+{
+    static std::mutex mutex;
+    static std::map<std::string, std::string> results;
+    std::lock_guard lock(mutex);
+    if (auto it = results.find(script); it != results.end())
+        return it->second;
+    std::string out, err;
+    const int rc = runCommand("bash " + std::string(TOGETHER_SOURCE_DIR) + "/tests/js/" + script + " " + cacheDir, &out, &err);
+    const std::string result = rc == 3   ? "skip: " + err
+                               : rc != 0 ? script + " failed (exit " + std::to_string(rc) + "): " + err
+                                         : std::string();
+    return results[script] = result;
 }
 
 std::string binDir() { return TOGETHER_BIN_DIR; }

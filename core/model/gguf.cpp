@@ -426,83 +426,54 @@ const GgufValue* Gguf::find(const std::string& key) const
     return it == m_metadata.end() ? nullptr : &it->second;
 }
 
-namespace {
-[[noreturn]] void wrongType(const std::string& where, const std::string& key, const char* wanted)
+const GgufValue* Gguf::findAs(const std::string& key, std::initializer_list<GgufValue::Kind> kinds, const char* wanted) const
 {
-    throw Error(where + ": metadata " + key + " is not " + wanted);
+    const GgufValue* v = find(key);
+    if (v && std::find(kinds.begin(), kinds.end(), v->kind) == kinds.end())
+        throw Error(where() + ": metadata " + key + " is not " + wanted);
+    return v;
 }
-} // namespace
 
 std::optional<int64_t> Gguf::getInt(const std::string& key) const
 {
-    const GgufValue* v = find(key);
-    if (!v)
-        return std::nullopt;
-    if (v->kind != GgufValue::Int)
-        wrongType(where(), key, "an integer");
-    return v->i;
+    const GgufValue* v = findAs(key, {GgufValue::Int}, "an integer");
+    return v ? std::optional<int64_t>(v->i) : std::nullopt;
 }
 
 std::optional<double> Gguf::getFloat(const std::string& key) const
 {
-    const GgufValue* v = find(key);
-    if (!v)
-        return std::nullopt;
-    if (v->kind == GgufValue::Int)
-        return static_cast<double>(v->i);
-    if (v->kind != GgufValue::Float)
-        wrongType(where(), key, "a number");
-    return v->f;
+    const GgufValue* v = findAs(key, {GgufValue::Int, GgufValue::Float}, "a number");
+    return v ? std::optional<double>(v->kind == GgufValue::Int ? static_cast<double>(v->i) : v->f) : std::nullopt;
 }
 
 std::optional<bool> Gguf::getBool(const std::string& key) const
 {
-    const GgufValue* v = find(key);
-    if (!v)
-        return std::nullopt;
-    if (v->kind != GgufValue::Bool)
-        wrongType(where(), key, "a boolean");
-    return v->b;
+    const GgufValue* v = findAs(key, {GgufValue::Bool}, "a boolean");
+    return v ? std::optional<bool>(v->b) : std::nullopt;
 }
 
 std::optional<std::string> Gguf::getString(const std::string& key) const
 {
-    const GgufValue* v = find(key);
-    if (!v)
-        return std::nullopt;
-    if (v->kind != GgufValue::String)
-        wrongType(where(), key, "a string");
-    return v->s;
+    const GgufValue* v = findAs(key, {GgufValue::String}, "a string");
+    return v ? std::optional<std::string>(v->s) : std::nullopt;
 }
 
 const std::vector<std::string>* Gguf::getStrings(const std::string& key) const
 {
-    const GgufValue* v = find(key);
-    if (!v)
-        return nullptr;
-    if (v->kind != GgufValue::StringArray)
-        wrongType(where(), key, "an array of strings");
-    return &v->strings;
+    const GgufValue* v = findAs(key, {GgufValue::StringArray}, "an array of strings");
+    return v ? &v->strings : nullptr;
 }
 
 const std::vector<double>* Gguf::getFloats(const std::string& key) const
 {
-    const GgufValue* v = find(key);
-    if (!v)
-        return nullptr;
-    if (v->kind != GgufValue::FloatArray)
-        wrongType(where(), key, "an array of numbers");
-    return &v->floats;
+    const GgufValue* v = findAs(key, {GgufValue::FloatArray}, "an array of numbers");
+    return v ? &v->floats : nullptr;
 }
 
 const std::vector<int64_t>* Gguf::getInts(const std::string& key) const
 {
-    const GgufValue* v = find(key);
-    if (!v)
-        return nullptr;
-    if (v->kind != GgufValue::IntArray && v->kind != GgufValue::BoolArray)
-        wrongType(where(), key, "an array of integers");
-    return &v->ints;
+    const GgufValue* v = findAs(key, {GgufValue::IntArray, GgufValue::BoolArray}, "an array of integers");
+    return v ? &v->ints : nullptr;
 }
 
 const GgufTensor& Gguf::get(const std::string& name) const

@@ -5,6 +5,7 @@
 #include "model/safetensors.h"
 
 #include <cstdint>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <optional>
@@ -78,6 +79,8 @@ public:
 
 private:
     void addFile(const std::string& file, bool map, bool first);
+    // The value of `key` (nullptr when absent); an Error naming the key when its kind is none of `kinds`.
+    const GgufValue* findAs(const std::string& key, std::initializer_list<GgufValue::Kind> kinds, const char* wanted) const;
     std::map<std::string, GgufValue> m_metadata;
     std::map<std::string, GgufTensor> m_tensors;
     std::vector<std::string> m_files;

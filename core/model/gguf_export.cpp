@@ -24,8 +24,6 @@ namespace {
 
 using Meta = std::vector<std::pair<std::string, GgufValue>>;
 
-enum : int64_t { kNormal = 1, kUnknown = 2, kControl = 3, kUserDefined = 4, kUnused = 5, kByte = 6 };
-
 std::string tokenText(const json& v) { return v.is_string() ? v.get<std::string>() : v.is_object() ? v.value("content", "") : ""; }
 
 bool isByteToken(const std::string& t)
@@ -108,7 +106,7 @@ std::vector<std::pair<std::string, GgufValue>> ggufTokenizerMetadata(const std::
         n = std::max(n, id + 1);
     }
     std::vector<std::string> tokens(static_cast<size_t>(n));
-    std::vector<int64_t> types(static_cast<size_t>(n), kUnused);
+    std::vector<int64_t> types(static_cast<size_t>(n), gguf_token::Unused);
     for (int64_t id = 0; id < n; ++id)
         tokens[static_cast<size_t>(id)] = "[PAD" + std::to_string(id) + "]";
     const bool spm = model.value("byte_fallback", false);
@@ -116,10 +114,10 @@ std::vector<std::pair<std::string, GgufValue>> ggufTokenizerMetadata(const std::
     for (const auto& [tok, id] : ids) {
         tokens[static_cast<size_t>(id)] = tok;
         const auto a = added.find(id);
-        types[static_cast<size_t>(id)] = tok == unk ? kUnknown
-                                         : a != added.end() ? (a->second ? kControl : kUserDefined)
-                                         : spm && isByteToken(tok) ? kByte
-                                                                   : kNormal;
+        types[static_cast<size_t>(id)] = tok == unk ? gguf_token::Unknown
+                                         : a != added.end() ? (a->second ? gguf_token::Control : gguf_token::UserDefined)
+                                         : spm && isByteToken(tok) ? gguf_token::Byte
+                                                                   : gguf_token::Normal;
     }
     meta.emplace_back("tokenizer.ggml.model", ggufString(spm ? "llama" : "gpt2"));
     const json& merges = model.at("merges");

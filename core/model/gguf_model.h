@@ -4,6 +4,7 @@
 #include "model/gguf.h"
 #include "model/safetensors.h"
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -33,6 +34,11 @@ std::string ggufTypeMix(const Gguf& g);
 // The Hugging Face name of a GGUF tensor name, or "" when the name is not one the model uses; and back.
 std::string huggingFaceTensorName(const std::string& ggufName);
 std::string ggufTensorName(const std::string& huggingFaceName);
+
+// tokenizer.ggml.token_type's values.
+namespace gguf_token {
+enum Type : int64_t { Normal = 1, Unknown = 2, Control = 3, UserDefined = 4, Unused = 5, Byte = 6 };
+} // namespace gguf_token
 
 // The split patterns of byte-level ("gpt2") vocabularies, by the name tokenizer.ggml.pre gives them, as the
 // Hugging Face tokenizer.json of those models writes them.

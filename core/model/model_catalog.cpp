@@ -123,8 +123,10 @@ void describeGguf(ModelEntry& e, const std::string& path, const std::string& dty
         for (const auto& [name, t] : g.tensors())
             e.parameters += static_cast<uint64_t>(t.numel());
         e.dtype = fileTypeName(g.getInt("general.file_type").value_or(-1));
-        if (e.dtype.empty())
-            e.dtype = ggufTypeMix(g).substr(0, ggufTypeMix(g).find(' '));
+        if (e.dtype.empty()) {
+            const std::string mix = ggufTypeMix(g); // "Q4_K 97, Q6_K 24, ...": its most used type
+            e.dtype = mix.substr(0, mix.find(' '));
+        }
         e.hasChatTemplate = g.getString("tokenizer.chat_template").has_value();
         config = ModelConfig::fromJsonText(ggufConfigJson(g), path);
         e.architecture = config.architecture;

@@ -23,8 +23,6 @@ using namespace tokenizer::detail;
 
 namespace {
 
-enum TokenType : int64_t { kNormal = 1, kUnknown = 2, kControl = 3, kUserDefined = 4, kUnused = 5, kByte = 6 };
-
 const GgufPreTokenizer& preTokenizerOf(const Gguf& g)
 {
     std::string pre = g.getString("tokenizer.ggml.pre").value_or("default");
@@ -83,7 +81,7 @@ Tokenizer Tokenizer::fromGguf(const Gguf& g)
         const std::vector<int64_t>* types = g.getInts("tokenizer.ggml.token_type");
         if (types && types->size() != n)
             throw Error("tokenizer.ggml.token_type has " + std::to_string(types->size()) + " entries for " + std::to_string(n) + " tokens");
-        auto typeOf = [&](size_t id) { return types ? (*types)[id] : int64_t{kNormal}; };
+        auto typeOf = [&](size_t id) { return types ? (*types)[id] : int64_t{gguf_token::Normal}; };
         const bool spm = model == "llama";
         if (!spm && model != "gpt2")
             throw Error("tokenizer.ggml.model '" + model + "' is not supported (llama and gpt2 are)");
@@ -103,8 +101,8 @@ Tokenizer Tokenizer::fromGguf(const Gguf& g)
         json added = json::array();
         for (size_t id = 0; id < n; ++id) {
             const int64_t t = typeOf(id);
-            if (t == kControl || t == kUnknown || t == kUserDefined)
-                added.push_back({{"id", id}, {"content", (*tokens)[id]}, {"special", t != kUserDefined}});
+            if (t == gguf_token::Control || t == gguf_token::Unknown || t == gguf_token::UserDefined)
+                added.push_back({{"id", id}, {"content", (*tokens)[id]}, {"special", t != gguf_token::UserDefined}});
         }
         j["added_tokens"] = std::move(added);
         const bool addBos = g.getBool("tokenizer.ggml.add_bos_token").value_or(spm);
@@ -167,7 +165,7 @@ void Tokenizer::Impl::mergesFromScores(const std::vector<std::string>& tokens, c
     for (size_t id = 0; id < tokens.size(); ++id) {
         if (!std::isfinite((*scores)[id]))
             throw Error("token " + std::to_string(id) + " has the score " + std::to_string((*scores)[id]) + ", not a number");
-        if (typeOf(id) != kNormal)
+        if (typeOf(id) != gguf_token::Normal)
             continue;
         if (tokens[id].size() > kMaxTokenBytes)
             throw Error("token " + std::to_string(id) + " is " + std::to_string(tokens[id].size()) + " bytes long, more than the " +
@@ -177,7 +175,7 @@ void Tokenizer::Impl::mergesFromScores(const std::vector<std::string>& tokens, c
     std::sort(distinct.begin(), distinct.end(), std::greater<>());
     distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
     for (size_t id = 0; id < tokens.size(); ++id) {
-        if (typeOf(id) != kNormal)
+        if (typeOf(id) != gguf_token::Normal)
             continue;
         const std::string& tok = tokens[id];
         if (auto self = vocab.find(tok); self == vocab.end() || self->second != static_cast<int>(id))
