@@ -425,7 +425,7 @@ TEST(Cli, ModelsFindsGgufFilesWherePeopleKeepThem)
                                &out, &err),
               0)
         << err;
-    EXPECT_NE(err.find("q8, 1 stage(s)"), std::string::npos) << err; // a quantized file runs as q8 by default
+    EXPECT_NE(err.find("native, 1 stage(s)"), std::string::npos) << err; // a quantized file runs in its own blocks by default
 }
 
 // `models`: a Hugging Face cache's models with what they are and whether together can run them, and why not.

@@ -7,6 +7,7 @@
 #include "base/process.h"
 #include "base/sanitizers.h"
 #include "master/local_daemons.h"
+#include "model/gguf.h"
 #include "model/gguf_model.h"
 #include "model/random_model.h"
 #include "net/cluster_key.h"
@@ -180,6 +181,90 @@ TEST(ClusterLocalWeights, WorkerReadsItsSliceFromItsOwnFolder)
 // The same model as one GGUF file (q and k rows interleaved, as llama.cpp writes "llama" files): launched across
 // TP2 x PP2 from the file, and with a worker reading its slice from its own copy of the file, the tokens and top
 // logits are the folder's. The chat template comes from the file too.
+// A Q4_K GGUF runs native across a tensor-parallel and pipelined placement: its blocks travel as they are (the
+// bytes streamed are the file's tensor bytes, not 7x them widened), the outputs are the single process's in the
+// same blocks, a worker's own copy of the file loads (checked block by block against the master's hashes), and a
+// split whose shares are not whole blocks is refused before anything is sent, with the reason.
+TEST(ClusterGguf, AQuantizedFileRunsNativeAcrossRanksInItsOwnBlocks)
+{
+    RandomModelSpec spec = modelShape("large-margin");
+    spec.hiddenSize = 512;
+    spec.intermediateSize = 1024;
+    spec.numLayers = 3;
+    spec.numHeads = 8;
+    spec.numKvHeads = 4;
+    spec.headDim = 64;
+    spec.logitScale = 8;
+    const std::string dir = test::makeTempDir("gguf-native");
+    fs::create_directories(dir + "/models");
+    writeRandomModel(dir + "/hf", spec);
+    const std::string file = dir + "/models/m-Q4_K.gguf";
+    exportGguf(dir + "/hf", file, GgmlType::Q4_K);
+    uint64_t tensorBytes = 0;
+    const Gguf header = Gguf::open(file, false);
+    for (const auto& [name, t] : header.tensors())
+        tensorBytes += t.nbytes;
+
+    // The reference: one process, native.
+    const std::string refTrace = dir + "/ref.jsonl";
+    std::string out, err;
+    ASSERT_EQ(test::runCommand(test::workerBin() + " generate --model " + file + " --prompt 'Once upon a time' --temperature 0 --dtype native "
+                                   "--threads 1 --max-tokens 12 --trace " + refTrace,
+                               &out, &err),
+              0)
+        << err;
+    const auto ref = test::readTrace(refTrace);
+
+    auto streamedMiB = [](const std::string& log) {
+        double total = 0;
+        for (size_t at = 0; (at = log.find(" MiB of weights streamed", at)) != std::string::npos; ++at) {
+            size_t b = log.rfind(", ", at);
+            total += std::stod(log.substr(b + 2, at - b - 2));
+        }
+        return total;
+    };
+    for (const char* placement : {"tp=1,pp=1", "tp=2,pp=2"}) {
+        ASSERT_EQ(test::runCommand(test::cliBin() + " run --model " + file + " --local " + placement +
+                                       " --prompt 'Once upon a time' --temperature 0 --max-tokens 12 --trace " + dir + "/t.jsonl",
+                                   &out, &err),
+                  0)
+            << err;
+        EXPECT_NE(err.find("native, "), std::string::npos) << "a quantized GGUF runs native by default: " << err;
+        const auto got = test::readTrace(dir + "/t.jsonl");
+        ASSERT_EQ(got.size(), ref.size()) << placement;
+        for (size_t i = 0; i < ref.size(); ++i)
+            EXPECT_EQ(got[i].token, ref[i].token) << placement << " step " << i;
+        const double mib = streamedMiB(err), file = static_cast<double>(tensorBytes) / (1 << 20);
+        std::printf("[ native   ] %s: %.2f MiB streamed for %.2f MiB of tensors in the file\n", placement, mib, file);
+        if (std::string(placement) == "tp=1,pp=1") { // every tensor once, as the file has it
+            EXPECT_GT(mib, file * 0.95) << err;
+            EXPECT_LT(mib, file * 1.05) << err;
+        }
+    }
+
+    // A worker's own copy of the file.
+    ClusterKey::generate().writeFile(dir + "/key");
+    LocalDaemons daemons(2, dir + "/key", {"--models-root", dir + "/models"});
+    json plan = {{"stages",
+                  {{{"layers", {0, 0}}, {"ranks", {{{"worker", daemons.addresses()[0]}}}}},
+                   {{"layers", {1, 2}}, {"ranks", {{{"worker", daemons.addresses()[1]}, {"model_dir", file}}}}}}}};
+    std::ofstream(dir + "/plan.json") << plan.dump();
+    ASSERT_EQ(test::runCommand(test::cliBin() + " run --model " + file + " --plan " + dir + "/plan.json --key-file " + dir +
+                                   "/key --prompt 'Once upon a time' --temperature 0 --dtype native --max-tokens 12 --trace " + dir + "/local.jsonl",
+                               &out, &err),
+              0)
+        << err;
+    EXPECT_NE(err.find("weights read from " + file + " on the worker"), std::string::npos) << err;
+    const auto local = test::readTrace(dir + "/local.jsonl");
+    ASSERT_EQ(local.size(), ref.size());
+    for (size_t i = 0; i < ref.size(); ++i)
+        EXPECT_EQ(local[i].token, ref[i].token) << "read by the worker, step " << i;
+
+    // Four ranks share o_proj's 512 columns in quarters of 128: not whole Q4_K blocks of 256.
+    EXPECT_NE(test::runCommand(test::cliBin() + " run --model " + file + " --local tp=4,pp=1 --prompt 'x' --max-tokens 2", &out, &err), 0);
+    EXPECT_NE(err.find("is not on a Q4_K block boundary"), std::string::npos) << err;
+}
+
 TEST(ClusterGguf, GgufFileRunsAsItsFolderDoes)
 {
     const std::string model = test::largeMarginModel("kv2", 4, 2, 160);

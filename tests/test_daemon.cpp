@@ -272,7 +272,7 @@ TEST(Daemon, MeasuresTheMachineOnceAndCachesIt)
                 EXPECT_GT(m.gbps_1(), 0) << m.dtype();
                 EXPECT_GE(m.gbps_all(), m.gbps_1()) << m.dtype();
             }
-            EXPECT_EQ(dtypes, (std::set<std::string>{"bf16", "f32", "q8"}));
+            EXPECT_EQ(dtypes, (std::set<std::string>{"bf16", "f32", "q4", "q8"}));
         }
         EXPECT_TRUE(std::filesystem::exists(cache + "/calibration.json"));
     }

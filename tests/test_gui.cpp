@@ -301,8 +301,8 @@ TEST(Gui, CompleteModeGivesTheReferenceContinuationWithoutStallingTheGuiThread)
 }
 
 // A GGUF file opened as a person would from Ollama or LM Studio: llama.cpp's Q4_K_M file of stories260K. It runs
-// as q8 unless asked otherwise (its 4- and 5-bit blocks are widened at load), and the app's answer is the CLI's on
-// the same placement.
+// native unless asked otherwise (its blocks as the file stores them), and the app's answer is the CLI's on the
+// same placement.
 TEST(Gui, AGgufFileOpensLaunchesAndAnswersAsTheCliDoes)
 {
     const std::string gguf = test::sharedDir() + "/refmodels/gguf/stories260K-Q4_K_M.gguf";
@@ -313,7 +313,7 @@ TEST(Gui, AGgufFileOpensLaunchesAndAnswersAsTheCliDoes)
     o.localWorkers = 2;
     App app(o);
     app.waitForPlan();
-    EXPECT_EQ(app.window->launchPane().dtype().toStdString(), "q8");
+    EXPECT_EQ(app.window->launchPane().dtype().toStdString(), "native");
     EXPECT_NE(app.window->windowTitle().indexOf("stories260K-Q4_K_M.gguf"), -1) << app.window->windowTitle().toStdString();
     ASSERT_NO_FATAL_FAILURE(app.launch());
     ASSERT_NO_FATAL_FAILURE(app.complete("Once upon a time", 24));

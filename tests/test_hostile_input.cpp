@@ -766,10 +766,21 @@ TEST(HostileMessage, AWeightChunkIsCheckedBeforeItsBufferIsAllocated)
     chunk.set_total_bytes(64);
     EXPECT_EQ(wire::checkFirstChunk(chunk, {4, 8}, first), "");
     EXPECT_EQ(first.bytes, 64u);
-    EXPECT_EQ(first.dtype, DType::BF16);
+    EXPECT_EQ(first.type.dtype, DType::BF16);
+    EXPECT_FALSE(first.type.blocks);
     EXPECT_NE(wire::checkFirstChunk(chunk, {8, 4}, first).find("has shape [4, 8] but this shard's slice is [8, 4]"), std::string::npos);
     chunk.set_dtype("I64");
     EXPECT_NE(wire::checkFirstChunk(chunk, {4, 8}, first), "");
+    // A native run's blocks: the size is the blocks' bytes, and a row must be whole blocks of the type.
+    chunk.set_dtype("Q4_K");
+    EXPECT_EQ(wire::checkFirstChunk(chunk, {4, 8}, first), "tensor w: a slice of shape [4, 8] is not whole Q4_K blocks");
+    chunk.set_shape(1, 256);
+    chunk.set_total_bytes(4 * 144);
+    EXPECT_EQ(wire::checkFirstChunk(chunk, {4, 256}, first), "");
+    EXPECT_EQ(first.type.blocks, GgmlType::Q4_K);
+    EXPECT_EQ(first.bytes, 4u * 144u);
+    chunk.set_dtype("Q2_K"); // a type with no kernels here: refused by name
+    EXPECT_EQ(wire::checkFirstChunk(chunk, {4, 256}, first), "tensor w: unknown tensor type 'Q2_K'");
 }
 
 // The master's side: what a worker answers is checked before the app shows or counts it.

@@ -61,6 +61,11 @@ std::vector<float> runRows(int64_t rows, int threads, Fn fn)
     return y;
 }
 
+std::vector<Path> pathsHere()
+{
+    return supportedPaths();
+}
+
 class Kernels : public ::testing::TestWithParam<Path> {};
 
 TEST_P(Kernels, F32MatchesADoubleReference)
@@ -150,10 +155,134 @@ TEST_P(Kernels, Q8IsExactBlockArithmeticAndWithinItsQuantizationBound)
     }
 }
 
-std::vector<Path> pathsHere()
+// A random matrix of a block type: random bytes (every bit pattern of the quants, scales and bit planes) with
+// each block's f16 scales set to finite values of a model's size, so the products stay finite.
+BlockMatrix randomBlocks(GgmlType type, int64_t rows, int64_t cols, std::mt19937& rng)
 {
-    return supportedPaths();
+    const GgmlTypeInfo& info = ggmlTypeInfo(type);
+    std::vector<std::byte> bytes(static_cast<size_t>(rows * ggmlRowBytes(type, cols)));
+    if (type == GgmlType::F32 || type == GgmlType::F16 || type == GgmlType::BF16) {
+        auto w = randomVector(rows * cols, rng, 0.05f);
+        for (size_t i = 0; i < w.size(); ++i) {
+            if (type == GgmlType::F32)
+                std::memcpy(bytes.data() + 4 * i, &w[i], 4);
+            const uint16_t h = type == GgmlType::F16 ? f32ToF16(w[i]) : toBf16(w[i]);
+            if (type != GgmlType::F32)
+                std::memcpy(bytes.data() + 2 * i, &h, 2);
+        }
+        return makeBlockMatrix(type, rows, cols, bytes.data());
+    }
+    std::uniform_int_distribution<int> byte(0, 255);
+    for (auto& b : bytes)
+        b = static_cast<std::byte>(byte(rng));
+    std::uniform_real_distribution<float> scale(0.0005f, 0.01f);
+    std::vector<size_t> halves; // offsets of the f16 scales in a block
+    switch (type) {
+    case GgmlType::Q4_1:
+    case GgmlType::Q5_1:
+    case GgmlType::Q4_K:
+    case GgmlType::Q5_K:
+        halves = {0, 2};
+        break;
+    case GgmlType::Q6_K:
+        halves = {208};
+        break;
+    default:
+        halves = {0};
+    }
+    for (size_t blk = 0; blk < bytes.size() / static_cast<size_t>(info.blockBytes); ++blk)
+        for (size_t off : halves) {
+            const uint16_t h = f32ToF16(scale(rng));
+            std::memcpy(bytes.data() + blk * static_cast<size_t>(info.blockBytes) + off, &h, 2);
+        }
+    return makeBlockMatrix(type, rows, cols, bytes.data());
 }
+
+class BlockKernels : public ::testing::TestWithParam<std::tuple<Path, GgmlType>> {};
+
+// Each block type on each path against the file's own meaning of the blocks (model/ggml_types' dequantizeRow, the
+// same function llama.cpp's tests check the GGUF reader with) times x in double: within the rounding of x to Q8
+// blocks (half a step of each activation block times the weights' magnitudes; blocks of 256 for Q5_K and Q6_K),
+// whatever the path.
+TEST_P(BlockKernels, MatchTheDequantizedProductWithinTheActivationsRounding)
+{
+    const auto [p, type] = GetParam();
+    std::mt19937 rng(7 + static_cast<int>(type));
+    const int64_t unit = ggmlTypeInfo(type).blockSize;
+    // The activation's blocks: 256 values a scale for Q5_K and Q6_K (Q8_K), else 32.
+    const int64_t xBlock = type == GgmlType::Q5_K || type == GgmlType::Q6_K ? 256 : 32;
+    for (int64_t rows : {1, 3, 17, 33})
+        for (int64_t cols : {unit, 2 * unit, 3 * unit, 11 * unit, std::max<int64_t>(2816, unit)}) {
+            if (cols % unit != 0 || cols % 32 != 0)
+                continue;
+            BlockMatrix m = randomBlocks(type, rows, cols, rng);
+            auto x = randomVector(cols, rng, 2.0f);
+            BlockInput in;
+            in.prepare(x.data(), cols, {type});
+            std::vector<float> wide(static_cast<size_t>(rows * cols));
+            dequantizeRows(m, 0, rows, wide.data());
+            for (int threads : {1, 2}) {
+                auto y = runRows(rows, threads, [&](float* out, int64_t r0, int64_t r1) { gemvBlocksOn(p, m, in, out, r0, r1); });
+                for (int64_t r = 0; r < rows; ++r) {
+                    double ref = 0, mag = 0, bound = 0;
+                    for (int64_t b = 0; b < cols / xBlock; ++b) {
+                        float amax = 0;
+                        for (int64_t c = b * xBlock; c < b * xBlock + xBlock; ++c)
+                            amax = std::max(amax, std::fabs(x[c]));
+                        double wabs = 0;
+                        for (int64_t c = b * xBlock; c < b * xBlock + xBlock; ++c) {
+                            const double t = double(wide[r * cols + c]) * x[c];
+                            ref += t;
+                            mag += std::fabs(t);
+                            wabs += std::fabs(wide[r * cols + c]);
+                        }
+                        bound += wabs * amax / 127.0 / 2;
+                    }
+                    ASSERT_TRUE(std::isfinite(y[r]));
+                    ASSERT_NEAR(y[r], ref, bound * 1.01 + 2e-5 * mag + 1e-6)
+                        << pathName(p) << " " << ggmlTypeName(type) << " " << rows << "x" << cols << " row " << r << " threads " << threads;
+                }
+            }
+        }
+}
+
+std::vector<std::tuple<Path, GgmlType>> blockCases()
+{
+    std::vector<std::tuple<Path, GgmlType>> out;
+    for (Path p : supportedPaths())
+        for (GgmlType t : {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1,
+                           GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K})
+            out.emplace_back(p, t);
+    return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryTypeOnEveryPath, BlockKernels, ::testing::ValuesIn(blockCases()),
+                         [](const ::testing::TestParamInfo<std::tuple<Path, GgmlType>>& i) {
+                             return std::string(pathName(std::get<0>(i.param))) + "_" + ggmlTypeName(std::get<1>(i.param));
+                         });
+
+TEST(BlockKernelsCoverage, TheTypesOfQ4_0Q4_K_MAndQ8_0FilesHaveAKernelOnEveryPath)
+{
+    for (Path p : supportedPaths())
+        for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::F16})
+            EXPECT_TRUE(hasBlockKernel(p, t)) << pathName(p) << " " << ggmlTypeName(t);
+    if (supported(Path::Avx2)) {
+        EXPECT_FALSE(hasBlockKernel(Path::Avx2, GgmlType::Q5_K)); // runs the portable kernel: still correct (above)
+    }
+}
+
+TEST(BlockKernelsCoverage, AMatrixMustBeWholeBlocksAndARowRangeSharesTheBytes)
+{
+    EXPECT_THROW(makeBlockMatrix(GgmlType::Q4_K, 2, 100), Error);
+    EXPECT_THROW(makeBlockMatrix(GgmlType::Q2_K, 2, 256), Error);
+    std::mt19937 rng(5);
+    BlockMatrix m = randomBlocks(GgmlType::Q4_0, 8, 64, rng);
+    BlockMatrix part = m.rowRange(3, 4);
+    EXPECT_EQ(part.data, m.data + 3 * m.rowBytes);
+    EXPECT_EQ(part.storage.get(), m.storage.get());
+    EXPECT_THROW(m.rowRange(6, 3), Error);
+}
+
 
 INSTANTIATE_TEST_SUITE_P(EveryPathThisCpuRuns, Kernels, ::testing::ValuesIn(pathsHere()),
                          [](const ::testing::TestParamInfo<Path>& i) { return std::string(pathName(i.param)); });

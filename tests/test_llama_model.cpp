@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <set>
 
 using namespace together;
 using json = nlohmann::json;
@@ -135,6 +136,58 @@ TEST(Stories260K, GgufFilesGiveTheReferenceGreedyTokens)
             EXPECT_LT(maxErr, exact ? 1e-4f : 0.05f) << file;
         }
     }
+}
+
+// A quantized GGUF runs in its own blocks (native): every matrix the model holds is the file's bytes (q and k
+// rows moved out of llama.cpp's rotary order, nothing else touched), in the file's type, and its outputs stay
+// those of the same blocks widened to f32, on every kernel path.
+TEST(Stories260K, AQuantizedGgufRunsInItsOwnBlocksHoldingTheFilesBytes)
+{
+    SKIP_WITHOUT_STORIES();
+    const std::string path = test::sharedDir() + "/refmodels/gguf/stories260K-Q4_K_M.gguf";
+    if (!std::ifstream(path))
+        GTEST_SKIP() << path << " is not here";
+    ModelConfig c = ModelConfig::fromDirectory(path);
+    SafeTensors st = SafeTensors::open(path);
+    LlamaModel native(c, st, ComputeType::Native), wide(c, st, ComputeType::F32);
+    std::set<std::string> types;
+    size_t matrices = 0;
+    for (const auto& [name, b] : native.blockMatrices()) {
+        const TensorView& v = st.get(name);
+        ASSERT_TRUE(v.stored || v.dtype == DType::F32 || v.dtype == DType::F16) << name;
+        const GgmlType fileType = v.stored ? *v.stored : v.dtype == DType::F16 ? GgmlType::F16 : GgmlType::F32;
+        EXPECT_EQ(b.type, fileType) << name;
+        ASSERT_EQ(b.bytes(), v.nbytes) << name;
+        types.insert(ggmlTypeName(b.type));
+        ++matrices;
+        for (int64_t r = 0; r < b.rows; ++r) {
+            int64_t src = r;
+            if (const int64_t head = v.interleavedHead; head > 0) {
+                const int64_t i = r % head;
+                src = r - i + (i < head / 2 ? 2 * i : 2 * (i - head / 2) + 1);
+            }
+            ASSERT_EQ(std::memcmp(b.data + r * b.rowBytes, v.data + src * b.rowBytes, b.rowBytes), 0) << name << " row " << r;
+        }
+    }
+    // the table (a tied head shares it), the head when untied, and q k v o gate up down in each layer
+    EXPECT_EQ(matrices, static_cast<size_t>(1 + (c.tieWordEmbeddings ? 0 : 1) + 7 * c.numLayers));
+    std::string list;
+    for (auto& t : types)
+        list += t + " ";
+    std::printf("[ native   ] %s holds %zu matrices in its own types: %s; %lld bytes a token (f32: %lld)\n", path.c_str(), matrices,
+                list.c_str(), static_cast<long long>(native.weightBytesPerToken()), static_cast<long long>(wide.weightBytesPerToken()));
+    EXPECT_LT(native.weightBytesPerToken() * 3, wide.weightBytesPerToken());
+    const std::vector<int> prompt = test::storiesReference()["cases"][0]["prompt_ids"].get<std::vector<int>>();
+    for (kernels::Path p : kernels::supportedPaths()) {
+        kernels::setPath(p);
+        std::vector<float> a, b;
+        const auto ga = greedy(native, prompt, 24, &a), gb = greedy(wide, prompt, 24, &b);
+        const float err = maxAbsDiff(a, b);
+        std::printf("[ native   ] %s path: first-step max |logit - widened| %.4f, greedy agrees for %zu of 24\n", kernels::pathName(p), err,
+                    agreeingPrefix(ga, gb));
+        EXPECT_LT(err, 0.25f) << kernels::pathName(p); // the activation's rounding to Q8 blocks, nothing more
+    }
+    kernels::setPath(kernels::supportedPaths().back());
 }
 
 TEST(Stories260K, Bf16StaysCloseToF32)

@@ -1,9 +1,13 @@
 // SPDX-License-Identifier: MIT
 #include "text/sampler.h"
 
+#include "base/error.h"
+
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <map>
+#include <vector>
 
 using namespace together;
 
@@ -67,3 +71,23 @@ TEST(Sampler, TopLogitsOrder)
 }
 
 } // namespace
+
+// A model whose weights hold an infinity or a NaN: no token is chosen from its output, at any temperature.
+TEST(Sampler, ANonFiniteLogitIsNamedNotSampled)
+{
+    std::vector<float> logits = {0.5f, 1.0f, std::nanf(""), 0.2f};
+    for (double t : {0.0, 0.8}) {
+        SamplingParams p;
+        p.temperature = t;
+        Sampler s(p);
+        try {
+            s.sample(logits.data(), logits.size());
+            FAIL() << "a NaN logit was sampled from";
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find("logit 2 is nan"), std::string::npos) << e.what();
+        }
+    }
+    logits[2] = INFINITY;
+    Sampler s(SamplingParams{});
+    EXPECT_THROW(s.sample(logits.data(), logits.size()), Error);
+}

@@ -66,7 +66,7 @@ Row measure(const std::string& modelDir, const PlacementSource& source, const Cl
     if (dtype.empty())
         dtype = defaultDtypeFor(modelDir);
     if (!isRunDtype(dtype))
-        throw Error("--dtype must be bf16, q8 or f32");
+        throw Error("--dtype must be bf16, q8, q4, native or f32");
     const int64_t context = std::min<int64_t>(config.contextLimit(), o.context > 0 ? o.context : std::max<int64_t>(1024, o.promptTokens + o.decodeTokens + 16));
     if (o.promptTokens + o.decodeTokens + 16 > context)
         throw Error("the prompt and the decode tokens need " + std::to_string(o.promptTokens + o.decodeTokens + 16) +

@@ -138,7 +138,7 @@ int runPredict(const std::vector<std::string>& args)
     const ModelConfig config = ModelConfig::fromDirectory(a.get("model"));
     const std::string dtype = a.get("dtype", "bf16");
     if (!isRunDtype(dtype))
-        throw Error("--dtype must be bf16, q8 or f32");
+        throw Error("--dtype must be bf16, q8, q4, native or f32");
     const int64_t context = a.getInt("context", static_cast<int>(std::min<int64_t>(config.contextLimit(), 4096)));
     if (context < 1)
         throw Error("--context takes a number of positions of at least 1");

@@ -194,7 +194,7 @@ RunSetup readSetup(const CliArgs& a, const std::vector<std::string>& args)
             s.dtype = p.dtype;
     }
     if (!isRunDtype(s.dtype))
-        throw Error("--dtype must be bf16, q8 or f32");
+        throw Error("--dtype must be bf16, q8, q4, native or f32");
     return s;
 }
 

@@ -81,7 +81,7 @@ int runVerify(const std::vector<std::string>& rawArgs)
     if (dtype.empty())
         dtype = defaultDtypeFor(modelDir);
     if (!isRunDtype(dtype))
-        throw Error("--dtype must be bf16, q8 or f32");
+        throw Error("--dtype must be bf16, q8, q4, native or f32");
     std::vector<int> prompt = tokenizer.encode(args.get("prompt", "Once upon a time"), true);
     if (prompt.empty())
         throw Error("the prompt is empty after tokenizing");

@@ -63,7 +63,9 @@ LaunchPane::LaunchPane(AppSession& session, QWidget* parent)
 
     auto* options = new QHBoxLayout;
     m_dtype = new QComboBox;
-    m_dtype->addItems({"bf16", "q8", "f32"});
+    m_dtype->addItems({"bf16", "q8", "q4", "native", "f32"});
+    m_dtype->setToolTip("bf16, q8, q4: the weights converted to that format when they load; native: each tensor in the "
+                        "type the model file stores (a GGUF file's 4-, 5-, 6- or 8-bit blocks as they are); f32: widened");
     m_dtype->setAccessibleName("Dtype");
     auto* dl = new QLabel("Dtype");
     dl->setBuddy(m_dtype);

@@ -98,7 +98,7 @@ int main(int argc, char** argv)
     QCommandLineOption local("local-workers", "Start N worker daemons on this machine, each standing for a machine.", "N");
     QCommandLineOption key("key-file", "The cluster key file (default: the one the CLI uses).", "FILE");
     QCommandLineOption plan("plan", "A placement (plan JSON, as together-cli reads).", "FILE");
-    QCommandLineOption dtype("dtype", "bf16, q8 or f32.", "D");
+    QCommandLineOption dtype("dtype", "bf16, q8, q4, native (a GGUF file's own blocks) or f32.", "D");
     QCommandLineOption noBroadcast("no-broadcast", "Do not look for workers on the LAN; only those added by address.");
     p.addOptions({model, local, key, plan, dtype, noBroadcast});
     p.process(app);
@@ -117,7 +117,7 @@ int main(int argc, char** argv)
     o.dtype = p.value(dtype);
     o.broadcast = !p.isSet(noBroadcast);
     if (!o.dtype.isEmpty() && !together::isRunDtype(o.dtype.toStdString())) {
-        std::fprintf(stderr, "together: --dtype must be bf16, q8 or f32\n");
+        std::fprintf(stderr, "together: --dtype must be bf16, q8, q4, native or f32\n");
         return 2;
     }
     std::unique_ptr<together::gui::MainWindow> window;

@@ -323,8 +323,8 @@ void MainWindow::onModelOpened(const QString& dir)
     saveSettingsFile();
     m_banner->setVisible(sameFolder(dir, QString::fromStdString(defaultModelDir())));
     m_chat->modelChanged(m_session->modelHasChatTemplate());
-    if (m_options.dtype.isEmpty() && m_session->modelDefaultDtype() == "q8") // a quantized GGUF: not widened to f32
-        m_launch->setDtype("q8");
+    if (m_options.dtype.isEmpty()) // the model's own default: native for a quantized GGUF (its blocks as they are)
+        m_launch->setDtype(m_session->modelDefaultDtype());
     m_launch->refresh();
     statusBar()->showMessage("opened " + dir, 5000);
     setWindowTitle("together — " + QFileInfo(dir).fileName());

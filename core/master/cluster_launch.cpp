@@ -208,21 +208,23 @@ void Cluster::loadRank(Rank& r, const std::string& modelDir, const SafeTensors& 
 {
     const ShardSpec spec = m_plan.shardSpec(r.stage, r.rank);
     configureRank(r, spec);
-    SafeTensorsWeights weights(tensors);
-    // The slice's per-tensor hashes, remembered by file, size and modification time.
+    const bool keepBlocks = parseRunDtype(m_dtype) == RunDtype::Native; // a GGUF's blocks travel as they are
+    SafeTensorsWeights weights(tensors, keepBlocks);
+    // The slice's per-tensor hashes, remembered by file, size and modification time (and by form: blocks, or
+    // widened to f32).
     SliceHashes sliceHashes;
     uint64_t total = 0;
     for (auto& slice : shardTensors(m_config, spec)) {
-        const std::string key = slice.name + "#" + std::to_string(slice.dim) + ":" + std::to_string(slice.begin) + "-" + std::to_string(slice.end);
         const TensorView& whole = tensors.tensors().at(slice.name);
+        const bool blocks = keepsBlocks(whole, keepBlocks);
+        const std::string key = slice.name + "#" + std::to_string(slice.dim) + ":" + std::to_string(slice.begin) + "-" +
+                                std::to_string(slice.end) + (blocks ? "#blocks" : "");
         sliceHashes.emplace_back(slice.name, hashes.hash(whole.file ? whole.file->path() : modelDir, key, [&] {
             std::vector<std::byte> scratch;
             return sha256Of(weights.get(slice, scratch));
         }));
-        int64_t n = 1;
-        for (auto d : slice.shape())
-            n *= d;
-        total += static_cast<uint64_t>(n) * dtypeSize(whole.dtype);
+        TensorType type{whole.dtype, blocks ? whole.stored : std::nullopt};
+        total += tensorTypeBytes(type, slice.shape()).value_or(0);
     }
     {
         std::lock_guard lock(m_mutex);
@@ -317,7 +319,7 @@ bool Cluster::loadFromSliceCache(Rank& r, const ShardSpec& spec, const SliceHash
 void Cluster::streamSlice(Rank& r, const ShardSpec& spec, const SafeTensors& tensors, const SliceHashes& hashes)
 {
     setPhase(r, RankProgress::Phase::Transferring, "streamed");
-    SafeTensorsWeights weights(tensors);
+    SafeTensorsWeights weights(tensors, parseRunDtype(m_dtype) == RunDtype::Native);
     TrackedCall call(*this);
     v1::LoadWeightsReply rep;
     auto writer = r.stub->LoadWeights(&call.ctx, &rep);
@@ -337,7 +339,7 @@ void Cluster::streamSlice(Rank& r, const ShardSpec& spec, const SafeTensors& ten
                 for (auto d : v.shape)
                     c.add_shape(d);
                 c.set_total_bytes(v.nbytes);
-                c.set_dtype(dtypeName(v.dtype));
+                c.set_dtype(tensorTypeName(v.type()));
             }
             size_t n = std::min(kChunkBytes, v.nbytes - off);
             c.set_data(reinterpret_cast<const char*>(v.data) + off, n);

@@ -45,11 +45,23 @@ const MachineProfile& machineFor(const std::vector<MachineProfile>& machines, co
 double matvecRate(const MachineProfile& m, const std::string& dtype, int threads)
 {
     auto it = m.matvecGBps.find(dtype);
+    if (it == m.matvecGBps.end() && dtype == "q4") // a daemon of an older version: q8's byte rate stands in
+        it = m.matvecGBps.find("q8");
     if (it == m.matvecGBps.end() || it->second.first <= 0)
         throw Error("worker " + m.worker + " has no measured speed for " + dtype);
     const double one = it->second.first, all = std::max(it->second.second, one);
     const int t = std::clamp(threads, 1, static_cast<int>(std::max<uint32_t>(1, m.threads)));
     return std::min(one * t, all) * 1e9;
+}
+
+// The calibrated format whose byte rate a run's matrices get: a native run's by the model's bits per weight (the
+// block kernels of 4- to 6-bit types run at about q4's rate, Q8_0 at q8's, f16/bf16 at bf16's).
+std::string speedKey(const ModelConfig& c, const std::string& dtype)
+{
+    if (parseRunDtype(dtype) != RunDtype::Native)
+        return dtype;
+    const double bits = c.nativeBitsPerWeight();
+    return bits <= 7 ? "q4" : bits <= 9 ? "q8" : bits <= 16 ? "bf16" : "f32";
 }
 
 // Bytes of the KV cache one token attends to on a shard (keys and values of its KV heads, f32).
@@ -192,11 +204,12 @@ Prediction predict(const ModelConfig& config, const Plan& plan, const std::strin
         std::vector<double> rates;
         for (auto& r : st.ranks) {
             const MachineProfile& m = machineFor(machines, r.worker);
-            const double rate = matvecRate(m, dtype, r.threads);
+            const double rate = matvecRate(m, speedKey(config, dtype), r.threads);
             rates.push_back(rate);
             hostDemand[m.host] += rate;
-            const auto it = m.matvecGBps.find(dtype);
-            hostCap[m.host] = std::max(hostCap[m.host], std::max(it->second.second, m.readGBpsAll) * 1e9);
+            const auto it = m.matvecGBps.find(speedKey(config, dtype));
+            const double allThreads = it != m.matvecGBps.end() ? it->second.second : 0;
+            hostCap[m.host] = std::max(hostCap[m.host], std::max(allThreads, m.readGBpsAll) * 1e9);
         }
         double stagePrefill = 0;
         for (int r = 0; r < tp; ++r) {
@@ -212,7 +225,7 @@ Prediction predict(const ModelConfig& config, const Plan& plan, const std::strin
                 out.slowestRank = m.worker + " (stage " + std::to_string(si) + " rank " + std::to_string(r) + ")";
             }
             if (m.gemmGFlops > 0) {
-                const double params = static_cast<double>(decodeBytesPerToken(config, spec, dt)) / bytesPerWeight(dt);
+                const double params = static_cast<double>(decodeBytesPerToken(config, spec, dt)) / bytesPerWeight(dt, config.nativeBitsPerWeight());
                 const double threadsShare = std::min(1.0, static_cast<double>(st.ranks[static_cast<size_t>(r)].threads) / std::max<uint32_t>(1, m.threads));
                 stagePrefill = std::max(stagePrefill, 2.0 * params * static_cast<double>(promptTokens) / (m.gemmGFlops * 1e9 * threadsShare * share));
             } else {
@@ -479,7 +492,7 @@ AutoPlacement autoPlace(const ModelConfig& config, const std::string& dtype, int
     for (auto& m : machines)
         byspeed.push_back(&m);
     std::stable_sort(byspeed.begin(), byspeed.end(), [&](auto* a, auto* b) {
-        return matvecRate(*a, dtype, static_cast<int>(a->threads)) > matvecRate(*b, dtype, static_cast<int>(b->threads));
+        return matvecRate(*a, speedKey(config, dtype), static_cast<int>(a->threads)) > matvecRate(*b, speedKey(config, dtype), static_cast<int>(b->threads));
     });
     // Every subset of the machines, in every grouping worth trying.
     std::vector<Candidate> candidates;

@@ -144,6 +144,12 @@ ModelConfig configFromJson(json j, const std::string& where)
     if (useSliding && j.contains("sliding_window") && j["sliding_window"].is_number_integer())
         c.slidingWindow = j["sliding_window"].get<int64_t>();
     c.torchDtype = j.value("torch_dtype", std::string());
+    if (j.contains("gguf_matrix_bits")) {
+        const auto& b = j["gguf_matrix_bits"];
+        if (!b.is_number() || !(b.get<double>() > 0 && b.get<double>() <= 64))
+            throw Error(where + ": gguf_matrix_bits must be a number of bits per weight in (0, 64]");
+        c.storedBitsPerWeight = b.get<double>();
+    }
     if (j.contains("bos_token_id") && j["bos_token_id"].is_number_integer())
         c.bosTokenId = j["bos_token_id"].get<int64_t>();
     if (j.contains("eos_token_id"))

@@ -40,6 +40,11 @@ struct ModelConfig {
     bool attentionBias = false; // q, k, v bias
     bool qkNorm = false;
     std::string torchDtype;
+    // A GGUF file's matrices: their average bits per weight as stored (its mix of block types), what a native run
+    // holds and reads; 0 for a safetensors checkpoint. ("gguf_matrix_bits" in the config JSON a GGUF amounts to.)
+    double storedBitsPerWeight = 0;
+    // Bits per weight of the matrices as the file stores them: storedBitsPerWeight, else the checkpoint's dtype.
+    double nativeBitsPerWeight() const { return storedBitsPerWeight > 0 ? storedBitsPerWeight : torchDtype == "float32" ? 32.0 : 16.0; }
     std::optional<int64_t> bosTokenId;
     std::vector<int64_t> eosTokenIds;
 

@@ -16,7 +16,11 @@ RunDtype parseRunDtype(const std::string& s)
         return RunDtype::BF16;
     if (s == "q8" || s == "q8_0")
         return RunDtype::Q8;
-    throw Error("unknown dtype '" + s + "' (use bf16, q8 or f32)");
+    if (s == "q4")
+        return RunDtype::Q4;
+    if (s == "native")
+        return RunDtype::Native;
+    throw Error("unknown dtype '" + s + "' (use bf16, q8, q4, native or f32)");
 }
 
 bool isRunDtype(const std::string& s)
@@ -36,6 +40,10 @@ const char* runDtypeName(RunDtype d)
         return "bf16";
     case RunDtype::Q8:
         return "q8";
+    case RunDtype::Q4:
+        return "q4";
+    case RunDtype::Native:
+        return "native";
     case RunDtype::F32:
         break;
     }
@@ -44,7 +52,7 @@ const char* runDtypeName(RunDtype d)
 
 RunDtype runDtypeOf(DType d) { return d == DType::F32 ? RunDtype::F32 : RunDtype::BF16; }
 
-int64_t matrixBytes(RunDtype d, int64_t rows, int64_t cols)
+int64_t matrixBytes(RunDtype d, int64_t rows, int64_t cols, double storedBits)
 {
     switch (d) {
     case RunDtype::F32:
@@ -53,13 +61,29 @@ int64_t matrixBytes(RunDtype d, int64_t rows, int64_t cols)
         return rows * cols * 2;
     case RunDtype::Q8:
         return rows * ((cols + kQ8BlockSize - 1) / kQ8BlockSize) * kQ8BlockBytes;
+    case RunDtype::Q4:
+        return rows * ((cols + kQ8BlockSize - 1) / kQ8BlockSize) * kQ4BlockBytes;
+    case RunDtype::Native:
+        return static_cast<int64_t>(static_cast<double>(rows) * static_cast<double>(cols) * storedBits / 8.0 + 0.5);
     }
     return 0;
 }
 
-double bytesPerWeight(RunDtype d)
+double bytesPerWeight(RunDtype d, double storedBits)
 {
-    return d == RunDtype::F32 ? 4.0 : d == RunDtype::BF16 ? 2.0 : static_cast<double>(kQ8BlockBytes) / kQ8BlockSize;
+    switch (d) {
+    case RunDtype::F32:
+        return 4.0;
+    case RunDtype::BF16:
+        return 2.0;
+    case RunDtype::Q8:
+        return static_cast<double>(kQ8BlockBytes) / kQ8BlockSize;
+    case RunDtype::Q4:
+        return static_cast<double>(kQ4BlockBytes) / kQ8BlockSize;
+    case RunDtype::Native:
+        break;
+    }
+    return storedBits / 8.0;
 }
 
 std::string defaultDtypeName()
@@ -78,7 +102,7 @@ std::string defaultDtypeFor(const std::string& modelPath)
         const Gguf g = Gguf::open(modelPath, false);
         for (const auto& [name, t] : g.tensors())
             if (t.type != GgmlType::F32 && t.type != GgmlType::F16 && t.type != GgmlType::BF16)
-                return "q8";
+                return "native";
     }
     return defaultDtypeName();
 }

@@ -130,6 +130,39 @@ constexpr size_t kMaxHeaderValues = 4u << 20;
 
 } // namespace
 
+std::string tensorTypeName(const TensorType& t) { return t.blocks ? ggmlTypeName(*t.blocks) : dtypeName(t.dtype); }
+
+TensorType parseTensorType(const std::string& name, const std::string& where)
+{
+    if (name == "F32" || name == "F16" || name == "BF16")
+        return {parseDType(name, where), std::nullopt};
+    for (uint32_t id = 0; id < 64; ++id)
+        if (const GgmlTypeInfo* info = ggmlTypeInfo(id); info && info->runnable && name == info->name)
+            return {DType::F32, info->type};
+    throw Error(where + ": unknown tensor type '" + name + "'");
+}
+
+std::optional<uint64_t> tensorTypeBytes(const TensorType& t, const std::vector<int64_t>& shape)
+{
+    uint64_t n = 1;
+    for (int64_t d : shape)
+        if (d < 0 || __builtin_mul_overflow(n, static_cast<uint64_t>(d), &n))
+            return std::nullopt;
+    if (!t.blocks) {
+        if (__builtin_mul_overflow(n, static_cast<uint64_t>(dtypeSize(t.dtype)), &n))
+            return std::nullopt;
+        return n;
+    }
+    const GgmlTypeInfo& info = ggmlTypeInfo(*t.blocks);
+    const int64_t last = shape.empty() ? 1 : shape.back();
+    if (last % info.blockSize != 0)
+        return std::nullopt;
+    uint64_t bytes = 0;
+    if (__builtin_mul_overflow(n / static_cast<uint64_t>(info.blockSize), static_cast<uint64_t>(info.blockBytes), &bytes))
+        return std::nullopt;
+    return bytes;
+}
+
 DType parseDType(const std::string& s, const std::string& where)
 {
     if (s == "F32")

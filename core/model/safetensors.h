@@ -25,6 +25,19 @@ const char* dtypeName(DType dtype);
 // unsupported), anything else as unknown. `where` prefixes the message.
 DType parseDType(const std::string& name, const std::string& where);
 
+// The type of a tensor's bytes where they travel (the weight stream) or rest (the slice cache): a dtype, or
+// for a GGUF matrix kept in its blocks (a native run) a runnable ggml block type, named as llama.cpp names it
+// ("Q4_K"). F32, F16 and BF16 are the dtypes of the same names.
+struct TensorType {
+    DType dtype = DType::F32;
+    std::optional<GgmlType> blocks;
+};
+std::string tensorTypeName(const TensorType& t);
+TensorType parseTensorType(const std::string& name, const std::string& where); // throws Error naming it
+// Bytes of a tensor of `shape` in the type; nullopt on a negative dimension, an overflow, or blocks whose
+// last dimension is not a whole number of them.
+std::optional<uint64_t> tensorTypeBytes(const TensorType& t, const std::vector<int64_t>& shape);
+
 // A read-only file, either memory-mapped whole or (map = false) read with pread only where asked: a shard
 // loading its slice from a local checkpoint never maps or reads other tensors. Closed when the last owner goes.
 class MappedFile {
@@ -64,6 +77,7 @@ struct TensorView {
     int64_t interleavedHead = 0;
     // True when the bytes are not `dtype` values in the shape's order: only a slice copy reads them.
     bool encoded() const { return stored.has_value() || interleavedHead > 0; }
+    TensorType type() const { return {dtype, stored}; }
 
     int64_t numel() const;
 };

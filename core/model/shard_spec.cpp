@@ -113,17 +113,35 @@ int64_t elements(const TensorSlice& t)
     return n;
 }
 
+// Bits per weight of a native run's matrices: the file's own average (a GGUF's mix of blocks), else the
+// checkpoint's dtype.
+double storedBits(const ModelConfig& c) { return c.nativeBitsPerWeight(); }
+
+bool quantizedRun(RunDtype d) { return d == RunDtype::Q8 || d == RunDtype::Q4; }
+
 // One tensor as the engine holds it in a run's format.
-int64_t heldBytes(const TensorSlice& t, RunDtype d)
+int64_t heldBytes(const ModelConfig& c, const TensorSlice& t, RunDtype d)
 {
     const std::vector<int64_t> shape = t.shape();
-    if (d != RunDtype::Q8)
+    if (d == RunDtype::Native)
+        return shape.size() == 2 ? matrixBytes(d, shape[0], shape[1], storedBits(c)) : elements(t) * 4;
+    if (!quantizedRun(d))
         return elements(t) * (d == RunDtype::F32 ? 4 : 2);
     if (t.name == "model.embed_tokens.weight")
         return elements(t) * 2; // looked up by row, kept bf16
     if (shape.size() == 2)
         return matrixBytes(d, shape[0], shape[1]);
     return elements(t) * 4;
+}
+
+// The tied head's own copy of its vocabulary rows (quantized runs; the others use the table's rows).
+int64_t tiedHeadBytes(const ModelConfig& c, const ShardDims& d, RunDtype dtype)
+{
+    if (quantizedRun(dtype))
+        return matrixBytes(dtype, d.vocab, c.hiddenSize);
+    if (dtype == RunDtype::Native)
+        return matrixBytes(dtype, d.vocab, c.hiddenSize, storedBits(c));
+    return d.vocab * c.hiddenSize * (dtype == RunDtype::F32 ? 4 : 2);
 }
 
 } // namespace
@@ -140,12 +158,12 @@ int64_t shardBytes(const ModelConfig& c, const ShardSpec& s, RunDtype dtype)
 {
     int64_t total = 0;
     for (auto& t : shardTensors(c, s)) {
-        total += heldBytes(t, dtype);
-        if (dtype == RunDtype::Q8 && t.name == "model.embed_tokens.weight" && s.holdsHead() && c.tieWordEmbeddings) {
+        total += heldBytes(c, t, dtype);
+        if (quantizedRun(dtype) && t.name == "model.embed_tokens.weight" && s.holdsHead() && c.tieWordEmbeddings) {
             const ShardDims d = shardDims(c, s.tpRank, s.tpSize);
             total += matrixBytes(dtype, d.vocab, c.hiddenSize); // the tied head's quantized copy
             if (!s.holdsEmbedding())
-                total -= heldBytes(t, dtype); // only the head needed the rows
+                total -= heldBytes(c, t, dtype); // only the head needed the rows
         }
     }
     return total;
@@ -173,13 +191,13 @@ int64_t decodeBytesPerToken(const ModelConfig& c, const ShardSpec& s, RunDtype d
     int64_t total = 0;
     for (auto& t : shardTensors(c, s)) {
         if (t.name != "model.embed_tokens.weight") {
-            total += heldBytes(t, dtype);
+            total += heldBytes(c, t, dtype);
             continue;
         }
-        if (s.holdsEmbedding())
-            total += c.hiddenSize * (dtype == RunDtype::F32 ? 4 : 2); // one row per token
+        if (s.holdsEmbedding()) // one row per token
+            total += dtype == RunDtype::Native ? matrixBytes(dtype, 1, c.hiddenSize, storedBits(c)) : c.hiddenSize * (dtype == RunDtype::F32 ? 4 : 2);
         if (s.holdsHead() && c.tieWordEmbeddings)
-            total += dtype == RunDtype::Q8 ? matrixBytes(dtype, d.vocab, c.hiddenSize) : d.vocab * c.hiddenSize * (dtype == RunDtype::F32 ? 4 : 2);
+            total += tiedHeadBytes(c, d, dtype);
     }
     return total;
 }
@@ -210,9 +228,9 @@ ShardMemoryEstimate estimateShardMemory(const ModelConfig& c, const ShardSpec& s
 {
     ShardMemoryEstimate m;
     const ShardDims d = shardDims(c, s.tpRank, s.tpSize);
-    // The converted copies made while loading: at the run's element size, or f32 for q8 (a tensor is converted
-    // to f32, then quantized).
-    const int64_t elem = dtype == RunDtype::BF16 ? 2 : 4;
+    // The converted copies made while loading: at the run's element size, f32 for q8 and q4 (a tensor is
+    // converted to f32, then quantized), the blocks themselves for a native run (copied, not converted).
+    const double elem = dtype == RunDtype::BF16 ? 2 : dtype == RunDtype::Native ? storedBits(c) / 8 : 4;
     const int64_t context = std::max<int64_t>(1, contextLimit);
     m.weightBytes = shardBytes(c, s, dtype);
     const int64_t layers = s.lastLayer - s.firstLayer + 1;
@@ -229,10 +247,14 @@ ShardMemoryEstimate estimateShardMemory(const ModelConfig& c, const ShardSpec& s
         int64_t n = 1;
         for (auto x : t.shape())
             n *= x;
-        largest = std::max(largest, n * elem);
+        largest = std::max(largest, static_cast<int64_t>(static_cast<double>(n) * elem));
     }
-    const int64_t fused = std::max((d.qHeads + 2 * d.kvHeads) * c.headDim, 2 * d.intermediate) * c.hiddenSize * elem;
-    const int64_t loading = std::max(shardBytes(c, s, checkpointDType(c, dtype)) + std::max(largest, fused), m.weightBytes + fused);
+    // A native run stacks q/k/v and gate/up without a fused copy, and receives what it runs.
+    const int64_t fused = dtype == RunDtype::Native
+                              ? 0
+                              : static_cast<int64_t>(static_cast<double>(std::max((d.qHeads + 2 * d.kvHeads) * c.headDim, 2 * d.intermediate) * c.hiddenSize) * elem);
+    const int64_t received = dtype == RunDtype::Native ? m.weightBytes : shardBytes(c, s, checkpointDType(c, dtype));
+    const int64_t loading = std::max(received + std::max(largest, fused), m.weightBytes + fused);
 
     // Running: the weights, the KV cache grown to the context, and the activations of a prefill chunk (the
     // master feeds prompts in chunks of kPrefillChunkBytes of f32 hidden state; the chunk that ends the context
@@ -259,7 +281,7 @@ namespace {
 // A slice of an encoded view (a GGUF tensor in blocks, or with rows in interleaved rotary order): the rows it
 // needs are read once, then each output row is taken from its source row (reordered within each head) and widened
 // to the view's dtype, its columns cut after widening.
-void copyEncodedSlice(const TensorView& full, const TensorSlice& slice, std::vector<std::byte>& out)
+void copyEncodedSlice(const TensorView& full, const TensorSlice& slice, std::vector<std::byte>& out, bool keepBlocks)
 {
     const bool matrix = full.shape.size() == 2;
     const int64_t cols = matrix ? full.shape[1] : full.shape[0];
@@ -287,13 +309,22 @@ void copyEncodedSlice(const TensorView& full, const TensorSlice& slice, std::vec
     if (head > 0 && (r0 % head != 0 || r1 % head != 0 || head % 2 != 0))
         throw Error(where + ": rows " + std::to_string(r0) + "-" + std::to_string(r1) + " are not whole heads of " + std::to_string(head));
     const size_t rowBytes = static_cast<size_t>(ggmlRowBytes(type, rowLen));
+    // Kept in blocks (a matrix of a native run): a column cut must fall between blocks.
+    const bool blocks = keepBlocks && full.stored && matrix;
+    const int64_t unit = ggmlTypeInfo(type).blockSize;
+    if (blocks && (c0 % unit != 0 || c1 % unit != 0))
+        throw Error(where + ": a tensor-parallel cut at columns " + std::to_string(c0) + "-" + std::to_string(c1) + " is not on a " +
+                    ggmlTypeName(type) + " block boundary (blocks of " + std::to_string(unit) +
+                    " weights): choose a split whose shares are whole blocks, or run it with --dtype q8");
     std::vector<std::byte> raw(static_cast<size_t>(r1 - r0) * rowBytes);
     if (full.data)
         std::memcpy(raw.data(), full.data + static_cast<size_t>(r0) * rowBytes, raw.size());
     else
         full.file->read(full.fileOffset + static_cast<uint64_t>(r0) * rowBytes, raw.size(), raw.data());
     const size_t es = dtypeSize(full.dtype);
-    out.resize(static_cast<size_t>((r1 - r0) * (c1 - c0)) * es);
+    const size_t outRow = blocks ? static_cast<size_t>(ggmlRowBytes(type, c1 - c0)) : static_cast<size_t>(c1 - c0) * es;
+    const size_t colOffset = blocks ? static_cast<size_t>(ggmlRowBytes(type, c0)) : static_cast<size_t>(c0) * es;
+    out.resize(static_cast<size_t>(r1 - r0) * outRow);
     std::vector<float> wide(static_cast<size_t>(rowLen));
     for (int64_t r = r0; r < r1; ++r) {
         int64_t src = r;
@@ -302,9 +333,9 @@ void copyEncodedSlice(const TensorView& full, const TensorSlice& slice, std::vec
             src = r - i + (i < half ? 2 * i : 2 * (i - half) + 1);
         }
         const std::byte* in = raw.data() + static_cast<size_t>(src - r0) * rowBytes;
-        std::byte* dst = out.data() + static_cast<size_t>((r - r0) * (c1 - c0)) * es;
-        if (!full.stored) { // same dtype: the columns as they are
-            std::memcpy(dst, in + static_cast<size_t>(c0) * es, static_cast<size_t>(c1 - c0) * es);
+        std::byte* dst = out.data() + static_cast<size_t>(r - r0) * outRow;
+        if (!full.stored || blocks) { // same type: the columns (whole blocks) as they are
+            std::memcpy(dst, in + colOffset, outRow);
             continue;
         }
         dequantizeRow(type, in, wide.data(), rowLen);
@@ -314,12 +345,14 @@ void copyEncodedSlice(const TensorView& full, const TensorSlice& slice, std::vec
 
 } // namespace
 
-void copySlice(const TensorView& full, const TensorSlice& slice, std::vector<std::byte>& out)
+bool keepsBlocks(const TensorView& full, bool keepBlocks) { return keepBlocks && full.stored && full.shape.size() == 2; }
+
+void copySlice(const TensorView& full, const TensorSlice& slice, std::vector<std::byte>& out, bool keepBlocks)
 {
     if (full.shape != slice.fullShape)
         throw Error("tensor " + slice.name + " has shape " + shapeString(full.shape) + ", expected " + shapeString(slice.fullShape));
     if (full.encoded())
-        return copyEncodedSlice(full, slice, out);
+        return copyEncodedSlice(full, slice, out, keepBlocks);
     // Reads go through the file (memcpy from the map, or pread when unmapped): only the slice's bytes.
     auto read = [&](size_t offset, size_t length, std::byte* dst) {
         if (full.data)
@@ -353,10 +386,11 @@ TensorView SafeTensorsWeights::get(const TensorSlice& slice, std::vector<std::by
     const TensorView& full = m_tensors.expect(slice.name, slice.fullShape);
     TensorView v = full;
     v.shape = slice.shape();
-    if (!full.data || full.encoded()) { // not mapped: read exactly the slice; encoded: decode it
-        v.stored.reset();
+    if (!full.data || full.encoded()) { // not mapped: read exactly the slice; encoded: decode it (or reorder its blocks)
+        if (!keepsBlocks(full, m_keepBlocks))
+            v.stored.reset();
         v.interleavedHead = 0;
-        copySlice(full, slice, scratch);
+        copySlice(full, slice, scratch, m_keepBlocks);
         v.data = scratch.data();
         v.nbytes = scratch.size();
         return v;

@@ -106,7 +106,12 @@ constexpr size_t kPrefillChunkBytes = size_t{4} << 20;
 // Rows of hidden state in one such step (at least 1).
 int64_t prefillChunkRows(int64_t hiddenSize);
 
-void copySlice(const TensorView& full, const TensorSlice& slice, std::vector<std::byte>& out);
+// A GGUF matrix in blocks is widened to f32, unless keepBlocks: then its blocks are copied as they are (rows
+// reordered out of rotary interleaving; a column range must start and end on block boundaries, else Error
+// naming the cut and the type).
+void copySlice(const TensorView& full, const TensorSlice& slice, std::vector<std::byte>& out, bool keepBlocks = false);
+// Whether a slice of `full` comes out in blocks under keepBlocks (a quantized matrix).
+bool keepsBlocks(const TensorView& full, bool keepBlocks);
 
 // Where a shard's weights come from: the master's stream, or a local checkpoint. `get` returns a view of
 // exactly the slice's shape; `scratch` may back it when the slice had to be gathered.
@@ -119,16 +124,19 @@ public:
     virtual void release(const TensorSlice&) const {}
 };
 
+// keepBlocks: quantized matrices come in their blocks (a native run), with `stored` set; else widened to f32.
 class SafeTensorsWeights : public WeightProvider {
 public:
-    explicit SafeTensorsWeights(const SafeTensors& tensors)
+    explicit SafeTensorsWeights(const SafeTensors& tensors, bool keepBlocks = false)
         : m_tensors(tensors)
+        , m_keepBlocks(keepBlocks)
     {
     }
     TensorView get(const TensorSlice& slice, std::vector<std::byte>& scratch) const override;
 
 private:
     const SafeTensors& m_tensors;
+    bool m_keepBlocks;
 };
 
 } // namespace together

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "text/sampler.h"
 
+#include "base/error.h"
+
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -28,6 +30,12 @@ std::vector<std::pair<int, float>> Sampler::topLogits(const float* logits, size_
 
 int Sampler::sample(const float* logits, size_t n)
 {
+    // A model whose weights hold infinities or NaNs (a hostile or broken file: a block scale of f16 infinity)
+    // gives logits no token can be chosen from: named, never a token picked at random.
+    for (size_t i = 0; i < n; ++i)
+        if (!std::isfinite(logits[i]))
+            throw Error("the model's output is not a number (logit " + std::to_string(i) + " is " + std::to_string(logits[i]) +
+                        "): its weights hold infinities or NaNs");
     if (m_params.temperature <= 0.0)
         return topLogits(logits, n, 1).front().first;
     // Candidates sorted by logit; top-k cuts the list, then softmax at the temperature, then top-p.

@@ -140,20 +140,19 @@ std::string checkFirstChunk(const v1::WeightChunk& chunk, const std::vector<int6
     std::vector<int64_t> shape(chunk.shape().begin(), chunk.shape().end());
     if (shape != sliceShape)
         return "tensor " + name + " has shape " + shapeString(shape) + " but this shard's slice is " + shapeString(sliceShape);
-    DType dt;
+    TensorType type;
     try {
-        dt = parseDType(chunk.dtype(), "tensor " + name);
+        type = parseTensorType(chunk.dtype(), "tensor " + name);
     } catch (const Error& e) {
         return e.what();
     }
-    // The slice's shape comes from our own plan (checked when configured), so this product fits.
-    uint64_t elements = 1;
-    for (auto d : shape)
-        elements *= static_cast<uint64_t>(d);
-    const uint64_t need = elements * dtypeSize(dt);
-    if (chunk.total_bytes() != need)
-        return "tensor " + name + ": " + std::to_string(chunk.total_bytes()) + " bytes announced, the slice needs " + std::to_string(need);
-    out = {dt, need};
+    // The slice's shape comes from our own plan (checked when configured), so its byte size fits.
+    const std::optional<uint64_t> need = tensorTypeBytes(type, shape);
+    if (!need)
+        return "tensor " + name + ": a slice of shape " + shapeString(shape) + " is not whole " + tensorTypeName(type) + " blocks";
+    if (chunk.total_bytes() != *need)
+        return "tensor " + name + ": " + std::to_string(chunk.total_bytes()) + " bytes announced, the slice needs " + std::to_string(*need);
+    out = {type, *need};
     return {};
 }
 

@@ -61,10 +61,11 @@ std::string check(const v1::PipeMessage& m, const ShardLimits& shard);
 // A shard's place in the plan against the model it was given (ranks, stages, layers, context).
 std::string check(const v1::ShardConfig& req, const ModelConfig& model);
 std::string check(const v1::ConnectRequest& req);
-// The first chunk of a tensor against the shape this shard's slice has; on success `out` holds its dtype and
+// The first chunk of a tensor against the shape this shard's slice has; on success `out` holds its type (a dtype,
+// or a ggml block type for a native run) and
 // the size of the whole tensor in bytes (what the receiver may allocate).
 struct FirstChunk {
-    DType dtype = DType::F32;
+    TensorType type;
     uint64_t bytes = 0;
 };
 std::string checkFirstChunk(const v1::WeightChunk& chunk, const std::vector<int64_t>& sliceShape, FirstChunk& out);

@@ -120,7 +120,8 @@ double readBandwidth(int threads)
 }
 
 // The engine's decode kernel (worker/kernels, on its thread pool) over a weight matrix far larger than the
-// caches, in weight GB/s, for a run's format ("f32", "bf16", "q8").
+// caches, in weight GB/s, for a run's format ("f32", "bf16", "q8", "q4": Q4_K blocks on the block kernels, the
+// rate a native run of a 4- to 6-bit GGUF gets).
 double matvecRate(const std::string& dtype, int threads)
 {
     setComputeThreads(threads);
@@ -129,6 +130,21 @@ double matvecRate(const std::string& dtype, int threads)
     at::Tensor w = dtype == "bf16" ? wf.to(at::kBFloat16) : wf, x = dtype == "bf16" ? xf.to(at::kBFloat16) : xf;
     kernels::Q8Matrix q;
     kernels::Q8Vector xq;
+    kernels::BlockMatrix q4;
+    kernels::BlockInput xin;
+    if (dtype == "q4") { // random blocks with small finite scales: the rate does not depend on the values
+        q4 = kernels::makeBlockMatrix(GgmlType::Q4_K, rows, cols);
+        auto* p = const_cast<std::byte*>(q4.data);
+        std::memcpy(p, w.data_ptr(), std::min<size_t>(q4.bytes(), w.nbytes()));
+        const uint16_t scale = 0x1400; // 2^-10
+        for (size_t b = 0; b < q4.bytes() / 144; ++b) {
+            std::memcpy(p + b * 144, &scale, 2);
+            std::memcpy(p + b * 144 + 2, &scale, 2);
+        }
+        xin.prepare(xf.data_ptr<float>(), cols, {GgmlType::Q4_K});
+        w = at::Tensor();
+        wf = at::Tensor();
+    }
     if (dtype == "q8") {
         q = kernels::makeQ8(rows, cols);
         kernels::quantizeRowsQ8(wf.data_ptr<float>(), 0, rows, q);
@@ -136,7 +152,9 @@ double matvecRate(const std::string& dtype, int threads)
         w = at::Tensor();
         wf = at::Tensor();
     }
-    const double bytes = dtype == "q8" ? static_cast<double>(q.bytes()) : static_cast<double>(w.nbytes());
+    const double bytes = dtype == "q8"   ? static_cast<double>(q.bytes())
+                         : dtype == "q4" ? static_cast<double>(q4.bytes())
+                                         : static_cast<double>(w.nbytes());
     std::vector<float> y(static_cast<size_t>(rows));
     // The median pass of about 0.2 s of them (6 to 24 after a warm-up): a decode step streams the weights for
     // a sustained tenth of a second or more, so the typical pass predicts it and the best one reads high (on
@@ -148,6 +166,8 @@ double matvecRate(const std::string& dtype, int threads)
         kernels::parallelRows(rows, 16, [&](int64_t r0, int64_t r1) {
             if (dtype == "q8")
                 kernels::gemvQ8(q, xq, y.data(), r0, r1);
+            else if (dtype == "q4")
+                kernels::gemvBlocks(q4, xin, y.data(), r0, r1);
             else if (dtype == "bf16")
                 kernels::gemvBf16(reinterpret_cast<const uint16_t*>(w.data_ptr()), reinterpret_cast<const uint16_t*>(x.data_ptr()), y.data(), cols,
                                   r0, r1);
@@ -210,8 +230,8 @@ double layerOverheadUs(const std::string& scratch, int threads)
 
 std::string calibrationKey(int threads)
 {
-    // "v4": vector loads for the read, the median of longer matvec runs, the layer overhead.
-    return cpuModel() + "|" + kSoftwareVersion + "|" + kernelPath() + "|threads=" + std::to_string(threads) + "|v5";
+    // "v4": vector loads for the read, the median of longer matvec runs, the layer overhead; "v6": q4 (block kernels).
+    return cpuModel() + "|" + kSoftwareVersion + "|" + kernelPath() + "|threads=" + std::to_string(threads) + "|v6";
 }
 
 Calibration measureCalibration(int threads)
@@ -223,7 +243,7 @@ Calibration measureCalibration(int threads)
     c.kernelPath = kernelPath();
     c.readGBps1 = readBandwidth(1);
     c.readGBpsAll = c.threads > 1 ? readBandwidth(c.threads) : c.readGBps1;
-    for (const char* dtype : {"f32", "bf16", "q8"})
+    for (const char* dtype : {"f32", "bf16", "q8", "q4"})
         c.matvecGBps[dtype] = {matvecRate(dtype, 1), c.threads > 1 ? matvecRate(dtype, c.threads) : 0};
     for (auto& [dtype, v] : c.matvecGBps)
         if (v.second < v.first)

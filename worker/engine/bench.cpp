@@ -218,8 +218,8 @@ void benchSpeed(const std::string& dir, const std::vector<ComputeType>& dtypes, 
         LlamaModel model(config, tensors, ct);
         const double bytesPerToken = static_cast<double>(model.weightBytesPerToken());
         for (const std::string& path : paths) {
-            if (path == "aten" && ct == ComputeType::Q8)
-                continue; // ATen has no q8 product
+            if (path == "aten" && ct != ComputeType::F32 && ct != ComputeType::BF16)
+                continue; // ATen has no block products
             LlamaModel::setAtenDecode(path == "aten");
             if (path != "aten")
                 kernels::setPath(kernels::parsePath(path));
@@ -268,7 +268,7 @@ void benchAccuracy(int steps, const std::string& reference, const std::string& c
 int runBench(const std::vector<std::string>& rest)
 {
     CliArgs args(rest, {{"cache"}, {"prompt-tokens"}, {"decode-tokens"}, {"threads"}, {"dtypes"}, {"layers"}, {"kernels"},
-                        {"accuracy", false}, {"accuracy-steps"}, {"reference-model"}, {"shape"}, {"repeat"}});
+                        {"accuracy", false}, {"accuracy-steps"}, {"reference-model"}, {"shape"}, {"repeat"}, {"model"}});
     const int promptTokens = args.getInt("prompt-tokens", 128);
     const int decodeTokens = args.getInt("decode-tokens", 128);
     const int repeat = std::max(1, args.getInt("repeat", 3));
@@ -283,7 +283,10 @@ int runBench(const std::vector<std::string>& rest)
     const std::string cache = args.get("cache", fs::path(defaultModelDir()).parent_path().string());
     printKernels(active);
 
-    if (!dtypes.empty() && !paths.empty() && !threadCounts.empty()) {
+    if (args.has("model") && !dtypes.empty() && !paths.empty() && !threadCounts.empty()) {
+        // A given model (a GGUF file: `--dtypes native,q8` compares its own blocks with q8).
+        benchSpeed(args.get("model", ""), dtypes, paths, threadCounts, promptTokens, decodeTokens, repeat, active);
+    } else if (!dtypes.empty() && !paths.empty() && !threadCounts.empty()) {
         const std::string shape = args.get("shape", "tinyllama-1.1b");
         if (!fitsThisMachine(shape, args.getInt("layers", 0), dtypes, cache))
             return 0;

@@ -2,6 +2,7 @@
 #include "engine/llama_model.h"
 
 #include "base/error.h"
+#include "model/ggml_types.h"
 #include "model/run_dtype.h"
 #include "model/safetensors.h"
 #include "text/run_options.h"
@@ -25,6 +26,10 @@ ComputeType parseComputeType(const std::string& s)
         return ComputeType::BF16;
     case RunDtype::Q8:
         return ComputeType::Q8;
+    case RunDtype::Q4:
+        return ComputeType::Q4;
+    case RunDtype::Native:
+        return ComputeType::Native;
     case RunDtype::F32:
         break;
     }
@@ -33,7 +38,19 @@ ComputeType parseComputeType(const std::string& s)
 
 const char* computeTypeName(ComputeType t)
 {
-    return runDtypeName(t == ComputeType::BF16 ? RunDtype::BF16 : t == ComputeType::Q8 ? RunDtype::Q8 : RunDtype::F32);
+    switch (t) {
+    case ComputeType::BF16:
+        return runDtypeName(RunDtype::BF16);
+    case ComputeType::Q8:
+        return runDtypeName(RunDtype::Q8);
+    case ComputeType::Q4:
+        return runDtypeName(RunDtype::Q4);
+    case ComputeType::Native:
+        return runDtypeName(RunDtype::Native);
+    case ComputeType::F32:
+        break;
+    }
+    return runDtypeName(RunDtype::F32);
 }
 
 ComputeType defaultComputeType() { return parseComputeType(defaultDtypeName()); }
@@ -53,11 +70,41 @@ at::ScalarType scalarOf(DType d)
     return at::kFloat;
 }
 
-// Copies a mapped tensor into owned memory of the wanted type (the map is released after loading).
+// Copies a mapped tensor into owned memory of the wanted type (the map is released after loading). Blocks (a
+// GGUF tensor kept in its type) are widened row by row.
 at::Tensor load(const TensorView& t, at::ScalarType to)
 {
+    if (t.stored) {
+        const int64_t cols = t.shape.empty() ? 1 : t.shape.back(), rows = cols > 0 ? t.numel() / cols : 0;
+        if (static_cast<int64_t>(t.nbytes) != rows * ggmlRowBytes(*t.stored, cols))
+            throw Error("tensor " + t.name + ": " + std::to_string(t.nbytes) + " bytes of " + ggmlTypeName(*t.stored) + " for shape " +
+                        shapeString(t.shape));
+        at::Tensor wide = at::empty(t.shape, at::kFloat);
+        const size_t rowBytes = static_cast<size_t>(ggmlRowBytes(*t.stored, cols));
+        for (int64_t r = 0; r < rows; ++r)
+            dequantizeRow(*t.stored, t.data + static_cast<size_t>(r) * rowBytes, wide.data_ptr<float>() + r * cols, cols);
+        return wide.to(to);
+    }
     at::Tensor view = at::from_blob(const_cast<std::byte*>(t.data), t.shape, at::TensorOptions().dtype(scalarOf(t.dtype)));
     return view.to(to, /*non_blocking=*/false, /*copy=*/true).contiguous();
+}
+
+// A matrix view in the type the file stores, copied into weight memory.
+kernels::BlockMatrix loadBlocks(const TensorView& t)
+{
+    if (t.shape.size() != 2)
+        throw Error("tensor " + t.name + " of shape " + shapeString(t.shape) + " is not a matrix");
+    const GgmlType type = t.stored ? *t.stored
+                          : t.dtype == DType::F16 ? GgmlType::F16
+                          : t.dtype == DType::BF16 ? GgmlType::BF16
+                                                   : GgmlType::F32;
+    const int64_t rows = t.shape[0], cols = t.shape[1];
+    const GgmlTypeInfo& info = ggmlTypeInfo(type);
+    if (cols % info.blockSize != 0)
+        throw Error("tensor " + t.name + ": rows of " + std::to_string(cols) + " are not whole " + info.name + " blocks");
+    if (static_cast<int64_t>(t.nbytes) != rows * ggmlRowBytes(type, cols))
+        throw Error("tensor " + t.name + ": " + std::to_string(t.nbytes) + " bytes of " + info.name + " for shape " + shapeString(t.shape));
+    return kernels::makeBlockMatrix(type, rows, cols, t.data);
 }
 
 } // namespace
@@ -102,7 +149,7 @@ void KvCache::reserve(int64_t needed)
 }
 
 LlamaModel::LlamaModel(const ModelConfig& config, const SafeTensors& tensors, ComputeType compute)
-    : LlamaModel(config, SafeTensorsWeights(tensors), compute, ShardSpec::whole(config), nullptr)
+    : LlamaModel(config, SafeTensorsWeights(tensors, compute == ComputeType::Native), compute, ShardSpec::whole(config), nullptr)
 {
 }
 
@@ -114,46 +161,80 @@ LlamaModel::LlamaModel(const ModelConfig& config, const WeightProvider& weights,
     , m_dims(shardDims(config, spec.tpRank, spec.tpSize))
     , m_comm(comm)
 {
-    // Linear weights load as bf16/f32, or as f32 to be quantized (q8); the embedding table of a q8 run is bf16.
+    // Linear weights load as bf16/f32, or as f32 to be quantized (q8, q4); the embedding table of a q8 or q4 run is
+    // bf16. A native run takes every matrix as the provider holds it (blocks), widening nothing.
+    const bool native = compute == ComputeType::Native;
     const at::ScalarType wt = compute == ComputeType::BF16 ? at::kBFloat16 : at::kFloat;
     const at::ScalarType embedType = compute == ComputeType::F32 ? at::kFloat : at::kBFloat16;
     std::map<std::string, TensorSlice> slices;
     for (auto& s : shardTensors(config, spec))
         slices.emplace(s.name, s);
-    auto get = [&](const std::string& name, at::ScalarType to) {
+    auto view = [&](const std::string& name, std::vector<std::byte>& scratch) {
         auto it = slices.find(name);
         if (it == slices.end())
             throw Error("internal: tensor " + name + " is not part of this shard");
-        std::vector<std::byte> scratch;
         TensorView v = weights.get(it->second, scratch);
         if (v.shape != it->second.shape())
             throw Error("tensor " + name + " has shape " + shapeString(v.shape) + " but this shard needs " +
                         shapeString(it->second.shape()));
+        if (v.interleavedHead > 0)
+            throw Error("internal: tensor " + name + " reached the model in rotary-interleaved order");
+        return std::make_pair(v, it->second);
+    };
+    auto get = [&](const std::string& name, at::ScalarType to) {
+        std::vector<std::byte> scratch;
+        auto [v, slice] = view(name, scratch);
         at::Tensor t = load(v, to);
-        weights.release(it->second);
+        weights.release(slice);
         return t;
     };
-    if (spec.holdsEmbedding() || (spec.holdsHead() && config.tieWordEmbeddings))
+    auto blocks = [&](const std::string& name) {
+        std::vector<std::byte> scratch;
+        auto [v, slice] = view(name, scratch);
+        kernels::BlockMatrix b = loadBlocks(v);
+        weights.release(slice);
+        m_loadedBlocks.emplace_back(name, b);
+        return b;
+    };
+    // A matrix, or rows of several stacked (q/k/v, gate/up).
+    auto matrix = [&](const std::vector<std::string>& names) {
+        if (native) {
+            std::vector<kernels::BlockMatrix> parts;
+            for (auto& n : names)
+                parts.push_back(blocks(n));
+            return stack(std::move(parts));
+        }
+        std::vector<at::Tensor> ts;
+        for (auto& n : names)
+            ts.push_back(get(n, wt));
+        return makeMatrix(ts.size() == 1 ? ts[0] : at::cat(ts, 0));
+    };
+    const bool needEmbed = spec.holdsEmbedding() || (spec.holdsHead() && config.tieWordEmbeddings);
+    if (needEmbed && native)
+        m_embedBlocks = blocks("model.embed_tokens.weight");
+    else if (needEmbed)
         m_embed = get("model.embed_tokens.weight", embedType);
     if (spec.holdsHead()) {
         m_finalNorm = get("model.norm.weight", at::kFloat);
         if (!config.tieWordEmbeddings)
-            m_lmHead = makeMatrix(get("lm_head.weight", wt));
+            m_lmHead = matrix({"lm_head.weight"});
+        else if (native) // the head is our vocabulary rows of the table (all of it, when the table is only ours)
+            m_lmHead = stack({spec.holdsEmbedding() ? m_embedBlocks.rowRange(m_dims.vocabBegin, m_dims.vocab) : m_embedBlocks});
         else if (spec.holdsEmbedding()) // whole embedding here: the head is our vocabulary rows of it
             m_lmHead = makeMatrix(m_embed.narrow(0, m_dims.vocabBegin, m_dims.vocab));
         else
             m_lmHead = makeMatrix(m_embed); // loaded as exactly our rows
-        if (m_embed.defined() && !spec.holdsEmbedding())
-            m_embed = at::Tensor(); // only the head needed it
+        if (!spec.holdsEmbedding()) { // only the head needed it
+            m_embed = at::Tensor();
+            m_embedBlocks = kernels::BlockMatrix();
+        }
     }
     for (int64_t l = spec.firstLayer; l <= spec.lastLayer; ++l) {
         const std::string p = "model.layers." + std::to_string(l) + ".";
         Layer L;
         L.inputNorm = get(p + "input_layernorm.weight", at::kFloat);
         L.postNorm = get(p + "post_attention_layernorm.weight", at::kFloat);
-        L.wqkv = makeMatrix(at::cat({get(p + "self_attn.q_proj.weight", wt), get(p + "self_attn.k_proj.weight", wt),
-                                     get(p + "self_attn.v_proj.weight", wt)},
-                                    0));
+        L.wqkv = matrix({p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight"});
         if (config.attentionBias)
             L.bqkv = at::cat({get(p + "self_attn.q_proj.bias", at::kFloat), get(p + "self_attn.k_proj.bias", at::kFloat),
                               get(p + "self_attn.v_proj.bias", at::kFloat)},
@@ -162,9 +243,9 @@ LlamaModel::LlamaModel(const ModelConfig& config, const WeightProvider& weights,
             L.qNorm = get(p + "self_attn.q_norm.weight", at::kFloat);
             L.kNorm = get(p + "self_attn.k_norm.weight", at::kFloat);
         }
-        L.wo = makeMatrix(get(p + "self_attn.o_proj.weight", wt));
-        L.wGateUp = makeMatrix(at::cat({get(p + "mlp.gate_proj.weight", wt), get(p + "mlp.up_proj.weight", wt)}, 0));
-        L.wDown = makeMatrix(get(p + "mlp.down_proj.weight", wt));
+        L.wo = matrix({p + "self_attn.o_proj.weight"});
+        L.wGateUp = matrix({p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"});
+        L.wDown = matrix({p + "mlp.down_proj.weight"});
         m_layers.push_back(std::move(L));
     }
 
@@ -203,15 +284,49 @@ int64_t LlamaModel::Matrix::bytes() const
 {
     if (q8)
         return static_cast<int64_t>(q8->bytes());
-    return w.defined() ? static_cast<int64_t>(w.nbytes()) : 0;
+    int64_t total = w.defined() ? static_cast<int64_t>(w.nbytes()) : 0;
+    for (auto& p : parts)
+        total += static_cast<int64_t>(p.bytes());
+    return total;
 }
+
+LlamaModel::Matrix LlamaModel::stack(std::vector<kernels::BlockMatrix> parts)
+{
+    Matrix m;
+    if (parts.empty())
+        throw Error("internal: a matrix of no parts");
+    m.cols = parts.front().cols;
+    for (auto& p : parts) {
+        if (p.cols != m.cols)
+            throw Error("internal: stacking a " + std::to_string(p.cols) + "-column matrix on " + std::to_string(m.cols) + " columns");
+        m.rows += p.rows;
+    }
+    m.parts = std::move(parts);
+    return m;
+}
+
+std::vector<std::pair<std::string, kernels::BlockMatrix>> LlamaModel::blockMatrices() const { return m_loadedBlocks; }
 
 LlamaModel::Matrix LlamaModel::makeMatrix(const at::Tensor& w) const
 {
     Matrix m;
     m.rows = w.size(0);
     m.cols = w.size(1);
-    if (m_compute != ComputeType::Q8) {
+    const GgmlType q4 = m.cols % 256 == 0 ? GgmlType::Q4_K : GgmlType::Q4_0;
+    if (m_compute == ComputeType::Q4 && m.cols % 32 == 0) {
+        // Q4_K blocks (Q4_0 for rows that are not whole 256-weight blocks), quantized a row at a time.
+        at::Tensor f = w.to(at::kFloat).contiguous();
+        kernels::BlockMatrix b = kernels::makeBlockMatrix(q4, m.rows, m.cols);
+        const float* src = f.data_ptr<float>();
+        auto* dst = const_cast<std::byte*>(b.data);
+        kernels::parallelRows(m.rows, 16, [&](int64_t r0, int64_t r1) {
+            for (int64_t r = r0; r < r1; ++r)
+                quantizeRow(q4, src + r * m.cols, dst + static_cast<size_t>(r) * b.rowBytes, m.cols);
+        });
+        m.parts.push_back(std::move(b));
+        return m;
+    }
+    if (m_compute != ComputeType::Q8 && m_compute != ComputeType::Q4) {
         // Copied into memory a decode step streams faster (kernels::allocateWeights: huge pages).
         const size_t bytes = w.nbytes();
         void* p = kernels::allocateWeights(bytes);
@@ -239,6 +354,8 @@ int64_t LlamaModel::weightBytesPerToken() const
         total += m_lmHead.bytes() + m_finalNorm.nbytes();
     if (m_embed.defined() && m_spec.holdsEmbedding())
         total += m_embed.nbytes() / m_embed.size(0); // one embedding row per token
+    if (m_embedBlocks.data && m_spec.holdsEmbedding())
+        total += static_cast<int64_t>(m_embedBlocks.rowBytes);
     return total;
 }
 
@@ -326,7 +443,9 @@ at::Tensor LlamaModel::linear(const at::Tensor& x, const Matrix& m, const at::Te
         throw Error("internal: a [" + std::to_string(T) + ", " + std::to_string(x.size(1)) + "] input to a [" + std::to_string(m.rows) +
                     ", " + std::to_string(m.cols) + "] weight");
     at::Tensor y;
-    if (T == 1 && !m.q8 && g_atenDecode.load()) {
+    if (!m.parts.empty()) {
+        y = linearBlocks(x, m);
+    } else if (T == 1 && !m.q8 && g_atenDecode.load()) {
         y = at::mv(m.w, x.to(m.w.scalar_type()).view({m.cols})).view({1, m.rows});
     } else if (T == 1 || (m.q8 && T <= kQ8KernelRows)) {
         // Decode: the weights × one vector at memory speed (worker/kernels), split by output rows over the pool.
@@ -383,6 +502,72 @@ at::Tensor LlamaModel::linear(const at::Tensor& x, const Matrix& m, const at::Te
     return y;
 }
 
+at::Tensor LlamaModel::linearBlocks(const at::Tensor& x, const Matrix& m) const
+{
+    const int64_t T = x.size(0);
+    at::Tensor y = at::empty({T, m.rows}, at::kFloat);
+    at::Tensor xf = x.to(at::kFloat).contiguous();
+    if (T <= kQ8KernelRows) {
+        // Decode: one pass of the block kernels over all parts per row of x, the input prepared once for them.
+        std::vector<GgmlType> types;
+        for (auto& p : m.parts)
+            types.push_back(p.type);
+        kernels::BlockInput in;
+        for (int64_t t = 0; t < T; ++t) {
+            in.prepare(xf.data_ptr<float>() + t * m.cols, m.cols, types);
+            float* out = y.data_ptr<float>() + t * m.rows;
+            kernels::parallelRows(m.rows, 16, [&](int64_t r0, int64_t r1) {
+                int64_t base = 0;
+                for (auto& p : m.parts) {
+                    const int64_t lo = std::max(r0, base), hi = std::min(r1, base + p.rows);
+                    if (lo < hi)
+                        kernels::gemvBlocks(p, in, out + base, lo - base, hi - base);
+                    base += p.rows;
+                }
+            });
+        }
+        return y;
+    }
+    // Prefill: f32 and bf16 parts multiply as they are; block types through tiles of dequantized rows (bf16 where
+    // the CPU multiplies bf16 natively), each written into one reused buffer that stays in cache.
+    static const bool bf16 = defaultComputeType() == ComputeType::BF16;
+    constexpr int64_t kTileRows = 256;
+    int64_t base = 0;
+    for (auto& p : m.parts) {
+        if (p.type == GgmlType::F32 || p.type == GgmlType::BF16) {
+            const at::ScalarType st = p.type == GgmlType::F32 ? at::kFloat : at::kBFloat16;
+            at::Tensor w = at::from_blob(const_cast<std::byte*>(p.data), {p.rows, p.cols}, at::TensorOptions().dtype(st));
+            y.narrow(1, base, p.rows).copy_(at::linear(xf.to(st), w));
+            base += p.rows;
+            continue;
+        }
+        thread_local at::Tensor tile;
+        if (!tile.defined() || tile.numel() < kTileRows * p.cols)
+            tile = at::empty({kTileRows * p.cols}, at::kFloat);
+        at::Tensor xw = bf16 ? xf.to(at::kBFloat16) : xf;
+        for (int64_t r0 = 0; r0 < p.rows; r0 += kTileRows) {
+            const int64_t n = std::min(kTileRows, p.rows - r0);
+            at::Tensor wd = tile.narrow(0, 0, n * p.cols).view({n, p.cols});
+            at::parallel_for(0, n, 16, [&](int64_t a, int64_t b) { kernels::dequantizeRows(p, r0 + a, r0 + b, wd.data_ptr<float>() + a * p.cols); });
+            y.narrow(1, base + r0, n).copy_(at::linear(xw, bf16 ? wd.to(at::kBFloat16) : wd));
+        }
+        base += p.rows;
+    }
+    return y;
+}
+
+at::Tensor LlamaModel::embed(const at::Tensor& ids) const
+{
+    if (!m_embedBlocks.data)
+        return m_embed.index_select(0, ids).to(at::kFloat);
+    const int64_t T = ids.size(0);
+    at::Tensor x = at::empty({T, m_embedBlocks.cols}, at::kFloat);
+    const int64_t* p = ids.data_ptr<int64_t>();
+    for (int64_t i = 0; i < T; ++i)
+        kernels::dequantizeRows(m_embedBlocks, p[i], p[i] + 1, x.data_ptr<float>() + i * m_embedBlocks.cols);
+    return x;
+}
+
 at::Tensor LlamaModel::rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const
 {
     // x: [T, heads, d]; rotate_half(x) = cat(-x2, x1) over the last dim
@@ -415,7 +600,7 @@ at::Tensor LlamaModel::forwardShard(const at::Tensor& input, KvCache& cache) con
         for (int64_t i = 0; i < T; ++i)
             if (ids[i] < 0 || ids[i] >= c.vocabSize)
                 throw Error("token id " + std::to_string(ids[i]) + " is outside the model's vocabulary (" + std::to_string(c.vocabSize) + ")");
-        x = m_embed.index_select(0, input).to(at::kFloat); // [T, hidden]
+        x = embed(input); // [T, hidden]
     } else {
         if (input.scalar_type() != at::kFloat || input.dim() != 2 || input.size(1) != c.hiddenSize || input.size(0) == 0)
             throw Error("a later stage takes an f32 hidden state [T, " + std::to_string(c.hiddenSize) + "]");

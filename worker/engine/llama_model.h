@@ -20,14 +20,18 @@ class SafeTensors;
 // Numerics of a run. In BF16 mode the weights and the inputs of every linear layer are bf16; in Q8 mode the
 // linear layers' weights are GGUF Q8_0 blocks (int8, one f16 scale per 32, quantized at load from the checkpoint)
 // and decode quantizes their inputs the same way, while prefill multiplies dequantized weights on oneDNN/BLAS;
-// the embedding table is then kept in bf16. In every mode the residual stream, RMSNorm, rotary, attention
-// scores, softmax, KV cache and logits stay f32.
+// the embedding table is then kept in bf16. Q4 is the same with Q4_K blocks (Q4_0 where a row is not whole
+// 256-weight blocks). In Native mode every matrix, the embedding table included, stays in the type the model file
+// stores (a GGUF's Q4_K, Q6_K, Q8_0... blocks, or f16/bf16/f32) and runs on the block kernels. In every mode the
+// residual stream, RMSNorm, rotary, attention scores, softmax, KV cache and logits stay f32.
 enum class ComputeType {
     F32,
     BF16,
     Q8,
+    Q4,
+    Native,
 };
-ComputeType parseComputeType(const std::string& s); // "f32" | "bf16" | "q8"; throws Error otherwise
+ComputeType parseComputeType(const std::string& s); // "f32" | "bf16" | "q8" | "q4" | "native"; throws Error otherwise
 const char* computeTypeName(ComputeType t);
 // bf16 where the CPU has AVX-512 BF16 (native bf16 dot products), else f32.
 ComputeType defaultComputeType();
@@ -88,18 +92,25 @@ public:
     // Bytes of weights one decode step reads (each matrix once, one embedding row).
     int64_t weightBytesPerToken() const;
 
-    // A linear layer's weight [rows, cols] in the run's format: a tensor (f32, bf16), or q8 blocks.
+    // A linear layer's weight [rows, cols] in the run's format: a tensor (f32, bf16), q8 blocks, or block
+    // matrices stacked by rows (q4, native: a fused q/k/v keeps each part's own type, as a Q4_K_M file mixes
+    // Q4_K and Q6_K).
     struct Matrix {
         at::Tensor w;
         std::shared_ptr<const kernels::Q8Matrix> q8;
+        std::vector<kernels::BlockMatrix> parts;
         int64_t rows = 0, cols = 0;
         int64_t bytes() const;
     };
     // Y = X · Wᵀ (+ b), f32 [T, rows]. One-row steps (and q8 steps of a few rows) run the decode kernels over
     // the shard's thread pool; longer ones oneDNN/BLAS's GEMM. Public for calibration and benchmarks.
     at::Tensor linear(const at::Tensor& x, const Matrix& w, const at::Tensor& b = {}) const;
-    // The weight in this model's format (quantized when it runs q8).
+    // The weight in this model's format (quantized when it runs q8 or q4).
     Matrix makeMatrix(const at::Tensor& w) const;
+    // Block matrices stacked by rows (all of one width).
+    static Matrix stack(std::vector<kernels::BlockMatrix> parts);
+    // The block kernels' matrices of this shard, in load order (tests check they hold the file's bytes).
+    std::vector<std::pair<std::string, kernels::BlockMatrix>> blockMatrices() const;
     // Benchmarks only: one-row f32/bf16 products through ATen (at::mv: oneDNN or BLAS) instead of the decode
     // kernels, as before they existed, so both are measured side by side in one run. Process-wide.
     static void setAtenDecode(bool on);
@@ -112,6 +123,8 @@ private:
         at::Tensor qNorm, kNorm; // undefined without qk norm
     };
     at::Tensor rmsNorm(const at::Tensor& x, const at::Tensor& w) const;
+    at::Tensor linearBlocks(const at::Tensor& x, const Matrix& m) const;
+    at::Tensor embed(const at::Tensor& ids) const;
     at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
 
     ModelConfig m_config;
@@ -120,6 +133,8 @@ private:
     ShardDims m_dims;
     Communicator* m_comm = nullptr;
     at::Tensor m_embed, m_finalNorm, m_invFreq;
+    kernels::BlockMatrix m_embedBlocks; // Native: the table in the file's type (rows dequantized per token)
+    std::vector<std::pair<std::string, kernels::BlockMatrix>> m_loadedBlocks;
     Matrix m_lmHead;
     std::vector<Layer> m_layers;
 };

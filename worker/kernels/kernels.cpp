@@ -4,6 +4,7 @@
 
 #include "base/error.h"
 #include "kernels/paths.h"
+#include "model/ggml_types.h"
 #include "model/safetensors.h"
 
 #include <algorithm>
@@ -228,6 +229,7 @@ void quantizeVectorQ8(const float* x, int64_t cols, Q8Vector& out)
     out.blocks = q8Blocks(cols);
     out.qs.assign(static_cast<size_t>(out.blocks * kQ8Block), 0);
     out.d.assign(static_cast<size_t>(out.blocks), 0.0f);
+    out.s.assign(static_cast<size_t>(out.blocks), 0.0f);
     for (int64_t b = 0; b < out.blocks; ++b) {
         const int64_t c0 = b * kQ8Block, n = std::min(kQ8Block, cols - c0);
         float amax = 0;
@@ -235,11 +237,134 @@ void quantizeVectorQ8(const float* x, int64_t cols, Q8Vector& out)
             amax = std::max(amax, std::fabs(x[c0 + i]));
         const float d = amax / 127.0f;
         out.d[static_cast<size_t>(b)] = d;
-        if (d > 0)
-            for (int64_t i = 0; i < n; ++i)
-                out.qs[static_cast<size_t>(c0 + i)] = static_cast<int8_t>(std::clamp<long>(std::lrint(x[c0 + i] / d), -127, 127));
+        if (d > 0) {
+            int32_t sum = 0;
+            for (int64_t i = 0; i < n; ++i) {
+                const auto q = static_cast<int8_t>(std::clamp<long>(std::lrint(x[c0 + i] / d), -127, 127));
+                out.qs[static_cast<size_t>(c0 + i)] = q;
+                sum += q;
+            }
+            out.s[static_cast<size_t>(b)] = d * static_cast<float>(sum);
+        }
     }
 }
+
+// ---- block matrices ----
+
+BlockMatrix BlockMatrix::rowRange(int64_t r0, int64_t n) const
+{
+    if (r0 < 0 || n < 0 || r0 + n > rows)
+        throw Error("internal: rows " + std::to_string(r0) + "+" + std::to_string(n) + " of a " + std::to_string(rows) + "-row matrix");
+    BlockMatrix v = *this;
+    v.rows = n;
+    v.data = data + static_cast<size_t>(r0) * rowBytes;
+    return v;
+}
+
+BlockMatrix makeBlockMatrix(GgmlType type, int64_t rows, int64_t cols, const std::byte* src)
+{
+    const GgmlTypeInfo& info = ggmlTypeInfo(type);
+    if (!info.runnable)
+        throw Error(std::string("the ") + info.name + " type has no kernels here");
+    if (rows < 0 || cols <= 0 || cols % info.blockSize != 0)
+        throw Error(std::string("a [") + std::to_string(rows) + ", " + std::to_string(cols) + "] matrix is not whole " + info.name +
+                    " blocks of " + std::to_string(info.blockSize));
+    BlockMatrix m;
+    m.type = type;
+    m.rows = rows;
+    m.cols = cols;
+    m.rowBytes = static_cast<size_t>(ggmlRowBytes(type, cols));
+    const size_t bytes = std::max<size_t>(1, m.bytes());
+    auto* p = static_cast<std::byte*>(allocateWeights(bytes));
+    m.storage = std::shared_ptr<const std::byte>(p, [bytes](const std::byte* q) { freeWeights(const_cast<std::byte*>(q), bytes); });
+    if (src)
+        std::memcpy(p, src, m.bytes());
+    m.data = p;
+    return m;
+}
+
+void dequantizeRows(const BlockMatrix& m, int64_t r0, int64_t r1, float* out)
+{
+    for (int64_t r = r0; r < r1; ++r)
+        dequantizeRow(m.type, m.data + static_cast<size_t>(r) * m.rowBytes, out + (r - r0) * m.cols, m.cols);
+}
+
+void BlockInput::prepare(const float* xin, int64_t n, const std::vector<GgmlType>& types)
+{
+    x = xin;
+    cols = n;
+    bool wantBf16 = false, wantQ8 = false, wantK = false;
+    for (GgmlType t : types) {
+        wantBf16 = wantBf16 || t == GgmlType::BF16;
+        wantK = wantK || t == GgmlType::Q5_K || t == GgmlType::Q6_K;
+        wantQ8 = wantQ8 || (t != GgmlType::F32 && t != GgmlType::F16 && t != GgmlType::BF16);
+    }
+    if (wantK && n % 256 == 0) {
+        const int64_t nb = n / 256;
+        kq.resize(static_cast<size_t>(n));
+        kd.resize(static_cast<size_t>(nb));
+        ksum.resize(static_cast<size_t>(n / 16));
+        for (int64_t b = 0; b < nb; ++b) {
+            float amax = 0;
+            for (int64_t i = b * 256; i < b * 256 + 256; ++i)
+                amax = std::max(amax, std::fabs(xin[i]));
+            const float d = amax / 127.0f, inv = d > 0 ? 1.0f / d : 0.0f;
+            kd[static_cast<size_t>(b)] = d;
+            for (int64_t g = b * 16; g < b * 16 + 16; ++g) {
+                int sum = 0;
+                for (int64_t i = g * 16; i < g * 16 + 16; ++i) {
+                    const auto q = static_cast<int8_t>(std::clamp<long>(std::lrint(xin[i] * inv), -127, 127));
+                    kq[static_cast<size_t>(i)] = q;
+                    sum += q;
+                }
+                ksum[static_cast<size_t>(g)] = static_cast<int16_t>(sum);
+            }
+        }
+    }
+    if (wantBf16) {
+        bf16.resize(static_cast<size_t>(n));
+        for (int64_t i = 0; i < n; ++i) { // round to nearest even (finite activations)
+            uint32_t bits;
+            std::memcpy(&bits, xin + i, 4);
+            bf16[static_cast<size_t>(i)] = static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+        }
+    }
+    if (wantQ8)
+        quantizeVectorQ8(xin, n, q8);
+}
+
+bool hasBlockKernel(Path p, GgmlType type)
+{
+    if (p == Path::Portable || type == GgmlType::F32 || type == GgmlType::BF16)
+        return true;
+    // An empty row range: the path answers for the type without reading anything.
+    float y = 0;
+    return tableOf(p).blocks(type, nullptr, 0, 0, BlockInput(), &y, 0, 0);
+}
+
+void gemvBlocksOn(Path p, const BlockMatrix& w, const BlockInput& x, float* y, int64_t r0, int64_t r1)
+{
+    if (x.cols != w.cols)
+        throw Error("internal: a product of a " + std::to_string(w.cols) + "-column matrix with " + std::to_string(x.cols) + " inputs");
+    const detail::Table& t = tableOf(p);
+    switch (w.type) {
+    case GgmlType::F32:
+        t.f32(reinterpret_cast<const float*>(w.data), x.x, y, w.cols, r0, r1);
+        return;
+    case GgmlType::BF16:
+        t.bf16(reinterpret_cast<const uint16_t*>(w.data), x.bf16.data(), y, w.cols, r0, r1);
+        return;
+    default:
+        break;
+    }
+    const bool k = w.type == GgmlType::Q5_K || w.type == GgmlType::Q6_K;
+    if (w.type != GgmlType::F16 && (x.q8.cols != w.cols || (k && static_cast<int64_t>(x.kq.size()) != w.cols)))
+        throw Error("internal: the activation was not quantized for a block product");
+    if (!t.blocks(w.type, w.data, w.rowBytes, w.cols, x, y, r0, r1))
+        detail::portableTable().blocks(w.type, w.data, w.rowBytes, w.cols, x, y, r0, r1);
+}
+
+void gemvBlocks(const BlockMatrix& w, const BlockInput& x, float* y, int64_t r0, int64_t r1) { gemvBlocksOn(activePath(), w, x, y, r0, r1); }
 
 void gemvF32On(Path p, const float* w, const float* x, float* y, int64_t cols, int64_t r0, int64_t r1)
 {

@@ -15,10 +15,18 @@
 //         scale (34 bytes per 32 weights). Rows are zero-padded to whole blocks. The activation is quantized
 //         the same way per call (with an f32 scale), and each block's product is an exact int32 sum scaled by
 //         d_w · d_x.
+//   blocks  any runnable ggml type as a GGUF file stores it (BlockMatrix): each row its blocks, back to back.
+//         Q4_0, Q5_0, Q8_0, Q4_K and Q6_K (the types of Q4_0, Q4_K_M and Q8_0 files) and F16 have a kernel on every
+//         path; the others (Q4_1, Q5_1, Q5_K) run the portable one on any path. Quantized types multiply
+//         against the activation quantized once per product (BlockInput), with its blocks' sums for the types
+//         whose weights carry an offset (Q4_0's -8, a K-quant's minimum).
+
+#include "model/ggml_types.h"
 
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -88,23 +96,62 @@ Q8Matrix makeQ8(int64_t rows, int64_t cols);
 void dequantizeRowsQ8(const Q8Matrix& m, int64_t r0, int64_t r1, float* out);
 void dequantizeRowsQ8Bf16(const Q8Matrix& m, int64_t r0, int64_t r1, uint16_t* out);
 
-// One activation vector quantized for a q8 product: blocks × 32 int8 and one f32 scale per block.
+// One activation vector quantized for a q8 product: blocks × 32 int8 and one f32 scale per block, and each
+// block's sum d · Σ q (what a weight offset multiplies).
 struct Q8Vector {
     int64_t cols = 0, blocks = 0;
     std::vector<int8_t> qs;
     std::vector<float> d;
+    std::vector<float> s;
 };
 void quantizeVectorQ8(const float* x, int64_t cols, Q8Vector& out);
+
+// A weight matrix in a ggml block type: `rows` rows of rowBytes bytes each (cols / blockSize blocks), in
+// weight memory (allocateWeights). Copies share the bytes; rowRange views a run of rows of them.
+struct BlockMatrix {
+    GgmlType type = GgmlType::F32;
+    int64_t rows = 0, cols = 0;
+    size_t rowBytes = 0;
+    std::shared_ptr<const std::byte> storage;
+    const std::byte* data = nullptr;
+    size_t bytes() const { return static_cast<size_t>(rows) * rowBytes; }
+    BlockMatrix rowRange(int64_t r0, int64_t n) const;
+};
+// Room for a [rows, cols] matrix of the type; throws Error when cols is not a whole number of its blocks or the
+// type is not runnable. `src` (rows · rowBytes bytes), when given, is copied in.
+BlockMatrix makeBlockMatrix(GgmlType type, int64_t rows, int64_t cols, const std::byte* src = nullptr);
+// Rows [r0, r1) of the matrix widened to f32 (prefill's tiles, tests).
+void dequantizeRows(const BlockMatrix& m, int64_t r0, int64_t r1, float* out);
+
+// The activation of one product with block matrices, in every form their types read: f32, bf16 (for BF16
+// weights), Q8 blocks of 32 (Q4_0, Q5_0, Q8_0, Q4_K, ...) and, for Q6_K and Q5_K, Q8 blocks of 256 with one f32
+// scale and the sums of each 16 values (so a super-block's 16 scales and its offset apply in integers, as
+// llama.cpp's Q8_K does). prepare fills the forms `types` need.
+struct BlockInput {
+    const float* x = nullptr;
+    int64_t cols = 0;
+    std::vector<uint16_t> bf16;
+    Q8Vector q8;
+    std::vector<int8_t> kq;    // cols int8
+    std::vector<float> kd;     // cols / 256 scales
+    std::vector<int16_t> ksum; // cols / 16 sums of kq
+    void prepare(const float* x, int64_t cols, const std::vector<GgmlType>& types);
+};
 
 // y[r] for r in [r0, r1): the row range is how a product is split over threads.
 void gemvF32(const float* w, const float* x, float* y, int64_t cols, int64_t r0, int64_t r1);
 void gemvBf16(const uint16_t* w, const uint16_t* x, float* y, int64_t cols, int64_t r0, int64_t r1);
 void gemvQ8(const Q8Matrix& w, const Q8Vector& x, float* y, int64_t r0, int64_t r1);
+// y[r] of a block matrix; x prepared for its type.
+void gemvBlocks(const BlockMatrix& w, const BlockInput& x, float* y, int64_t r0, int64_t r1);
 
 // The same on one path, whatever activePath() says (tests compare every path against a reference).
 void gemvF32On(Path p, const float* w, const float* x, float* y, int64_t cols, int64_t r0, int64_t r1);
 void gemvBf16On(Path p, const uint16_t* w, const uint16_t* x, float* y, int64_t cols, int64_t r0, int64_t r1);
 void gemvQ8On(Path p, const Q8Matrix& w, const Q8Vector& x, float* y, int64_t r0, int64_t r1);
+void gemvBlocksOn(Path p, const BlockMatrix& w, const BlockInput& x, float* y, int64_t r0, int64_t r1);
+// Whether the path has its own kernel for the type (else gemvBlocksOn runs the portable one).
+bool hasBlockKernel(Path p, GgmlType type);
 
 // The compute threads of this process: a persistent pool (the calling thread is one of them) that splits a
 // product by output rows. Sized by setThreads (a shard sets its own count, so shards sharing a host do not

@@ -6,6 +6,7 @@
 #include <immintrin.h>
 #endif
 
+#include <cstring>
 #include <vector>
 
 namespace together::kernels::detail {
@@ -132,13 +133,14 @@ void bf16(const uint16_t* w, const uint16_t* x, float* y, int64_t cols, int64_t 
 
 #define TOGETHER_Q8_DOT(a, b) _mm256_madd_epi16(_mm256_maddubs_epi16((a), (b)), _mm256_set1_epi16(1))
 #include "kernels/q8_256.inc"
+#include "kernels/blocks_256.inc"
 #undef TOGETHER_Q8_DOT
 
 } // namespace
 
 const Table& avx2Table()
 {
-    static const Table t{f32, bf16, q8};
+    static const Table t{f32, bf16, q8, blocks};
     return t;
 }
 

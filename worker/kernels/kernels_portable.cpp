@@ -4,6 +4,7 @@
 #include "kernels/paths.h"
 
 #include <cstring>
+#include <vector>
 
 namespace together::kernels::detail {
 
@@ -84,11 +85,35 @@ void q8(const int8_t* qs, const uint16_t* d, int64_t blocks, const int8_t* xq, c
     }
 }
 
+// Any runnable block type: each row widened to f32 (ggml's layouts, model/ggml_types), then dotted with x in
+// f32. The reference the other paths' block kernels are tested against.
+bool blocks(GgmlType type, const std::byte* w, size_t rowBytes, int64_t cols, const BlockInput& in, float* y, int64_t r0, int64_t r1)
+{
+    const float* x = in.x;
+    thread_local std::vector<float> row;
+    row.resize(static_cast<size_t>(cols));
+    for (int64_t r = r0; r < r1; ++r) {
+        dequantizeRow(type, w + r * rowBytes, row.data(), cols);
+        float acc[8] = {};
+        int64_t c = 0;
+        for (; c + 8 <= cols; c += 8)
+            for (int k = 0; k < 8; ++k)
+                acc[k] += row[static_cast<size_t>(c + k)] * x[c + k];
+        float s = 0;
+        for (; c < cols; ++c)
+            s += row[static_cast<size_t>(c)] * x[c];
+        for (float a : acc)
+            s += a;
+        y[r] = s;
+    }
+    return true;
+}
+
 } // namespace
 
 const Table& portableTable()
 {
-    static const Table t{f32, bf16, q8};
+    static const Table t{f32, bf16, q8, blocks};
     return t;
 }
 

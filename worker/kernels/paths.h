@@ -2,6 +2,10 @@
 #pragma once
 // The per-path entry points behind kernels.h: each path's translation unit fills one table.
 
+#include "kernels/kernels.h"
+#include "model/ggml_types.h"
+
+#include <cstddef>
 #include <cstdint>
 
 namespace together::kernels::detail {
@@ -12,6 +16,9 @@ struct Table {
     // qs: rows × blocks × 32 int8, d: rows × blocks f16; xq: blocks × 32 int8, xd: blocks f32.
     void (*q8)(const int8_t* qs, const uint16_t* d, int64_t blocks, const int8_t* xq, const float* xd, float* y, int64_t r0,
                int64_t r1);
+    // Rows [r0, r1) of a block matrix (rows of rowBytes, cols weights) times x prepared for its type. False
+    // when this path has no kernel for the type.
+    bool (*blocks)(GgmlType type, const std::byte* w, size_t rowBytes, int64_t cols, const BlockInput& x, float* y, int64_t r0, int64_t r1);
 };
 
 const Table& portableTable();

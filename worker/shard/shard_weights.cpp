@@ -28,8 +28,8 @@ grpc::Status fail(grpc::StatusCode code, const std::string& msg) { return grpc::
 // A local checkpoint's slices, each checked against the master's SHA-256 before the model uses it.
 class VerifiedWeights : public WeightProvider {
 public:
-    VerifiedWeights(const SafeTensors& files, const std::map<std::string, std::string>& hashes, std::string dir)
-        : m_inner(files)
+    VerifiedWeights(const SafeTensors& files, bool keepBlocks, const std::map<std::string, std::string>& hashes, std::string dir)
+        : m_inner(files, keepBlocks)
         , m_hashes(hashes)
         , m_dir(std::move(dir))
     {
@@ -95,7 +95,8 @@ TensorView ReceivedWeights::get(const TensorSlice& slice, std::vector<std::byte>
         throw Error("tensor " + slice.name + " was not received");
     TensorView v;
     v.name = slice.name;
-    v.dtype = it->second.dtype;
+    v.dtype = it->second.type.dtype;
+    v.stored = it->second.type.blocks;
     v.shape = it->second.shape;
     v.data = it->second.bytes.data();
     v.nbytes = it->second.bytes.size();
@@ -190,7 +191,7 @@ grpc::Status ShardWeights::receive(grpc::ServerReader<v1::WeightChunk>& reader, 
                 if (std::string bad = wire::checkFirstChunk(chunk, it->second.shape(), first); !bad.empty())
                     throw Error(bad);
                 auto& t = m_weights.tensors[current];
-                t.dtype = first.dtype;
+                t.type = first.type;
                 t.shape = it->second.shape();
                 t.bytes.reserve(first.bytes);
                 EVP_DigestInit_ex(md, EVP_sha256(), nullptr);
@@ -269,7 +270,7 @@ grpc::Status ShardWeights::loadCached(const v1::LoadCachedRequest& req, v1::Load
             if (it == m_slices.end() || t.shape != it->second.shape())
                 return grpc::Status::OK;
             auto& r = m_weights.tensors[t.name];
-            r.dtype = parseDType(t.dtype, "cached tensor " + t.name);
+            r.type = parseTensorType(t.dtype, "cached tensor " + t.name);
             r.shape = t.shape;
             bytes += t.bytes.size();
             r.bytes = std::move(t.bytes);
@@ -313,7 +314,7 @@ grpc::Status ShardWeights::loadLocal(const v1::LoadLocalRequest& req, v1::LoadWe
         SafeTensors files = SafeTensors::open(dir, /*map=*/false); // headers only: the slice is read by pread
         for (auto& [name, view] : files.tensors())
             checkModelFolderAllowed(view.file->path(), m_modelsRoots); // shard files may be symlinks (HF cache)
-        VerifiedWeights weights(files, hashes, dir);
+        VerifiedWeights weights(files, m_compute == ComputeType::Native, hashes, dir);
         m_status.setActivity("reading weights from " + dir);
         buildModel(weights);
         rep->set_bytes(weights.bytesRead());
@@ -360,7 +361,7 @@ void ShardWeights::storeInCache(const std::map<std::string, std::string>& hashes
             auto& r = m_weights.tensors.at(name);
             CachedTensor t;
             t.name = name;
-            t.dtype = dtypeName(r.dtype);
+            t.dtype = tensorTypeName(r.type);
             t.shape = r.shape;
             t.sha256 = hash;
             t.bytes = std::move(r.bytes);

@@ -26,7 +26,7 @@ struct ShardOptions;
 class ReceivedWeights : public WeightProvider {
 public:
     struct Tensor {
-        DType dtype = DType::F32;
+        TensorType type;
         std::vector<int64_t> shape;
         std::vector<std::byte> bytes;
     };

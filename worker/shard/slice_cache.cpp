@@ -4,6 +4,7 @@
 #include "base/hex.h"
 
 #include "base/error.h"
+#include "model/safetensors.h"
 #include "base/files.h"
 #include "base/user_dirs.h"
 
@@ -106,25 +107,19 @@ std::string sha256(const std::vector<std::byte>& bytes)
 }
 
 
-size_t dtypeBytes(const std::string& dtype)
+// The byte size of a tensor of `shape` in the named type (a dtype or a ggml block type); false on an unknown
+// type, a negative dimension, an overflow or a row that is not whole blocks.
+bool tensorBytes(const std::vector<int64_t>& shape, const std::string& type, uint64_t& out)
 {
-    if (dtype == "F32")
-        return 4;
-    if (dtype == "F16" || dtype == "BF16")
-        return 2;
-    return 0;
-}
-
-// The byte size of a tensor of `shape` and element size `elem`; false on a negative dimension or overflow.
-bool tensorBytes(const std::vector<int64_t>& shape, size_t elem, uint64_t& out)
-{
-    uint64_t n = elem;
-    for (int64_t d : shape) {
-        if (d < 0 || __builtin_mul_overflow(n, static_cast<uint64_t>(d), &n))
+    try {
+        const std::optional<uint64_t> n = tensorTypeBytes(parseTensorType(type, "slice cache"), shape);
+        if (!n)
             return false;
+        out = *n;
+        return true;
+    } catch (const Error&) {
+        return false;
     }
-    out = n;
-    return true;
 }
 
 timespec now()
@@ -263,8 +258,7 @@ std::optional<std::vector<CachedTensor>> readEntry(int fd, const struct stat& st
         CachedTensor c;
         c.name = name->get<std::string>();
         c.dtype = dtype->get<std::string>();
-        const size_t elem = dtypeBytes(c.dtype);
-        if (elem == 0 || !seen.insert(c.name).second)
+        if (!seen.insert(c.name).second)
             return std::nullopt;
         for (const json& d : *shape) {
             // Non-negative integers parse as unsigned; anything above int64's range is refused.
@@ -278,7 +272,7 @@ std::optional<std::vector<CachedTensor>> readEntry(int fd, const struct stat& st
                 return std::nullopt;
         }
         uint64_t bytes = 0;
-        if (!tensorBytes(c.shape, elem, bytes) || size->get<uint64_t>() != bytes ||
+        if (!tensorBytes(c.shape, c.dtype, bytes) || size->get<uint64_t>() != bytes ||
             offset->get<uint64_t>() != next || bytes > dataBytes - next)
             return std::nullopt;
         const auto raw = fromHex(hash->get<std::string>());
@@ -354,12 +348,8 @@ void SliceCache::store(const std::string& key, const std::vector<const CachedTen
     for (const CachedTensor* t : tensors) {
         if (!t)
             throw Error("slice cache entry " + path + ": a null tensor");
-        const size_t elem = dtypeBytes(t->dtype);
         uint64_t bytes = 0;
-        if (elem == 0)
-            throw Error("slice cache entry " + path + ": tensor " + t->name + " has dtype '" + t->dtype +
-                        "' (F32, F16 or BF16 expected)");
-        if (t->shape.size() > kMaxRank || !tensorBytes(t->shape, elem, bytes) || bytes != t->bytes.size())
+        if (t->shape.size() > kMaxRank || !tensorBytes(t->shape, t->dtype, bytes) || bytes != t->bytes.size())
             throw Error("slice cache entry " + path + ": tensor " + t->name + " has " +
                         std::to_string(t->bytes.size()) + " bytes, which does not match its shape");
         if (t->sha256.size() != 32)

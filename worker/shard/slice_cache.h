@@ -14,7 +14,7 @@ namespace together {
 // One weight tensor of a slice, as a worker received it from the master.
 struct CachedTensor {
     std::string name;
-    std::string dtype; // "F32" | "F16" | "BF16" (as in safetensors)
+    std::string dtype; // "F32" | "F16" | "BF16" (as in safetensors), or a ggml block type ("Q4_K") of a native run
     std::vector<int64_t> shape;
     std::string sha256; // 32 raw bytes: SHA-256 of `bytes`
     std::vector<std::byte> bytes;
