@@ -271,6 +271,26 @@ TEST(BlockKernelsCoverage, TheTypesOfQ4_0Q4_K_MAndQ8_0FilesHaveAKernelOnEveryPat
     }
 }
 
+// Prefill's widening, on every path, is the file format's definition (model/ggml_types), bit for bit up to the
+// f32 rounding of scale × value (one multiply, or one fused multiply-subtract for Q4_K's minimum).
+TEST(BlockKernelsCoverage, WideningRowsGivesTheFormatsValuesOnEveryPath)
+{
+    std::mt19937 rng(11);
+    for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::F16}) {
+        const int64_t cols = 512;
+        BlockMatrix m = randomBlocks(t, 5, cols, rng);
+        std::vector<float> want(static_cast<size_t>(5 * cols));
+        for (int64_t r = 0; r < 5; ++r)
+            dequantizeRow(t, m.data + r * m.rowBytes, want.data() + r * cols, cols);
+        for (Path p : supportedPaths()) {
+            std::vector<float> got(want.size(), NAN);
+            dequantizeRowsOn(p, m, 0, 5, got.data());
+            for (size_t i = 0; i < got.size(); ++i)
+                ASSERT_NEAR(got[i], want[i], 1e-6f * std::fabs(want[i]) + 1e-9f) << ggmlTypeName(t) << " " << pathName(p) << " at " << i;
+        }
+    }
+}
+
 TEST(BlockKernelsCoverage, AMatrixMustBeWholeBlocksAndARowRangeSharesTheBytes)
 {
     EXPECT_THROW(makeBlockMatrix(GgmlType::Q4_K, 2, 100), Error);

@@ -148,6 +148,35 @@ void KvCache::reserve(int64_t needed)
     m_capacity = cap;
 }
 
+namespace {
+
+// inv_freq[i] = theta^(-2i/d), computed as Hugging Face does (f32 exponent), then llama3 scaling.
+at::Tensor rotaryInvFreq(const ModelConfig& config)
+{
+    const int64_t half = config.headDim / 2;
+    std::vector<float> inv(static_cast<size_t>(half));
+    for (int64_t i = 0; i < half; ++i) {
+        float expo = static_cast<float>(2 * i) / static_cast<float>(config.headDim);
+        double f = 1.0 / std::pow(config.ropeTheta, static_cast<double>(expo));
+        const RopeScaling& rs = config.ropeScaling;
+        if (rs.type == "llama3") {
+            const double lowWavelen = rs.originalMaxPositionEmbeddings / rs.lowFreqFactor;
+            const double highWavelen = rs.originalMaxPositionEmbeddings / rs.highFreqFactor;
+            const double wavelen = 2 * M_PI / f;
+            if (wavelen > lowWavelen) {
+                f = f / rs.factor;
+            } else if (wavelen >= highWavelen) {
+                double smooth = (rs.originalMaxPositionEmbeddings / wavelen - rs.lowFreqFactor) / (rs.highFreqFactor - rs.lowFreqFactor);
+                f = (1 - smooth) * f / rs.factor + smooth * f;
+            }
+        }
+        inv[static_cast<size_t>(i)] = static_cast<float>(f);
+    }
+    return at::tensor(inv, at::kFloat);
+}
+
+} // namespace
+
 LlamaModel::LlamaModel(const ModelConfig& config, const SafeTensors& tensors, ComputeType compute)
     : LlamaModel(config, SafeTensorsWeights(tensors, compute == ComputeType::Native), compute, ShardSpec::whole(config), nullptr)
 {
@@ -249,27 +278,7 @@ LlamaModel::LlamaModel(const ModelConfig& config, const WeightProvider& weights,
         m_layers.push_back(std::move(L));
     }
 
-    // inv_freq[i] = theta^(-2i/d), computed as Hugging Face does (f32 exponent), then llama3 scaling.
-    const int64_t half = config.headDim / 2;
-    std::vector<float> inv(static_cast<size_t>(half));
-    for (int64_t i = 0; i < half; ++i) {
-        float expo = static_cast<float>(2 * i) / static_cast<float>(config.headDim);
-        double f = 1.0 / std::pow(config.ropeTheta, static_cast<double>(expo));
-        const RopeScaling& rs = config.ropeScaling;
-        if (rs.type == "llama3") {
-            const double lowWavelen = rs.originalMaxPositionEmbeddings / rs.lowFreqFactor;
-            const double highWavelen = rs.originalMaxPositionEmbeddings / rs.highFreqFactor;
-            const double wavelen = 2 * M_PI / f;
-            if (wavelen > lowWavelen) {
-                f = f / rs.factor;
-            } else if (wavelen >= highWavelen) {
-                double smooth = (rs.originalMaxPositionEmbeddings / wavelen - rs.lowFreqFactor) / (rs.highFreqFactor - rs.lowFreqFactor);
-                f = (1 - smooth) * f / rs.factor + smooth * f;
-            }
-        }
-        inv[static_cast<size_t>(i)] = static_cast<float>(f);
-    }
-    m_invFreq = at::tensor(inv, at::kFloat);
+    m_invFreq = rotaryInvFreq(config);
 }
 
 KvCache LlamaModel::newCache(int64_t limit) const

@@ -283,11 +283,18 @@ BlockMatrix makeBlockMatrix(GgmlType type, int64_t rows, int64_t cols, const std
     return m;
 }
 
-void dequantizeRows(const BlockMatrix& m, int64_t r0, int64_t r1, float* out)
+void dequantizeRowsOn(Path p, const BlockMatrix& m, int64_t r0, int64_t r1, float* out)
 {
-    for (int64_t r = r0; r < r1; ++r)
-        dequantizeRow(m.type, m.data + static_cast<size_t>(r) * m.rowBytes, out + (r - r0) * m.cols, m.cols);
+    const detail::Table& t = tableOf(p);
+    for (int64_t r = r0; r < r1; ++r) {
+        const std::byte* src = m.data + static_cast<size_t>(r) * m.rowBytes;
+        float* dst = out + (r - r0) * m.cols;
+        if (!t.dequant || !t.dequant(m.type, src, dst, m.cols))
+            dequantizeRow(m.type, src, dst, m.cols);
+    }
 }
+
+void dequantizeRows(const BlockMatrix& m, int64_t r0, int64_t r1, float* out) { dequantizeRowsOn(activePath(), m, r0, r1, out); }
 
 void BlockInput::prepare(const float* xin, int64_t n, const std::vector<GgmlType>& types)
 {

@@ -120,8 +120,10 @@ struct BlockMatrix {
 // Room for a [rows, cols] matrix of the type; throws Error when cols is not a whole number of its blocks or the
 // type is not runnable. `src` (rows · rowBytes bytes), when given, is copied in.
 BlockMatrix makeBlockMatrix(GgmlType type, int64_t rows, int64_t cols, const std::byte* src = nullptr);
-// Rows [r0, r1) of the matrix widened to f32 (prefill's tiles, tests).
+// Rows [r0, r1) of the matrix widened to f32 (prefill's tiles, tests): vectorised for Q4_0, Q8_0, Q4_K and Q6_K
+// on the SIMD paths, model/ggml_types' dequantizeRow otherwise.
 void dequantizeRows(const BlockMatrix& m, int64_t r0, int64_t r1, float* out);
+void dequantizeRowsOn(Path p, const BlockMatrix& m, int64_t r0, int64_t r1, float* out);
 
 // The activation of one product with block matrices, in every form their types read: f32, bf16 (for BF16
 // weights), Q8 blocks of 32 (Q4_0, Q5_0, Q8_0, Q4_K, ...) and, for Q6_K and Q5_K, Q8 blocks of 256 with one f32

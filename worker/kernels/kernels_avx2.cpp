@@ -140,7 +140,7 @@ void bf16(const uint16_t* w, const uint16_t* x, float* y, int64_t cols, int64_t 
 
 const Table& avx2Table()
 {
-    static const Table t{f32, bf16, q8, blocks};
+    static const Table t{f32, bf16, q8, blocks, dequant};
     return t;
 }
 

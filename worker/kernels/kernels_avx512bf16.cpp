@@ -18,7 +18,7 @@ namespace {
 
 const Table& avx512Bf16Table()
 {
-    static const Table t{f32, bf16, q8, blocks};
+    static const Table t{f32, bf16, q8, blocks512, dequant};
     return t;
 }
 

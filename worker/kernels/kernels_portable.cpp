@@ -113,7 +113,7 @@ bool blocks(GgmlType type, const std::byte* w, size_t rowBytes, int64_t cols, co
 
 const Table& portableTable()
 {
-    static const Table t{f32, bf16, q8, blocks};
+    static const Table t{f32, bf16, q8, blocks, nullptr};
     return t;
 }
 

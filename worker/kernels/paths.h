@@ -19,6 +19,8 @@ struct Table {
     // Rows [r0, r1) of a block matrix (rows of rowBytes, cols weights) times x prepared for its type. False
     // when this path has no kernel for the type.
     bool (*blocks)(GgmlType type, const std::byte* w, size_t rowBytes, int64_t cols, const BlockInput& x, float* y, int64_t r0, int64_t r1);
+    // n weights of one row widened to f32; false (or nullptr) when this path leaves the type to the portable code.
+    bool (*dequant)(GgmlType type, const std::byte* src, float* dst, int64_t n);
 };
 
 const Table& portableTable();
