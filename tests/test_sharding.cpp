@@ -292,3 +292,28 @@ TEST(ShardSpec, SplitsAndRefusals)
 }
 
 } // namespace
+
+// A native run keeps a GGUF's blocks whole: tensor-parallel shares of o_proj's and down_proj's columns must be
+// whole blocks of the file's largest type (256 weights for Q4_K_M), else the plan is refused before launch.
+TEST(BlockAlignment, NativeSplitsMustKeepTheFilesBlocksWhole)
+{
+    ModelConfig c; // Qwen2.5 7B's shape
+    c.hiddenSize = 3584;
+    c.intermediateSize = 18944;
+    c.numHeads = 28;
+    c.numKvHeads = 4;
+    c.headDim = 128;
+    c.numLayers = 28;
+    c.vocabSize = 152064;
+    c.storedBlockWeights = 256;
+    EXPECT_EQ(blockAlignmentProblem(c, 1, RunDtype::Native), "");
+    EXPECT_EQ(blockAlignmentProblem(c, 2, RunDtype::Native), ""); // 14 heads: 1792 columns = 7 blocks; MLP 9472 = 37 blocks
+    const std::string four = blockAlignmentProblem(c, 4, RunDtype::Native); // 7 heads: 896 columns
+    EXPECT_NE(four.find("tensor-parallel size 4 cuts the model file's blocks of 256 weights: rank 0's share of the attention output's "
+                        "columns is 0-896"),
+              std::string::npos)
+        << four;
+    EXPECT_EQ(blockAlignmentProblem(c, 4, RunDtype::Q8), ""); // widened and requantized: any split
+    c.storedBlockWeights = 32;                                // a Q4_0 or Q8_0 file
+    EXPECT_EQ(blockAlignmentProblem(c, 4, RunDtype::Native), "");
+}

@@ -98,6 +98,9 @@ void Cluster::admit(const Plan& plan, const std::string& modelDir, const std::st
         throw Error("the context length must be positive");
     m_contextLimit = contextLimit > 0 ? std::min(contextLimit, m_config.contextLimit()) : m_config.contextLimit();
     m_dtype = dtype;
+    for (size_t s = 0; s < plan.stages.size(); ++s)
+        if (const std::string bad = blockAlignmentProblem(m_config, static_cast<int>(plan.stages[s].ranks.size()), parseRunDtype(dtype)); !bad.empty())
+            throw Error("stage " + std::to_string(s) + ": " + bad);
 }
 
 // A Worker per daemon the plan names, a Rank per plan rank (stage-major).

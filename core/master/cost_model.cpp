@@ -393,6 +393,8 @@ std::optional<Candidate> candidateFor(const ModelConfig& config, const std::stri
             } catch (const Error&) {
                 return std::nullopt;
             }
+            if (!blockAlignmentProblem(config, static_cast<int>(g.size()), dt).empty())
+                return std::nullopt;
         }
     if (groups.size() > static_cast<size_t>(config.numLayers))
         return std::nullopt;

@@ -168,6 +168,11 @@ std::string ggufConfigJson(const Gguf& g)
     j["attention_bias"] = g.contains("blk.0.attn_q.bias");
     j["torch_dtype"] = torchDtypeOf(g);
     j["gguf_matrix_bits"] = matrixBits(g);
+    int64_t block = 0;
+    for (const auto& [name, t] : g.tensors())
+        if (t.shape.size() == 2)
+            block = std::max(block, ggmlTypeInfo(t.type).blockSize);
+    j["gguf_block_weights"] = block;
     if (const auto bos = g.getInt("tokenizer.ggml.bos_token_id"))
         j["bos_token_id"] = *bos;
     const std::vector<int64_t> eos = ggufEosTokenIds(g);

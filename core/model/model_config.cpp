@@ -150,6 +150,12 @@ ModelConfig configFromJson(json j, const std::string& where)
             throw Error(where + ": gguf_matrix_bits must be a number of bits per weight in (0, 64]");
         c.storedBitsPerWeight = b.get<double>();
     }
+    if (j.contains("gguf_block_weights")) {
+        const auto& b = j["gguf_block_weights"];
+        if (!b.is_number_unsigned() || b.get<uint64_t>() > 4096)
+            throw Error(where + ": gguf_block_weights must be a block size in weights, at most 4096");
+        c.storedBlockWeights = static_cast<int64_t>(b.get<uint64_t>());
+    }
     if (j.contains("bos_token_id") && j["bos_token_id"].is_number_integer())
         c.bosTokenId = j["bos_token_id"].get<int64_t>();
     if (j.contains("eos_token_id"))

@@ -43,6 +43,9 @@ struct ModelConfig {
     // A GGUF file's matrices: their average bits per weight as stored (its mix of block types), what a native run
     // holds and reads; 0 for a safetensors checkpoint. ("gguf_matrix_bits" in the config JSON a GGUF amounts to.)
     double storedBitsPerWeight = 0;
+    // The largest block of the file's quantized matrices, in weights (256 for the K-quants, 32 for Q4_0/Q8_0...):
+    // a native run's tensor-parallel column shares must be whole ones. 0 for none. ("gguf_block_weights".)
+    int64_t storedBlockWeights = 0;
     // Bits per weight of the matrices as the file stores them: storedBitsPerWeight, else the checkpoint's dtype.
     double nativeBitsPerWeight() const { return storedBitsPerWeight > 0 ? storedBitsPerWeight : torchDtype == "float32" ? 32.0 : 16.0; }
     std::optional<int64_t> bosTokenId;

@@ -23,6 +23,25 @@ void checkTensorParallel(const ModelConfig& c, int tpSize)
                     std::to_string(c.intermediateSize));
 }
 
+std::string blockAlignmentProblem(const ModelConfig& c, int tpSize, RunDtype dtype)
+{
+    const int64_t unit = c.storedBlockWeights;
+    if (dtype != RunDtype::Native || unit <= 1 || tpSize <= 1)
+        return {};
+    for (int r = 0; r < tpSize; ++r) {
+        const ShardDims d = shardDims(c, r, tpSize);
+        const int64_t attn0 = d.qHeadBegin * c.headDim, attn1 = attn0 + d.qHeads * c.headDim;
+        const int64_t mlp0 = d.intermediateBegin, mlp1 = mlp0 + d.intermediate;
+        const char* what = attn0 % unit || attn1 % unit ? "attention output's" : mlp0 % unit || mlp1 % unit ? "MLP's" : nullptr;
+        if (what)
+            return "tensor-parallel size " + std::to_string(tpSize) + " cuts the model file's blocks of " + std::to_string(unit) + " weights: rank " +
+                   std::to_string(r) + "'s share of the " + what + " columns is " +
+                   std::to_string(what[0] == 'a' ? attn0 : mlp0) + "-" + std::to_string(what[0] == 'a' ? attn1 : mlp1) +
+                   "; a native run keeps the blocks whole, so choose a size whose shares are whole blocks, or --dtype q8";
+    }
+    return {};
+}
+
 ShardDims shardDims(const ModelConfig& c, int r, int t)
 {
     ShardDims d;

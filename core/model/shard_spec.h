@@ -51,6 +51,11 @@ ShardDims shardDims(const ModelConfig& c, int tpRank, int tpSize);
 // nor a divisor of tpSize, more ranks than intermediate columns).
 void checkTensorParallel(const ModelConfig& c, int tpSize);
 
+// A native run keeps a GGUF's blocks, so o_proj's and down_proj's tensor-parallel column shares must start and end
+// on the file's largest block (ModelConfig::storedBlockWeights: 256 for the K-quants). Empty when every rank's
+// shares do, or the run does not keep blocks; else the reason, naming the rank, the share and the way out.
+std::string blockAlignmentProblem(const ModelConfig& c, int tpSize, RunDtype dtype);
+
 // One tensor of a shard: which part of the checkpoint tensor it is.
 struct TensorSlice {
     std::string name;

@@ -76,7 +76,7 @@ at::Tensor load(const TensorView& t, at::ScalarType to)
 {
     if (t.stored) {
         const int64_t cols = t.shape.empty() ? 1 : t.shape.back(), rows = cols > 0 ? t.numel() / cols : 0;
-        if (static_cast<int64_t>(t.nbytes) != rows * ggmlRowBytes(*t.stored, cols))
+        if (cols % ggmlTypeInfo(*t.stored).blockSize != 0 || static_cast<int64_t>(t.nbytes) != rows * ggmlRowBytes(*t.stored, cols))
             throw Error("tensor " + t.name + ": " + std::to_string(t.nbytes) + " bytes of " + ggmlTypeName(*t.stored) + " for shape " +
                         shapeString(t.shape));
         at::Tensor wide = at::empty(t.shape, at::kFloat);
@@ -572,8 +572,11 @@ at::Tensor LlamaModel::embed(const at::Tensor& ids) const
     const int64_t T = ids.size(0);
     at::Tensor x = at::empty({T, m_embedBlocks.cols}, at::kFloat);
     const int64_t* p = ids.data_ptr<int64_t>();
-    for (int64_t i = 0; i < T; ++i)
+    for (int64_t i = 0; i < T; ++i) {
+        if (p[i] < 0 || p[i] >= m_embedBlocks.rows)
+            throw Error("token id " + std::to_string(p[i]) + " is outside the embedding table (" + std::to_string(m_embedBlocks.rows) + " rows)");
         kernels::dequantizeRows(m_embedBlocks, p[i], p[i] + 1, x.data_ptr<float>() + i * m_embedBlocks.cols);
+    }
     return x;
 }
 

@@ -359,6 +359,8 @@ void gemvBlocksOn(Path p, const BlockMatrix& w, const BlockInput& x, float* y, i
         t.f32(reinterpret_cast<const float*>(w.data), x.x, y, w.cols, r0, r1);
         return;
     case GgmlType::BF16:
+        if (static_cast<int64_t>(x.bf16.size()) != w.cols)
+            throw Error("internal: the activation was not rounded to bf16 for a bf16 product");
         t.bf16(reinterpret_cast<const uint16_t*>(w.data), x.bf16.data(), y, w.cols, r0, r1);
         return;
     default:

@@ -126,9 +126,9 @@ void dequantizeRows(const BlockMatrix& m, int64_t r0, int64_t r1, float* out);
 void dequantizeRowsOn(Path p, const BlockMatrix& m, int64_t r0, int64_t r1, float* out);
 
 // The activation of one product with block matrices, in every form their types read: f32, bf16 (for BF16
-// weights), Q8 blocks of 32 (Q4_0, Q5_0, Q8_0, Q4_K, ...) and, for Q6_K and Q5_K, Q8 blocks of 256 with one f32
-// scale and the sums of each 16 values (so a super-block's 16 scales and its offset apply in integers, as
-// llama.cpp's Q8_K does). prepare fills the forms `types` need.
+// weights), Q8 blocks of 32 (Q4_0, Q5_0, Q8_0, Q4_K, ...) and, for Q6_K, Q8 blocks of 256 with one f32 scale and
+// the sums of each 16 values (so a super-block's 16 scales and its offset apply in integers, as llama.cpp's Q8_K
+// does; also made for Q5_K, whose kernel is the portable one today). prepare fills the forms `types` need.
 struct BlockInput {
     const float* x = nullptr;
     int64_t cols = 0;
