@@ -104,10 +104,12 @@ const char* torchDtypeOf(const Gguf& g)
     return t == GgmlType::F16 ? "float16" : t == GgmlType::BF16 ? "bfloat16" : "float32";
 }
 
-// The average bits per weight of the file's matrices as stored (3 decimals: the JSON stays stable).
-double matrixBits(const Gguf& g)
+// The file's matrices as stored: their average bits per weight (3 decimals: the JSON stays stable) and their
+// largest block, in weights.
+void matrixStorage(const Gguf& g, json& j)
 {
     double bits = 0, weights = 0;
+    int64_t block = 0;
     for (const auto& [name, t] : g.tensors()) {
         if (t.shape.size() != 2)
             continue;
@@ -115,8 +117,10 @@ double matrixBits(const Gguf& g)
         const double n = static_cast<double>(t.shape[0]) * static_cast<double>(t.shape[1]);
         weights += n;
         bits += n * 8.0 * static_cast<double>(info.blockBytes) / static_cast<double>(info.blockSize);
+        block = std::max(block, info.blockSize);
     }
-    return weights > 0 ? std::round(bits / weights * 1000) / 1000 : 16.0;
+    j["gguf_matrix_bits"] = weights > 0 ? std::round(bits / weights * 1000) / 1000 : 16.0;
+    j["gguf_block_weights"] = block;
 }
 
 } // namespace
@@ -167,12 +171,7 @@ std::string ggufConfigJson(const Gguf& g)
     j["tie_word_embeddings"] = !g.contains("output.weight");
     j["attention_bias"] = g.contains("blk.0.attn_q.bias");
     j["torch_dtype"] = torchDtypeOf(g);
-    j["gguf_matrix_bits"] = matrixBits(g);
-    int64_t block = 0;
-    for (const auto& [name, t] : g.tensors())
-        if (t.shape.size() == 2)
-            block = std::max(block, ggmlTypeInfo(t.type).blockSize);
-    j["gguf_block_weights"] = block;
+    matrixStorage(g, j);
     if (const auto bos = g.getInt("tokenizer.ggml.bos_token_id"))
         j["bos_token_id"] = *bos;
     const std::vector<int64_t> eos = ggufEosTokenIds(g);

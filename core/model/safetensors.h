@@ -78,6 +78,11 @@ struct TensorView {
     // True when the bytes are not `dtype` values in the shape's order: only a slice copy reads them.
     bool encoded() const { return stored.has_value() || interleavedHead > 0; }
     TensorType type() const { return {dtype, stored}; }
+    // The bytes' type in ggml's terms: the stored block type, or the dtype's (F32, F16, BF16).
+    GgmlType ggmlType() const
+    {
+        return stored ? *stored : dtype == DType::F16 ? GgmlType::F16 : dtype == DType::BF16 ? GgmlType::BF16 : GgmlType::F32;
+    }
 
     int64_t numel() const;
 };

@@ -305,10 +305,7 @@ void copyEncodedSlice(const TensorView& full, const TensorSlice& slice, std::vec
     const bool matrix = full.shape.size() == 2;
     const int64_t cols = matrix ? full.shape[1] : full.shape[0];
     const int64_t rows = matrix ? full.shape[0] : 1;
-    const GgmlType type = full.stored ? *full.stored
-                          : full.dtype == DType::F16 ? GgmlType::F16
-                          : full.dtype == DType::BF16 ? GgmlType::BF16
-                                                      : GgmlType::F32;
+    const GgmlType type = full.ggmlType();
     const int64_t head = full.interleavedHead;
     // A 1-D tensor in rotary order (a q or k bias) is a column of single-value rows.
     const bool perElement = !matrix && head > 0;

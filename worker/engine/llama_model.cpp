@@ -70,15 +70,21 @@ at::ScalarType scalarOf(DType d)
     return at::kFloat;
 }
 
+// The view's bytes are its shape in its type (rows of whole blocks).
+void checkBytes(const TensorView& t)
+{
+    if (tensorTypeBytes(t.type(), t.shape) != std::optional<uint64_t>(t.nbytes))
+        throw Error("tensor " + t.name + ": " + std::to_string(t.nbytes) + " bytes are not " + tensorTypeName(t.type()) + " of shape " +
+                    shapeString(t.shape));
+}
+
 // Copies a mapped tensor into owned memory of the wanted type (the map is released after loading). Blocks (a
 // GGUF tensor kept in its type) are widened row by row.
 at::Tensor load(const TensorView& t, at::ScalarType to)
 {
     if (t.stored) {
+        checkBytes(t);
         const int64_t cols = t.shape.empty() ? 1 : t.shape.back(), rows = cols > 0 ? t.numel() / cols : 0;
-        if (cols % ggmlTypeInfo(*t.stored).blockSize != 0 || static_cast<int64_t>(t.nbytes) != rows * ggmlRowBytes(*t.stored, cols))
-            throw Error("tensor " + t.name + ": " + std::to_string(t.nbytes) + " bytes of " + ggmlTypeName(*t.stored) + " for shape " +
-                        shapeString(t.shape));
         at::Tensor wide = at::empty(t.shape, at::kFloat);
         const size_t rowBytes = static_cast<size_t>(ggmlRowBytes(*t.stored, cols));
         for (int64_t r = 0; r < rows; ++r)
@@ -94,17 +100,8 @@ kernels::BlockMatrix loadBlocks(const TensorView& t)
 {
     if (t.shape.size() != 2)
         throw Error("tensor " + t.name + " of shape " + shapeString(t.shape) + " is not a matrix");
-    const GgmlType type = t.stored ? *t.stored
-                          : t.dtype == DType::F16 ? GgmlType::F16
-                          : t.dtype == DType::BF16 ? GgmlType::BF16
-                                                   : GgmlType::F32;
-    const int64_t rows = t.shape[0], cols = t.shape[1];
-    const GgmlTypeInfo& info = ggmlTypeInfo(type);
-    if (cols % info.blockSize != 0)
-        throw Error("tensor " + t.name + ": rows of " + std::to_string(cols) + " are not whole " + info.name + " blocks");
-    if (static_cast<int64_t>(t.nbytes) != rows * ggmlRowBytes(type, cols))
-        throw Error("tensor " + t.name + ": " + std::to_string(t.nbytes) + " bytes of " + info.name + " for shape " + shapeString(t.shape));
-    return kernels::makeBlockMatrix(type, rows, cols, t.data);
+    checkBytes(t);
+    return kernels::makeBlockMatrix(t.ggmlType(), t.shape[0], t.shape[1], t.data);
 }
 
 } // namespace
@@ -541,6 +538,7 @@ at::Tensor LlamaModel::linearBlocks(const at::Tensor& x, const Matrix& m) const
     // the CPU multiplies bf16 natively), each written into one reused buffer that stays in cache.
     static const bool bf16 = defaultComputeType() == ComputeType::BF16;
     constexpr int64_t kTileRows = 256;
+    const at::Tensor xw = bf16 ? xf.to(at::kBFloat16) : xf;
     int64_t base = 0;
     for (auto& p : m.parts) {
         if (p.type == GgmlType::F32 || p.type == GgmlType::BF16) {
@@ -553,7 +551,6 @@ at::Tensor LlamaModel::linearBlocks(const at::Tensor& x, const Matrix& m) const
         thread_local at::Tensor tile;
         if (!tile.defined() || tile.numel() < kTileRows * p.cols)
             tile = at::empty({kTileRows * p.cols}, at::kFloat);
-        at::Tensor xw = bf16 ? xf.to(at::kBFloat16) : xf;
         for (int64_t r0 = 0; r0 < p.rows; r0 += kTileRows) {
             const int64_t n = std::min(kTileRows, p.rows - r0);
             at::Tensor wd = tile.narrow(0, 0, n * p.cols).view({n, p.cols});

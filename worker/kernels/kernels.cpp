@@ -330,11 +330,8 @@ void BlockInput::prepare(const float* xin, int64_t n, const std::vector<GgmlType
     }
     if (wantBf16) {
         bf16.resize(static_cast<size_t>(n));
-        for (int64_t i = 0; i < n; ++i) { // round to nearest even (finite activations)
-            uint32_t bits;
-            std::memcpy(&bits, xin + i, 4);
-            bf16[static_cast<size_t>(i)] = static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
-        }
+        for (int64_t i = 0; i < n; ++i)
+            bf16[static_cast<size_t>(i)] = floatToBf16(xin[i]);
     }
     if (wantQ8)
         quantizeVectorQ8(xin, n, q8);
