@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "base/error.h"
 #include "model/model_config.h"
+#include "model/shard_spec.h"
 
 #include <gtest/gtest.h>
 
@@ -74,6 +75,29 @@ TEST(ModelConfig, RefusesByName)
               "num_attention_heads":6,"num_key_value_heads":4,"head_dim":8,"vocab_size":100})")
                   .find("not a multiple"),
               std::string::npos);
+}
+
+// A GGUF's config names each matrix's stored type; the estimates count a native run's slices in it.
+TEST(ModelConfig, StoredTensorTypesAreCheckedAndCounted)
+{
+    const ModelConfig c = ModelConfig::fromJsonText(
+        base("LlamaForCausalLM", R"(,"gguf_matrix_bits":5.0,"gguf_tensor_types":{"model.layers.0.mlp.down_proj.weight":"Q6_K",
+             "model.layers.0.self_attn.q_proj.weight":"Q4_0","model.embed_tokens.weight":"F16"})"),
+        "c");
+    ASSERT_EQ(c.storedTensorTypes.size(), 3u);
+    EXPECT_EQ(c.storedTensorTypes.at("model.layers.0.mlp.down_proj.weight"), "Q6_K");
+    EXPECT_NE(errorOf(base("LlamaForCausalLM", R"(,"gguf_tensor_types":{"model.layers.0.mlp.up_proj.weight":"IQ2_XS"})"))
+                  .find("gguf_tensor_types: model.layers.0.mlp.up_proj.weight: unknown tensor type 'IQ2_XS'"),
+              std::string::npos);
+    EXPECT_NE(errorOf(base("LlamaForCausalLM", R"(,"gguf_tensor_types":["Q4_K"])")).find("must map tensor names"), std::string::npos);
+    EXPECT_NE(errorOf(base("LlamaForCausalLM", R"(,"gguf_tensor_types":{"a":4})")).find("the type of a is not a type name"), std::string::npos);
+    // Each tensor by its own type: down_proj [64, 128] in Q6_K is 64 rows of 128/256 -> 1 block of 210 bytes
+    // (not whole: a row is never split), q_proj [64, 64] in Q4_0 is 64 x 2 blocks of 18 bytes; layer 1's untyped
+    // matrices at the average 5 bits.
+    ShardSpec layer0{0, 0, 0, 1, false, false};
+    const int64_t layer0Bytes = shardBytes(c, layer0, RunDtype::Native);
+    EXPECT_EQ(layer0Bytes, 64 * 210 + 64 * 2 * 18 + matrixBytes(RunDtype::Native, 16, 64, 5.0) * 2 + matrixBytes(RunDtype::Native, 64, 64, 5.0) +
+                               matrixBytes(RunDtype::Native, 128, 64, 5.0) * 2 + 2 * 64 * 4);
 }
 
 } // namespace

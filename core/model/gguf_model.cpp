@@ -104,8 +104,8 @@ const char* torchDtypeOf(const Gguf& g)
     return t == GgmlType::F16 ? "float16" : t == GgmlType::BF16 ? "bfloat16" : "float32";
 }
 
-// The file's matrices as stored: their average bits per weight (3 decimals: the JSON stays stable) and their
-// largest block, in weights.
+// The file's matrices as stored: their average bits per weight (3 decimals: the JSON stays stable), their
+// largest block, in weights, and each one's type.
 void matrixStorage(const Gguf& g, json& j)
 {
     double bits = 0, weights = 0;
@@ -118,6 +118,10 @@ void matrixStorage(const Gguf& g, json& j)
         weights += n;
         bits += n * 8.0 * static_cast<double>(info.blockBytes) / static_cast<double>(info.blockSize);
         block = std::max(block, info.blockSize);
+        // Types the loader refuses (Q2_K...) are left out here: it names them with their tensor.
+        const bool runnable = info.runnable || t.type == GgmlType::F32 || t.type == GgmlType::F16 || t.type == GgmlType::BF16;
+        if (const std::string hf = huggingFaceTensorName(name); runnable && !hf.empty())
+            j["gguf_tensor_types"][hf] = info.name;
     }
     j["gguf_matrix_bits"] = weights > 0 ? std::round(bits / weights * 1000) / 1000 : 16.0;
     j["gguf_block_weights"] = block;

@@ -156,6 +156,17 @@ ModelConfig configFromJson(json j, const std::string& where)
             throw Error(where + ": gguf_block_weights must be a block size in weights, at most 4096");
         c.storedBlockWeights = static_cast<int64_t>(b.get<uint64_t>());
     }
+    if (j.contains("gguf_tensor_types")) {
+        const auto& types = j["gguf_tensor_types"];
+        if (!types.is_object())
+            throw Error(where + ": gguf_tensor_types must map tensor names to their types");
+        for (const auto& [name, type] : types.items()) {
+            if (!type.is_string())
+                throw Error(where + ": gguf_tensor_types: the type of " + name + " is not a type name");
+            parseTensorType(type.get<std::string>(), where + ": gguf_tensor_types: " + name); // refuses unknown ones
+            c.storedTensorTypes[name] = type.get<std::string>();
+        }
+    }
     if (j.contains("bos_token_id") && j["bos_token_id"].is_number_integer())
         c.bosTokenId = j["bos_token_id"].get<int64_t>();
     if (j.contains("eos_token_id"))

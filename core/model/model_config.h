@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -46,6 +47,10 @@ struct ModelConfig {
     // The largest block of the file's quantized matrices, in weights (256 for the K-quants, 32 for Q4_0/Q8_0...):
     // a native run's tensor-parallel column shares must be whole ones. 0 for none. ("gguf_block_weights".)
     int64_t storedBlockWeights = 0;
+    // Each matrix's type as the file stores it, by its Hugging Face name ("Q4_K", "Q6_K", "F16"...): what a native
+    // run holds of it, counted tensor by tensor (a Q4_K_M file mixes types within a layer). Empty for a
+    // safetensors checkpoint. ("gguf_tensor_types"; checked by parseTensorType when read.)
+    std::map<std::string, std::string> storedTensorTypes;
     // Bits per weight of the matrices as the file stores them: storedBitsPerWeight, else the checkpoint's dtype.
     double nativeBitsPerWeight() const { return storedBitsPerWeight > 0 ? storedBitsPerWeight : torchDtype == "float32" ? 32.0 : 16.0; }
     std::optional<int64_t> bosTokenId;

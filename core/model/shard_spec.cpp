@@ -138,12 +138,26 @@ double storedBits(const ModelConfig& c) { return c.nativeBitsPerWeight(); }
 
 bool quantizedRun(RunDtype d) { return d == RunDtype::Q8 || d == RunDtype::Q4; }
 
+// A [rows, cols] slice of a matrix as a native run holds it: in the type the file stores that tensor (rows of
+// whole blocks), else at the file's average bits per weight.
+int64_t nativeMatrixBytes(const ModelConfig& c, const std::string& name, int64_t rows, int64_t cols)
+{
+    const auto it = c.storedTensorTypes.find(name);
+    if (it == c.storedTensorTypes.end())
+        return matrixBytes(RunDtype::Native, rows, cols, storedBits(c));
+    const TensorType type = parseTensorType(it->second, "gguf_tensor_types: " + name);
+    if (!type.blocks)
+        return rows * cols * static_cast<int64_t>(dtypeSize(type.dtype));
+    const GgmlTypeInfo& info = ggmlTypeInfo(*type.blocks);
+    return rows * ((cols + info.blockSize - 1) / info.blockSize) * info.blockBytes;
+}
+
 // One tensor as the engine holds it in a run's format.
 int64_t heldBytes(const ModelConfig& c, const TensorSlice& t, RunDtype d)
 {
     const std::vector<int64_t> shape = t.shape();
     if (d == RunDtype::Native)
-        return shape.size() == 2 ? matrixBytes(d, shape[0], shape[1], storedBits(c)) : elements(t) * 4;
+        return shape.size() == 2 ? nativeMatrixBytes(c, t.name, shape[0], shape[1]) : elements(t) * 4;
     if (!quantizedRun(d))
         return elements(t) * (d == RunDtype::F32 ? 4 : 2);
     if (t.name == "model.embed_tokens.weight")
@@ -159,7 +173,7 @@ int64_t tiedHeadBytes(const ModelConfig& c, const ShardDims& d, RunDtype dtype)
     if (quantizedRun(dtype))
         return matrixBytes(dtype, d.vocab, c.hiddenSize);
     if (dtype == RunDtype::Native)
-        return matrixBytes(dtype, d.vocab, c.hiddenSize, storedBits(c));
+        return nativeMatrixBytes(c, "model.embed_tokens.weight", d.vocab, c.hiddenSize);
     return d.vocab * c.hiddenSize * (dtype == RunDtype::F32 ? 4 : 2);
 }
 
@@ -214,7 +228,7 @@ int64_t decodeBytesPerToken(const ModelConfig& c, const ShardSpec& s, RunDtype d
             continue;
         }
         if (s.holdsEmbedding()) // one row per token
-            total += dtype == RunDtype::Native ? matrixBytes(dtype, 1, c.hiddenSize, storedBits(c)) : c.hiddenSize * (dtype == RunDtype::F32 ? 4 : 2);
+            total += dtype == RunDtype::Native ? nativeMatrixBytes(c, t.name, 1, c.hiddenSize) : c.hiddenSize * (dtype == RunDtype::F32 ? 4 : 2);
         if (s.holdsHead() && c.tieWordEmbeddings)
             total += tiedHeadBytes(c, d, dtype);
     }
