@@ -266,8 +266,12 @@ TEST(BlockKernelsCoverage, TheTypesOfQ4_0Q4_K_MAndQ8_0FilesHaveAKernelOnEveryPat
     for (Path p : supportedPaths())
         for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::F16})
             EXPECT_TRUE(hasBlockKernel(p, t)) << pathName(p) << " " << ggmlTypeName(t);
+    // Q5_K_M files' Q5_K: on the 512-bit paths; AVX2 runs the portable kernel (still correct: above)
+    for (Path p : {Path::Avx512, Path::Avx512Bf16})
+        if (supported(p))
+            EXPECT_TRUE(hasBlockKernel(p, GgmlType::Q5_K)) << pathName(p);
     if (supported(Path::Avx2)) {
-        EXPECT_FALSE(hasBlockKernel(Path::Avx2, GgmlType::Q5_K)); // runs the portable kernel: still correct (above)
+        EXPECT_FALSE(hasBlockKernel(Path::Avx2, GgmlType::Q5_K));
     }
 }
 

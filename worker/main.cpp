@@ -62,7 +62,8 @@ const char* kUsage =
     "                        [--layers N] [--shape tinyllama-1.1b|llama3-8b] [--repeat 3] [--accuracy]\n"
     "      Prints prefill/decode speed next to this machine's read bandwidth (random weights of a model shape), per dtype,\n"
     "      thread count and decode kernel path (medians of --repeat runs, each beside its own\n"
-    "      bandwidth reading); --accuracy compares bf16 and q8 with f32 over greedy steps.\n"
+    "      bandwidth reading); --accuracy compares bf16 and q8 with f32 over greedy steps. --model F.gguf runs a\n"
+    "      model file (--dtypes native,q8); --block-types Q4_0,Q4_K,Q6_K,... times each block kernel alone.\n"
     "  together-worker kernels\n"
     "      Prints the decode kernel paths this CPU can run and the active one (TOGETHER_KERNELS=avx512bf16|\n"
     "      avx512|avx2|portable forces one, in every together process it is set for).\n";

@@ -6,6 +6,7 @@
 #include "base/host_info.h"
 #include "engine/llama_model.h"
 #include "kernels/kernels.h"
+#include "model/ggml_types.h"
 #include "model/model_config.h"
 #include "model/random_model.h"
 #include "model/run_dtype.h"
@@ -22,6 +23,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <random>
 #include <sstream>
@@ -265,10 +267,103 @@ void benchAccuracy(int steps, const std::string& reference, const std::string& c
 
 } // namespace
 
+namespace {
+
+// A [rows, cols] matrix of a block type with random weights: quantized from normal values where the project
+// writes the type, else random bytes (every pattern of quants, bit planes and 6-bit scales) with the f16 scales
+// set to a model's size, so products stay finite.
+std::vector<std::byte> randomBlockBytes(GgmlType type, int64_t rows, int64_t cols, std::mt19937& rng)
+{
+    const int64_t rowBytes = ggmlRowBytes(type, cols);
+    std::vector<std::byte> bytes(static_cast<size_t>(rows * rowBytes));
+    std::normal_distribution<float> normal(0.0f, 0.02f);
+    std::vector<float> row(static_cast<size_t>(cols));
+    std::vector<size_t> halves; // the f16 fields of a block
+    switch (type) {
+    case GgmlType::F16:
+    case GgmlType::Q8_0:
+    case GgmlType::Q4_0:
+    case GgmlType::Q4_K:
+        for (int64_t r = 0; r < rows; ++r) {
+            for (float& v : row)
+                v = normal(rng);
+            quantizeRow(type, row.data(), bytes.data() + r * rowBytes, cols);
+        }
+        return bytes;
+    case GgmlType::Q5_0:
+        halves = {0};
+        break;
+    case GgmlType::Q4_1:
+    case GgmlType::Q5_1:
+    case GgmlType::Q5_K:
+        halves = {0, 2};
+        break;
+    case GgmlType::Q6_K:
+        halves = {208};
+        break;
+    default:
+        throw Error(std::string("bench: no random matrix of type ") + ggmlTypeName(type));
+    }
+    std::uniform_int_distribution<int> byte(0, 255);
+    for (auto& b : bytes)
+        b = static_cast<std::byte>(byte(rng));
+    const GgmlTypeInfo& info = ggmlTypeInfo(type);
+    std::uniform_real_distribution<float> scale(0.0005f, 0.002f);
+    for (size_t b = 0; b < bytes.size() / static_cast<size_t>(info.blockBytes); ++b)
+        for (size_t h : halves) {
+            const uint16_t v = kernels::f32ToF16(scale(rng));
+            std::memcpy(bytes.data() + b * static_cast<size_t>(info.blockBytes) + h, &v, 2);
+        }
+    return bytes;
+}
+
+// `--block-types Q4_0,Q4_K,...`: each block kernel alone, a product with TinyLlama's gate/up shape (11264 x 2048,
+// larger than the caches) per decode path and thread count, the best of 20, beside the read bandwidth.
+void benchBlockKernels(const std::vector<std::string>& types, const std::vector<std::string>& paths, const std::vector<int>& threadCounts)
+{
+    constexpr int64_t rows = 11264, cols = 2048;
+    std::mt19937 rng(7);
+    std::vector<float> x(static_cast<size_t>(cols));
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (float& v : x)
+        v = normal(rng);
+    std::printf("\n| type | decode kernels | threads | product GB/s | ns per 32 weights | read GB/s | bandwidth share |\n|---|---|---|---|---|---|---|\n");
+    for (const std::string& name : types) {
+        const TensorType t = parseTensorType(name, "--block-types");
+        const GgmlType type = t.blocks ? *t.blocks : t.dtype == DType::F16 ? GgmlType::F16 : t.dtype == DType::BF16 ? GgmlType::BF16 : GgmlType::F32;
+        const std::vector<std::byte> bytes = randomBlockBytes(type, rows, cols, rng);
+        const kernels::BlockMatrix m = kernels::makeBlockMatrix(type, rows, cols, bytes.data());
+        kernels::BlockInput in;
+        in.prepare(x.data(), cols, {type});
+        std::vector<float> y(static_cast<size_t>(rows));
+        for (const std::string& pathName : paths) {
+            if (pathName == "aten")
+                continue;
+            const kernels::Path path = kernels::parsePath(pathName);
+            for (int threads : threadCounts) {
+                setComputeThreads(threads);
+                const double bw = readBandwidth(size_t(1) << 30);
+                double best = 1e30;
+                for (int i = 0; i < 20; ++i) {
+                    const auto t0 = Clock::now();
+                    kernels::parallelRows(rows, 16, [&](int64_t r0, int64_t r1) { kernels::gemvBlocksOn(path, m, in, y.data(), r0, r1); });
+                    best = std::min(best, seconds(t0, Clock::now()));
+                }
+                const double gbs = static_cast<double>(m.bytes()) / best / 1e9;
+                std::printf("| %s | %s | %d | %.1f | %.2f | %.1f | %.0f%% |\n", ggmlTypeName(type), pathName.c_str(), threads, gbs,
+                            best * 1e9 / static_cast<double>(rows * cols / 32), bw / 1e9, 100.0 * gbs * 1e9 / bw);
+                std::fflush(stdout);
+            }
+        }
+    }
+}
+
+} // namespace
+
 int runBench(const std::vector<std::string>& rest)
 {
     CliArgs args(rest, {{"cache"}, {"prompt-tokens"}, {"decode-tokens"}, {"threads"}, {"dtypes"}, {"layers"}, {"kernels"},
-                        {"accuracy", false}, {"accuracy-steps"}, {"reference-model"}, {"shape"}, {"repeat"}, {"model"}});
+                        {"accuracy", false}, {"accuracy-steps"}, {"reference-model"}, {"shape"}, {"repeat"}, {"model"}, {"block-types"}});
     const int promptTokens = args.getInt("prompt-tokens", 128);
     const int decodeTokens = args.getInt("decode-tokens", 128);
     const int repeat = std::max(1, args.getInt("repeat", 3));
@@ -283,6 +378,10 @@ int runBench(const std::vector<std::string>& rest)
     const std::string cache = args.get("cache", fs::path(defaultModelDir()).parent_path().string());
     printKernels(active);
 
+    if (args.has("block-types")) {
+        benchBlockKernels(splitList(args.get("block-types", "")), paths, threadCounts);
+        return 0;
+    }
     if (args.has("model") && !dtypes.empty() && !paths.empty() && !threadCounts.empty()) {
         // A given model (a GGUF file: `--dtypes native,q8` compares its own blocks with q8).
         benchSpeed(args.get("model", ""), dtypes, paths, threadCounts, promptTokens, decodeTokens, repeat, active);

@@ -534,10 +534,11 @@ at::Tensor LlamaModel::linearBlocks(const at::Tensor& x, const Matrix& m) const
         }
         return y;
     }
-    // Prefill: f32 and bf16 parts multiply as they are; block types through tiles of dequantized rows (bf16 where
-    // the CPU multiplies bf16 natively), each written into one reused buffer that stays in cache.
+    // Prefill: f32 and bf16 parts multiply as they are; block types through tiles of dequantized rows, rounded to
+    // bf16 where the CPU multiplies bf16 natively (16 rows at a time through f32 that stays in cache: no full f32
+    // tile and no second pass over it), into one reused buffer.
     static const bool bf16 = defaultComputeType() == ComputeType::BF16;
-    constexpr int64_t kTileRows = 256;
+    constexpr int64_t kTileRows = 512;
     const at::Tensor xw = bf16 ? xf.to(at::kBFloat16) : xf;
     int64_t base = 0;
     for (auto& p : m.parts) {
@@ -548,14 +549,28 @@ at::Tensor LlamaModel::linearBlocks(const at::Tensor& x, const Matrix& m) const
             base += p.rows;
             continue;
         }
+        const at::ScalarType wt = bf16 ? at::kBFloat16 : at::kFloat;
         thread_local at::Tensor tile;
-        if (!tile.defined() || tile.numel() < kTileRows * p.cols)
-            tile = at::empty({kTileRows * p.cols}, at::kFloat);
+        if (!tile.defined() || tile.scalar_type() != wt || tile.numel() < kTileRows * p.cols)
+            tile = at::empty({kTileRows * p.cols}, wt);
         for (int64_t r0 = 0; r0 < p.rows; r0 += kTileRows) {
             const int64_t n = std::min(kTileRows, p.rows - r0);
             at::Tensor wd = tile.narrow(0, 0, n * p.cols).view({n, p.cols});
-            at::parallel_for(0, n, 16, [&](int64_t a, int64_t b) { kernels::dequantizeRows(p, r0 + a, r0 + b, wd.data_ptr<float>() + a * p.cols); });
-            y.narrow(1, base + r0, n).copy_(at::linear(xw, bf16 ? wd.to(at::kBFloat16) : wd));
+            at::parallel_for(0, n, 16, [&](int64_t a, int64_t b) {
+                if (!bf16) {
+                    kernels::dequantizeRows(p, r0 + a, r0 + b, wd.data_ptr<float>() + a * p.cols);
+                    return;
+                }
+                thread_local at::Tensor rows; // ATen's rounding to bf16, run on this thread
+                if (!rows.defined() || rows.numel() < 16 * p.cols)
+                    rows = at::empty({16 * p.cols}, at::kFloat);
+                for (int64_t i = a; i < b; i += 16) {
+                    const int64_t k = std::min<int64_t>(16, b - i);
+                    kernels::dequantizeRows(p, r0 + i, r0 + i + k, rows.data_ptr<float>());
+                    wd.narrow(0, i, k).copy_(rows.narrow(0, 0, k * p.cols).view({k, p.cols}));
+                }
+            });
+            y.narrow(1, base + r0, n).copy_(at::linear(xw, wd));
         }
         base += p.rows;
     }

@@ -303,7 +303,7 @@ void BlockInput::prepare(const float* xin, int64_t n, const std::vector<GgmlType
     bool wantBf16 = false, wantQ8 = false, wantK = false;
     for (GgmlType t : types) {
         wantBf16 = wantBf16 || t == GgmlType::BF16;
-        wantK = wantK || t == GgmlType::Q5_K || t == GgmlType::Q6_K;
+        wantK = wantK || t == GgmlType::Q4_K || t == GgmlType::Q5_K || t == GgmlType::Q6_K;
         wantQ8 = wantQ8 || (t != GgmlType::F32 && t != GgmlType::F16 && t != GgmlType::BF16);
     }
     if (wantK && n % 256 == 0) {
@@ -335,6 +335,15 @@ void BlockInput::prepare(const float* xin, int64_t n, const std::vector<GgmlType
     }
     if (wantQ8)
         quantizeVectorQ8(xin, n, q8);
+    q40.clear();
+    if (std::find(types.begin(), types.end(), GgmlType::Q4_0) != types.end()) {
+        const int64_t groups = n / 128;
+        q40.resize(static_cast<size_t>(groups * 128));
+        for (int64_t g = 0; g < groups; ++g)
+            for (int64_t b = 0; b < 4; ++b)
+                for (int64_t h = 0; h < 2; ++h)
+                    std::memcpy(q40.data() + g * 128 + h * 64 + b * 16, q8.qs.data() + g * 128 + b * 32 + h * 16, 16);
+    }
 }
 
 bool hasBlockKernel(Path p, GgmlType type)

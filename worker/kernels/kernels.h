@@ -126,9 +126,10 @@ void dequantizeRows(const BlockMatrix& m, int64_t r0, int64_t r1, float* out);
 void dequantizeRowsOn(Path p, const BlockMatrix& m, int64_t r0, int64_t r1, float* out);
 
 // The activation of one product with block matrices, in every form their types read: f32, bf16 (for BF16
-// weights), Q8 blocks of 32 (Q4_0, Q5_0, Q8_0, Q4_K, ...) and, for Q6_K, Q8 blocks of 256 with one f32 scale and
-// the sums of each 16 values (so a super-block's 16 scales and its offset apply in integers, as llama.cpp's Q8_K
-// does; also made for Q5_K, whose kernel is the portable one today). prepare fills the forms `types` need.
+// weights), Q8 blocks of 32 (Q4_0, Q5_0, Q8_0, Q4_K on AVX2, ...) and, for the K-quants (Q4_K and Q5_K on the
+// 512-bit paths, Q6_K everywhere), Q8 blocks of 256 with one f32 scale and the sums of each 16 values (so a
+// super-block's scales and its offset or minimums apply in integers, as llama.cpp's Q8_K does). prepare fills the
+// forms `types` need.
 struct BlockInput {
     const float* x = nullptr;
     int64_t cols = 0;
@@ -137,6 +138,9 @@ struct BlockInput {
     std::vector<int8_t> kq;    // cols int8
     std::vector<float> kd;     // cols / 256 scales
     std::vector<int16_t> ksum; // cols / 16 sums of kq
+    // q8's values for Q4_0 on the 512-bit paths: each 4 blocks' first halves (16 values each), then their second
+    // halves, the order of four blocks' low and high nibbles loaded side by side. Whole groups of 4 only.
+    std::vector<int8_t> q40;
     void prepare(const float* x, int64_t cols, const std::vector<GgmlType>& types);
 };
 
