@@ -8,6 +8,7 @@
 #include "base/sanitizers.h"
 #include "master/cluster.h"
 #include "master/local_daemons.h"
+#include "model/gguf_model.h"
 #include "model/random_model.h"
 #include "model/shard_spec.h"
 #include "net/cluster_key.h"
@@ -196,6 +197,39 @@ TEST_P(MemoryEstimatePlacements, PeakRssOfRealShardsIsWithin15PercentOfTheEstima
 INSTANTIATE_TEST_SUITE_P(Shards, MemoryEstimatePlacements,
                          ::testing::Values(Placement{"tp1", 1, 1}, Placement{"tp2", 2, 1}, Placement{"pp2", 1, 2}),
                          [](const auto& info) { return info.param.name; });
+
+// The same model as a Q4_K GGUF run native: each shard receives and holds the file's blocks, costed tensor by
+// tensor in their own type (the F32 norms, the Q4_K matrices). Its weights are a smaller share of the estimate
+// (4.5 bits a weight), so only the whole ratio is checked.
+TEST(MemoryEstimate, NativeQ4_KShardsAreWithin15PercentOfTheEstimate)
+{
+    if (kSanitized)
+        GTEST_SKIP() << "built with AddressSanitizer: resident memory includes its shadow and redzones (2-3x), not what a user's build uses";
+    const std::string folder = modelFor("h1024-l8-bf16", testModelSpec());
+    const std::string gguf = std::string(TOGETHER_TEST_CACHE) + "/memory-estimate/h1024-l8-Q4_K.gguf";
+    if (!fs::exists(gguf)) {
+        const std::string partial = gguf + ".partial-" + std::to_string(::getpid());
+        exportGguf(folder, partial, GgmlType::Q4_K);
+        std::error_code ec;
+        fs::rename(partial, gguf, ec);
+        if (ec)
+            fs::remove(partial);
+    }
+    const ModelConfig config = ModelConfig::fromDirectory(gguf);
+    ASSERT_FALSE(config.storedTensorTypes.empty()) << "the GGUF's config names no tensor types";
+    for (const auto& [tp, pp] : {std::pair{1, 1}, std::pair{1, 2}}) {
+        const int64_t context = 512;
+        const int tokens = 8;
+        const auto rows = measure(gguf, tp, pp, "native", context, static_cast<int>(context) - tokens, tokens);
+        print("native Q4_K tp" + std::to_string(tp) + " pp" + std::to_string(pp) + " ctx512", rows);
+        for (auto& r : rows) {
+            SCOPED_TRACE(r.name);
+            ASSERT_GT(r.peakRss, 0u);
+            EXPECT_NEAR(r.ratio(), 1.0, 0.15) << "peak " << mib(static_cast<double>(r.peakRss)) << " MiB, estimate "
+                                              << mib(static_cast<double>(r.estimate.total())) << " MiB";
+        }
+    }
+}
 
 // A sweep of shapes, placements, checkpoint and run dtypes and contexts: the numbers behind kShardRuntimeBytes
 // and the load and prefill terms of estimateShardMemory (a few minutes). Run by hand, narrowed by SWEEP_ONLY

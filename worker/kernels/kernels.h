@@ -120,7 +120,7 @@ struct BlockMatrix {
 // Room for a [rows, cols] matrix of the type; throws Error when cols is not a whole number of its blocks or the
 // type is not runnable. `src` (rows · rowBytes bytes), when given, is copied in.
 BlockMatrix makeBlockMatrix(GgmlType type, int64_t rows, int64_t cols, const std::byte* src = nullptr);
-// Rows [r0, r1) of the matrix widened to f32 (prefill's tiles, tests): vectorised for Q4_0, Q8_0, Q4_K and Q6_K
+// Rows [r0, r1) of the matrix widened to f32 (prefill's tiles, tests): vectorised for Q4_0, Q8_0, Q4_K, Q5_K, Q6_K, F16
 // on the SIMD paths, model/ggml_types' dequantizeRow otherwise.
 void dequantizeRows(const BlockMatrix& m, int64_t r0, int64_t r1, float* out);
 void dequantizeRowsOn(Path p, const BlockMatrix& m, int64_t r0, int64_t r1, float* out);
