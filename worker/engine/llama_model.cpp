@@ -365,10 +365,8 @@ int64_t LlamaModel::weightBytesPerToken() const
     return total;
 }
 
-// The small per-token operators (norms, rotary, the gated activation) as plain loops over f32: ATen dispatches
-// each of its ~6 operators per norm and ~7 per rotary for a few thousand values, about a fifth of a one-thread
-// decode step of a 1B model once the products ran at the read bandwidth. Same arithmetic, one rounding per
-// operation as ATen's (x · r then · w; x · cos + rot · sin), the sum of squares in double.
+// Norms, rotary and the gated activation run the kernels' plain loops over f32 (kernels/rows.cpp); ATen's
+// operators for any other dtype or layout.
 at::Tensor LlamaModel::rmsNorm(const at::Tensor& x, const at::Tensor& w) const
 {
     const int64_t n = w.numel();
@@ -378,20 +376,8 @@ at::Tensor LlamaModel::rmsNorm(const at::Tensor& x, const at::Tensor& w) const
     }
     const at::Tensor in = x.contiguous();
     at::Tensor out = at::empty_like(in);
-    const float* src = in.data_ptr<float>();
-    const float* g = w.data_ptr<float>();
-    float* dst = out.data_ptr<float>();
-    const float eps = static_cast<float>(m_config.rmsNormEps);
-    for (int64_t r = 0, rows = in.numel() / n; r < rows; ++r) {
-        const float* a = src + r * n;
-        float* o = dst + r * n;
-        double ss = 0;
-        for (int64_t i = 0; i < n; ++i)
-            ss += static_cast<double>(a[i]) * a[i];
-        const float inv = 1.0f / std::sqrt(static_cast<float>(ss / static_cast<double>(n)) + eps);
-        for (int64_t i = 0; i < n; ++i)
-            o[i] = a[i] * inv * g[i];
-    }
+    kernels::rmsNormRows(in.data_ptr<float>(), w.data_ptr<float>(), out.data_ptr<float>(), in.numel() / n, n,
+                         static_cast<float>(m_config.rmsNormEps));
     return out;
 }
 
@@ -623,19 +609,8 @@ at::Tensor LlamaModel::rotary(const at::Tensor& x, const at::Tensor& cos, const 
         sin.scalar_type() == at::kFloat && x.size(-1) % 2 == 0 && cos.numel() == x.size(0) * x.size(2) && sin.numel() == cos.numel()) {
         const at::Tensor in = x.contiguous();
         at::Tensor out = at::empty_like(in);
-        const int64_t T = in.size(0), heads = in.size(1), d = in.size(2), half = d / 2;
-        const float *src = in.data_ptr<float>(), *c = cos.data_ptr<float>(), *sn = sin.data_ptr<float>();
-        float* dst = out.data_ptr<float>();
-        for (int64_t t = 0; t < T; ++t)
-            for (int64_t h = 0; h < heads; ++h) {
-                const float* a = src + (t * heads + h) * d;
-                float* o = dst + (t * heads + h) * d;
-                const float *ct = c + t * d, *st = sn + t * d;
-                for (int64_t i = 0; i < half; ++i)
-                    o[i] = a[i] * ct[i] + -a[i + half] * st[i];
-                for (int64_t i = half; i < d; ++i)
-                    o[i] = a[i] * ct[i] + a[i - half] * st[i];
-            }
+        kernels::rotaryRows(in.data_ptr<float>(), cos.data_ptr<float>(), sin.data_ptr<float>(), out.data_ptr<float>(), in.size(0),
+                            in.size(1), in.size(2));
         return out;
     }
     // x: [T, heads, d]; rotate_half(x) = cat(-x2, x1) over the last dim
@@ -647,22 +622,14 @@ at::Tensor LlamaModel::rotary(const at::Tensor& x, const at::Tensor& cos, const 
 
 namespace {
 
-// silu(gate) · up for [T, 2I] rows of gate then up, as one loop (silu(a) = a / (1 + e^-a), as ATen's).
+// silu(gate) · up for [T, 2I] rows of gate then up.
 at::Tensor gatedActivation(const at::Tensor& gu, int64_t I)
 {
     if (gu.scalar_type() != at::kFloat || gu.dim() != 2 || gu.size(1) != 2 * I)
         return at::silu(gu.narrow(1, 0, I)) * gu.narrow(1, I, I);
     const at::Tensor in = gu.contiguous();
-    const int64_t T = in.size(0);
-    at::Tensor out = at::empty({T, I}, at::kFloat);
-    const float* src = in.data_ptr<float>();
-    float* dst = out.data_ptr<float>();
-    for (int64_t t = 0; t < T; ++t) {
-        const float *g = src + t * 2 * I, *u = g + I;
-        float* o = dst + t * I;
-        for (int64_t i = 0; i < I; ++i)
-            o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
-    }
+    at::Tensor out = at::empty({in.size(0), I}, at::kFloat);
+    kernels::siluMulRows(in.data_ptr<float>(), out.data_ptr<float>(), in.size(0), I);
     return out;
 }
 

@@ -159,6 +159,13 @@ void gemvBlocksOn(Path p, const BlockMatrix& w, const BlockInput& x, float* y, i
 // Whether the path has its own kernel for the type (else gemvBlocksOn runs the portable one).
 bool hasBlockKernel(Path p, GgmlType type);
 
+// The per-token operators of a step over contiguous f32 rows (rows.cpp), as Hugging Face's Llama computes them:
+// RMSNorm of rows of n with weight w; rotary (rotate_half) of [tokens, heads, d] with cos and sin [tokens, d];
+// silu(gate) · up of rows holding n gate values then n up values.
+void rmsNormRows(const float* x, const float* w, float* out, int64_t rows, int64_t n, float eps);
+void rotaryRows(const float* x, const float* cos, const float* sin, float* out, int64_t tokens, int64_t heads, int64_t d);
+void siluMulRows(const float* gateUp, float* out, int64_t tokens, int64_t n);
+
 // The compute threads of this process: a persistent pool (the calling thread is one of them) that splits a
 // product by output rows. Sized by setThreads (a shard sets its own count, so shards sharing a host do not
 // oversubscribe it). Idle workers spin for a short while after a job (a decode step issues one product per
