@@ -202,15 +202,16 @@ class BlockKernels : public ::testing::TestWithParam<std::tuple<Path, GgmlType>>
 
 // Each block type on each path against the file's own meaning of the blocks (model/ggml_types' dequantizeRow, the
 // same function llama.cpp's tests check the GGUF reader with) times x in double: within the rounding of x to Q8
-// blocks (half a step of each activation block times the weights' magnitudes; blocks of 256 for Q5_K and Q6_K),
-// whatever the path.
+// blocks (half a step of each activation block times the weights' magnitudes; blocks of 256 where the kernel reads
+// Q8_K), whatever the path.
 TEST_P(BlockKernels, MatchTheDequantizedProductWithinTheActivationsRounding)
 {
     const auto [p, type] = GetParam();
     std::mt19937 rng(7 + static_cast<int>(type));
     const int64_t unit = ggmlTypeInfo(type).blockSize;
-    // The activation's blocks: 256 values a scale for Q5_K and Q6_K (Q8_K), else 32.
-    const int64_t xBlock = type == GgmlType::Q5_K || type == GgmlType::Q6_K ? 256 : 32;
+    // The activation's blocks: 256 values a scale for Q8_K (Q6_K; Q4_K and Q5_K on the 512-bit paths), else 32.
+    const bool wide = p == Path::Avx512 || p == Path::Avx512Bf16;
+    const int64_t xBlock = type == GgmlType::Q6_K || (wide && (type == GgmlType::Q4_K || type == GgmlType::Q5_K)) ? 256 : 32;
     for (int64_t rows : {1, 3, 17, 33})
         for (int64_t cols : {unit, 2 * unit, 3 * unit, 11 * unit, std::max<int64_t>(2816, unit)}) {
             if (cols % unit != 0 || cols % 32 != 0)

@@ -365,12 +365,20 @@ int64_t LlamaModel::weightBytesPerToken() const
     return total;
 }
 
-// Norms, rotary and the gated activation run the kernels' plain loops over f32 (kernels/rows.cpp); ATen's
-// operators for any other dtype or layout.
+namespace {
+
+// Norms, rotary and the gated activation of a decode step (up to this many tokens) run the kernels' plain loops
+// over f32 (kernels/rows.cpp: one thread, where ATen's dispatch cost more than the work); a prefill's, or any
+// other dtype or layout, ATen's threaded operators.
+constexpr int64_t kLoopTokens = 4;
+
+} // namespace
+
 at::Tensor LlamaModel::rmsNorm(const at::Tensor& x, const at::Tensor& w) const
 {
     const int64_t n = w.numel();
-    if (x.scalar_type() != at::kFloat || w.scalar_type() != at::kFloat || !w.is_contiguous() || n == 0 || x.size(-1) != n) {
+    if (x.scalar_type() != at::kFloat || w.scalar_type() != at::kFloat || !w.is_contiguous() || n == 0 || x.dim() < 1 || x.size(-1) != n ||
+        x.size(0) > kLoopTokens) {
         at::Tensor var = x.pow(2).mean(-1, /*keepdim=*/true);
         return x * at::rsqrt(var + m_config.rmsNormEps) * w;
     }
@@ -605,8 +613,9 @@ at::Tensor LlamaModel::embed(const at::Tensor& ids) const
 at::Tensor LlamaModel::rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const
 {
     // x: [T, heads, d], cos and sin: [T, 1, d]
-    if (x.scalar_type() == at::kFloat && x.dim() == 3 && cos.is_contiguous() && sin.is_contiguous() && cos.scalar_type() == at::kFloat &&
-        sin.scalar_type() == at::kFloat && x.size(-1) % 2 == 0 && cos.numel() == x.size(0) * x.size(2) && sin.numel() == cos.numel()) {
+    if (x.scalar_type() == at::kFloat && x.dim() == 3 && x.size(0) <= kLoopTokens && cos.is_contiguous() && sin.is_contiguous() &&
+        cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat && x.size(-1) % 2 == 0 && cos.dim() == 3 && cos.size(0) == x.size(0) &&
+        cos.size(1) == 1 && cos.size(2) == x.size(2) && sin.sizes() == cos.sizes()) {
         const at::Tensor in = x.contiguous();
         at::Tensor out = at::empty_like(in);
         kernels::rotaryRows(in.data_ptr<float>(), cos.data_ptr<float>(), sin.data_ptr<float>(), out.data_ptr<float>(), in.size(0),
@@ -625,7 +634,7 @@ namespace {
 // silu(gate) · up for [T, 2I] rows of gate then up.
 at::Tensor gatedActivation(const at::Tensor& gu, int64_t I)
 {
-    if (gu.scalar_type() != at::kFloat || gu.dim() != 2 || gu.size(1) != 2 * I)
+    if (gu.scalar_type() != at::kFloat || gu.dim() != 2 || gu.size(1) != 2 * I || gu.size(0) > kLoopTokens)
         return at::silu(gu.narrow(1, 0, I)) * gu.narrow(1, I, I);
     const at::Tensor in = gu.contiguous();
     at::Tensor out = at::empty({in.size(0), I}, at::kFloat);

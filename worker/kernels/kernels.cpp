@@ -306,6 +306,9 @@ void BlockInput::prepare(const float* xin, int64_t n, const std::vector<GgmlType
         wantK = wantK || t == GgmlType::Q4_K || t == GgmlType::Q5_K || t == GgmlType::Q6_K;
         wantQ8 = wantQ8 || (t != GgmlType::F32 && t != GgmlType::F16 && t != GgmlType::BF16);
     }
+    kq.clear(); // a form not wanted is left empty, never a previous input's (the kernels check the sizes)
+    kd.clear();
+    ksum.clear();
     if (wantK && n % 256 == 0) {
         const int64_t nb = n / 256;
         kq.resize(static_cast<size_t>(n));
