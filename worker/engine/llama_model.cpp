@@ -365,27 +365,22 @@ int64_t LlamaModel::weightBytesPerToken() const
     return total;
 }
 
-namespace {
-
-// Norms, rotary and the gated activation of a decode step (up to this many tokens) run the kernels' plain loops
-// over f32 (kernels/rows.cpp: one thread, where ATen's dispatch cost more than the work); a prefill's, or any
-// other dtype or layout, ATen's threaded operators.
-constexpr int64_t kLoopTokens = 4;
-
-} // namespace
-
+// Norms, rotary and the gated activation run the kernels' plain loops over f32 (kernels/rows.cpp), split over
+// ATen's threads by rows for a prefill (a decode step's one row runs on the calling thread): a row gives the
+// same values however many rows come with it. ATen's operators for any other dtype or layout.
 at::Tensor LlamaModel::rmsNorm(const at::Tensor& x, const at::Tensor& w) const
 {
     const int64_t n = w.numel();
-    if (x.scalar_type() != at::kFloat || w.scalar_type() != at::kFloat || !w.is_contiguous() || n == 0 || x.dim() < 1 || x.size(-1) != n ||
-        x.size(0) > kLoopTokens) {
+    if (x.scalar_type() != at::kFloat || w.scalar_type() != at::kFloat || !w.is_contiguous() || n == 0 || x.dim() < 1 || x.size(-1) != n) {
         at::Tensor var = x.pow(2).mean(-1, /*keepdim=*/true);
         return x * at::rsqrt(var + m_config.rmsNormEps) * w;
     }
     const at::Tensor in = x.contiguous();
     at::Tensor out = at::empty_like(in);
-    kernels::rmsNormRows(in.data_ptr<float>(), w.data_ptr<float>(), out.data_ptr<float>(), in.numel() / n, n,
-                         static_cast<float>(m_config.rmsNormEps));
+    const float *src = in.data_ptr<float>(), *g = w.data_ptr<float>();
+    float* dst = out.data_ptr<float>();
+    const float eps = static_cast<float>(m_config.rmsNormEps);
+    at::parallel_for(0, in.numel() / n, 64, [&](int64_t a, int64_t b) { kernels::rmsNormRows(src + a * n, g, dst + a * n, b - a, n, eps); });
     return out;
 }
 
@@ -613,13 +608,17 @@ at::Tensor LlamaModel::embed(const at::Tensor& ids) const
 at::Tensor LlamaModel::rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const
 {
     // x: [T, heads, d], cos and sin: [T, 1, d]
-    if (x.scalar_type() == at::kFloat && x.dim() == 3 && x.size(0) <= kLoopTokens && cos.is_contiguous() && sin.is_contiguous() &&
+    if (x.scalar_type() == at::kFloat && x.dim() == 3 && cos.is_contiguous() && sin.is_contiguous() &&
         cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat && x.size(-1) % 2 == 0 && cos.dim() == 3 && cos.size(0) == x.size(0) &&
         cos.size(1) == 1 && cos.size(2) == x.size(2) && sin.sizes() == cos.sizes()) {
         const at::Tensor in = x.contiguous();
         at::Tensor out = at::empty_like(in);
-        kernels::rotaryRows(in.data_ptr<float>(), cos.data_ptr<float>(), sin.data_ptr<float>(), out.data_ptr<float>(), in.size(0),
-                            in.size(1), in.size(2));
+        const int64_t heads = in.size(1), d = in.size(2), row = heads * d;
+        const float *src = in.data_ptr<float>(), *c = cos.data_ptr<float>(), *sn = sin.data_ptr<float>();
+        float* dst = out.data_ptr<float>();
+        at::parallel_for(0, in.size(0), 16, [&](int64_t a, int64_t b) {
+            kernels::rotaryRows(src + a * row, c + a * d, sn + a * d, dst + a * row, b - a, heads, d);
+        });
         return out;
     }
     // x: [T, heads, d]; rotate_half(x) = cat(-x2, x1) over the last dim
@@ -634,11 +633,13 @@ namespace {
 // silu(gate) · up for [T, 2I] rows of gate then up.
 at::Tensor gatedActivation(const at::Tensor& gu, int64_t I)
 {
-    if (gu.scalar_type() != at::kFloat || gu.dim() != 2 || gu.size(1) != 2 * I || gu.size(0) > kLoopTokens)
+    if (gu.scalar_type() != at::kFloat || gu.dim() != 2 || gu.size(1) != 2 * I)
         return at::silu(gu.narrow(1, 0, I)) * gu.narrow(1, I, I);
     const at::Tensor in = gu.contiguous();
     at::Tensor out = at::empty({in.size(0), I}, at::kFloat);
-    kernels::siluMulRows(in.data_ptr<float>(), out.data_ptr<float>(), in.size(0), I);
+    const float* src = in.data_ptr<float>();
+    float* dst = out.data_ptr<float>();
+    at::parallel_for(0, in.size(0), 4, [&](int64_t a, int64_t b) { kernels::siluMulRows(src + a * 2 * I, dst + a * I, b - a, I); });
     return out;
 }
 
