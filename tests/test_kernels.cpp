@@ -159,9 +159,8 @@ TEST_P(Kernels, Q8IsExactBlockArithmeticAndWithinItsQuantizationBound)
 // each block's f16 scales set to finite values of a model's size, so the products stay finite.
 BlockMatrix randomBlocks(GgmlType type, int64_t rows, int64_t cols, std::mt19937& rng)
 {
-    const GgmlTypeInfo& info = ggmlTypeInfo(type);
-    std::vector<std::byte> bytes(static_cast<size_t>(rows * ggmlRowBytes(type, cols)));
     if (type == GgmlType::F32 || type == GgmlType::F16 || type == GgmlType::BF16) {
+        std::vector<std::byte> bytes(static_cast<size_t>(rows * ggmlRowBytes(type, cols)));
         auto w = randomVector(rows * cols, rng, 0.05f);
         for (size_t i = 0; i < w.size(); ++i) {
             if (type == GgmlType::F32)
@@ -172,30 +171,7 @@ BlockMatrix randomBlocks(GgmlType type, int64_t rows, int64_t cols, std::mt19937
         }
         return makeBlockMatrix(type, rows, cols, bytes.data());
     }
-    std::uniform_int_distribution<int> byte(0, 255);
-    for (auto& b : bytes)
-        b = static_cast<std::byte>(byte(rng));
-    std::uniform_real_distribution<float> scale(0.0005f, 0.01f);
-    std::vector<size_t> halves; // offsets of the f16 scales in a block
-    switch (type) {
-    case GgmlType::Q4_1:
-    case GgmlType::Q5_1:
-    case GgmlType::Q4_K:
-    case GgmlType::Q5_K:
-        halves = {0, 2};
-        break;
-    case GgmlType::Q6_K:
-        halves = {208};
-        break;
-    default:
-        halves = {0};
-    }
-    for (size_t blk = 0; blk < bytes.size() / static_cast<size_t>(info.blockBytes); ++blk)
-        for (size_t off : halves) {
-            const uint16_t h = f32ToF16(scale(rng));
-            std::memcpy(bytes.data() + blk * static_cast<size_t>(info.blockBytes) + off, &h, 2);
-        }
-    return makeBlockMatrix(type, rows, cols, bytes.data());
+    return makeBlockMatrix(type, rows, cols, randomBlockBytes(type, rows, cols, rng, 0.01f).data());
 }
 
 class BlockKernels : public ::testing::TestWithParam<std::tuple<Path, GgmlType>> {};

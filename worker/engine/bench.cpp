@@ -270,50 +270,20 @@ void benchAccuracy(int steps, const std::string& reference, const std::string& c
 namespace {
 
 // A [rows, cols] matrix of a block type with random weights: quantized from normal values where the project
-// writes the type, else random bytes (every pattern of quants, bit planes and 6-bit scales) with the f16 scales
-// set to a model's size, so products stay finite.
+// writes the type (its blocks as a model's), else kernels' random blocks.
 std::vector<std::byte> randomBlockBytes(GgmlType type, int64_t rows, int64_t cols, std::mt19937& rng)
 {
+    if (type != GgmlType::F16 && type != GgmlType::Q8_0 && type != GgmlType::Q4_0 && type != GgmlType::Q4_K)
+        return kernels::randomBlockBytes(type, rows, cols, rng, 0.002f);
     const int64_t rowBytes = ggmlRowBytes(type, cols);
     std::vector<std::byte> bytes(static_cast<size_t>(rows * rowBytes));
     std::normal_distribution<float> normal(0.0f, 0.02f);
     std::vector<float> row(static_cast<size_t>(cols));
-    std::vector<size_t> halves; // the f16 fields of a block
-    switch (type) {
-    case GgmlType::F16:
-    case GgmlType::Q8_0:
-    case GgmlType::Q4_0:
-    case GgmlType::Q4_K:
-        for (int64_t r = 0; r < rows; ++r) {
-            for (float& v : row)
-                v = normal(rng);
-            quantizeRow(type, row.data(), bytes.data() + r * rowBytes, cols);
-        }
-        return bytes;
-    case GgmlType::Q5_0:
-        halves = {0};
-        break;
-    case GgmlType::Q4_1:
-    case GgmlType::Q5_1:
-    case GgmlType::Q5_K:
-        halves = {0, 2};
-        break;
-    case GgmlType::Q6_K:
-        halves = {208};
-        break;
-    default:
-        throw Error(std::string("bench: no random matrix of type ") + ggmlTypeName(type));
+    for (int64_t r = 0; r < rows; ++r) {
+        for (float& v : row)
+            v = normal(rng);
+        quantizeRow(type, row.data(), bytes.data() + r * rowBytes, cols);
     }
-    std::uniform_int_distribution<int> byte(0, 255);
-    for (auto& b : bytes)
-        b = static_cast<std::byte>(byte(rng));
-    const GgmlTypeInfo& info = ggmlTypeInfo(type);
-    std::uniform_real_distribution<float> scale(0.0005f, 0.002f);
-    for (size_t b = 0; b < bytes.size() / static_cast<size_t>(info.blockBytes); ++b)
-        for (size_t h : halves) {
-            const uint16_t v = kernels::f32ToF16(scale(rng));
-            std::memcpy(bytes.data() + b * static_cast<size_t>(info.blockBytes) + h, &v, 2);
-        }
     return bytes;
 }
 

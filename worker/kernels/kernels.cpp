@@ -261,6 +261,38 @@ BlockMatrix BlockMatrix::rowRange(int64_t r0, int64_t n) const
     return v;
 }
 
+std::vector<std::byte> randomBlockBytes(GgmlType type, int64_t rows, int64_t cols, std::mt19937& rng, float maxScale)
+{
+    if (type == GgmlType::F32 || type == GgmlType::F16 || type == GgmlType::BF16)
+        throw Error(std::string("internal: ") + ggmlTypeName(type) + " has no blocks to fill at random");
+    const GgmlTypeInfo& info = ggmlTypeInfo(type);
+    std::vector<std::byte> bytes(static_cast<size_t>(rows * ggmlRowBytes(type, cols)));
+    std::uniform_int_distribution<int> byte(0, 255);
+    for (auto& b : bytes)
+        b = static_cast<std::byte>(byte(rng));
+    std::vector<size_t> halves; // offsets of the f16 fields in a block
+    switch (type) {
+    case GgmlType::Q4_1:
+    case GgmlType::Q5_1:
+    case GgmlType::Q4_K:
+    case GgmlType::Q5_K:
+        halves = {0, 2};
+        break;
+    case GgmlType::Q6_K:
+        halves = {208};
+        break;
+    default:
+        halves = {0};
+    }
+    std::uniform_real_distribution<float> scale(0.0005f, maxScale);
+    for (size_t blk = 0; blk < bytes.size() / static_cast<size_t>(info.blockBytes); ++blk)
+        for (size_t off : halves) {
+            const uint16_t h = f32ToF16(scale(rng));
+            std::memcpy(bytes.data() + blk * static_cast<size_t>(info.blockBytes) + off, &h, 2);
+        }
+    return bytes;
+}
+
 BlockMatrix makeBlockMatrix(GgmlType type, int64_t rows, int64_t cols, const std::byte* src)
 {
     const GgmlTypeInfo& info = ggmlTypeInfo(type);

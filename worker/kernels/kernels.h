@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -120,6 +121,10 @@ struct BlockMatrix {
 // Room for a [rows, cols] matrix of the type; throws Error when cols is not a whole number of its blocks or the
 // type is not runnable. `src` (rows · rowBytes bytes), when given, is copied in.
 BlockMatrix makeBlockMatrix(GgmlType type, int64_t rows, int64_t cols, const std::byte* src = nullptr);
+// Bytes of a random [rows, cols] matrix of a quantized block type, for tests and benchmarks: every bit pattern of
+// its quants, bit planes and 6-bit scales, with each block's f16 scales (and minimums) set to values in
+// [0.0005, maxScale) so products stay finite. Throws Error for F32, F16 and BF16.
+std::vector<std::byte> randomBlockBytes(GgmlType type, int64_t rows, int64_t cols, std::mt19937& rng, float maxScale);
 // Rows [r0, r1) of the matrix widened to f32 (prefill's tiles, tests): vectorised for Q4_0, Q8_0, Q4_K, Q5_K, Q6_K, F16
 // on the SIMD paths, model/ggml_types' dequantizeRow otherwise.
 void dequantizeRows(const BlockMatrix& m, int64_t r0, int64_t r1, float* out);
